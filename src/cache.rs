@@ -1,0 +1,868 @@
+//! The public handle.
+#![deny(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::{coarse_ms, Clock};
+use crate::error::{Error, Result};
+use crate::file::{self, Attached, OpenSpec};
+use crate::layout::{
+    Params, FILL_SLOTS, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INSERTS,
+    SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_TIMEOUTS, SS_HITS,
+    SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
+};
+use crate::lock::{Acquired, LockError, RobustMutex};
+use crate::options::Options;
+use crate::seqlock;
+use crate::shard::{Damaged, KeyHash, LogId, Probe, SetOutcome, Shard, MAX_EXPIRE};
+use crate::stats::{self, ShardStats, Stats};
+use crate::verify::Report;
+
+/// Optimistic read attempts before a get takes the shard lock.
+const OPTIMISTIC_TRIES: usize = 4;
+/// How often a handle checks that its file is still the one at its path.
+const RECHECK_MS: u64 = 250;
+
+/// A handle on a shared cache file.
+///
+/// `Cache` is `Send + Sync` and cheap to clone (clones share one mapping). It keeps
+/// working in a forked child. Every method is safe whatever other processes do to the
+/// file: what it reads is checked before use, and a bad value gives
+/// [`Error::Corrupt`] or a repaired shard, never undefined behaviour.
+///
+/// ```
+/// # fn main() -> Result<(), larder::Error> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-cache-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("sessions");
+/// use std::time::Duration;
+/// let cache = larder::Options::new().capacity(4 << 20).open(path.to_str().unwrap())?;
+/// cache.set(b"session:1", b"alice", Some(Duration::from_secs(300)))?;
+/// assert_eq!(cache.get(b"session:1")?.as_deref(), Some(&b"alice"[..]));
+/// assert!(cache.remove(b"session:1")?);
+/// assert_eq!(cache.get(b"session:1")?, None);
+/// # drop(cache);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    current: ArcSwap<Attached>,
+    spec: OpenSpec,
+    clock: Clock,
+    lock_timeout: Duration,
+    fill_timeout: Duration,
+    next_check: AtomicU64,
+    /// Mappings replaced by a reattach, kept until the handle closes: another thread may
+    /// still be inside an operation on one.
+    retired: Mutex<Vec<Arc<Attached>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        stats::release(&self.current.load_full());
+        if let Ok(retired) = self.retired.lock() {
+            for a in retired.iter() {
+                stats::release(a);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An entry read by [`Cache::get_stale`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleValue {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Whether its TTL had passed.
+    pub expired: bool,
+}
+
+/// One entry, as listed by [`Cache::entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The shard it lives in.
+    pub shard: usize,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Length of the value in bytes.
+    pub value_len: usize,
+    /// Time left before it expires; `None` if it has no TTL. Zero if already expired.
+    pub ttl: Option<Duration>,
+}
+
+/// What [`Cache::repair`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepairReport {
+    /// Shards rebuilt.
+    pub shards: usize,
+    /// Entries dropped because they could not be put back (at most the ones a dead
+    /// writer had in flight, unless the file was corrupted).
+    pub dropped: u64,
+}
+
+/// How a locked section ended.
+enum Exit<R> {
+    Done(R),
+    Damaged(Damaged),
+}
+
+/// Holds a shard lock; unlocks on drop. If dropped while the shard is mid-write (a
+/// panic unwinding), the sequence counter stays odd, so the next owner repairs the shard
+/// exactly as if this one had died.
+struct ShardGuard<'a> {
+    m: RobustMutex<'a>,
+    needs_consistent: bool,
+}
+
+impl Drop for ShardGuard<'_> {
+    fn drop(&mut self) {
+        if self.needs_consistent {
+            // Unlocking an owner-dead mutex without this would make it unrecoverable; the
+            // shard stays marked dirty (odd counter) if its repair did not finish.
+            self.m.mark_consistent();
+        }
+        self.m.unlock();
+    }
+}
+
+struct FillGuard<'a>(RobustMutex<'a>);
+
+impl Drop for FillGuard<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+fn lock_error(
+    a: &Attached,
+    what: &'static str,
+    e: LockError,
+    waited: Duration,
+    blocking: bool,
+) -> Error {
+    match e {
+        LockError::Busy if blocking => Error::Timeout { what, waited },
+        LockError::Busy => Error::WouldBlock,
+        LockError::Corrupt(detail) => Error::Corrupt {
+            path: a.path.clone(),
+            detail,
+        },
+        LockError::NotRecoverable => Error::Corrupt {
+            path: a.path.clone(),
+            detail: format!(
+                "{what} is not recoverable (a process unlocked it after its owner died \
+                 without repairing)"
+            ),
+        },
+        LockError::Other(code) => Error::Io(std::io::Error::from_raw_os_error(code)),
+    }
+}
+
+impl Cache {
+    /// Attaches to an existing cache with the file's own parameters and default runtime
+    /// settings. Fails with [`Error::NotFound`] if there is none.
+    pub fn open(name: &str) -> Result<Cache> {
+        Cache::open_with(name, &Options::new(), false)
+    }
+
+    /// Removes a cache file. Attached handles notice within a few hundred milliseconds
+    /// and move to a new file when one is created (or create it themselves on their next
+    /// check).
+    pub fn unlink(name: &str) -> Result<()> {
+        file::unlink(&file::resolve(name)?)
+    }
+
+    /// The path a name resolves to (a bare name lives in /dev/shm).
+    pub fn path_of(name: &str) -> Result<PathBuf> {
+        file::resolve(name)
+    }
+
+    pub(crate) fn open_with(name: &str, opts: &Options, create: bool) -> Result<Cache> {
+        if opts.mode & !0o777 != 0 || opts.mode & 0o002 != 0 {
+            return Err(Error::InvalidOptions(format!(
+                "mode {:o} must be within 0777 and not world-writable",
+                opts.mode
+            )));
+        }
+        let path = file::resolve(name)?;
+        let spec = OpenSpec {
+            params: create.then_some(opts.params),
+            mode: opts.mode,
+            allow_uids: opts.allow_uids.clone(),
+            lock_timeout: opts.lock_timeout,
+        };
+        stats::register_atfork();
+        let attached = file::open(&path, &spec)?;
+        // Re-creation after the file is removed uses the file's own parameters.
+        let spec = OpenSpec {
+            params: Some(attached.geo.params),
+            ..spec
+        };
+        Ok(Cache {
+            inner: Arc::new(Inner {
+                path,
+                current: ArcSwap::from_pointee(attached),
+                spec,
+                clock: opts.clock.clone(),
+                lock_timeout: opts.lock_timeout,
+                fill_timeout: opts.fill_timeout,
+                next_check: AtomicU64::new(coarse_ms() + RECHECK_MS),
+                retired: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The file this handle maps.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The parameters the file was created with: `(capacity, max_key_len,
+    /// max_value_len, shards)`.
+    pub fn limits(&self) -> (u64, usize, usize, usize) {
+        let a = self.inner.current.load();
+        let p: Params = a.geo.params;
+        (
+            p.capacity,
+            p.max_key_len,
+            p.max_value_len,
+            a.geo.shard_count,
+        )
+    }
+
+    /// The current mapping, after the periodic check that the path still names it.
+    #[inline]
+    fn attached(&self) -> Arc<Attached> {
+        let now = coarse_ms();
+        if now >= self.inner.next_check.load(Ordering::Relaxed) {
+            self.recheck(now);
+        }
+        self.inner.current.load_full()
+    }
+
+    #[cold]
+    fn recheck(&self, now: u64) {
+        let next = self.inner.next_check.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .inner
+                .next_check
+                .compare_exchange(next, now + RECHECK_MS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let cur = self.inner.current.load_full();
+        if file::identity(&self.inner.path) == Some((cur.dev, cur.ino)) {
+            return;
+        }
+        // Removed or replaced: move to the file at the path now (creating it if missing),
+        // so that this process never keeps writing a cache nobody else sees.
+        if let Ok(fresh) = file::open(&self.inner.path, &self.inner.spec) {
+            let old = self.inner.current.swap(Arc::new(fresh));
+            stats::release(&old);
+            if let Ok(mut retired) = self.inner.retired.lock() {
+                retired.push(old);
+            }
+        }
+    }
+
+    fn check_key(a: &Attached, key: &[u8]) -> Result<()> {
+        let max = a.geo.params.max_key_len;
+        if key.len() > max {
+            return Err(Error::TooLarge {
+                what: "key",
+                len: key.len(),
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn expiry(&self, ttl: Option<Duration>) -> u64 {
+        match ttl {
+            None => 0,
+            Some(d) => self
+                .inner
+                .clock
+                .now_ms()
+                .saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
+                .clamp(1, MAX_EXPIRE),
+        }
+    }
+
+    /// Runs `f` on shard `idx` under its lock. Repairs the shard first if its last owner
+    /// died or left it mid-write, and again (then retries `f` once) if `f` finds it
+    /// damaged. `write` makes the sequence counter odd around `f`.
+    fn locked<R>(
+        &self,
+        a: &Arc<Attached>,
+        idx: usize,
+        blocking: bool,
+        write: bool,
+        mut f: impl FnMut(&Shard<'_>) -> std::result::Result<R, Damaged>,
+    ) -> Result<R> {
+        let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
+        let m = RobustMutex::at(&a.region, shard.base, a.kind)
+            .map_err(|e| lock_error(a, "a shard lock", e, Duration::ZERO, blocking))?;
+        let acquired = if blocking {
+            m.lock(self.inner.lock_timeout)
+        } else {
+            m.try_lock()
+        };
+        let acquired = match acquired {
+            Ok(acq) => acq,
+            Err(e) => {
+                if blocking && e == LockError::Busy {
+                    stats::bump(a, SS_LOCK_TIMEOUTS);
+                }
+                return Err(lock_error(
+                    a,
+                    "a shard lock",
+                    e,
+                    self.inner.lock_timeout,
+                    blocking,
+                ));
+            }
+        };
+        let mut guard = ShardGuard {
+            m,
+            needs_consistent: acquired == Acquired::OwnerDied,
+        };
+        stats::bump(a, SS_LOCKS);
+        crash_point!("lock.held");
+        let seq = a
+            .region
+            .atomic(shard.seq_off())
+            .ok_or_else(|| Error::Corrupt {
+                path: a.path.clone(),
+                detail: "shard outside the file".into(),
+            })?;
+        if acquired == Acquired::OwnerDied || seqlock::is_dirty(seq) {
+            seqlock::write_begin(seq);
+            shard.repair();
+            seqlock::write_end(seq);
+        }
+        if guard.needs_consistent {
+            guard.m.mark_consistent();
+            guard.needs_consistent = false;
+        }
+        let mut attempt = 0;
+        loop {
+            if write {
+                seqlock::write_begin(seq);
+            }
+            let exit = match f(&shard) {
+                Ok(r) => Exit::Done(r),
+                Err(d) => Exit::Damaged(d),
+            };
+            match exit {
+                Exit::Done(r) => {
+                    if write {
+                        seqlock::write_end(seq);
+                    }
+                    return Ok(r);
+                }
+                Exit::Damaged(d) => {
+                    seqlock::write_begin(seq);
+                    shard.repair();
+                    seqlock::write_end(seq);
+                    attempt += 1;
+                    if attempt > 1 {
+                        return Err(Error::Corrupt {
+                            path: a.path.clone(),
+                            detail: format!("shard {idx}: {}", d.0),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Looks `key` up, optimistically first. `Some(expired)` when found (value in
+    /// `out`); expired entries count as misses unless `stale` is set.
+    fn read(
+        &self,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        stale: bool,
+        blocking: bool,
+    ) -> Result<Option<bool>> {
+        let a = self.attached();
+        Self::check_key(&a, key)?;
+        let now = self.inner.clock.now_ms();
+        let h = a.hasher.hash(key);
+        let idx = a.geo.shard_of(h);
+        let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
+        let kh = shard.locate(h);
+        let result = match a.region.atomic(shard.seq_off()) {
+            Some(seq) => Self::read_optimistic(&shard, seq, key, &kh, out, now),
+            None => None,
+        };
+        let found = match result {
+            Some(found) => found,
+            None => self.locked(&a, idx, blocking, false, |s| match s.find(key, &kh) {
+                Probe::Hit { slot, rec } => {
+                    s.read_value(&rec, out);
+                    Ok(Some((slot, rec.expired(now))))
+                }
+                Probe::Miss => Ok(None),
+                Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+            })?,
+        };
+        Ok(match found {
+            Some((slot, expired)) => {
+                if !expired {
+                    shard.mark_visited(slot);
+                    stats::bump(&a, SS_HITS);
+                    Some(false)
+                } else if stale {
+                    stats::bump(&a, SS_STALE_HITS);
+                    Some(true)
+                } else {
+                    stats::bump(&a, SS_MISSES);
+                    None
+                }
+            }
+            None => {
+                stats::bump(&a, SS_MISSES);
+                None
+            }
+        })
+    }
+
+    /// The optimistic read: `None` if it must fall back to the lock.
+    #[inline]
+    fn read_optimistic(
+        shard: &Shard<'_>,
+        seq: &core::sync::atomic::AtomicU64,
+        key: &[u8],
+        kh: &KeyHash,
+        out: &mut Vec<u8>,
+        now: u64,
+    ) -> Option<Option<(usize, bool)>> {
+        for _ in 0..OPTIMISTIC_TRIES {
+            let Some(s) = seqlock::read_begin(seq) else {
+                std::hint::spin_loop();
+                continue;
+            };
+            let found = match shard.find(key, kh) {
+                Probe::Hit { slot, rec } => {
+                    shard.read_value(&rec, out);
+                    Some(Some((slot, rec.expired(now))))
+                }
+                Probe::Miss => Some(None),
+                Probe::Bad => None,
+            };
+            if seqlock::read_validate(seq, s) {
+                // A validated `Bad` is real damage: the lock path repairs it.
+                return found;
+            }
+        }
+        None
+    }
+
+    /// The value of a fresh entry, or `None`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        Ok(self.get_into(key, &mut out)?.then_some(out))
+    }
+
+    /// Copies the value of a fresh entry into `buf` (replacing its contents) and returns
+    /// true; false and `buf` unspecified if there is none. Allocates only if `buf`'s
+    /// capacity is too small.
+    pub fn get_into(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
+        Ok(self.read(key, buf, false, true)? == Some(false))
+    }
+
+    /// Like [`Cache::get`], but returns an expired value too, flagged, for
+    /// serve-stale-on-error.
+    pub fn get_stale(&self, key: &[u8]) -> Result<Option<StaleValue>> {
+        let mut out = Vec::new();
+        Ok(self
+            .read(key, &mut out, true, true)?
+            .map(|expired| StaleValue {
+                value: out,
+                expired,
+            }))
+    }
+
+    /// Like [`Cache::get`], but never waits for a lock: [`Error::WouldBlock`] if the read
+    /// needs the shard lock and another process holds it.
+    pub fn try_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        Ok((self.read(key, &mut out, false, false)? == Some(false)).then_some(out))
+    }
+
+    fn write_set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+        blocking: bool,
+    ) -> Result<SetOutcome> {
+        let a = self.attached();
+        Self::check_key(&a, key)?;
+        let max = a.geo.params.max_value_len;
+        if value.len() > max {
+            return Err(Error::TooLarge {
+                what: "value",
+                len: value.len(),
+                max,
+            });
+        }
+        let expire = self.expiry(ttl);
+        let now = self.inner.clock.now_ms();
+        let h = a.hasher.hash(key);
+        let idx = a.geo.shard_of(h);
+        self.locked(&a, idx, blocking, true, |s| {
+            let kh = s.locate(h);
+            s.set(key, &kh, value, expire, only_if_absent, now)
+        })
+    }
+
+    /// Stores `value` under `key`, replacing any entry, with an optional TTL. Evicts
+    /// older entries if the shard is full.
+    pub fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.write_set(key, value, ttl, false, true).map(|_| ())
+    }
+
+    /// Like [`Cache::set`], but never waits for a lock ([`Error::WouldBlock`]).
+    pub fn try_set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.write_set(key, value, ttl, false, false).map(|_| ())
+    }
+
+    /// Stores `value` only if `key` has no fresh entry; true if it stored it.
+    pub fn insert_if_absent(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        Ok(self.write_set(key, value, ttl, true, true)? != SetOutcome::Exists)
+    }
+
+    /// Removes `key`; true if a fresh entry was removed.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        let a = self.attached();
+        Self::check_key(&a, key)?;
+        let now = self.inner.clock.now_ms();
+        let h = a.hasher.hash(key);
+        self.locked(&a, a.geo.shard_of(h), true, true, |s| {
+            let kh = s.locate(h);
+            s.remove(key, &kh, now)
+        })
+    }
+
+    /// Gives a fresh entry a new TTL (`None`: no expiry); false if there is none.
+    pub fn touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let a = self.attached();
+        Self::check_key(&a, key)?;
+        let now = self.inner.clock.now_ms();
+        let expire = self.expiry(ttl);
+        let h = a.hasher.hash(key);
+        self.locked(&a, a.geo.shard_of(h), true, true, |s| {
+            let kh = s.locate(h);
+            s.touch(key, &kh, expire, now)
+        })
+    }
+
+    /// Removes every entry, shard by shard; returns how many there were.
+    pub fn clear(&self) -> Result<u64> {
+        let a = self.attached();
+        let mut n = 0;
+        for idx in 0..a.geo.shard_count {
+            n += self.locked(&a, idx, true, true, |s| Ok(s.clear()))?;
+        }
+        Ok(n)
+    }
+
+    /// The value for `key`, computed by `f` and stored if missing, with at most one
+    /// process computing it at a time (single flight).
+    ///
+    /// The computing process holds a fill slot (a robust mutex, never a shard lock)
+    /// while `f` runs. Others wanting the same key wait for it up to the fill timeout,
+    /// then read the value it stored, or get [`Error::Timeout`]. If the filler dies, the
+    /// next waiter computes instead. If `f` fails, its error goes to this caller,
+    /// nothing is stored, and a waiter tries next. While another process refreshes an
+    /// expired entry, its stale value is returned at once instead of waiting.
+    ///
+    /// Keys share 256 fill slots by hash, so an unrelated key's fill can delay this one
+    /// (never beyond the fill timeout). `f` must not call `get_or_insert_with` for a key
+    /// in the same slot: that waits for itself until the timeout.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-fill-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("tokens");
+    /// let cache = larder::Options::new().capacity(4 << 20).open(path.to_str().unwrap())?;
+    /// let claims = cache.get_or_insert_with(b"token:xyz", None, || {
+    ///     Ok::<_, larder::Error>(b"user=alice".to_vec()) // validate the token here
+    /// })?;
+    /// assert_eq!(claims, b"user=alice");
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_insert_with<F, E>(
+        &self,
+        key: &[u8],
+        ttl: Option<Duration>,
+        f: F,
+    ) -> Result<Vec<u8>, E>
+    where
+        F: FnOnce() -> Result<Vec<u8>, E>,
+        E: From<Error>,
+    {
+        let mut out = Vec::new();
+        let stale = match self.read(key, &mut out, true, true)? {
+            Some(false) => return Ok(out),
+            Some(true) => Some(out.clone()),
+            None => None,
+        };
+        let a = self.attached();
+        let slot = (a.hasher.hash(key) % FILL_SLOTS as u64) as usize;
+        let m = RobustMutex::at(&a.region, a.geo.fill_slot(slot), a.kind)
+            .map_err(|e| lock_error(&a, "a fill slot", e, Duration::ZERO, true))?;
+        let acquired = match m.try_lock() {
+            Ok(acq) => acq,
+            Err(LockError::Busy) => {
+                if let Some(v) = stale {
+                    // Another process is refreshing it: serve the stale value meanwhile.
+                    return Ok(v);
+                }
+                match m.lock(self.inner.fill_timeout) {
+                    Ok(acq) => acq,
+                    Err(LockError::Busy) => {
+                        stats::bump(&a, SS_FILL_TIMEOUTS);
+                        return Err(Error::Timeout {
+                            what: "another process's fill of this key",
+                            waited: self.inner.fill_timeout,
+                        }
+                        .into());
+                    }
+                    Err(e) => {
+                        return Err(
+                            lock_error(&a, "a fill slot", e, self.inner.fill_timeout, true).into(),
+                        )
+                    }
+                }
+            }
+            Err(e) => return Err(lock_error(&a, "a fill slot", e, Duration::ZERO, true).into()),
+        };
+        if acquired == Acquired::OwnerDied {
+            // The filler died: the slot guards no shared data, so there is nothing to
+            // repair; this caller computes instead.
+            m.mark_consistent();
+        }
+        let _guard = FillGuard(m);
+        // Someone may have filled it while this caller waited.
+        let mut out = Vec::new();
+        if self.read(key, &mut out, false, true)? == Some(false) {
+            return Ok(out);
+        }
+        crash_point!("fill.holding_slot");
+        let value = f()?;
+        self.set(key, &value, ttl)?;
+        stats::bump(&a, SS_FILLS);
+        Ok(value)
+    }
+
+    /// Counters of the whole cache and of each shard.
+    pub fn stats(&self) -> Stats {
+        let a = self.attached();
+        let r = &a.region;
+        let mut s = Stats {
+            file_size: a.geo.total_size as u64,
+            shard_count: a.geo.shard_count as u64,
+            ..Stats::default()
+        };
+        for idx in 0..a.geo.shard_count {
+            let sh = Shard::new(r, &a.geo, idx, &a.hasher);
+            let mut used = 0u64;
+            let mut cap = 0u64;
+            for which in [LogId::Small, LogId::Main] {
+                let (_, c, _) = sh.log_bounds(which);
+                cap += c as u64;
+                if let Ok((head, tail)) = sh.state(which) {
+                    used += Shard::used(c, head, tail) as u64;
+                }
+            }
+            let ss = ShardStats {
+                entries: sh.counter(SH_ENTRIES),
+                bytes_live: sh.counter(SH_LIVE_BYTES),
+                bytes_used: used,
+                bytes_free: cap.saturating_sub(used),
+                inserts: sh.counter(SH_INSERTS),
+                updates: sh.counter(SH_UPDATES),
+                removals: sh.counter(SH_REMOVALS),
+                evictions: sh.counter(SH_EVICTIONS),
+                expirations: sh.counter(SH_EXPIRATIONS),
+                recoveries: sh.counter(SH_RECOVERIES),
+                repair_dropped: sh.counter(SH_DROPPED),
+            };
+            s.entries += ss.entries;
+            s.bytes_live += ss.bytes_live;
+            s.bytes_used += ss.bytes_used;
+            s.bytes_free += ss.bytes_free;
+            s.inserts += ss.inserts;
+            s.updates += ss.updates;
+            s.removals += ss.removals;
+            s.evictions += ss.evictions;
+            s.expirations += ss.expirations;
+            s.recoveries += ss.recoveries;
+            s.repair_dropped += ss.repair_dropped;
+            s.shards.push(ss);
+        }
+        for slot in 0..STATS_SLOTS {
+            let base = a.geo.stats_slot(slot);
+            s.hits += r.load(base + SS_HITS);
+            s.misses += r.load(base + SS_MISSES);
+            s.stale_hits += r.load(base + SS_STALE_HITS);
+            s.lock_timeouts += r.load(base + SS_LOCK_TIMEOUTS);
+            s.fills += r.load(base + SS_FILLS);
+            s.fill_timeouts += r.load(base + SS_FILL_TIMEOUTS);
+            s.locks += r.load(base + SS_LOCKS);
+        }
+        s
+    }
+
+    /// Checks every invariant of the file, shard by shard under each shard's lock, and
+    /// reports each problem found. A shard whose last writer died is repaired first (as
+    /// any locked operation does), so problems are corruption, not crashes.
+    pub fn verify(&self) -> Result<Report> {
+        let a = self.attached();
+        let mut report = Report::default();
+        crate::verify::header(&a, &mut report);
+        for idx in 0..a.geo.shard_count {
+            let problems = self.locked(&a, idx, true, false, |s| {
+                let mut p = Vec::new();
+                s.verify(&mut p);
+                Ok(p)
+            })?;
+            for p in problems {
+                report.push(Some(idx), p);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rebuilds every shard from its logs under its lock (online: other processes keep
+    /// working on the other shards meanwhile).
+    pub fn repair(&self) -> Result<RepairReport> {
+        let a = self.attached();
+        let mut report = RepairReport::default();
+        for idx in 0..a.geo.shard_count {
+            report.dropped += self.locked(&a, idx, true, true, |s| Ok(s.repair()))?;
+            report.shards += 1;
+        }
+        Ok(report)
+    }
+
+    /// Every entry, one shard at a time (each shard is locked only while its entries are
+    /// copied out).
+    pub fn entries(&self) -> Entries {
+        Entries {
+            cache: self.clone(),
+            shard: 0,
+            buf: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    fn shard_entries(&self, idx: usize) -> Result<Option<Vec<EntryInfo>>> {
+        let a = self.attached();
+        if idx >= a.geo.shard_count {
+            return Ok(None);
+        }
+        let now = self.inner.clock.now_ms();
+        let reserve = Shard::new(&a.region, &a.geo, idx, &a.hasher).counter(SH_ENTRIES) as usize;
+        let mut list = Vec::with_capacity(reserve.min(1 << 20) + 16);
+        self.locked(&a, idx, true, false, |s| {
+            list.clear();
+            s.for_each(|rec| {
+                let mut key = vec![0u8; rec.klen];
+                s.read_key(rec, &mut key);
+                list.push(EntryInfo {
+                    shard: idx,
+                    key,
+                    value_len: rec.vlen,
+                    ttl: (rec.expire != 0)
+                        .then(|| Duration::from_millis(rec.expire.saturating_sub(now))),
+                });
+            });
+            Ok(())
+        })?;
+        Ok(Some(list))
+    }
+
+    /// A handle's view for tests and tools: the number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.current.load().geo.shard_count
+    }
+
+    /// The shard a key lives in.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        let a = self.inner.current.load();
+        a.geo.shard_of(a.hasher.hash(key))
+    }
+}
+
+/// Iterator over every entry, shard by shard; see [`Cache::entries`].
+pub struct Entries {
+    cache: Cache,
+    shard: usize,
+    buf: std::vec::IntoIter<EntryInfo>,
+    done: bool,
+}
+
+impl Iterator for Entries {
+    type Item = Result<EntryInfo>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(e) = self.buf.next() {
+                return Some(Ok(e));
+            }
+            if self.done {
+                return None;
+            }
+            match self.cache.shard_entries(self.shard) {
+                Ok(Some(list)) => {
+                    self.shard += 1;
+                    self.buf = list.into_iter();
+                }
+                Ok(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Crash and pause points for the crash test suite (feature `crash-points`).
+//!
+//! Every step of every mutation is a named point. With the feature on, a process whose
+//! environment has `LARDER_CRASH_AT=<point>` acts there, on the point's
+//! `LARDER_CRASH_SKIP`-th hit (default 0, the first): `LARDER_CRASH_ACTION` is `abort`
+//! (the default), `kill` (SIGKILL to itself), `stop` (SIGSTOP to itself; it carries on
+//! after SIGCONT) or `panic` (unwinds, which is a different path from a crash). Without
+//! the feature every point compiles to nothing.
+
+/// Every point, in the order the code reaches them. A unit test checks that this list
+/// and the points in the source agree, so a new step without a point is noticed.
+pub const POINTS: &[&str] = &[
+    "set.after_make_room",
+    "set.after_intent",
+    "set.after_key",
+    "set.after_value",
+    "set.after_mark_old_dead",
+    "set.after_publish",
+    "set.after_slot",
+    "evict_slot.after_mark_dead",
+    "remove.after_intent",
+    "remove.after_mark_dead",
+    "touch.after_intent",
+    "touch.after_store",
+    "clear.after_intent",
+    "clear.after_small",
+    "clear.after_main",
+    "repair.start",
+    "repair.after_clear_index",
+    "repair.after_rebuild",
+    "evict.after_pop",
+    "move.after_pop",
+    "move.after_copy",
+    "move.after_publish",
+    "fill.holding_slot",
+    "create.after_init",
+    "lock.held",
+];
+
+#[cfg(feature = "crash-points")]
+mod imp {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    struct Target {
+        point: String,
+        action: String,
+        skip: u64,
+    }
+
+    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+
+    fn target() -> Option<&'static Target> {
+        TARGET
+            .get_or_init(|| {
+                let point = std::env::var("LARDER_CRASH_AT").ok()?;
+                Some(Target {
+                    point,
+                    action: std::env::var("LARDER_CRASH_ACTION").unwrap_or_else(|_| "abort".into()),
+                    skip: std::env::var("LARDER_CRASH_SKIP")
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                })
+            })
+            .as_ref()
+    }
+
+    /// Acts if `name` is the configured point.
+    pub fn hit(name: &str) {
+        let Some(t) = target() else { return };
+        if t.point != name || HITS.fetch_add(1, Ordering::Relaxed) < t.skip {
+            return;
+        }
+        match t.action.as_str() {
+            "kill" => {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+            "stop" => {
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::STOP,
+                );
+                return;
+            }
+            "panic" => panic!("crash point {name}"),
+            _ => {}
+        }
+        std::process::abort();
+    }
+}
+
+#[cfg(feature = "crash-points")]
+pub use imp::hit;
+
+/// Marks a crash point (nothing without the `crash-points` feature).
+#[cfg(feature = "crash-points")]
+macro_rules! crash_point {
+    ($name:literal) => {
+        $crate::crashpoint::hit($name)
+    };
+}
+
+/// Marks a crash point (nothing without the `crash-points` feature).
+#[cfg(not(feature = "crash-points"))]
+macro_rules! crash_point {
+    ($name:literal) => {};
+}
+
+#[cfg(test)]
+mod tests {
+    /// The list of points matches the points in the source, in both directions.
+    #[test]
+    fn every_crash_point_is_listed() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("src") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("crashpoint.rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                for part in text.split("crash_point!(\"").skip(1) {
+                    found.push(part.split('"').next().unwrap_or_default().to_string());
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        let mut listed: Vec<String> = super::POINTS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(found, listed);
+    }
+}

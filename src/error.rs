@@ -1,0 +1,225 @@
+//! The one error type of the crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong with a cache file or an operation on it.
+///
+/// Every variant says what happened and, in its `Display` text, what to do about it.
+/// No operation changes an existing file when it returns an error from opening it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The cache name is not a valid bare name (`[A-Za-z0-9._-]`, 1..=200 bytes, not
+    /// starting with `.`) and not a path (a path contains `/`).
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The options cannot make a working cache (for example, a value limit that does not
+    /// fit comfortably in one shard of the capacity asked for).
+    InvalidOptions(String),
+    /// A key or value is over the limit the file was created with. Nothing was stored.
+    TooLarge {
+        /// `"key"` or `"value"`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The file exists but was created with other parameters, or by a build with another
+    /// layout or lock ABI. Each entry of `differences` names one field, the file's value
+    /// and the expected value.
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// One line per field that differs.
+        differences: Vec<String>,
+    },
+    /// The file is a larder cache of another format version.
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The file's format version.
+        found: u32,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// The file is not a larder cache (wrong magic number).
+    NotACache {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Something read from the file failed a check: a header checksum, a mutex whose
+    /// static fields changed, a shard that cannot be repaired.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// The file may not be trusted: a symlink, not a regular file, owned by a uid that is
+    /// not allowed, or world-writable.
+    UnsafeFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The file is shorter than its header says.
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+        /// The length its header asks for.
+        expected: u64,
+    },
+    /// The file was created during another boot of the kernel: its lock words may name
+    /// owners the kernel will never mark dead.
+    OtherBoot {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file system has no room for a new cache file.
+    NoSpace {
+        /// The mount point (or directory) the file was to live in.
+        mount: PathBuf,
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes free there.
+        free: u64,
+    },
+    /// A lock (a shard lock, a fill slot, or the file lock) was not acquired before its
+    /// deadline: another process holds it and is stopped or very slow.
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// How long.
+        waited: Duration,
+    },
+    /// A `try_` operation would have had to wait for a lock.
+    WouldBlock,
+    /// No cache file exists at this path (`Cache::open` attaches, it never creates).
+    NotFound {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Any other error from the operating system.
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidName { name, reason } => write!(
+                f,
+                "invalid cache name {name:?}: {reason}; use [A-Za-z0-9._-], 1 to 200 bytes, \
+                 not starting with '.', or a path containing '/'"
+            ),
+            Error::InvalidOptions(msg) => write!(f, "invalid options: {msg}"),
+            Error::TooLarge { what, len, max } => write!(
+                f,
+                "{what} of {len} bytes is over this cache's limit of {max} bytes; nothing was \
+                 stored (create the cache with a larger max_{what}_len)"
+            ),
+            Error::Incompatible { path, differences } => write!(
+                f,
+                "{} was created with other parameters ({}); open it with Cache::open to use \
+                 its own, or remove it (larder rm) to recreate it",
+                path.display(),
+                differences.join("; ")
+            ),
+            Error::Version {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{} has format version {found}, this build reads version {expected}; \
+                 use a build of the same version or another file name",
+                path.display()
+            ),
+            Error::NotACache { path } => {
+                write!(f, "{} is not a larder cache file", path.display())
+            }
+            Error::Corrupt { path, detail } => write!(
+                f,
+                "{} is corrupt: {detail}; run `larder repair` (it takes the file's exclusive \
+                 lock) or remove the file",
+                path.display()
+            ),
+            Error::UnsafeFile { path, reason } => {
+                write!(f, "refusing to use {}: {reason}", path.display())
+            }
+            Error::Truncated {
+                path,
+                len,
+                expected,
+            } => write!(
+                f,
+                "{} is {len} bytes but its header says {expected}; it was truncated: \
+                 remove it and let it be recreated",
+                path.display()
+            ),
+            Error::OtherBoot { path } => write!(
+                f,
+                "{} was created during another boot; its locks cannot be trusted: run \
+                 `larder repair` with no process attached, or remove the file",
+                path.display()
+            ),
+            Error::NoSpace {
+                mount,
+                requested,
+                free,
+            } => write!(
+                f,
+                "no space for the cache file on {}: {requested} bytes asked, {free} bytes \
+                 free (Docker's default /dev/shm is 64 MiB: raise it with --shm-size, or ask \
+                 for a smaller capacity)",
+                mount.display()
+            ),
+            Error::Timeout { what, waited } => write!(
+                f,
+                "timed out after {waited:?} waiting for {what}: another process holds it and \
+                 is stopped or slow; retry, or raise the timeout"
+            ),
+            Error::WouldBlock => f.write_str("the operation would block on a lock"),
+            Error::NotFound { path } => write!(
+                f,
+                "no cache at {}; create it with Options::open or `larder create`",
+                path.display()
+            ),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<rustix::io::Errno> for Error {
+    fn from(e: rustix::io::Errno) -> Self {
+        Error::Io(e.into())
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,167 @@
+//! The eviction policy: S3-FIFO over the shard's two logs.
+//!
+//! S3-FIFO (Yang et al., SOSP 2023) keeps a small FIFO (here 10% of the shard's data),
+//! a main FIFO (90%) and a ghost FIFO of recently evicted keys:
+//! - a new key enters the small log, unless the ghost remembers it (then main);
+//! - when the small log needs room, its oldest entry moves to main if it was read since
+//!   it entered, and is otherwise evicted and remembered in the ghost;
+//! - when main needs room, its oldest entry is moved to main's tail if it was read since
+//!   it was last considered (its visited bit is cleared), and is otherwise evicted.
+//!
+//! One-hit wonders leave through the small log quickly, which is what makes S3-FIFO beat
+//! LRU on skewed (Zipf) workloads and resist scans; a hit costs at most one atomic
+//! fetch-or, and none once the bit is set. Every log is FIFO, so space is reclaimed at
+//! the head only and mixed value sizes cannot fragment a shard.
+//!
+//! Work is bounded: each call to make room moves at most [`MAX_REINSERTS`] entries
+//! within main before it evicts regardless, and expired entries at the head are dropped
+//! (counted as expirations) without a scan of the shard.
+
+use crate::layout::{RECORD_HEADER, SH_EVICTIONS, SH_EXPIRATIONS, STATE_LIVE};
+use crate::shard::{Damaged, LogId, Rec, Shard};
+
+/// Most entries moved within the main log per room-making call.
+pub(crate) const MAX_REINSERTS: usize = 32;
+
+impl Shard<'_> {
+    /// Evicts from the head of `which` until a record of `need` bytes fits at its tail.
+    pub(crate) fn make_room(&self, which: LogId, need: usize, now: u64) -> Result<(), Damaged> {
+        let (_, cap, _) = self.log_bounds(which);
+        let mut budget = MAX_REINSERTS;
+        // Every step frees a record or wraps the head: bounded by the log's record count.
+        let mut steps = cap / RECORD_HEADER + 4;
+        loop {
+            let (head, tail) = self.state(which)?;
+            if self.fits(which, head, tail, need) {
+                return Ok(());
+            }
+            if head == tail || steps == 0 {
+                return Err(Damaged(format!(
+                    "{which:?} log cannot make room for {need} bytes"
+                )));
+            }
+            steps -= 1;
+            self.pop_head(which, head, tail, now, &mut budget)?;
+        }
+    }
+
+    fn pop_head(
+        &self,
+        which: LogId,
+        head: usize,
+        tail: usize,
+        now: u64,
+        budget: &mut usize,
+    ) -> Result<(), Damaged> {
+        let (start, cap, _) = self.log_bounds(which);
+        if cap - head < RECORD_HEADER {
+            // Implicit pad at the end of the log.
+            self.set_state(which, 0, tail);
+            return Ok(());
+        }
+        let rec = self
+            .read_rec(start + head, which)
+            .ok_or_else(|| Damaged(format!("{which:?} log head does not decode")))?;
+        if rec.size > Self::used(cap, head, tail) {
+            return Err(Damaged(format!("{which:?} log head crosses its tail")));
+        }
+        let new_head = (head + rec.size) % cap;
+        if rec.state != STATE_LIVE {
+            self.set_state(which, new_head, tail);
+            return Ok(());
+        }
+        let slot = rec.slot;
+        let owned = slot < self.slots()
+            && self.r.load(self.slot_off(slot)) & 0xffff_ffff == self.loc(rec.off);
+        if !owned {
+            // No slot points here (a record whose slot was lost to a repair): garbage.
+            self.set_state(which, new_head, tail);
+            return Ok(());
+        }
+        if rec.expired(now) {
+            self.drop_head(which, new_head, tail, slot, &rec, SH_EXPIRATIONS);
+            return Ok(());
+        }
+        match which {
+            LogId::Small if self.is_visited(slot) => {
+                self.clear_visited(slot);
+                self.move_to_main(which, new_head, tail, &rec, now)
+            }
+            LogId::Small => {
+                self.ghost_insert(slot, (self.r.load(self.slot_off(slot)) >> 32) as u32);
+                self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
+                Ok(())
+            }
+            LogId::Main if *budget > 0 && self.is_visited(slot) => {
+                *budget -= 1;
+                self.clear_visited(slot);
+                self.move_to_main(which, new_head, tail, &rec, now)
+            }
+            LogId::Main => {
+                self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
+                Ok(())
+            }
+        }
+    }
+
+    fn drop_head(
+        &self,
+        which: LogId,
+        new_head: usize,
+        tail: usize,
+        slot: usize,
+        rec: &Rec,
+        counter: usize,
+    ) {
+        self.set_intent(crate::layout::INTENT_EVICT, slot);
+        self.set_state(which, new_head, tail);
+        crash_point!("evict.after_pop");
+        self.forget(slot, rec);
+        self.add(counter, 1);
+        self.clear_intent();
+    }
+
+    /// Moves the record at the head of `from` to the tail of main. The record is popped
+    /// first and published last, so a crash in between drops it rather than leaving two
+    /// copies; the copy runs forwards, which is correct even where the new place overlaps
+    /// the old one (it is always at or before it).
+    fn move_to_main(
+        &self,
+        from: LogId,
+        new_head: usize,
+        tail: usize,
+        rec: &Rec,
+        now: u64,
+    ) -> Result<(), Damaged> {
+        let slot = rec.slot;
+        if from == LogId::Small {
+            self.make_room(LogId::Main, rec.size, now)?;
+        }
+        self.set_intent(crate::layout::INTENT_MOVE, slot);
+        self.set_state(from, new_head, tail);
+        crash_point!("move.after_pop");
+        let (mhead, mtail) = self.state(LogId::Main)?;
+        if !self.fits(LogId::Main, mhead, mtail, rec.size) {
+            // Only possible for a move within main whose pad does not fit: evict instead.
+            self.forget(slot, rec);
+            self.add(SH_EVICTIONS, 1);
+            self.clear_intent();
+            return Ok(());
+        }
+        let (dst, new_tail) = self.place(LogId::Main, mtail, rec.size);
+        self.r.move_forward(
+            dst + RECORD_HEADER,
+            rec.off + RECORD_HEADER,
+            rec.size - RECORD_HEADER,
+        );
+        crash_point!("move.after_copy");
+        self.r.store(dst, rec.w0);
+        self.r.store(dst + 8, rec.w1);
+        self.set_state(LogId::Main, mhead, new_tail);
+        crash_point!("move.after_publish");
+        let tag = self.r.load(self.slot_off(slot)) & !0xffff_ffff;
+        self.r.store(self.slot_off(slot), tag | self.loc(dst));
+        self.clear_intent();
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! larder: a cache that many processes on one Linux host share through one
+//! memory-mapped file in /dev/shm, guarded by robust process-shared mutexes that recover
+//! when their owner dies.
+//!
+//! ```
+//! # fn main() -> Result<(), larder::Error> {
+//! # let dir = std::env::temp_dir().join(format!("larder-doc-lib-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let name = dir.join("authz");
+//! # let name = name.to_str().unwrap();
+//! use std::time::Duration;
+//! // Every worker runs this; exactly one creates the file, the others attach.
+//! let cache = larder::Options::new()
+//!     .capacity(8 << 20)
+//!     .max_key_len(256)
+//!     .max_value_len(16 << 10)
+//!     .lock_timeout(Duration::from_millis(200))
+//!     .open(name)?; // a bare name such as "authz" lives in /dev/shm
+//! cache.set(b"token:abc", b"claims", Some(Duration::from_secs(300)))?;
+//! assert_eq!(cache.get(b"token:abc")?, Some(b"claims".to_vec()));
+//! let mut buf = Vec::with_capacity(256);
+//! assert!(cache.get_into(b"token:abc", &mut buf)?); // no allocation
+//! assert!(cache.insert_if_absent(b"k", b"v", None)?);
+//! assert!(cache.remove(b"token:abc")?);
+//! let v = cache.get_or_insert_with(b"token:xyz", Some(Duration::from_secs(60)), || {
+//!     Ok::<_, larder::Error>(b"validated".to_vec())
+//! })?;
+//! assert_eq!(v, b"validated");
+//! assert!(cache.verify()?.is_clean());
+//! # drop(cache);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! - **The file** (`file`, `layout`): fixed size and layout, chosen at creation and
+//!   reserved with `posix_fallocate`; built under no name and linked into place, so
+//!   concurrent openers race safely and a dying creator leaves nothing. The header holds
+//!   a magic number, the format version, every layout parameter, the lock ABI, the boot
+//!   id, a random hash secret and a checksum; a mismatch is an error that names what
+//!   differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
+//!   that its path still names its file, and moves to the new one if it was replaced.
+//! - **Shards** (`shard`, `evict`): the table is split into a power-of-two number of
+//!   shards, each with its own lock, index and memory. Keys hash with keyed xxh3 (the
+//!   file's 192-byte secret) to a shard, two buckets of eight slots, and a 32-bit tag;
+//!   every probe reads at most those two buckets. Records live in two circular logs per
+//!   shard, and eviction is S3-FIFO over them: no fragmentation, no write on a hit once
+//!   its visited bit is set, and a better hit ratio than LRU on skewed workloads.
+//! - **Locks** (`lock`): each shard has a robust, process-shared, NORMAL glibc mutex;
+//!   every acquisition has a deadline (`pthread_mutex_clocklock` on
+//!   `CLOCK_MONOTONIC`), so a stopped holder costs its peers an [`Error::Timeout`], never
+//!   a hang.
+//! - **Optimistic reads** (`seqlock`): a get reads the shard's sequence counter, copies
+//!   the entry with relaxed atomic loads, and re-checks the counter; after a few failed
+//!   tries it takes the lock. Hits write no shared memory beyond one visited bit (once)
+//!   and the process's own statistics slot.
+//! - **Crash recovery**: every mutation is ordered so that the logs alone describe the
+//!   shard at any instant (see `shard`). A writer that dies or panics leaves the
+//!   sequence counter odd (and, if it died, the mutex owner-dead); the next owner
+//!   rebuilds the index from the logs, which drops at most the entry that was being
+//!   written and never brings back a removed or overwritten one, counts the recovery,
+//!   and marks the mutex consistent. Repair is idempotent.
+//! - **Single flight** ([`Cache::get_or_insert_with`]): robust fill-slot mutexes, with
+//!   their own timeout.
+//! - **Statistics** (`stats`): per-shard counters under the shard lock, and per-process
+//!   slots for read counters, so gets share no cache line across processes.
+//!
+//! # Limits
+//!
+//! Linux with glibc only. Processes sharing a file must run the same format version
+//! (the file name carries it). Peers that can write the file are trusted: larder checks
+//! everything it reads, but a peer can always destroy the data. Truncating the file
+//! makes every process that maps it die of SIGBUS. One host only.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::multiple_unsafe_ops_per_block)]
+#![deny(clippy::missing_safety_doc)]
+#![warn(missing_docs)]
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!("larder needs Linux with glibc (robust process-shared pthread mutexes)");
+
+#[macro_use]
+#[doc(hidden)]
+pub mod crashpoint;
+
+mod cache;
+mod clock;
+mod error;
+mod evict;
+mod file;
+mod layout;
+mod lock;
+mod options;
+mod region;
+mod seqlock;
+mod shard;
+mod stats;
+mod sync;
+mod verify;
+
+pub use cache::{Cache, Entries, EntryInfo, RepairReport, StaleValue};
+pub use clock::Clock;
+pub use error::{Error, Result};
+pub use options::{
+    Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT, DEFAULT_LOCK_TIMEOUT,
+    DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN,
+};
+pub use stats::{ShardStats, Stats};
+pub use verify::{Problem, Report};
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+    #[test]
+    fn cache_is_send_and_sync() {
+        assert_send_sync::<crate::Cache>();
+    }
+}

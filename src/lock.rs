@@ -1,0 +1,274 @@
+//! Robust, process-shared glibc mutexes living in the region.
+//!
+//! Attributes, and why:
+//! - `PTHREAD_PROCESS_SHARED`: the mutex lives in a file mapped by many processes.
+//! - `PTHREAD_MUTEX_ROBUST`: glibc puts every robust mutex a thread holds on that thread's
+//!   robust list, which the kernel walks when the thread dies, setting `FUTEX_OWNER_DIED`
+//!   in the lock word and waking one waiter, whose lock call then returns `EOWNERDEAD`.
+//!   Recovery needs no polling and no guessing from PIDs. larder registers no robust list
+//!   of its own: glibc owns the one per thread.
+//! - Type NORMAL, protocol NONE (not PI, not ERRORCHECK or RECURSIVE): PI, ERRORCHECK and
+//!   RECURSIVE mutexes compare the owner's thread id with the caller's, and thread ids
+//!   collide across pid namespaces (containers sharing /dev/shm), so a waiter in another
+//!   container could be told `EDEADLK` or take a recursive lock it does not own. A NORMAL
+//!   robust mutex only uses the id for the kernel's owner-died marking, which is
+//!   namespace-safe because the kernel walks the dying thread's own list.
+//!
+//! The mutex words are outside the "every value read is checked" promise: glibc follows
+//! pointers stored in them. So before each lock call the mutex's static field (`__kind`,
+//! written once by `pthread_mutex_init`) is compared with the value recorded in the file
+//! header at creation, and a mismatch is reported as corruption instead of handed to
+//! glibc.
+#![allow(unsafe_code)]
+
+use core::ptr::NonNull;
+use std::time::Duration;
+
+use crate::region::Region;
+
+/// Bytes reserved in the file for one mutex: a cache line, which holds glibc's 40-byte
+/// `pthread_mutex_t` on x86-64 (48 on aarch64) and keeps neighbouring locks off its line.
+pub(crate) const MUTEX_SPACE: usize = 64;
+
+/// Offset of `__kind` inside glibc's `struct __pthread_mutex_s` on 64-bit Linux:
+/// `__lock`, `__count`, `__owner`, `__nusers` are four 32-bit fields before it.
+const KIND_OFFSET: usize = 16;
+
+const _: () = assert!(core::mem::size_of::<libc::pthread_mutex_t>() <= MUTEX_SPACE);
+const _: () = assert!(core::mem::align_of::<libc::pthread_mutex_t>() <= 8);
+const _: () = assert!(KIND_OFFSET + 4 <= core::mem::size_of::<libc::pthread_mutex_t>());
+
+extern "C" {
+    // glibc >= 2.30. Not in the libc crate; its signature is POSIX's.
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clockid: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// How a lock was acquired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// The previous owner unlocked it.
+    Clean,
+    /// The previous owner died holding it: what it guards must be repaired, then
+    /// [`RobustMutex::mark_consistent`] called before unlocking.
+    OwnerDied,
+}
+
+/// Why a lock was not acquired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LockError {
+    /// The deadline passed (or, for `try_lock`, the lock was busy).
+    Busy,
+    /// The mutex's static field does not match what was written at creation.
+    Corrupt(String),
+    /// `ENOTRECOVERABLE`: a previous owner unlocked after `EOWNERDEAD` without marking it
+    /// consistent. larder never does this; a peer did.
+    NotRecoverable,
+    /// Any other error code from glibc.
+    Other(i32),
+}
+
+/// A robust mutex at a fixed offset of a region.
+pub(crate) struct RobustMutex<'a> {
+    ptr: NonNull<libc::pthread_mutex_t>,
+    expected_kind: u32,
+    _region: &'a Region,
+}
+
+/// The `__kind` value glibc writes for a mutex with larder's attributes, read from a
+/// mutex initialised in this process. Stored in the header at creation and compared on
+/// open, which checks the lock ABI of every process attaching.
+pub(crate) fn native_kind() -> Result<u32, LockError> {
+    let r = Region::heap(MUTEX_SPACE);
+    init(&r, 0)
+}
+
+/// Initialises a mutex at `off` with larder's attributes and returns its `__kind`.
+pub(crate) fn init(region: &Region, off: usize) -> Result<u32, LockError> {
+    let ptr = region
+        .raw(off, MUTEX_SPACE)
+        .ok_or_else(|| LockError::Corrupt("mutex outside the file".into()))?
+        .cast::<libc::pthread_mutex_t>();
+    let mut attr = core::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+    // SAFETY: `attr` is valid for writes of a `pthread_mutexattr_t`.
+    let rc = unsafe { libc::pthread_mutexattr_init(attr.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(LockError::Other(rc));
+    }
+    let attr_ptr = attr.as_mut_ptr();
+    let result = (|| {
+        // See the module docs for why these attributes.
+        // SAFETY: `attr_ptr` was initialised by `pthread_mutexattr_init` above.
+        let rc =
+            unsafe { libc::pthread_mutexattr_setpshared(attr_ptr, libc::PTHREAD_PROCESS_SHARED) };
+        check(rc)?;
+        // SAFETY: as above.
+        let rc = unsafe { libc::pthread_mutexattr_setrobust(attr_ptr, libc::PTHREAD_MUTEX_ROBUST) };
+        check(rc)?;
+        // SAFETY: as above.
+        let rc = unsafe { libc::pthread_mutexattr_settype(attr_ptr, libc::PTHREAD_MUTEX_NORMAL) };
+        check(rc)?;
+        // SAFETY: as above.
+        let rc = unsafe { libc::pthread_mutexattr_setprotocol(attr_ptr, libc::PTHREAD_PRIO_NONE) };
+        check(rc)?;
+        // SAFETY: `ptr` points to MUTEX_SPACE bytes inside the region (checked by `raw`),
+        // enough for a `pthread_mutex_t` (static assertion above) and 8-aligned; the
+        // caller initialises mutexes only in a file no other process can see yet (or one
+        // it holds exclusively), so nobody else is using these bytes.
+        let rc = unsafe { libc::pthread_mutex_init(ptr.as_ptr(), attr_ptr) };
+        check(rc)?;
+        Ok(read_kind(ptr))
+    })();
+    // SAFETY: `attr_ptr` was initialised above and is destroyed exactly once.
+    unsafe { libc::pthread_mutexattr_destroy(attr_ptr) };
+    result
+}
+
+fn check(rc: i32) -> Result<(), LockError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(LockError::Other(rc))
+    }
+}
+
+fn read_kind(ptr: NonNull<libc::pthread_mutex_t>) -> u32 {
+    let field = ptr
+        .as_ptr()
+        .cast::<u8>()
+        .wrapping_add(KIND_OFFSET)
+        .cast::<u32>();
+    // SAFETY: KIND_OFFSET + 4 is inside the mutex (static assertion above), so `field` is
+    // in bounds; it is a 4-aligned int, and glibc writes it only in `pthread_mutex_init`,
+    // so a volatile read never races a write by glibc; a peer's stray write would only
+    // make the value wrong, which the caller checks.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+impl<'a> RobustMutex<'a> {
+    /// The mutex at `off`, which must have been initialised by [`init`] with the kind
+    /// recorded in the header.
+    pub(crate) fn at(
+        region: &'a Region,
+        off: usize,
+        expected_kind: u32,
+    ) -> Result<Self, LockError> {
+        let ptr = region
+            .raw(off, MUTEX_SPACE)
+            .ok_or_else(|| LockError::Corrupt("mutex outside the file".into()))?
+            .cast();
+        Ok(RobustMutex {
+            ptr,
+            expected_kind,
+            _region: region,
+        })
+    }
+
+    pub(crate) fn check(&self) -> Result<(), LockError> {
+        let kind = read_kind(self.ptr);
+        if kind == self.expected_kind {
+            Ok(())
+        } else {
+            Err(LockError::Corrupt(format!(
+                "mutex kind field is {kind:#x}, expected {:#x}",
+                self.expected_kind
+            )))
+        }
+    }
+
+    fn outcome(rc: i32) -> Result<Acquired, LockError> {
+        match rc {
+            0 => Ok(Acquired::Clean),
+            libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
+            libc::EBUSY | libc::ETIMEDOUT => Err(LockError::Busy),
+            libc::ENOTRECOVERABLE => Err(LockError::NotRecoverable),
+            other => Err(LockError::Other(other)),
+        }
+    }
+
+    /// Acquires without waiting.
+    pub(crate) fn try_lock(&self) -> Result<Acquired, LockError> {
+        self.check()?;
+        // SAFETY: the mutex was initialised with larder's attributes (its kind field was
+        // just checked against the header), lives in the mapped region for 'a, and glibc's
+        // mutex calls are made for concurrent use by many threads and processes.
+        let rc = unsafe { libc::pthread_mutex_trylock(self.ptr.as_ptr()) };
+        Self::outcome(rc)
+    }
+
+    /// Acquires, waiting at most `timeout` (on `CLOCK_MONOTONIC`).
+    pub(crate) fn lock(&self, timeout: Duration) -> Result<Acquired, LockError> {
+        match self.try_lock() {
+            Err(LockError::Busy) => {}
+            other => return other,
+        }
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let total_ns = (now.tv_nsec as u128)
+            .saturating_add(timeout.as_nanos())
+            .min(u64::MAX as u128) as u64;
+        let secs = (now.tv_sec as u64).saturating_add(total_ns / 1_000_000_000);
+        let abstime = libc::timespec {
+            tv_sec: secs.min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: (total_ns % 1_000_000_000) as libc::c_long,
+        };
+        // SAFETY: as in `try_lock`; `abstime` is a valid timespec for the call's duration.
+        let rc =
+            unsafe { pthread_mutex_clocklock(self.ptr.as_ptr(), libc::CLOCK_MONOTONIC, &abstime) };
+        Self::outcome(rc)
+    }
+
+    /// Marks the state the mutex guards as repaired after `EOWNERDEAD`.
+    pub(crate) fn mark_consistent(&self) {
+        // SAFETY: called only by the owner after an `OwnerDied` acquisition, as glibc
+        // requires; otherwise glibc returns EINVAL and nothing changes.
+        let _ = unsafe { libc::pthread_mutex_consistent(self.ptr.as_ptr()) };
+    }
+
+    /// Releases a lock held by the calling thread.
+    pub(crate) fn unlock(&self) {
+        // SAFETY: called only by the thread that acquired the lock (guards are !Send);
+        // glibc returns EPERM without side effects otherwise.
+        let _ = unsafe { libc::pthread_mutex_unlock(self.ptr.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_unlock_and_kind_check() {
+        let r = Region::heap(MUTEX_SPACE);
+        let kind = init(&r, 0).expect("init");
+        assert_eq!(kind, native_kind().expect("native"));
+        let m = RobustMutex::at(&r, 0, kind).expect("mutex");
+        assert_eq!(m.lock(Duration::from_millis(10)), Ok(Acquired::Clean));
+        assert_eq!(m.try_lock(), Err(LockError::Busy));
+        m.unlock();
+        let wrong = RobustMutex::at(&r, 0, kind ^ 1).expect("mutex");
+        assert!(matches!(wrong.try_lock(), Err(LockError::Corrupt(_))));
+    }
+
+    #[test]
+    fn owner_thread_death_is_reported_once() {
+        let r = std::sync::Arc::new(Region::heap(MUTEX_SPACE));
+        let kind = init(&r, 0).expect("init");
+        let r2 = r.clone();
+        std::thread::spawn(move || {
+            let m = RobustMutex::at(&r2, 0, kind).expect("mutex");
+            assert_eq!(m.try_lock(), Ok(Acquired::Clean));
+            // The thread exits holding the lock: glibc's robust list marks it dead.
+        })
+        .join()
+        .expect("thread");
+        let m = RobustMutex::at(&r, 0, kind).expect("mutex");
+        assert_eq!(m.lock(Duration::from_secs(5)), Ok(Acquired::OwnerDied));
+        m.mark_consistent();
+        m.unlock();
+        assert_eq!(m.lock(Duration::from_secs(5)), Ok(Acquired::Clean));
+        m.unlock();
+    }
+}

@@ -1,0 +1,206 @@
+//! The builder that creates or attaches to a cache.
+#![deny(unsafe_code)]
+
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::layout::Params;
+
+/// Default capacity: 32 MiB (Docker's default /dev/shm is 64 MiB).
+pub const DEFAULT_CAPACITY: u64 = 32 << 20;
+/// Default key limit.
+pub const DEFAULT_MAX_KEY_LEN: usize = 256;
+/// Default value limit.
+pub const DEFAULT_MAX_VALUE_LEN: usize = 64 << 10;
+/// Default expected entry size (key + value + 16 bytes of record header).
+pub const DEFAULT_EXPECTED_ENTRY: usize = 320;
+/// Default shard lock deadline.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default single-flight wait.
+pub const DEFAULT_FILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to create or attach to a cache.
+///
+/// Creation parameters (capacity, limits, shards, expected entry size) are fixed in the
+/// file when it is created; a later `open` with other values fails with
+/// [`Error::Incompatible`](crate::Error::Incompatible), never resizes. Runtime settings
+/// (timeouts, clock) are the handle's own.
+///
+/// ```
+/// # fn main() -> Result<(), larder::Error> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-options-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("authz");
+/// use std::time::Duration;
+/// let cache = larder::Options::new()
+///     .capacity(4 << 20)
+///     .max_key_len(128)
+///     .max_value_len(4096)
+///     .lock_timeout(Duration::from_millis(200))
+///     .open(path.to_str().unwrap())?;
+/// cache.set(b"k", b"v", None)?;
+/// # drop(cache);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) params: Params,
+    pub(crate) lock_timeout: Duration,
+    pub(crate) fill_timeout: Duration,
+    pub(crate) mode: u32,
+    pub(crate) allow_uids: Vec<u32>,
+    pub(crate) clock: Clock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options::new()
+    }
+}
+
+impl Options {
+    /// The defaults: 32 MiB, keys up to 256 bytes, values up to 64 KiB, shards picked
+    /// from the capacity, lock timeout 500 ms, fill timeout 5 s, mode 0600.
+    pub fn new() -> Options {
+        Options {
+            params: Params {
+                capacity: DEFAULT_CAPACITY,
+                max_key_len: DEFAULT_MAX_KEY_LEN,
+                max_value_len: DEFAULT_MAX_VALUE_LEN,
+                shards: 0,
+                expected_entry: DEFAULT_EXPECTED_ENTRY,
+            },
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            fill_timeout: DEFAULT_FILL_TIMEOUT,
+            mode: 0o600,
+            allow_uids: Vec::new(),
+            clock: Clock::system(),
+        }
+    }
+
+    /// Bytes of the file, fixed at creation (default 32 MiB). The space is reserved at
+    /// creation, so a full tmpfs fails then with [`Error::NoSpace`](crate::Error::NoSpace).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().capacity(64 << 20);
+    /// ```
+    pub fn capacity(mut self, bytes: u64) -> Options {
+        self.params.capacity = bytes;
+        self
+    }
+
+    /// Longest key in bytes (default 256, at most 4096).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().max_key_len(64);
+    /// ```
+    pub fn max_key_len(mut self, bytes: usize) -> Options {
+        self.params.max_key_len = bytes;
+        self
+    }
+
+    /// Longest value in bytes (default 64 KiB). It must fit comfortably in one shard: the
+    /// largest record must fit eight times in a shard's main log.
+    ///
+    /// ```
+    /// let opts = larder::Options::new().max_value_len(1024);
+    /// ```
+    pub fn max_value_len(mut self, bytes: usize) -> Options {
+        self.params.max_value_len = bytes;
+        self
+    }
+
+    /// Number of shards, a power of two (default: as many as fit, up to 256).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().shards(16);
+    /// ```
+    pub fn shards(mut self, n: usize) -> Options {
+        self.params.shards = n;
+        self
+    }
+
+    /// Typical bytes per entry, key + value + 16 (default 320): sizes the index so that
+    /// a shard full of such entries uses 80% of its slots. Smaller entries than this
+    /// fill the index before the logs.
+    ///
+    /// ```
+    /// let opts = larder::Options::new().expected_entry_size(1100);
+    /// ```
+    pub fn expected_entry_size(mut self, bytes: usize) -> Options {
+        self.params.expected_entry = bytes;
+        self
+    }
+
+    /// How long an operation waits for a shard lock before
+    /// [`Error::Timeout`](crate::Error::Timeout) (default 500 ms). Also bounds the wait
+    /// for the file lock at open.
+    ///
+    /// ```
+    /// let opts = larder::Options::new().lock_timeout(std::time::Duration::from_millis(50));
+    /// ```
+    pub fn lock_timeout(mut self, timeout: std::time::Duration) -> Options {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// How long `get_or_insert_with` waits for another process computing the same key
+    /// (default 5 s).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().fill_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn fill_timeout(mut self, timeout: std::time::Duration) -> Options {
+        self.fill_timeout = timeout;
+        self
+    }
+
+    /// File mode at creation (default `0o600`); applied with `fchmod`, so the umask does
+    /// not narrow it. World-writable modes are refused.
+    ///
+    /// ```
+    /// let opts = larder::Options::new().mode(0o660);
+    /// ```
+    pub fn mode(mut self, mode: u32) -> Options {
+        self.mode = mode;
+        self
+    }
+
+    /// Also accepts files owned by `uid` (by default only the caller's effective uid):
+    /// for workers that attach to a file their master created as root.
+    ///
+    /// ```
+    /// let opts = larder::Options::new().allow_uid(0);
+    /// ```
+    pub fn allow_uid(mut self, uid: u32) -> Options {
+        self.allow_uids.push(uid);
+        self
+    }
+
+    /// The clock TTLs are measured on (default the system's monotonic clock).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().clock(larder::Clock::manual());
+    /// ```
+    pub fn clock(mut self, clock: Clock) -> Options {
+        self.clock = clock;
+        self
+    }
+
+    /// Creates the cache, or attaches to it if it exists with the same parameters.
+    ///
+    /// A bare name (`[A-Za-z0-9._-]`, 1 to 200 bytes, not starting with `.`) lives in
+    /// /dev/shm (as `<name>.larder1`); anything with a `/` is a path used as given.
+    pub fn open(&self, name: &str) -> Result<Cache> {
+        Cache::open_with(name, self, true)
+    }
+
+    /// Attaches to an existing cache with its own parameters, using this builder's
+    /// runtime settings (timeouts, clock, allowed uids).
+    pub fn attach(&self, name: &str) -> Result<Cache> {
+        Cache::open_with(name, self, false)
+    }
+}

@@ -1,0 +1,246 @@
+//! The memory region the table lives in: the only module that turns addresses into
+//! accesses.
+//!
+//! Every byte another process can write is reached here as an [`AtomicU64`] and only
+//! through atomic operations of that one width (relaxed unless the caller says otherwise),
+//! so that an optimistic reader racing a writer in another process is a data race on
+//! atomics, never undefined behaviour. No `&[u8]`, `&T` or `&mut T` is ever formed over
+//! the region's bytes; bulk bytes are copied word by word and validated afterwards by the
+//! caller (a sequence counter, see `seqlock`).
+//!
+//! Every accessor checks its offset against the region and its alignment. An offset that
+//! fails the check is a bug in the caller (offsets read from the file are validated
+//! before they get here), so debug builds assert; release builds read zero and ignore the
+//! write, which is safe.
+//!
+//! The region uses `core`'s atomics even under `larder_loom`: the mapping is real memory
+//! shared with other processes, which loom cannot model. The loom tests model the
+//! protocol on loom's own atomics instead (see `seqlock`).
+#![allow(unsafe_code)]
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Bytes per word: the one access width of the region.
+pub(crate) const WORD: usize = 8;
+
+/// A region of memory that other processes may read and write concurrently.
+pub(crate) struct Region {
+    base: NonNull<AtomicU64>,
+    len: usize,
+    /// Keeps a heap-backed region's memory alive (tests and Miri); `None` for a mapping,
+    /// whose owner outlives the region.
+    _heap: Option<Box<[AtomicU64]>>,
+}
+
+// SAFETY: the region is only ever accessed through atomic operations (and the pthread
+// calls in `lock`, which are designed for concurrent use), so sharing it across threads
+// adds no data race that is not already on atomics.
+unsafe impl Send for Region {}
+// SAFETY: as for `Send`: all access is atomic.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// A zeroed region on the heap, for tests and Miri.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn heap(len: usize) -> Region {
+        let words = len.div_ceil(WORD);
+        let mut heap: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        let base = NonNull::new(heap.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        Region {
+            base,
+            len: words * WORD,
+            _heap: Some(heap),
+        }
+    }
+
+    /// A region over `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// `base` must be 8-aligned and valid for reads and writes of `len` bytes for as long
+    /// as the returned region lives, and every other access to those bytes (by this or
+    /// other processes) must be atomic or through the pthread calls of `lock`.
+    pub(crate) unsafe fn from_raw(base: NonNull<u8>, len: usize) -> Region {
+        Region {
+            base: base.cast(),
+            len: len - len % WORD,
+            _heap: None,
+        }
+    }
+
+    /// Whether `[off, off + len)` lies inside the region.
+    pub(crate) fn contains(&self, off: usize, len: usize) -> bool {
+        off.checked_add(len).is_some_and(|end| end <= self.len)
+    }
+
+    fn word(&self, off: usize) -> Option<&AtomicU64> {
+        if off % WORD != 0 || !self.contains(off, WORD) {
+            debug_assert!(false, "region access out of bounds: {off} of {}", self.len);
+            return None;
+        }
+        let p = self.base.as_ptr().wrapping_add(off / WORD);
+        // SAFETY: `off` is 8-aligned and `off + 8 <= len`, so `p` lies inside the region,
+        // which `from_raw`'s contract (or the heap box) keeps valid. `AtomicU64` has the
+        // size and alignment of `u64`, and every access to these bytes is atomic, so a
+        // shared reference to the atomic is sound even while other processes write.
+        Some(unsafe { &*p })
+    }
+
+    /// Relaxed load.
+    #[inline]
+    pub(crate) fn load(&self, off: usize) -> u64 {
+        self.word(off).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    /// Relaxed store.
+    #[inline]
+    pub(crate) fn store(&self, off: usize, v: u64) {
+        if let Some(w) = self.word(off) {
+            w.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// The word itself, for the sequence counter protocol.
+    #[inline]
+    pub(crate) fn atomic(&self, off: usize) -> Option<&AtomicU64> {
+        self.word(off)
+    }
+
+    /// Relaxed fetch-or; returns the previous value.
+    #[inline]
+    pub(crate) fn fetch_or(&self, off: usize, v: u64) -> u64 {
+        self.word(off)
+            .map_or(0, |w| w.fetch_or(v, Ordering::Relaxed))
+    }
+
+    /// Relaxed fetch-add; returns the previous value.
+    #[inline]
+    pub(crate) fn fetch_add(&self, off: usize, v: u64) -> u64 {
+        self.word(off)
+            .map_or(0, |w| w.fetch_add(v, Ordering::Relaxed))
+    }
+
+    /// Copies `out.len()` bytes starting at `off` (8-aligned) into `out`, word by word.
+    /// The bytes may be torn if a writer races; the caller validates.
+    pub(crate) fn read_bytes(&self, off: usize, out: &mut [u8]) {
+        let mut chunks = out.chunks_exact_mut(WORD);
+        let mut at = off;
+        for chunk in &mut chunks {
+            chunk.copy_from_slice(&self.load(at).to_le_bytes());
+            at += WORD;
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let n = rest.len();
+            rest.copy_from_slice(&self.load(at).to_le_bytes()[..n]);
+        }
+    }
+
+    /// Writes `bytes` at `off` (8-aligned), word by word; the last word is zero-padded.
+    pub(crate) fn write_bytes(&self, off: usize, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(WORD);
+        let mut at = off;
+        for chunk in &mut chunks {
+            let mut w = [0u8; WORD];
+            w.copy_from_slice(chunk);
+            self.store(at, u64::from_le_bytes(w));
+            at += WORD;
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; WORD];
+            w[..rest.len()].copy_from_slice(rest);
+            self.store(at, u64::from_le_bytes(w));
+        }
+    }
+
+    /// Whether the bytes at `off` equal `bytes` (compared word by word; padding of the
+    /// last word is ignored).
+    pub(crate) fn bytes_eq(&self, off: usize, bytes: &[u8]) -> bool {
+        let mut chunks = bytes.chunks_exact(WORD);
+        let mut at = off;
+        for chunk in &mut chunks {
+            let mut w = [0u8; WORD];
+            w.copy_from_slice(chunk);
+            if self.load(at) != u64::from_le_bytes(w) {
+                return false;
+            }
+            at += WORD;
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let have = self.load(at).to_le_bytes();
+            if have[..rest.len()] != *rest {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Copies `len` bytes (rounded up to words) from `src` to `dst`, forwards, word by
+    /// word. Correct for overlapping ranges when `dst <= src`, which is how the log moves
+    /// a record from its head to its tail.
+    pub(crate) fn move_forward(&self, dst: usize, src: usize, len: usize) {
+        debug_assert!(dst <= src || dst >= src + len);
+        let mut i = 0;
+        while i < len {
+            self.store(dst + i, self.load(src + i));
+            i += WORD;
+        }
+    }
+
+    /// Zeroes `len` bytes at `off`.
+    pub(crate) fn zero(&self, off: usize, len: usize) {
+        let mut i = 0;
+        while i < len {
+            self.store(off + i, 0);
+            i += WORD;
+        }
+    }
+
+    /// A raw pointer to `len` bytes at `off`, for the pthread calls of `lock`, which are
+    /// the only non-atomic users of region bytes.
+    pub(crate) fn raw(&self, off: usize, len: usize) -> Option<NonNull<u8>> {
+        if off % WORD != 0 || !self.contains(off, len) {
+            debug_assert!(false, "raw region access out of bounds");
+            return None;
+        }
+        // Inside the region (checked above); computing it dereferences nothing.
+        let p = self.base.as_ptr().cast::<u8>().wrapping_add(off);
+        NonNull::new(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_with_odd_lengths() {
+        let r = Region::heap(64);
+        for len in 0..=24 {
+            let data: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(7) ^ 0x5a).collect();
+            r.write_bytes(8, &data);
+            let mut out = vec![0u8; len];
+            r.read_bytes(8, &mut out);
+            assert_eq!(out, data);
+            assert!(r.bytes_eq(8, &data));
+            if len > 0 {
+                let mut other = data.clone();
+                other[len - 1] ^= 1;
+                assert!(!r.bytes_eq(8, &other));
+            }
+        }
+    }
+
+    #[test]
+    fn overlapping_forward_move_keeps_content() {
+        let r = Region::heap(128);
+        let data: Vec<u8> = (0..64u8).collect();
+        r.write_bytes(32, &data);
+        r.move_forward(8, 32, 64);
+        let mut out = vec![0u8; 64];
+        r.read_bytes(8, &mut out);
+        assert_eq!(out, data);
+    }
+}

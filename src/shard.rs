@@ -1,0 +1,803 @@
+//! One shard's table: index, logs and records, over a [`Region`].
+//!
+//! The logic here works on a region, not a file: it runs over a heap buffer in unit tests
+//! and under Miri, and over the mapping in production. It takes no locks itself: read
+//! functions are safe to run optimistically (every value they read is bounds-checked, and
+//! the caller validates the snapshot with the shard's sequence counter); mutating
+//! functions require the caller to hold the shard lock with the counter odd.
+//!
+//! Crash consistency comes from the order of stores, each a single 8-byte word that a
+//! crash cannot split, so that the logs alone always describe the shard:
+//! - a record is written in free space past the log's tail, then published by one store
+//!   of the log state; an entry it replaces is marked dead *before* that store, so a
+//!   crash can lose the entry being written but never resurrect an overwritten one;
+//! - a removal marks the record dead before clearing its slot;
+//! - eviction advances the head past a record with one store;
+//! - a record moved by eviction is popped from its old place before it is published in
+//!   the new one, so a crash drops it instead of duplicating it.
+//!
+//! Repair therefore rebuilds the index from the logs (see [`Shard::repair`]).
+
+use crate::layout::{
+    align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_NONE,
+    INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER, SH_DROPPED, SH_ENTRIES,
+    SH_EVICTIONS, SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS,
+    SH_SEQ, SH_SMALL, SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
+};
+use crate::region::Region;
+
+/// Keyed xxh3 over the file's random secret.
+pub(crate) struct Hasher {
+    secret: Vec<u8>,
+}
+
+impl Hasher {
+    pub(crate) fn new(secret: &[u8]) -> Hasher {
+        Hasher {
+            secret: secret.to_vec(),
+        }
+    }
+
+    /// The key's 64-bit hash: a full custom secret, not a seed, so collision families of
+    /// seeded xxh3 do not apply.
+    #[inline]
+    pub(crate) fn hash(&self, key: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_secret(key, &self.secret)
+    }
+}
+
+/// Where a hash lives in a shard.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyHash {
+    pub tag: u32,
+    pub b1: usize,
+    pub b2: usize,
+}
+
+/// The two logs of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogId {
+    Small,
+    Main,
+}
+
+/// A decoded, bounds-checked record header.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rec {
+    /// Absolute offset in the region.
+    pub off: usize,
+    pub klen: usize,
+    pub vlen: usize,
+    pub expire: u64,
+    pub state: u64,
+    pub slot: usize,
+    pub size: usize,
+    pub w0: u64,
+    pub w1: u64,
+}
+
+impl Rec {
+    pub(crate) fn expired(&self, now: u64) -> bool {
+        self.expire != 0 && self.expire <= now
+    }
+    fn value_off(&self) -> usize {
+        self.off + RECORD_HEADER + align8(self.klen)
+    }
+}
+
+/// Outcome of a lookup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Probe {
+    Hit {
+        slot: usize,
+        rec: Rec,
+    },
+    Miss,
+    /// Something read does not make sense: torn (if racing a writer) or corrupt.
+    Bad,
+}
+
+/// What a set did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetOutcome {
+    Inserted,
+    Updated,
+    /// `insert_if_absent` found a live entry.
+    Exists,
+}
+
+/// A mutation found the shard inconsistent: it must be repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damaged(pub String);
+
+/// One shard of a region.
+pub(crate) struct Shard<'a> {
+    pub(crate) r: &'a Region,
+    pub(crate) g: &'a Geometry,
+    pub(crate) base: usize,
+    pub(crate) hasher: &'a Hasher,
+}
+
+/// Pure parts of the record encoding.
+pub(crate) fn encode_w0(klen: usize, expire: u64) -> u64 {
+    (klen as u64 & 0xffff) | (expire << 16)
+}
+
+pub(crate) fn encode_w1(state: u64, vlen: usize, slot: usize) -> u64 {
+    (state & 3) | ((vlen as u64 & ((1 << 26) - 1)) << 2) | ((slot as u64) << 32)
+}
+
+/// Largest expiry the record can hold (48 bits of milliseconds).
+pub(crate) const MAX_EXPIRE: u64 = (1 << 48) - 1;
+
+impl<'a> Shard<'a> {
+    pub(crate) fn new(r: &'a Region, g: &'a Geometry, index: usize, hasher: &'a Hasher) -> Self {
+        Shard {
+            r,
+            g,
+            base: g.shard_base(index),
+            hasher,
+        }
+    }
+
+    // ----- addresses -------------------------------------------------------------------
+
+    pub(crate) fn hdr(&self, field: usize) -> usize {
+        self.base + field
+    }
+
+    pub(crate) fn seq_off(&self) -> usize {
+        self.base + SH_SEQ
+    }
+
+    pub(crate) fn slots(&self) -> usize {
+        self.g.buckets * BUCKET_SLOTS
+    }
+
+    pub(crate) fn slot_off(&self, slot: usize) -> usize {
+        self.base + crate::layout::SHARD_HEADER + slot * 8
+    }
+
+    fn data_off(&self) -> usize {
+        self.base + self.g.small_off
+    }
+
+    pub(crate) fn log_bounds(&self, which: LogId) -> (usize, usize, usize) {
+        match which {
+            LogId::Small => (
+                self.base + self.g.small_off,
+                self.g.small_cap,
+                self.hdr(SH_SMALL),
+            ),
+            LogId::Main => (
+                self.base + self.g.main_off,
+                self.g.main_cap,
+                self.hdr(SH_MAIN),
+            ),
+        }
+    }
+
+    pub(crate) fn locate(&self, h: u64) -> KeyHash {
+        let n = self.g.buckets as u64;
+        let b1 = (((h >> 40) & 0xff_ffff) * n) >> 24;
+        let m = (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let mut b2 = (((m >> 40) & 0xff_ffff) * n) >> 24;
+        if b2 == b1 {
+            b2 = (b1 + 1) % n;
+        }
+        KeyHash {
+            tag: h as u32,
+            b1: b1 as usize,
+            b2: b2 as usize,
+        }
+    }
+
+    fn loc_of(&self, off: usize) -> u64 {
+        ((off - self.data_off()) / 8 + 1) as u64
+    }
+
+    /// The record offset and its log for a slot word, if the location is inside a log.
+    fn off_of(&self, slot_word: u64) -> Option<(usize, LogId)> {
+        let loc = (slot_word & 0xffff_ffff) as usize;
+        let rel = loc.checked_sub(1)? * 8;
+        if rel < self.g.small_cap {
+            Some((self.data_off() + rel, LogId::Small))
+        } else if rel < self.g.small_cap + self.g.main_cap {
+            Some((self.data_off() + rel, LogId::Main))
+        } else {
+            None
+        }
+    }
+
+    /// Reads and checks a record header at `off` in log `which`. `None` if any field is
+    /// out of range or the record would cross the log's end.
+    pub(crate) fn read_rec(&self, off: usize, which: LogId) -> Option<Rec> {
+        let (start, cap, _) = self.log_bounds(which);
+        if off < start || off >= start + cap || off % 8 != 0 {
+            return None;
+        }
+        let end = start + cap;
+        if end - off < RECORD_HEADER {
+            return None;
+        }
+        let w0 = self.r.load(off);
+        let w1 = self.r.load(off + 8);
+        let state = w1 & 3;
+        let klen = (w0 & 0xffff) as usize;
+        let vlen = ((w1 >> 2) & ((1 << 26) - 1)) as usize;
+        let size = match state {
+            STATE_PAD => end - off,
+            STATE_LIVE | STATE_DEAD => {
+                if klen > self.g.params.max_key_len || vlen > self.g.params.max_value_len {
+                    return None;
+                }
+                let s = record_size(klen, vlen);
+                if s > end - off {
+                    return None;
+                }
+                s
+            }
+            _ => return None,
+        };
+        Some(Rec {
+            off,
+            klen,
+            vlen,
+            expire: w0 >> 16,
+            state,
+            slot: (w1 >> 32) as usize,
+            size,
+            w0,
+            w1,
+        })
+    }
+
+    // ----- reads (safe optimistically) ---------------------------------------------------
+
+    /// Finds `key`. Runs without the lock: the caller validates the snapshot.
+    pub(crate) fn find(&self, key: &[u8], kh: &KeyHash) -> Probe {
+        for b in [kh.b1, kh.b2] {
+            for i in 0..BUCKET_SLOTS {
+                let slot = b * BUCKET_SLOTS + i;
+                let w = self.r.load(self.slot_off(slot));
+                if w == 0 || (w >> 32) as u32 != kh.tag {
+                    continue;
+                }
+                let Some((off, which)) = self.off_of(w) else {
+                    return Probe::Bad;
+                };
+                let Some(rec) = self.read_rec(off, which) else {
+                    return Probe::Bad;
+                };
+                if rec.state != STATE_LIVE {
+                    return Probe::Bad;
+                }
+                if rec.klen == key.len() && self.r.bytes_eq(rec.off + RECORD_HEADER, key) {
+                    return Probe::Hit { slot, rec };
+                }
+            }
+        }
+        Probe::Miss
+    }
+
+    /// Copies a record's value into `out` (replacing its contents).
+    pub(crate) fn read_value(&self, rec: &Rec, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(rec.vlen, 0);
+        self.r.read_bytes(rec.value_off(), out);
+    }
+
+    /// Copies a record's key into `out`.
+    pub(crate) fn read_key(&self, rec: &Rec, out: &mut [u8]) {
+        self.r
+            .read_bytes(rec.off + RECORD_HEADER, &mut out[..rec.klen]);
+    }
+
+    fn visited_word(&self, slot: usize) -> (usize, u64) {
+        (
+            self.base + self.g.bitmap_off + (slot / 64) * 8,
+            1u64 << (slot % 64),
+        )
+    }
+
+    /// Marks a slot as visited for eviction: test first, and set only if not set, so a
+    /// hot key stops causing writes. No checksum or counter covers this word.
+    #[inline]
+    pub(crate) fn mark_visited(&self, slot: usize) {
+        let (off, bit) = self.visited_word(slot);
+        if self.r.load(off) & bit == 0 {
+            self.r.fetch_or(off, bit);
+        }
+    }
+
+    pub(crate) fn is_visited(&self, slot: usize) -> bool {
+        let (off, bit) = self.visited_word(slot);
+        self.r.load(off) & bit != 0
+    }
+
+    pub(crate) fn clear_visited(&self, slot: usize) {
+        let (off, bit) = self.visited_word(slot);
+        let w = self.r.load(off);
+        if w & bit != 0 {
+            self.r.store(off, w & !bit);
+        }
+    }
+
+    // ----- log state -------------------------------------------------------------------
+
+    /// `(head, tail)` in bytes, or `Damaged` if out of range.
+    pub(crate) fn state(&self, which: LogId) -> Result<(usize, usize), Damaged> {
+        let (_, cap, st) = self.log_bounds(which);
+        let w = self.r.load(st);
+        let head = (w & 0xffff_ffff) as usize * 8;
+        let tail = (w >> 32) as usize * 8;
+        if head >= cap || tail >= cap {
+            return Err(Damaged(format!(
+                "{which:?} log state head {head} tail {tail} outside its {cap} bytes"
+            )));
+        }
+        Ok((head, tail))
+    }
+
+    pub(crate) fn set_state(&self, which: LogId, head: usize, tail: usize) {
+        let (_, _, st) = self.log_bounds(which);
+        self.r
+            .store(st, (head / 8) as u64 | (((tail / 8) as u64) << 32));
+    }
+
+    pub(crate) fn used(cap: usize, head: usize, tail: usize) -> usize {
+        (tail + cap - head) % cap
+    }
+
+    /// Whether a record of `need` bytes can be appended now (with a pad to the log's end
+    /// if it does not fit before it). 8 bytes always stay free so full and empty differ.
+    pub(crate) fn fits(&self, which: LogId, head: usize, tail: usize, need: usize) -> bool {
+        let (_, cap, _) = self.log_bounds(which);
+        let free = cap.saturating_sub(8 + Self::used(cap, head, tail));
+        if tail + need <= cap {
+            need <= free
+        } else {
+            (cap - tail) + need <= free
+        }
+    }
+
+    /// Writes a pad if needed and returns where a record of `size` bytes goes and the
+    /// tail after it. The caller has checked [`Shard::fits`].
+    pub(crate) fn place(&self, which: LogId, tail: usize, size: usize) -> (usize, usize) {
+        let (start, cap, _) = self.log_bounds(which);
+        let (dst, end) = if tail + size <= cap {
+            (tail, tail + size)
+        } else {
+            if cap - tail >= RECORD_HEADER {
+                self.r.store(start + tail, 0);
+                self.r.store(start + tail + 8, STATE_PAD);
+            }
+            (0, size)
+        };
+        (start + dst, if end == cap { 0 } else { end })
+    }
+
+    // ----- counters and intent ---------------------------------------------------------
+
+    pub(crate) fn add(&self, field: usize, delta: i64) {
+        let off = self.hdr(field);
+        let v = self.r.load(off);
+        self.r.store(off, v.wrapping_add(delta as u64));
+    }
+
+    pub(crate) fn counter(&self, field: usize) -> u64 {
+        self.r.load(self.hdr(field))
+    }
+
+    pub(crate) fn set_intent(&self, op: u64, slot: usize) {
+        self.r
+            .store(self.hdr(SH_INTENT), op | ((slot as u64) << 32));
+    }
+
+    pub(crate) fn clear_intent(&self) {
+        self.r.store(self.hdr(SH_INTENT), INTENT_NONE);
+    }
+
+    /// Marks a record dead in place (its lengths stay, so walks can skip it).
+    pub(crate) fn mark_dead(&self, rec: &Rec) {
+        self.r.store(rec.off + 8, (rec.w1 & !3) | STATE_DEAD);
+    }
+
+    /// Drops a live entry's accounting after its record is gone or dead.
+    pub(crate) fn forget(&self, slot: usize, rec: &Rec) {
+        self.r.store(self.slot_off(slot), 0);
+        self.clear_visited(slot);
+        self.add(SH_ENTRIES, -1);
+        self.add(SH_LIVE_BYTES, -((rec.klen + rec.vlen) as i64));
+    }
+
+    // ----- mutations (lock held, counter odd) ------------------------------------------
+
+    fn ghost_index(&self, fp: u64) -> usize {
+        let m = fp.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        ((m * self.g.ghost_len as u64) >> 32) as usize
+    }
+
+    fn ghost_fp(bucket: usize, tag: u32) -> u64 {
+        (1 << 63) | ((bucket as u64) << 32) | tag as u64
+    }
+
+    /// Remembers an entry evicted from the small log (S3-FIFO's ghost queue, kept as a
+    /// direct-mapped table of fingerprints: a newer ghost replaces an older one).
+    pub(crate) fn ghost_insert(&self, slot: usize, tag: u32) {
+        let fp = Self::ghost_fp(slot / BUCKET_SLOTS, tag);
+        let off = self.base + self.g.ghost_off + self.ghost_index(fp) * 8;
+        self.r.store(off, fp);
+    }
+
+    /// Whether `kh` was recently evicted from the small log; forgets it if so.
+    fn ghost_take(&self, kh: &KeyHash) -> bool {
+        for b in [kh.b1, kh.b2] {
+            let fp = Self::ghost_fp(b, kh.tag);
+            let off = self.base + self.g.ghost_off + self.ghost_index(fp) * 8;
+            if self.r.load(off) == fp {
+                self.r.store(off, 0);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Inserts or replaces `key`. With `only_if_absent`, a live entry is left alone.
+    pub(crate) fn set(
+        &self,
+        key: &[u8],
+        kh: &KeyHash,
+        value: &[u8],
+        expire: u64,
+        only_if_absent: bool,
+        now: u64,
+    ) -> Result<SetOutcome, Damaged> {
+        let size = record_size(key.len(), value.len());
+        let existing = match self.find(key, kh) {
+            Probe::Hit { slot, rec } => Some((slot, rec)),
+            Probe::Miss => None,
+            Probe::Bad => return Err(Damaged("index slot points at no live record".into())),
+        };
+        if only_if_absent {
+            if let Some((_, rec)) = existing {
+                if !rec.expired(now) {
+                    return Ok(SetOutcome::Exists);
+                }
+            }
+        }
+        let big = size > self.g.small_cap / 4;
+        let target = match existing {
+            Some((_, rec)) if rec.off >= self.base + self.g.main_off => LogId::Main,
+            Some(_) => LogId::Small,
+            None if big || self.ghost_take(kh) => LogId::Main,
+            None => LogId::Small,
+        };
+        let target = if big { LogId::Main } else { target };
+        self.make_room(target, size, now)?;
+        crash_point!("set.after_make_room");
+        // Eviction may have moved or dropped the entry: look again.
+        let existing = match self.find(key, kh) {
+            Probe::Hit { slot, rec } => Some((slot, rec)),
+            Probe::Miss => None,
+            Probe::Bad => return Err(Damaged("index slot points at no live record".into())),
+        };
+        let slot = match existing {
+            Some((slot, _)) => slot,
+            None => self.free_slot(kh, now)?,
+        };
+        self.set_intent(INTENT_SET, slot);
+        crash_point!("set.after_intent");
+        let (head, tail) = self.state(target)?;
+        let (dst, new_tail) = self.place(target, tail, size);
+        self.r.store(dst, encode_w0(key.len(), expire));
+        self.r
+            .store(dst + 8, encode_w1(STATE_LIVE, value.len(), slot));
+        self.r.write_bytes(dst + RECORD_HEADER, key);
+        crash_point!("set.after_key");
+        self.r
+            .write_bytes(dst + RECORD_HEADER + align8(key.len()), value);
+        crash_point!("set.after_value");
+        let outcome = if let Some((slot, old)) = existing {
+            self.mark_dead(&old);
+            crash_point!("set.after_mark_old_dead");
+            self.forget(slot, &old);
+            SetOutcome::Updated
+        } else {
+            SetOutcome::Inserted
+        };
+        self.set_state(target, head, new_tail);
+        crash_point!("set.after_publish");
+        self.r.store(
+            self.slot_off(slot),
+            ((kh.tag as u64) << 32) | self.loc_of(dst),
+        );
+        self.clear_visited(slot);
+        self.add(SH_ENTRIES, 1);
+        self.add(SH_LIVE_BYTES, (key.len() + value.len()) as i64);
+        self.add(
+            if outcome == SetOutcome::Updated {
+                SH_UPDATES
+            } else {
+                SH_INSERTS
+            },
+            1,
+        );
+        crash_point!("set.after_slot");
+        self.clear_intent();
+        Ok(outcome)
+    }
+
+    /// A free slot in the key's two buckets (the emptier one), evicting an entry of the
+    /// pair if both are full: this bounds every probe at two buckets.
+    fn free_slot(&self, kh: &KeyHash, now: u64) -> Result<usize, Damaged> {
+        let mut best: Option<usize> = None;
+        let mut best_free = 0;
+        for b in [kh.b1, kh.b2] {
+            let mut first = None;
+            let mut free = 0;
+            for i in 0..BUCKET_SLOTS {
+                let slot = b * BUCKET_SLOTS + i;
+                if self.r.load(self.slot_off(slot)) == 0 {
+                    free += 1;
+                    first.get_or_insert(slot);
+                }
+            }
+            if free > best_free {
+                best_free = free;
+                best = first;
+            }
+        }
+        if let Some(slot) = best {
+            return Ok(slot);
+        }
+        // Both buckets full: evict one of their entries, preferring an expired one, then
+        // one not visited since it was last considered.
+        let mut victim = kh.b1 * BUCKET_SLOTS;
+        let mut victim_rank = 0;
+        for b in [kh.b1, kh.b2] {
+            for i in 0..BUCKET_SLOTS {
+                let slot = b * BUCKET_SLOTS + i;
+                let w = self.r.load(self.slot_off(slot));
+                let rec = self
+                    .off_of(w)
+                    .and_then(|(off, which)| self.read_rec(off, which));
+                let rank = match rec {
+                    Some(rec) if rec.expired(now) => 3,
+                    Some(_) if !self.is_visited(slot) => 2,
+                    _ => 1,
+                };
+                if rank > victim_rank {
+                    victim_rank = rank;
+                    victim = slot;
+                }
+            }
+        }
+        let w = self.r.load(self.slot_off(victim));
+        let rec = self
+            .off_of(w)
+            .and_then(|(off, which)| self.read_rec(off, which))
+            .filter(|r| r.state == STATE_LIVE)
+            .ok_or_else(|| Damaged("index slot points at no live record".into()))?;
+        self.set_intent(crate::layout::INTENT_EVICT, victim);
+        self.mark_dead(&rec);
+        crash_point!("evict_slot.after_mark_dead");
+        self.forget(victim, &rec);
+        self.add(
+            if rec.expired(now) {
+                crate::layout::SH_EXPIRATIONS
+            } else {
+                SH_EVICTIONS
+            },
+            1,
+        );
+        self.clear_intent();
+        Ok(victim)
+    }
+
+    /// Removes `key`; true if a live (unexpired) entry was removed.
+    pub(crate) fn remove(&self, key: &[u8], kh: &KeyHash, now: u64) -> Result<bool, Damaged> {
+        match self.find(key, kh) {
+            Probe::Hit { slot, rec } => {
+                self.set_intent(INTENT_REMOVE, slot);
+                crash_point!("remove.after_intent");
+                self.mark_dead(&rec);
+                crash_point!("remove.after_mark_dead");
+                self.forget(slot, &rec);
+                self.add(SH_REMOVALS, 1);
+                self.clear_intent();
+                Ok(!rec.expired(now))
+            }
+            Probe::Miss => Ok(false),
+            Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+        }
+    }
+
+    /// Sets a live entry's expiry; false if absent or already expired.
+    pub(crate) fn touch(
+        &self,
+        key: &[u8],
+        kh: &KeyHash,
+        expire: u64,
+        now: u64,
+    ) -> Result<bool, Damaged> {
+        match self.find(key, kh) {
+            Probe::Hit { slot, rec } if !rec.expired(now) => {
+                self.set_intent(INTENT_TOUCH, slot);
+                crash_point!("touch.after_intent");
+                self.r.store(rec.off, encode_w0(rec.klen, expire));
+                crash_point!("touch.after_store");
+                self.clear_intent();
+                Ok(true)
+            }
+            Probe::Hit { .. } | Probe::Miss => Ok(false),
+            Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+        }
+    }
+
+    /// Empties the shard; returns how many entries it held.
+    pub(crate) fn clear(&self) -> u64 {
+        let n = self.counter(SH_ENTRIES);
+        self.set_intent(INTENT_CLEAR, 0);
+        crash_point!("clear.after_intent");
+        self.set_state(LogId::Small, 0, 0);
+        crash_point!("clear.after_small");
+        self.set_state(LogId::Main, 0, 0);
+        crash_point!("clear.after_main");
+        self.clear_index();
+        self.r.store(self.hdr(SH_ENTRIES), 0);
+        self.r.store(self.hdr(SH_LIVE_BYTES), 0);
+        self.add(SH_REMOVALS, n as i64);
+        self.clear_intent();
+        n
+    }
+
+    fn clear_index(&self) {
+        self.r.zero(self.slot_off(0), self.slots() * 8);
+        self.r
+            .zero(self.base + self.g.bitmap_off, self.g.bitmap_words * 8);
+    }
+
+    // ----- repair ----------------------------------------------------------------------
+
+    /// Rebuilds the shard from its logs after its last writer died or panicked mid-write
+    /// (or after corruption was found). Returns how many entries it dropped.
+    ///
+    /// The logs are the truth (see the module docs): each is walked from head to tail, a
+    /// record that does not decode ends the log there, and the index is rebuilt from the
+    /// live records, each put back in the slot its back reference names. The intent
+    /// record names the entry the dead writer had in flight; if it is gone after the
+    /// rebuild, it is the one entry the crash cost. Idempotent: a repairer that dies is
+    /// followed by another repair from the same logs.
+    pub(crate) fn repair(&self) -> u64 {
+        let intent = self.r.load(self.hdr(SH_INTENT));
+        crash_point!("repair.start");
+        self.clear_index();
+        self.r.store(self.hdr(SH_ENTRIES), 0);
+        self.r.store(self.hdr(SH_LIVE_BYTES), 0);
+        crash_point!("repair.after_clear_index");
+        let mut dropped = 0;
+        let mut key = [0u8; MAX_KEY_LIMIT];
+        for which in [LogId::Small, LogId::Main] {
+            dropped += self.rebuild_log(which, &mut key);
+        }
+        crash_point!("repair.after_rebuild");
+        let op = intent & 0xff;
+        let slot = (intent >> 32) as usize;
+        if (op == INTENT_SET || op == INTENT_MOVE)
+            && slot < self.slots()
+            && self.r.load(self.slot_off(slot)) == 0
+        {
+            dropped += 1;
+        }
+        self.add(SH_RECOVERIES, 1);
+        self.add(SH_DROPPED, dropped as i64);
+        self.clear_intent();
+        dropped
+    }
+
+    fn rebuild_log(&self, which: LogId, key: &mut [u8; MAX_KEY_LIMIT]) -> u64 {
+        let (start, cap, _) = self.log_bounds(which);
+        let (head, tail) = match self.state(which) {
+            Ok(ht) => ht,
+            Err(_) => {
+                self.set_state(which, 0, 0);
+                return 0;
+            }
+        };
+        let mut dropped = 0;
+        let mut pos = head;
+        let mut remaining = Self::used(cap, head, tail);
+        while remaining > 0 {
+            if cap - pos < RECORD_HEADER {
+                let skip = cap - pos;
+                if skip > remaining {
+                    break;
+                }
+                remaining -= skip;
+                pos = 0;
+                continue;
+            }
+            let Some(rec) = self.read_rec(start + pos, which) else {
+                break;
+            };
+            if rec.size > remaining {
+                break;
+            }
+            if rec.state == STATE_LIVE && !self.reindex(&rec, key) {
+                self.mark_dead(&rec);
+                dropped += 1;
+            }
+            remaining -= rec.size;
+            pos = (pos + rec.size) % cap;
+        }
+        if remaining > 0 {
+            // The rest does not decode: end the log at the last good record.
+            self.set_state(which, head, pos);
+        }
+        dropped
+    }
+
+    /// Puts a live record back in the index; false if it cannot be (a duplicate key, or
+    /// no room in its buckets).
+    fn reindex(&self, rec: &Rec, key: &mut [u8; MAX_KEY_LIMIT]) -> bool {
+        self.read_key(rec, key);
+        let k = &key[..rec.klen];
+        let kh = self.locate(self.hasher.hash(k));
+        if !matches!(self.find(k, &kh), Probe::Miss) {
+            return false;
+        }
+        let in_pair = |s: usize| s / BUCKET_SLOTS == kh.b1 || s / BUCKET_SLOTS == kh.b2;
+        let slot = if in_pair(rec.slot) && self.r.load(self.slot_off(rec.slot)) == 0 {
+            Some(rec.slot)
+        } else {
+            (0..2 * BUCKET_SLOTS)
+                .map(|i| {
+                    let b = if i < BUCKET_SLOTS { kh.b1 } else { kh.b2 };
+                    b * BUCKET_SLOTS + i % BUCKET_SLOTS
+                })
+                .find(|&s| self.r.load(self.slot_off(s)) == 0)
+        };
+        let Some(slot) = slot else {
+            return false;
+        };
+        if slot != rec.slot {
+            self.r
+                .store(rec.off + 8, (rec.w1 & 0xffff_ffff) | ((slot as u64) << 32));
+        }
+        self.r.store(
+            self.slot_off(slot),
+            ((kh.tag as u64) << 32) | self.loc_of(rec.off),
+        );
+        self.add(SH_ENTRIES, 1);
+        self.add(SH_LIVE_BYTES, (rec.klen + rec.vlen) as i64);
+        true
+    }
+
+    /// Calls `f` for every live entry (lock held).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Rec)) {
+        for slot in 0..self.slots() {
+            let w = self.r.load(self.slot_off(slot));
+            if w == 0 {
+                continue;
+            }
+            if let Some(rec) = self
+                .off_of(w)
+                .and_then(|(off, which)| self.read_rec(off, which))
+                .filter(|r| r.state == STATE_LIVE)
+            {
+                f(&rec);
+            }
+        }
+    }
+
+    /// The location encoding of an offset, for verify.
+    pub(crate) fn loc(&self, off: usize) -> u64 {
+        self.loc_of(off)
+    }
+
+    /// Decodes a slot word's record offset, for verify.
+    pub(crate) fn slot_target(&self, w: u64) -> Option<(usize, LogId)> {
+        self.off_of(w)
+    }
+}
