@@ -100,6 +100,10 @@ mod stats;
 mod sync;
 mod verify;
 
+#[cfg(test)]
+#[path = "shard_tests.rs"]
+mod shard_tests;
+
 pub use cache::{Cache, Entries, EntryInfo, RepairReport, StaleValue};
 pub use clock::Clock;
 pub use error::{Error, Result};

@@ -1,0 +1,2 @@
+//! The `larder` command line (placeholder replaced by the CLI).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Table logic on an in-memory region (also run under Miri).
