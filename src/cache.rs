@@ -192,6 +192,39 @@ impl Cache {
         file::unlink(&file::resolve(name)?)
     }
 
+    /// Repairs a cache that no process is attached to: takes the file's `flock`
+    /// exclusively without waiting ([`Error::InUse`] if any process holds it), then
+    /// re-initialises every lock (which also recovers a file from another boot, whose lock
+    /// words name owners the kernel will never mark dead) and rebuilds every shard from
+    /// its logs. For a cache in use, [`Cache::repair`] works online, shard by shard.
+    pub fn repair_offline(name: &str, opts: &Options) -> Result<RepairReport> {
+        let path = file::resolve(name)?;
+        let spec = OpenSpec {
+            params: None,
+            mode: opts.mode,
+            allow_uids: opts.allow_uids.clone(),
+            lock_timeout: opts.lock_timeout,
+        };
+        let (a, other_boot) = file::open_exclusive(&path, &spec)?;
+        // Nobody is attached (the exclusive flock proves it), so no lock is held by a live
+        // process: re-initialising them is safe, and resets any a dead peer left behind.
+        file::init_locks(&a)?;
+        if other_boot {
+            file::restamp_boot(&a);
+        }
+        let mut report = RepairReport::default();
+        for idx in 0..a.geo.shard_count {
+            let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
+            if let Some(seq) = a.region.atomic(shard.seq_off()) {
+                seqlock::write_begin(seq);
+                report.dropped += shard.repair();
+                seqlock::write_end(seq);
+                report.shards += 1;
+            }
+        }
+        Ok(report)
+    }
+
     /// The path a name resolves to (a bare name lives in /dev/shm).
     pub fn path_of(name: &str) -> Result<PathBuf> {
         file::resolve(name)
@@ -252,12 +285,12 @@ impl Cache {
 
     /// The current mapping, after the periodic check that the path still names it.
     #[inline]
-    fn attached(&self) -> Arc<Attached> {
+    fn attached(&self) -> arc_swap::Guard<Arc<Attached>> {
         let now = coarse_ms();
         if now >= self.inner.next_check.load(Ordering::Relaxed) {
             self.recheck(now);
         }
-        self.inner.current.load_full()
+        self.inner.current.load()
     }
 
     #[cold]

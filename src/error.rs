@@ -105,6 +105,11 @@ pub enum Error {
     },
     /// A `try_` operation would have had to wait for a lock.
     WouldBlock,
+    /// An offline repair or reset needs the file to itself, and processes are attached.
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
     /// No cache file exists at this path (`Cache::open` attaches, it never creates).
     NotFound {
         /// The file.
@@ -190,6 +195,12 @@ impl fmt::Display for Error {
                  is stopped or slow; retry, or raise the timeout"
             ),
             Error::WouldBlock => f.write_str("the operation would block on a lock"),
+            Error::InUse { path } => write!(
+                f,
+                "{} is in use by attached processes; stop them first, or repair online \
+                 (shard by shard under the shard locks)",
+                path.display()
+            ),
             Error::NotFound { path } => write!(
                 f,
                 "no cache at {}; create it with Options::open or `larder create`",

@@ -436,6 +436,80 @@ pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8]) -> Vec<u8> 
     buf
 }
 
+/// Opens an existing file holding its `flock` exclusively (without waiting): proof that
+/// no process is attached. Returns the mapping and whether the file is from another
+/// boot. The header must be intact (its checksum and layout are checked).
+pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, bool)> {
+    let fd = match rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => {
+            return Err(Error::NotFound {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(Errno::LOOP) => {
+            return Err(Error::UnsafeFile {
+                path: path.to_path_buf(),
+                reason: "it is a symbolic link".into(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    check_owner(path, &fd, &spec.allow_uids)?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => {
+            return Err(Error::InUse {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let st = rustix::fs::fstat(&fd)?;
+    let file = File::from(fd);
+    let len = st.st_size as u64;
+    let mut buf = vec![0u8; HEADER_SIZE];
+    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut buf, 0).is_err() {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            len,
+            expected: HEADER_SIZE as u64,
+        });
+    }
+    let info = parse_header(path, &buf)?;
+    let other_boot = [
+        word(&buf, offset_of!(FileHeader, boot_id)),
+        word(&buf, offset_of!(FileHeader, boot_id) + 8),
+    ] != boot_id();
+    if len < info.geo.total_size as u64 {
+        return Err(Error::Truncated {
+            path: path.to_path_buf(),
+            len,
+            expected: info.geo.total_size as u64,
+        });
+    }
+    let a = map(path, file, info, &st)?;
+    Ok((a, other_boot))
+}
+
+/// Re-stamps the header with this boot's id (and a fresh checksum). Only for a file held
+/// exclusively.
+pub(crate) fn restamp_boot(a: &Attached) {
+    let mut buf = vec![0u8; HEADER_SIZE];
+    a.region.read_bytes(0, &mut buf);
+    let boot = boot_id();
+    let at = offset_of!(FileHeader, boot_id);
+    buf[at..at + 8].copy_from_slice(&boot[0].to_le_bytes());
+    buf[at + 8..at + 16].copy_from_slice(&boot[1].to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&buf[..CHECKSUM_OFF]);
+    buf[CHECKSUM_OFF..CHECKSUM_OFF + 8].copy_from_slice(&sum.to_le_bytes());
+    a.region.write_bytes(0, &buf[..CHECKSUM_OFF + 8]);
+}
+
 fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
     check_owner(path, &fd, &spec.allow_uids)?;
     shared_lock(path, &fd, spec.lock_timeout)?;
