@@ -286,11 +286,17 @@ impl Cache {
     /// The current mapping, after the periodic check that the path still names it.
     #[inline]
     fn attached(&self) -> arc_swap::Guard<Arc<Attached>> {
+        self.attached_at().0
+    }
+
+    /// The current mapping and the operation's time on the handle's clock.
+    #[inline]
+    fn attached_at(&self) -> (arc_swap::Guard<Arc<Attached>>, u64) {
         let now = coarse_ms();
         if now >= self.inner.next_check.load(Ordering::Relaxed) {
             self.recheck(now);
         }
-        self.inner.current.load()
+        (self.inner.current.load(), self.inner.clock.at(now))
     }
 
     #[cold]
@@ -332,13 +338,10 @@ impl Cache {
         Ok(())
     }
 
-    fn expiry(&self, ttl: Option<Duration>) -> u64 {
+    fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
         match ttl {
             None => 0,
-            Some(d) => self
-                .inner
-                .clock
-                .now_ms()
+            Some(d) => now
                 .saturating_add(d.as_millis().min(u64::MAX as u128) as u64)
                 .clamp(1, MAX_EXPIRE),
         }
@@ -441,9 +444,8 @@ impl Cache {
         stale: bool,
         blocking: bool,
     ) -> Result<Option<bool>> {
-        let a = self.attached();
+        let (a, now) = self.attached_at();
         Self::check_key(&a, key)?;
-        let now = self.inner.clock.now_ms();
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
@@ -555,7 +557,7 @@ impl Cache {
         only_if_absent: bool,
         blocking: bool,
     ) -> Result<SetOutcome> {
-        let a = self.attached();
+        let (a, now) = self.attached_at();
         Self::check_key(&a, key)?;
         let max = a.geo.params.max_value_len;
         if value.len() > max {
@@ -565,8 +567,7 @@ impl Cache {
                 max,
             });
         }
-        let expire = self.expiry(ttl);
-        let now = self.inner.clock.now_ms();
+        let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
         self.locked(&a, idx, blocking, true, |s| {
@@ -598,9 +599,8 @@ impl Cache {
 
     /// Removes `key`; true if a fresh entry was removed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
-        let a = self.attached();
+        let (a, now) = self.attached_at();
         Self::check_key(&a, key)?;
-        let now = self.inner.clock.now_ms();
         let h = a.hasher.hash(key);
         self.locked(&a, a.geo.shard_of(h), true, true, |s| {
             let kh = s.locate(h);
@@ -610,10 +610,9 @@ impl Cache {
 
     /// Gives a fresh entry a new TTL (`None`: no expiry); false if there is none.
     pub fn touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let a = self.attached();
+        let (a, now) = self.attached_at();
         Self::check_key(&a, key)?;
-        let now = self.inner.clock.now_ms();
-        let expire = self.expiry(ttl);
+        let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         self.locked(&a, a.geo.shard_of(h), true, true, |s| {
             let kh = s.locate(h);
@@ -826,11 +825,10 @@ impl Cache {
     }
 
     fn shard_entries(&self, idx: usize) -> Result<Option<Vec<EntryInfo>>> {
-        let a = self.attached();
+        let (a, now) = self.attached_at();
         if idx >= a.geo.shard_count {
             return Ok(None);
         }
-        let now = self.inner.clock.now_ms();
         let reserve = Shard::new(&a.region, &a.geo, idx, &a.hasher).counter(SH_ENTRIES) as usize;
         let mut list = Vec::with_capacity(reserve.min(1 << 20) + 16);
         self.locked(&a, idx, true, false, |s| {

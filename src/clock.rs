@@ -54,7 +54,13 @@ impl Clock {
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        let base = coarse_ms();
+        self.at(coarse_ms())
+    }
+
+    /// This clock's time for a reading of [`coarse_ms`] (one clock read serves both the
+    /// handle's file check and the TTLs of an operation).
+    #[inline]
+    pub(crate) fn at(&self, base: u64) -> u64 {
         match &self.offset {
             Some(o) => base.saturating_add(o.load(Ordering::Relaxed)),
             None => base,
