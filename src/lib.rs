@@ -100,6 +100,9 @@ mod stats;
 mod sync;
 mod verify;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 #[path = "shard_tests.rs"]
 mod shard_tests;
