@@ -71,7 +71,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         stats::release(&self.current.load_full());
-        if let Ok(retired) = self.retired.lock() {
+        if let Ok(retired) = self.retired.try_lock() {
             for a in retired.iter() {
                 stats::release(a);
             }
@@ -320,8 +320,12 @@ impl Cache {
         if let Ok(fresh) = file::open(&self.inner.path, &self.inner.spec) {
             let old = self.inner.current.swap(Arc::new(fresh));
             stats::release(&old);
-            if let Ok(mut retired) = self.inner.retired.lock() {
-                retired.push(old);
+            match self.inner.retired.try_lock() {
+                Ok(mut retired) => retired.push(old),
+                // Only in a forked child whose parent thread held the list at fork time:
+                // no other thread can be using the old mapping there, but keep it mapped
+                // anyway rather than wait on a lock nobody will release.
+                Err(_) => std::mem::forget(old),
             }
         }
     }
@@ -361,6 +365,9 @@ impl Cache {
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
         let m = RobustMutex::at(&a.region, shard.base, a.kind)
             .map_err(|e| lock_error(a, "a shard lock", e, Duration::ZERO, blocking))?;
+        // Counted before locking: claiming this process's statistics slot the first time
+        // talks to another thread, which must not happen inside the critical section.
+        stats::bump(a, SS_LOCKS);
         let acquired = if blocking {
             m.lock(self.inner.lock_timeout)
         } else {
@@ -385,7 +392,6 @@ impl Cache {
             m,
             needs_consistent: acquired == Acquired::OwnerDied,
         };
-        stats::bump(a, SS_LOCKS);
         crash_point!("lock.held");
         let seq = a
             .region

@@ -69,7 +69,7 @@ pub struct Stats {
     pub fills: u64,
     /// `get_or_insert_with` calls that gave up waiting for another process's fill.
     pub fill_timeouts: u64,
-    /// Shard locks taken (a debug counter: read-only hits take none).
+    /// Shard lock acquisitions attempted (a debug counter: read-only hits take none).
     pub locks: u64,
     /// Per-shard counters.
     pub shards: Vec<ShardStats>,
@@ -186,17 +186,19 @@ fn keeper_loop(rx: mpsc::Receiver<Cmd>) {
 
 fn keeper_tx() -> Option<mpsc::Sender<Cmd>> {
     let gen = fork_gen();
-    // In a forked child the mutex may have been held by a parent thread at fork time;
-    // never wait for it.
-    let mut guard = match KEEPER.try_lock() {
-        Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
-            // Contended in this process: wait normally, it is held only briefly.
-            if let Ok(g) = KEEPER.lock() {
-                g
-            } else {
-                return None;
+    // In a forked child this mutex may have been copied locked from a parent thread that
+    // does not exist here: never wait for it without a deadline. A live holder keeps it
+    // for microseconds.
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    let mut guard = loop {
+        match KEEPER.try_lock() {
+            Ok(g) => break g,
+            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if std::time::Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::yield_now();
             }
         }
     };
