@@ -1,2 +1,0 @@
-//! The `larder` command line (placeholder replaced by the CLI).
-fn main() {}

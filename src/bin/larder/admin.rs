@@ -1,0 +1,177 @@
+//! The file as a whole: `create`, `verify`, `repair`, `clear`, `rm`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use larder::{Cache, Error};
+
+use crate::args::Global;
+use crate::units::bytes;
+use crate::{attach, ls, options, stdout, Failure, Outcome};
+
+pub struct CreateArgs {
+    pub capacity: u64,
+    pub mode: u32,
+    pub max_key: u64,
+    pub max_value: u64,
+    pub shards: Option<usize>,
+    pub expected_entry: Option<u64>,
+}
+
+fn to_usize(what: &str, v: u64) -> Result<usize, Failure> {
+    usize::try_from(v).map_err(|_| Failure::new(format!("{what} of {v} bytes is too large")))
+}
+
+pub fn create(g: &Global, name: &str, a: CreateArgs) -> Outcome {
+    let path = Cache::path_of(name)?;
+    let existed = std::fs::symlink_metadata(&path).is_ok();
+    let mut o = options(g)
+        .capacity(a.capacity)
+        .mode(a.mode)
+        .max_key_len(to_usize("--max-key", a.max_key)?)
+        .max_value_len(to_usize("--max-value", a.max_value)?);
+    if let Some(n) = a.shards {
+        o = o.shards(n);
+    }
+    if let Some(e) = a.expected_entry {
+        o = o.expected_entry_size(to_usize("--expected-entry", e)?);
+    }
+    // Creates the file, or attaches to an existing one if (and only if) it has these
+    // parameters: running `create` twice is harmless.
+    let cache = o.open(name)?;
+    let (capacity, max_key, max_value, shards) = cache.limits();
+    let mut out = stdout();
+    writeln!(
+        out,
+        "{} {}: {} in {shards} shards, keys up to {}, values up to {}",
+        if existed { "exists" } else { "created" },
+        path.display(),
+        bytes(capacity),
+        bytes(max_key as u64),
+        bytes(max_value as u64),
+    )?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 clean, 1 problems found, 2 could not check.
+pub fn verify(g: &Global, name: &str) -> Outcome {
+    let cache = attach(g, name).map_err(|f| f.with_code(2))?;
+    let report = cache.verify().map_err(|e| Failure::from(e).with_code(2))?;
+    let mut out = stdout();
+    if report.is_clean() {
+        writeln!(out, "{}: clean", cache.path().display())?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    write!(out, "{}: {report}", cache.path().display())?;
+    writeln!(
+        out,
+        "repair with: larder repair {name} (or --online while processes are attached)"
+    )?;
+    out.flush()?;
+    Ok(ExitCode::from(1))
+}
+
+pub fn repair(g: &Global, name: &str, online: bool) -> Outcome {
+    let path = Cache::path_of(name)?;
+    let report = if online {
+        attach(g, name)?.repair()?
+    } else {
+        match Cache::repair_offline(name, &options(g)) {
+            Ok(r) => r,
+            Err(Error::InUse { path, .. }) => {
+                let who = match ls::attached(&path) {
+                    Some(n) => format!("{n} attached process(es)"),
+                    None => "attached processes".into(),
+                };
+                return Err(Failure::new(format!(
+                    "{} is in use by {who}; stop them and retry, or repair shard by shard \
+                     while they run: larder repair --online {name}",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = stdout();
+    writeln!(
+        out,
+        "repaired {} ({}): {} shard(s) rebuilt, {} entr{} dropped",
+        path.display(),
+        if online {
+            "online, shard by shard"
+        } else {
+            "offline, locks re-initialised"
+        },
+        report.shards,
+        report.dropped,
+        if report.dropped == 1 { "y" } else { "ies" },
+    )?;
+    if report.dropped > 0 {
+        writeln!(
+            out,
+            "dropped entries could not be put back from the logs (a write cut short or \
+             damaged records); they are misses now and will be refilled"
+        )?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn clear(g: &Global, name: &str) -> Outcome {
+    let cache = attach(g, name)?;
+    let n = cache.clear()?;
+    let mut out = stdout();
+    writeln!(out, "removed {n} entries from {}", cache.path().display())?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rm(g: &Global, name: &str, force: bool) -> Outcome {
+    let path = Cache::path_of(name)?;
+    if !force {
+        // Never unlink a file that is not a cache because of a typo in a path: attach
+        // first. A cache that cannot be used as it is (another boot, another version,
+        // corrupt, locked by a repair) is still a cache and may go.
+        match options(g).attach(name) {
+            Ok(_) => {}
+            Err(
+                Error::OtherBoot { .. }
+                | Error::Version { .. }
+                | Error::Corrupt { .. }
+                | Error::Incompatible { .. }
+                | Error::Timeout { .. },
+            ) => {}
+            Err(e @ Error::NotFound { .. }) | Err(e @ Error::InvalidName { .. }) => {
+                return Err(e.into())
+            }
+            Err(e @ Error::UnsafeFile { .. }) => {
+                return Err(Failure::new(format!(
+                    "{e}; not removing it (--allow-uid UID accepts another owner, --force \
+                     removes it unchecked)"
+                )))
+            }
+            Err(e) => {
+                return Err(Failure::new(format!(
+                    "cannot confirm that {} is a larder cache ({e}); not removing it \
+                     (--force removes it unchecked)",
+                    path.display()
+                )))
+            }
+        }
+    }
+    let attached = ls::attached(&path).unwrap_or(0);
+    Cache::unlink(name)?;
+    let mut out = stdout();
+    write!(out, "removed {}", path.display())?;
+    if attached > 0 {
+        write!(
+            out,
+            "; {attached} attached process(es) move to a new file on their next check"
+        )?;
+    }
+    writeln!(out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,272 @@
+//! `larder`: inspect and manage larder cache files from the shell.
+//!
+//! Every failure is one line on stderr and a non-zero exit status (1; `verify` uses 2
+//! for "could not check"); output goes through one buffered stdout so that a closed
+//! pipe (`larder keys authz | head`) ends the command quietly instead of panicking.
+#![deny(unsafe_code)]
+
+mod admin;
+mod args;
+mod codec;
+mod data;
+mod ls;
+mod stats;
+mod units;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Cmd, Global};
+
+/// Why a command stopped: a message for stderr and the exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// Print `larder: <message>` and exit with `code`.
+    Message { message: String, code: u8 },
+    /// stdout was closed by its reader: stop quietly.
+    BrokenPipe,
+}
+
+impl Failure {
+    pub fn new(message: impl Into<String>) -> Failure {
+        Failure::Message {
+            message: message.into(),
+            code: 1,
+        }
+    }
+
+    /// The same failure with another exit status (`verify`'s 2).
+    pub fn with_code(self, code: u8) -> Failure {
+        match self {
+            Failure::Message { message, .. } => Failure::Message { message, code },
+            other => other,
+        }
+    }
+}
+
+impl From<larder::Error> for Failure {
+    fn from(e: larder::Error) -> Failure {
+        Failure::new(e.to_string())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Failure::BrokenPipe
+        } else {
+            Failure::new(format!("writing output: {e}"))
+        }
+    }
+}
+
+pub type Outcome = Result<ExitCode, Failure>;
+
+/// The options every command attaches with.
+pub fn options(g: &Global) -> larder::Options {
+    let mut o = larder::Options::new();
+    if let Some(t) = g.lock_timeout {
+        o = o.lock_timeout(t);
+    }
+    for &uid in &g.allow_uid {
+        o = o.allow_uid(uid);
+    }
+    o
+}
+
+/// Attaches to an existing cache with its own parameters.
+pub fn attach(g: &Global, name: &str) -> Result<larder::Cache, Failure> {
+    Ok(options(g).attach(name)?)
+}
+
+/// Buffered stdout; flushed by the caller before it returns.
+pub fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
+    io::BufWriter::new(io::stdout().lock())
+}
+
+fn run(cli: Cli) -> Outcome {
+    let g = &cli.global;
+    match cli.cmd {
+        Cmd::Create {
+            name,
+            capacity,
+            mode,
+            max_key,
+            max_value,
+            shards,
+            expected_entry,
+        } => admin::create(
+            g,
+            &name,
+            admin::CreateArgs {
+                capacity,
+                mode,
+                max_key,
+                max_value,
+                shards,
+                expected_entry,
+            },
+        ),
+        Cmd::Stats {
+            name,
+            json,
+            prometheus,
+            shards,
+            watch,
+            count,
+        } => {
+            let format = if json {
+                stats::Format::Json
+            } else if prometheus {
+                stats::Format::Prometheus
+            } else {
+                stats::Format::Text
+            };
+            stats::run(g, &name, format, shards, watch, count)
+        }
+        Cmd::Get {
+            name,
+            key,
+            codec,
+            raw,
+        } => data::get(g, &name, &key, codec.key(), codec.value(), raw),
+        Cmd::Set {
+            name,
+            key,
+            value,
+            ttl,
+            codec,
+        } => data::set(g, &name, &key, &value, ttl, codec.key(), codec.value()),
+        Cmd::Del { name, key, codec } => data::del(g, &name, &key, codec.key()),
+        Cmd::Keys {
+            name,
+            prefix,
+            limit,
+            codec,
+        } => data::keys(g, &name, prefix.as_deref(), limit, codec.key()),
+        Cmd::Dump {
+            name,
+            json,
+            values,
+            prefix,
+            limit,
+            codec,
+        } => data::dump(
+            g,
+            &name,
+            data::DumpArgs {
+                json,
+                values,
+                prefix: prefix.as_deref(),
+                limit,
+                key_enc: codec.key(),
+                value_enc: codec.value(),
+            },
+        ),
+        Cmd::Verify { name } => admin::verify(g, &name),
+        Cmd::Repair { name, online } => admin::repair(g, &name, online),
+        Cmd::Clear { name } => admin::clear(g, &name),
+        Cmd::Rm { name, force } => admin::rm(g, &name, force),
+        Cmd::Ls { dir } => ls::run(g, &dir),
+        Cmd::Bench(_) => Err(Failure::new("bench is not available in this build")),
+    }
+}
+
+/// One line, whatever the message holds.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// clap's message and usage on one line: the lines before `Usage:` hold the message
+/// (a list of missing arguments continues on the next lines), then the usage itself.
+fn usage_error(rendered: &str) -> String {
+    let mut message = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim) {
+        if let Some(u) = line.strip_prefix("Usage:") {
+            usage = Some(u.trim().to_string());
+            break;
+        }
+        if line.starts_with("For more information") {
+            continue;
+        }
+        if let Some(tip) = line.strip_prefix("tip:") {
+            message.push(format!("; tip: {}", tip.trim()));
+        } else if !line.is_empty() {
+            let line = line.strip_prefix("error:").unwrap_or(line).trim();
+            message.push(if message.is_empty() {
+                line.to_string()
+            } else {
+                format!(" {line}")
+            });
+        }
+    }
+    let mut text = message.concat();
+    if text.is_empty() {
+        text = "invalid arguments".into();
+    }
+    match usage {
+        Some(u) => format!("{text} (usage: {u}; see --help)"),
+        None => format!("{text} (see larder --help)"),
+    }
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line, not a backtrace over the user's terminal.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "larder: internal error{at}: {}; please report it",
+            one_line(&msg)
+        );
+    }));
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // `larder` alone: the help is the useful answer (on stderr, like git).
+                let _ = e.print();
+                return ExitCode::from(1);
+            }
+            eprintln!("larder: {}", usage_error(&e.render().to_string()));
+            // `verify` promises 2 for anything that stopped it from checking.
+            let is_verify = args.iter().skip(1).any(|a| a == "verify");
+            return ExitCode::from(if is_verify { 2 } else { 1 });
+        }
+    };
+    let result = run(cli);
+    let result = result.and_then(|code| {
+        io::stdout().flush()?;
+        Ok(code)
+    });
+    match result {
+        Ok(code) => code,
+        Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(Failure::Message { message, code }) => {
+            let _ = io::stdout().flush();
+            eprintln!("larder: {}", one_line(&message));
+            ExitCode::from(code)
+        }
+    }
+}

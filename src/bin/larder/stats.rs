@@ -1,0 +1,480 @@
+//! `larder stats`: every counter of `Stats`, as text in human units, JSON, or the
+//! Prometheus text exposition format; `--watch` redraws it.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use larder::{ShardStats, Stats};
+
+use crate::args::Global;
+use crate::codec::json_str;
+use crate::units::{bytes, percent};
+use crate::{attach, Outcome};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    Prometheus,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A level that goes up and down.
+    Gauge,
+    /// A level in bytes.
+    Bytes,
+    /// A count that only grows.
+    Counter,
+}
+
+/// One counter: its name in JSON (and, prefixed, in Prometheus), its label in the text
+/// form, its help text, and where it lives.
+struct Field<T> {
+    name: &'static str,
+    label: &'static str,
+    help: &'static str,
+    kind: Kind,
+    get: fn(&T) -> u64,
+}
+
+macro_rules! field {
+    ($t:ty, $name:ident, $label:expr, $kind:ident, $help:expr) => {
+        Field::<$t> {
+            name: stringify!($name),
+            label: $label,
+            help: $help,
+            kind: Kind::$kind,
+            get: |s: &$t| s.$name,
+        }
+    };
+}
+
+/// Every field of `Stats` but the per-shard list, in display order.
+const TOTALS: &[Field<Stats>] = &[
+    field!(
+        Stats,
+        file_size,
+        "file size",
+        Bytes,
+        "Bytes of the cache file."
+    ),
+    field!(Stats, shard_count, "shards", Gauge, "Number of shards."),
+    field!(
+        Stats,
+        entries,
+        "entries",
+        Gauge,
+        "Live entries (expired ones count until their space is reclaimed)."
+    ),
+    field!(
+        Stats,
+        bytes_live,
+        "live bytes",
+        Bytes,
+        "Bytes of keys and values of live entries."
+    ),
+    field!(
+        Stats,
+        bytes_used,
+        "log bytes used",
+        Bytes,
+        "Bytes of the logs in use (live, dead and padding records)."
+    ),
+    field!(
+        Stats,
+        bytes_free,
+        "log bytes free",
+        Bytes,
+        "Bytes of the logs free."
+    ),
+    field!(
+        Stats,
+        hits,
+        "hits",
+        Counter,
+        "Gets that found a fresh entry."
+    ),
+    field!(
+        Stats,
+        misses,
+        "misses",
+        Counter,
+        "Gets that found nothing or only an expired entry."
+    ),
+    field!(
+        Stats,
+        stale_hits,
+        "stale hits",
+        Counter,
+        "Expired values served on purpose (get_stale, refresh in progress)."
+    ),
+    field!(Stats, inserts, "inserts", Counter, "Sets of a new key."),
+    field!(
+        Stats,
+        updates,
+        "updates",
+        Counter,
+        "Sets that replaced an entry."
+    ),
+    field!(
+        Stats,
+        removals,
+        "removals",
+        Counter,
+        "Entries removed by remove or clear."
+    ),
+    field!(
+        Stats,
+        evictions,
+        "evictions",
+        Counter,
+        "Entries evicted to make room."
+    ),
+    field!(
+        Stats,
+        expirations,
+        "expirations",
+        Counter,
+        "Expired entries whose space was reclaimed."
+    ),
+    field!(
+        Stats,
+        lock_timeouts,
+        "lock timeouts",
+        Counter,
+        "Operations that gave up on a shard lock at its deadline."
+    ),
+    field!(
+        Stats,
+        recoveries,
+        "recoveries",
+        Counter,
+        "Shard repairs after a writer died or panicked mid-write."
+    ),
+    field!(
+        Stats,
+        repair_dropped,
+        "repair dropped",
+        Counter,
+        "Entries dropped by repairs."
+    ),
+    field!(
+        Stats,
+        fills,
+        "fills",
+        Counter,
+        "Values computed by get_or_insert_with."
+    ),
+    field!(
+        Stats,
+        fill_timeouts,
+        "fill timeouts",
+        Counter,
+        "get_or_insert_with calls that gave up waiting for another process's fill."
+    ),
+    field!(Stats, locks, "locks", Counter, "Shard locks taken."),
+];
+
+/// Every field of `ShardStats`.
+const SHARD: &[Field<ShardStats>] = &[
+    field!(
+        ShardStats,
+        entries,
+        "entries",
+        Gauge,
+        "Live entries of the shard."
+    ),
+    field!(
+        ShardStats,
+        bytes_live,
+        "live",
+        Bytes,
+        "Bytes of keys and values of the shard's live entries."
+    ),
+    field!(
+        ShardStats,
+        bytes_used,
+        "used",
+        Bytes,
+        "Bytes of the shard's logs in use."
+    ),
+    field!(
+        ShardStats,
+        bytes_free,
+        "free",
+        Bytes,
+        "Bytes of the shard's logs free."
+    ),
+    field!(
+        ShardStats,
+        inserts,
+        "inserts",
+        Counter,
+        "Sets of a new key in the shard."
+    ),
+    field!(
+        ShardStats,
+        updates,
+        "updates",
+        Counter,
+        "Sets that replaced an entry of the shard."
+    ),
+    field!(
+        ShardStats,
+        removals,
+        "removals",
+        Counter,
+        "Entries removed from the shard."
+    ),
+    field!(
+        ShardStats,
+        evictions,
+        "evictions",
+        Counter,
+        "Entries evicted from the shard."
+    ),
+    field!(
+        ShardStats,
+        expirations,
+        "expirations",
+        Counter,
+        "Expired entries reclaimed in the shard."
+    ),
+    field!(
+        ShardStats,
+        recoveries,
+        "recoveries",
+        Counter,
+        "Repairs of the shard."
+    ),
+    field!(
+        ShardStats,
+        repair_dropped,
+        "dropped",
+        Counter,
+        "Entries dropped by repairs of the shard."
+    ),
+];
+
+fn text(path: &str, s: &Stats, shards: bool, prev: Option<(&Stats, Duration)>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{:<16}{path}", "cache");
+    for f in TOTALS {
+        let v = (f.get)(s);
+        let mut line = format!("{:<16}", f.label);
+        match f.kind {
+            Kind::Bytes => line.push_str(&bytes(v)),
+            Kind::Gauge | Kind::Counter => line.push_str(&v.to_string()),
+        }
+        // A few numbers mean more next to what they are a part of.
+        let note = match f.name {
+            "hits" => format!("{} of gets", percent(s.hits, s.hits + s.misses)),
+            "bytes_used" => format!(
+                "{} full",
+                percent(s.bytes_used, s.bytes_used + s.bytes_free)
+            ),
+            _ => String::new(),
+        };
+        if f.kind == Kind::Counter {
+            if let Some((p, dt)) = prev {
+                let secs = dt.as_secs_f64().max(1e-3);
+                let rate = v.saturating_sub((f.get)(p)) as f64 / secs;
+                line = format!("{line:<30}{:>+12.0}/s", rate);
+            }
+        }
+        if !note.is_empty() {
+            line = format!("{line:<30}  ({note})");
+        }
+        let _ = writeln!(o, "{}", line.trim_end());
+    }
+    if shards {
+        let _ = writeln!(o);
+        let _ = write!(o, "{:>5}", "shard");
+        for f in SHARD {
+            let _ = write!(o, " {:>11}", f.label);
+        }
+        let _ = writeln!(o, " {:>7}", "fill");
+        for (i, sh) in s.shards.iter().enumerate() {
+            let _ = write!(o, "{i:>5}");
+            for f in SHARD {
+                let v = (f.get)(sh);
+                let cell = if f.kind == Kind::Bytes {
+                    bytes(v)
+                } else {
+                    v.to_string()
+                };
+                let _ = write!(o, " {cell:>11}");
+            }
+            let fill = percent(sh.bytes_used, sh.bytes_used + sh.bytes_free);
+            let _ = writeln!(o, " {fill:>7}");
+        }
+    }
+    o
+}
+
+fn json(path: &str, s: &Stats, shards: bool) -> String {
+    let mut o = String::from("{\"path\":");
+    json_str(&mut o, path);
+    for f in TOTALS {
+        let _ = write!(o, ",\"{}\":{}", f.name, (f.get)(s));
+    }
+    if shards {
+        o.push_str(",\"shards\":[");
+        for (i, sh) in s.shards.iter().enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            let _ = write!(o, "{{\"shard\":{i}");
+            for f in SHARD {
+                let _ = write!(o, ",\"{}\":{}", f.name, (f.get)(sh));
+            }
+            o.push('}');
+        }
+        o.push(']');
+    }
+    o.push_str("}\n");
+    o
+}
+
+/// A label value in the exposition format: `\`, `"` and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The exposition name: counters end in `_total`, byte levels in `_bytes`.
+fn metric_name<T>(prefix: &str, f: &Field<T>) -> String {
+    let base = match f.name {
+        "bytes_live" => "live",
+        "bytes_used" => "log_used",
+        "bytes_free" => "log_free",
+        other => other,
+    };
+    match f.kind {
+        Kind::Counter => format!("{prefix}{base}_total"),
+        Kind::Bytes => format!("{prefix}{base}_bytes"),
+        Kind::Gauge => format!("{prefix}{base}"),
+    }
+}
+
+fn prometheus(path: &str, s: &Stats, shards: bool) -> String {
+    let mut o = String::new();
+    let cache = label(path);
+    for f in TOTALS {
+        let name = metric_name("larder_", f);
+        let kind = if f.kind == Kind::Counter {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(o, "# HELP {name} {}", f.help);
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name}{{cache=\"{cache}\"}} {}", (f.get)(s));
+    }
+    if shards {
+        // Separate metric names, so that summing a metric never counts a shard twice.
+        for f in SHARD {
+            let name = metric_name("larder_shard_", f);
+            let kind = if f.kind == Kind::Counter {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(o, "# HELP {name} {}", f.help);
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            for (i, sh) in s.shards.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "{name}{{cache=\"{cache}\",shard=\"{i}\"}} {}",
+                    (f.get)(sh)
+                );
+            }
+        }
+    }
+    o
+}
+
+pub fn run(
+    g: &Global,
+    name: &str,
+    format: Format,
+    shards: bool,
+    watch: Option<Duration>,
+    count: Option<u64>,
+) -> Outcome {
+    let cache = attach(g, name)?;
+    let path = cache.path().display().to_string();
+    let render = |s: &Stats, prev: Option<(&Stats, Duration)>| match format {
+        Format::Text => text(&path, s, shards, prev),
+        Format::Json => json(&path, s, shards),
+        Format::Prometheus => prometheus(&path, s, shards),
+    };
+    let mut out = crate::stdout();
+    let Some(interval) = watch else {
+        out.write_all(render(&cache.stats(), None).as_bytes())?;
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // Redraw in place on a terminal; elsewhere (a pipe, a test) print frames one after
+    // another, separated by a blank line.
+    let tty = std::io::stdout().is_terminal();
+    let mut prev: Option<(Stats, Instant)> = None;
+    let mut frames = 0u64;
+    loop {
+        let started = Instant::now();
+        let s = cache.stats();
+        let frame = render(&s, prev.as_ref().map(|(p, at)| (p, started - *at)));
+        if tty {
+            // Home, clear to the end of the screen: also right when a frame is taller
+            // than the terminal.
+            out.write_all(b"\x1b[H\x1b[J")?;
+        } else if frames > 0 {
+            out.write_all(b"\n")?;
+        }
+        out.write_all(frame.as_bytes())?;
+        out.flush()?;
+        frames += 1;
+        if count.is_some_and(|c| frames >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        prev = Some((s, started));
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_total_has_one_metric_of_a_valid_name() {
+        let s = Stats::default();
+        let text = prometheus("/tmp/x\"y", &s, false);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples.len(), TOTALS.len());
+        for l in &samples {
+            let name = &l[..l.find('{').unwrap()];
+            assert!(name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            assert!(l.contains(r#"cache="/tmp/x\"y""#), "{l}");
+        }
+        assert!(text.contains("larder_hits_total{"));
+        assert!(text.contains("larder_file_size_bytes{"));
+        assert!(text.contains("larder_live_bytes{"));
+        assert!(text.contains("larder_entries{"));
+    }
+
+    #[test]
+    fn json_names_every_total() {
+        let j = json("p", &Stats::default(), true);
+        for f in TOTALS {
+            assert!(j.contains(&format!("\"{}\":0", f.name)), "{}", f.name);
+        }
+        assert!(j.ends_with("\"shards\":[]}\n"));
+    }
+}

@@ -1,0 +1,967 @@
+//! The `larder` command line, driven as a user would: every subcommand, its output and
+//! exit status, and the user mistakes that must end in one line on stderr (a missing
+//! cache, a wrong name, a file that is not a cache, a file larder refuses to trust).
+//!
+//! Every child process runs under a deadline and is killed if a test fails; every test
+//! works in its own temporary directory (paths with '/' never touch /dev/shm), except
+//! the bare-name test, which uses a unique name and removes it in a guard.
+#![cfg(feature = "cli")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_larder");
+/// Generous: a loaded CI machine running the debug binary.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// An owner that is not the test's uid: larder refuses its files as unsafe.
+const OTHER_UID: u32 = 12345;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A private temporary directory, removed on drop (also when the test panics).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "larder-cli-{tag}-{}-{n}-{}",
+            std::process::id(),
+            nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    /// A cache path in this directory (a NAME with '/', so never in /dev/shm).
+    fn cache(&self, file: &str) -> String {
+        self.0
+            .join(file)
+            .to_str()
+            .expect("utf-8 temp path")
+            .to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Kills and reaps the child unless it was waited for.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What a finished run left.
+struct Out {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Out {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Exit 0 and nothing on stderr; returns stdout.
+    fn ok(&self) -> String {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "expected success; stdout: {}; stderr: {}",
+            self.text(),
+            self.stderr
+        );
+        assert!(self.stderr.is_empty(), "stderr: {}", self.stderr);
+        self.text()
+    }
+
+    /// The failure contract: exit `code`, exactly one line on stderr, prefixed, no panic
+    /// or backtrace, and it mentions `needle`.
+    fn fails(&self, code: i32, needle: &str) {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "stdout: {}; stderr: {}",
+            self.text(),
+            self.stderr
+        );
+        assert_eq!(
+            self.stderr.lines().count(),
+            1,
+            "not one line: {:?}",
+            self.stderr
+        );
+        assert!(self.stderr.ends_with('\n'), "{:?}", self.stderr);
+        assert!(self.stderr.starts_with("larder: "), "{:?}", self.stderr);
+        assert!(
+            !self.stderr.contains("panicked") && !self.stderr.contains("RUST_BACKTRACE"),
+            "{:?}",
+            self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "{:?} does not mention {needle:?}",
+            self.stderr
+        );
+    }
+}
+
+/// Reads all of `r` on a thread; the receiver gets the bytes at EOF.
+fn drain(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+fn recv_by(rx: &mpsc::Receiver<Vec<u8>>, deadline: Instant, what: &str) -> Vec<u8> {
+    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or_else(|_| panic!("larder did not close its {what} within {DEADLINE:?}"))
+}
+
+/// Waits for the child to exit, up to `deadline`; the guard kills it otherwise.
+fn wait_by(guard: &mut ChildGuard, deadline: Instant) -> Option<i32> {
+    loop {
+        if let Some(status) = guard.child().try_wait().expect("try_wait") {
+            guard.0 = None;
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "larder did not exit within {DEADLINE:?}"
+        );
+        // Its output is already closed, so the process is exiting: poll briefly.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn run_with(args: &[&str], stdin: Option<&[u8]>) -> Out {
+    let deadline = Instant::now() + DEADLINE;
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn larder");
+    let mut guard = ChildGuard(Some(child));
+    if let Some(input) = stdin {
+        let mut pipe = guard.child().stdin.take().expect("stdin");
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let out = drain(guard.child().stdout.take().expect("stdout"));
+    let err = drain(guard.child().stderr.take().expect("stderr"));
+    let stdout = recv_by(&out, deadline, "stdout");
+    let stderr = recv_by(&err, deadline, "stderr");
+    let code = wait_by(&mut guard, deadline);
+    Out {
+        code,
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn larder(args: &[&str]) -> Out {
+    run_with(args, None)
+}
+
+fn larder_stdin(args: &[&str], input: &[u8]) -> Out {
+    run_with(args, Some(input))
+}
+
+/// A small cache at `path`, made by `larder create`.
+fn create(path: &str) {
+    larder(&[
+        "create",
+        path,
+        "--capacity",
+        "4MiB",
+        "--max-key",
+        "64",
+        "--max-value",
+        "1KiB",
+    ])
+    .ok();
+}
+
+/// A process attached to `path` (a `stats --watch` with a bound), once it has drawn its
+/// first frame; killed when the guard drops.
+fn attached_process(path: &str) -> ChildGuard {
+    let child = Command::new(BIN)
+        .args(["stats", path, "--watch", "50ms", "--count", "2400"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn holder");
+    let mut guard = ChildGuard(Some(child));
+    let stdout = guard.child().stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok));
+        // Keep reading so the holder never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let first = rx
+        .recv_timeout(DEADLINE)
+        .expect("holder drew no frame in time");
+    assert!(
+        first.is_some_and(|l| l.starts_with("cache")),
+        "holder failed"
+    );
+    guard
+}
+
+/// Changes owner to `OTHER_UID`; false (the caller skips) where that is not allowed.
+fn chown_other(path: &str) -> bool {
+    match std::os::unix::fs::chown(path, Some(OTHER_UID), None) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipping the other-owner case: chown: {e}");
+            false
+        }
+    }
+}
+
+fn write_not_a_cache(path: &str) {
+    // Longer than a header, so it is judged by its magic number, not its length.
+    std::fs::write(
+        path,
+        b"these are someone's notes, not a cache\n".repeat(2000),
+    )
+    .unwrap();
+}
+
+// ----- create ---------------------------------------------------------------------
+
+#[test]
+fn create_makes_the_file_with_its_mode_and_is_idempotent() {
+    let t = TempDir::new("create");
+    let c = t.cache("c");
+    let out = larder(&[
+        "create",
+        &c,
+        "--capacity",
+        "4MiB",
+        "--mode",
+        "0640",
+        "--max-key",
+        "128",
+        "--max-value",
+        "2KiB",
+    ])
+    .ok();
+    assert!(out.starts_with("created "), "{out}");
+    assert!(
+        out.contains("keys up to 128 B") && out.contains("values up to 2 KiB"),
+        "{out}"
+    );
+    let meta = std::fs::metadata(&c).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    // Again with the same parameters: attaches, says so, succeeds.
+    let again = larder(&[
+        "create",
+        &c,
+        "--capacity",
+        "4MiB",
+        "--max-key",
+        "128",
+        "--max-value",
+        "2KiB",
+    ])
+    .ok();
+    assert!(again.starts_with("exists "), "{again}");
+    // With other parameters: refused, naming the difference.
+    larder(&["create", &c, "--capacity", "8MiB"]).fails(1, "capacity");
+}
+
+#[test]
+fn create_refuses_bad_sizes_modes_and_places() {
+    let t = TempDir::new("create-bad");
+    let c = t.cache("c");
+    larder(&["create", &c, "--capacity", "12XB"]).fails(1, "unknown size unit");
+    larder(&["create", &c, "--mode", "0666"]).fails(1, "world-writable");
+    larder(&["create", &c, "--mode", "rw"]).fails(1, "not a file mode");
+    larder(&["create", &c, "--shards", "3"]).fails(1, "power of two");
+    larder(&["create", &c, "--capacity", "4MiB", "--max-value", "4MiB"]).fails(1, "invalid");
+    larder(&["create", &t.cache("missing/dir/c")]).fails(1, "does not exist");
+    larder(&["create", "no spaces"]).fails(1, "invalid cache name");
+    assert!(!Path::new(&c).exists());
+}
+
+// ----- get / set / del ---------------------------------------------------------------
+
+#[test]
+fn set_get_del_round_trip_text() {
+    let t = TempDir::new("getset");
+    let c = t.cache("c");
+    create(&c);
+    larder(&["set", &c, "token:abc", "user=alice roles=admin"]).ok();
+    assert_eq!(
+        larder(&["get", &c, "token:abc"]).ok(),
+        "user=alice roles=admin\n"
+    );
+    assert_eq!(
+        larder(&["del", &c, "token:abc"]).ok(),
+        "removed token:abc\n"
+    );
+    larder(&["get", &c, "token:abc"]).fails(1, "no fresh entry for key token:abc");
+    // Removing again is not an error: there is simply nothing to remove.
+    assert!(larder(&["delete", &c, "token:abc"])
+        .ok()
+        .contains("nothing removed"));
+}
+
+#[test]
+fn set_reads_the_value_from_stdin_byte_for_byte() {
+    let t = TempDir::new("stdin");
+    let c = t.cache("c");
+    create(&c);
+    let value: Vec<u8> = (0..=255).collect();
+    larder_stdin(&["set", &c, "bin", "-"], &value).ok();
+    let raw = larder(&["get", &c, "bin", "--raw"]);
+    assert_eq!(raw.code, Some(0));
+    assert_eq!(raw.stdout, value);
+    // Encoded text on stdin, wrapped and newline-terminated as tools write it.
+    larder_stdin(&["set", &c, "h", "-", "--hex"], b"dead\nbeef\n").ok();
+    assert_eq!(larder(&["get", &c, "h", "--hex"]).ok(), "deadbeef\n");
+    larder_stdin(&["set", &c, "b", "-", "--base64"], b"aGVsbG8=\n").ok();
+    assert_eq!(larder(&["get", &c, "b"]).ok(), "hello\n");
+}
+
+#[test]
+fn binary_keys_and_values_use_hex_or_base64_and_print_escaped() {
+    let t = TempDir::new("binary");
+    let c = t.cache("c");
+    create(&c);
+    larder(&["set", &c, "k", "00ff0a41", "--hex"]).ok();
+    assert_eq!(larder(&["get", &c, "k", "--hex"]).ok(), "00ff0a41\n");
+    assert_eq!(larder(&["get", &c, "k", "--base64"]).ok(), "AP8KQQ==\n");
+    // Not printable: escaped, so it stays one line on a terminal.
+    assert_eq!(larder(&["get", &c, "k"]).ok(), "\\0\\xff\\nA\n");
+    // A binary key.
+    larder(&["set", &c, "ff00", "v", "--key-hex"]).ok();
+    assert_eq!(larder(&["get", &c, "/wA=", "--key-base64"]).ok(), "v\n");
+    let keys = larder(&["keys", &c, "--hex"]).ok();
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort();
+    assert_eq!(keys, ["6b", "ff00"]);
+    assert_eq!(larder(&["del", &c, "ff00", "--hex"]).ok(), "removed ff00\n");
+    larder(&["set", &c, "k", "abc", "--hex"]).fails(1, "not valid hex");
+    larder(&["get", &c, "k", "--base64", "--raw"]).fails(1, "cannot be used with");
+}
+
+#[test]
+fn set_with_ttl_and_limits() {
+    let t = TempDir::new("ttl");
+    let c = t.cache("c");
+    create(&c);
+    larder(&["set", &c, "session", "alice", "--ttl", "5m"]).ok();
+    let dump = larder(&["dump", &c, "--json"]).ok();
+    let ttl: u64 = dump
+        .split("\"ttl_ms\":")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {dump}"));
+    assert!(ttl > 250_000 && ttl <= 300_000, "{ttl}");
+    larder(&["set", &c, "k", "v", "--ttl", "0s"]).fails(1, "more than zero");
+    larder(&["set", &c, "k", "v", "--ttl", "soon"]).fails(1, "not a duration");
+    let big = "x".repeat(2000);
+    larder(&["set", &c, "k", &big]).fails(1, "over this cache's limit");
+    larder_stdin(&["set", &c, "k", "-"], big.as_bytes()).fails(1, "over this cache's limit");
+    larder(&["set", &c, &"k".repeat(100), "v"]).fails(1, "key of 100 bytes");
+}
+
+// ----- keys / dump -------------------------------------------------------------------
+
+#[test]
+fn keys_filters_by_prefix_and_stops_at_the_limit() {
+    let t = TempDir::new("keys");
+    let c = t.cache("c");
+    create(&c);
+    {
+        let cache = larder::Cache::open(&c).unwrap();
+        for i in 0..20 {
+            cache
+                .set(format!("user:{i}").as_bytes(), b"u", None)
+                .unwrap();
+        }
+        for i in 0..5 {
+            cache
+                .set(format!("tok:{i}").as_bytes(), b"t", None)
+                .unwrap();
+        }
+    }
+    assert_eq!(larder(&["keys", &c]).ok().lines().count(), 25);
+    let toks = larder(&["keys", &c, "--prefix", "tok:"]).ok();
+    let mut toks: Vec<&str> = toks.lines().collect();
+    toks.sort();
+    assert_eq!(toks, ["tok:0", "tok:1", "tok:2", "tok:3", "tok:4"]);
+    assert_eq!(
+        larder(&["keys", &c, "--limit", "3"]).ok().lines().count(),
+        3
+    );
+    assert_eq!(
+        larder(&["keys", &c, "--prefix", "746f6b", "--hex"])
+            .ok()
+            .lines()
+            .count(),
+        5
+    );
+    larder(&["keys", &c, "--limit", "many"]).fails(1, "invalid value");
+}
+
+#[test]
+fn keys_into_a_closed_pipe_ends_quietly() {
+    let t = TempDir::new("pipe");
+    let c = t.cache("c");
+    {
+        let cache = larder::Options::new()
+            .capacity(8 << 20)
+            .open(&c)
+            .expect("create");
+        for i in 0..6000 {
+            cache
+                .set(format!("a-rather-long-key-{i:08}").as_bytes(), b"v", None)
+                .unwrap();
+        }
+    }
+    let child = Command::new(BIN)
+        .args(["keys", &c])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(Some(child));
+    let deadline = Instant::now() + DEADLINE;
+    let err = drain(guard.child().stderr.take().unwrap());
+    // Read one line, then hang up, like `| head -1`.
+    let mut first = String::new();
+    BufReader::new(guard.child().stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("a-rather-long-key-"), "{first}");
+    let stderr = String::from_utf8_lossy(&recv_by(&err, deadline, "stderr")).into_owned();
+    let code = wait_by(&mut guard, deadline);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn dump_shows_keys_sizes_ttls_and_values_only_on_request() {
+    let t = TempDir::new("dump");
+    let c = t.cache("c");
+    create(&c);
+    larder(&["set", &c, "a\"quote", "text value"]).ok();
+    larder(&["set", &c, "bin", "ff00", "--hex"]).ok();
+    larder(&["set", &c, "ttl", "x", "--ttl", "1h"]).ok();
+
+    let json = larder(&["dump", &c, "--json"]).ok();
+    let lines: Vec<&str> = json.lines().collect();
+    assert_eq!(lines.first(), Some(&"["));
+    assert_eq!(lines.last(), Some(&"]"));
+    assert_eq!(lines.len(), 5, "{json}");
+    assert!(
+        json.contains(r#""key":"a\"quote","value_len":10,"ttl_ms":null"#),
+        "{json}"
+    );
+    assert!(!json.contains("\"value\""), "{json}");
+
+    let json = larder(&["dump", &c, "--json", "--values"]).ok();
+    assert!(json.contains(r#""value":"text value""#), "{json}");
+    // Bytes that are not UTF-8 are never guessed at: hex, and named so.
+    assert!(json.contains(r#""key":"bin""#) && json.contains(r#""value_hex":"ff00""#));
+    let json = larder(&["dump", &c, "--json", "--values", "--base64", "--key-hex"]).ok();
+    assert!(json.contains(r#""key_hex":"74746c","#), "{json}");
+    assert!(json.contains(r#""value_base64":"eA==""#), "{json}");
+
+    let text = larder(&["dump", &c, "--values", "--prefix", "ttl"]).ok();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows[0].contains("SHARD") && rows[0].contains("VALUE"));
+    assert!(
+        rows[1].contains("59m") && rows[1].ends_with("ttl  x"),
+        "{text}"
+    );
+
+    let empty = TempDir::new("dump-empty");
+    let e = empty.cache("e");
+    create(&e);
+    assert_eq!(larder(&["dump", &e, "--json"]).ok(), "[\n]\n");
+}
+
+// ----- stats -------------------------------------------------------------------------
+
+fn busy_cache(t: &TempDir) -> String {
+    let c = t.cache("c");
+    create(&c);
+    larder(&["set", &c, "a", "1"]).ok();
+    larder(&["set", &c, "a", "22"]).ok();
+    larder(&["set", &c, "b", "3"]).ok();
+    larder(&["get", &c, "a"]).ok();
+    larder(&["get", &c, "zzz"]).fails(1, "no fresh entry");
+    c
+}
+
+/// The value after `label` in the text form.
+fn text_value<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(label)
+                .filter(|rest| rest.starts_with("  "))
+                .map(|rest| rest.split_whitespace().next().unwrap_or(""))
+        })
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"))
+}
+
+#[test]
+fn stats_text_shows_every_counter_in_human_units() {
+    let t = TempDir::new("stats");
+    let c = busy_cache(&t);
+    let text = larder(&["stats", &c]).ok();
+    for label in [
+        "file size",
+        "shards",
+        "entries",
+        "live bytes",
+        "log bytes used",
+        "log bytes free",
+        "hits",
+        "misses",
+        "stale hits",
+        "inserts",
+        "updates",
+        "removals",
+        "evictions",
+        "expirations",
+        "lock timeouts",
+        "recoveries",
+        "repair dropped",
+        "fills",
+        "fill timeouts",
+        "locks",
+    ] {
+        text_value(&text, label);
+    }
+    assert_eq!(text_value(&text, "entries"), "2");
+    assert_eq!(text_value(&text, "inserts"), "2");
+    assert_eq!(text_value(&text, "updates"), "1");
+    assert_eq!(text_value(&text, "hits"), "1");
+    assert_eq!(text_value(&text, "misses"), "1");
+    assert!(text.contains("50.0% of gets"), "{text}");
+    assert!(text.contains(" MiB"), "{text}");
+}
+
+#[test]
+fn stats_json_and_shards() {
+    let t = TempDir::new("stats-json");
+    let c = busy_cache(&t);
+    let json = larder(&["stats", &c, "--json"]).ok();
+    assert!(
+        json.starts_with("{\"path\":") && json.ends_with("}\n"),
+        "{json}"
+    );
+    for field in [
+        "\"entries\":2",
+        "\"inserts\":2",
+        "\"updates\":1",
+        "\"hits\":1",
+        "\"misses\":1",
+        "\"file_size\":",
+        "\"bytes_free\":",
+        "\"fill_timeouts\":0",
+    ] {
+        assert!(json.contains(field), "{field} missing from {json}");
+    }
+    assert!(!json.contains("\"shards\""));
+    let shards: usize = text_value(&larder(&["stats", &c]).ok(), "shards")
+        .parse()
+        .unwrap();
+    let json = larder(&["stats", &c, "--json", "--shards"]).ok();
+    assert_eq!(json.matches("{\"shard\":").count(), shards);
+    let text = larder(&["stats", &c, "--shards"]).ok();
+    let table = text.split("\n\n").nth(1).expect("shard table");
+    assert_eq!(table.lines().count(), shards + 1, "{table}");
+    larder(&["stats", &c, "--json", "--prometheus"]).fails(1, "cannot be used with");
+}
+
+#[test]
+fn stats_prometheus_is_the_text_exposition_format() {
+    let t = TempDir::new("stats-prom");
+    let c = busy_cache(&t);
+    let prom = larder(&["stats", &c, "--prometheus", "--shards"]).ok();
+    let mut described = std::collections::HashSet::new();
+    for line in prom.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut f = rest.split(' ');
+            described.insert(f.next().unwrap().to_string());
+            assert!(matches!(f.next(), Some("counter" | "gauge")), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (name, rest) = line.split_once('{').expect(line);
+        assert!(described.contains(name), "{name} has no TYPE before it");
+        let (labels, value) = rest.rsplit_once("} ").expect(line);
+        assert!(labels.starts_with(&format!("cache=\"{c}\"")), "{line}");
+        value.parse::<u64>().expect(line);
+    }
+    assert!(prom.contains(&format!("larder_hits_total{{cache=\"{c}\"}} 1\n")));
+    assert!(prom.contains(&format!("larder_entries{{cache=\"{c}\"}} 2\n")));
+    assert!(prom.contains(&format!(
+        "larder_shard_entries{{cache=\"{c}\",shard=\"0\"}}"
+    )));
+    assert!(prom.contains("# TYPE larder_live_bytes gauge"));
+}
+
+#[test]
+fn stats_watch_draws_count_frames() {
+    let t = TempDir::new("watch");
+    let c = busy_cache(&t);
+    let out = larder(&["stats", &c, "--watch", "20ms", "--count", "3"]).ok();
+    assert_eq!(out.lines().filter(|l| l.starts_with("cache")).count(), 3);
+    // From the second frame on, counters carry a rate.
+    assert!(out.contains("/s"), "{out}");
+    larder(&["stats", &c, "--count", "3"]).fails(1, "--watch");
+    larder(&["stats", &c, "--watch", "0s", "--count", "1"]).fails(1, "more than zero");
+}
+
+// ----- verify / repair ---------------------------------------------------------------
+
+#[test]
+fn verify_exits_0_when_clean_1_on_problems_and_repair_fixes_them() {
+    let t = TempDir::new("verify");
+    let c = t.cache("c");
+    create(&c);
+    let key = "corrupt-me-please-0123456789";
+    larder(&["set", &c, key, "v"]).ok();
+    larder(&["set", &c, "other", "w"]).ok();
+    assert!(larder(&["verify", &c]).ok().ends_with(": clean\n"));
+
+    // Damage the key's bytes in place: the record no longer matches its index slot.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&c)
+        .unwrap();
+    let bytes = std::fs::read(&c).unwrap();
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key.as_bytes())
+        .expect("key bytes in the file");
+    file.write_all_at(b"CORRUPT", at as u64).unwrap();
+    drop(file);
+
+    let out = larder(&["verify", &c]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let text = out.text();
+    assert!(
+        text.contains("problem(s)") && text.contains("shard "),
+        "{text}"
+    );
+    assert!(text.contains("larder repair"), "{text}");
+
+    let repaired = larder(&["repair", &c]).ok();
+    assert!(
+        repaired.contains("offline") && repaired.contains("dropped"),
+        "{repaired}"
+    );
+    assert!(larder(&["verify", &c]).ok().ends_with(": clean\n"));
+    assert_eq!(larder(&["get", &c, "other"]).ok(), "w\n");
+}
+
+#[test]
+fn verify_exits_2_when_it_cannot_check() {
+    let t = TempDir::new("verify-2");
+    larder(&["verify", &t.cache("missing")]).fails(2, "no cache at");
+    let junk = t.cache("junk");
+    write_not_a_cache(&junk);
+    larder(&["verify", &junk]).fails(2, "not a larder cache");
+    larder(&["verify", "bad/"]).fails(2, "invalid cache name");
+    larder(&["verify"]).fails(2, "<NAME>");
+}
+
+#[test]
+fn repair_refuses_while_attached_unless_online_and_ls_counts_the_process() {
+    let t = TempDir::new("repair");
+    let c = t.cache("auth.larder1");
+    create(&c);
+    larder(&["set", &c, "k", "v"]).ok();
+    let holder = attached_process(&c);
+
+    larder(&["repair", &c]).fails(1, "in use by 1 attached process(es)");
+    larder(&["repair", &c]).fails(1, "larder repair --online");
+    let ls = larder(&["ls", "--dir", t.0.to_str().unwrap()]).ok();
+    let row = ls.lines().nth(1).expect("a row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    // NAME SIZE(2 words) ENTRIES FILL OWNER MODE PROCS
+    assert_eq!(cols[0], c, "{ls}");
+    assert_eq!(cols[3], "1", "entries: {ls}");
+    assert_eq!(cols[7], "1", "attached processes: {ls}");
+
+    let online = larder(&["repair", &c, "--online"]).ok();
+    assert!(
+        online.contains("online") && online.contains("0 entries dropped"),
+        "{online}"
+    );
+
+    // Once it is gone (killed and reaped by its guard), the offline repair runs.
+    drop(holder);
+    assert!(larder(&["repair", &c]).ok().contains("offline"));
+    assert_eq!(larder(&["get", &c, "k"]).ok(), "v\n");
+}
+
+// ----- clear / rm / ls ---------------------------------------------------------------
+
+#[test]
+fn clear_removes_every_entry() {
+    let t = TempDir::new("clear");
+    let c = t.cache("c");
+    create(&c);
+    for k in ["a", "b", "c"] {
+        larder(&["set", &c, k, "v"]).ok();
+    }
+    assert!(larder(&["clear", &c]).ok().starts_with("removed 3 entries"));
+    assert_eq!(larder(&["keys", &c]).ok(), "");
+    assert!(larder(&["clear", &c]).ok().starts_with("removed 0 entries"));
+}
+
+#[test]
+fn rm_removes_caches_and_nothing_else() {
+    let t = TempDir::new("rm");
+    let c = t.cache("c");
+    create(&c);
+    assert_eq!(larder(&["rm", &c]).ok(), format!("removed {c}\n"));
+    assert!(!Path::new(&c).exists());
+    larder(&["rm", &c]).fails(1, "no cache at");
+
+    let notes = t.cache("notes");
+    write_not_a_cache(&notes);
+    larder(&["rm", &notes]).fails(1, "not removing it");
+    assert!(Path::new(&notes).exists());
+    let short = t.cache("short");
+    std::fs::write(&short, b"tiny").unwrap();
+    larder(&["rm", &short]).fails(1, "cannot confirm");
+    assert!(Path::new(&short).exists());
+    larder(&["rm", &short, "--force"]).ok();
+    assert!(!Path::new(&short).exists());
+}
+
+#[test]
+fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
+    let t = TempDir::new("ls");
+    let dir = t.0.to_str().unwrap();
+    let a = t.cache("alpha.larder1");
+    create(&a);
+    larder(&["set", &a, "k1", "v"]).ok();
+    larder(&["set", &a, "k2", "v"]).ok();
+    let junk = t.cache("junk.larder1");
+    write_not_a_cache(&junk);
+    std::fs::write(t.cache("unrelated.txt"), b"x").unwrap();
+    std::fs::write(t.cache("future.larder9"), b"x").unwrap();
+    let other = t.cache("other.larder1");
+    create(&other);
+    let chowned = chown_other(&other);
+
+    let out = larder(&["ls", "--dir", dir]).ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("PROCS"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 5, "{out}");
+    let row = |name: &str| -> &str {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&t.cache(name)))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    let alpha: Vec<&str> = row("alpha.larder1").split_whitespace().collect();
+    assert_eq!(alpha[3], "2", "entries: {out}");
+    assert!(alpha[4].ends_with('%'), "fill: {out}");
+    if std::fs::metadata(&a)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        == Some(0)
+    {
+        assert_eq!(alpha[5], "root");
+    }
+    assert_eq!(alpha[6], "0600");
+    assert_eq!(alpha[7], "0", "processes: {out}");
+    assert!(row("junk.larder1").ends_with("not a larder cache"), "{out}");
+    assert!(row("future.larder9").ends_with("format version 9"), "{out}");
+    if chowned {
+        let r = row("other.larder1");
+        assert!(
+            r.contains(" 12345 ") && r.contains("owned by uid 12345"),
+            "{out}"
+        );
+        // The operator may accept that owner.
+        let out = larder(&["ls", "--dir", dir, "--allow-uid", "12345"]).ok();
+        let r = out.lines().find(|l| l.starts_with(&other)).unwrap();
+        assert!(!r.contains("refused"), "{out}");
+    }
+    assert!(!out.contains("unrelated"));
+
+    let empty = TempDir::new("ls-empty");
+    assert!(larder(&["ls", "--dir", empty.0.to_str().unwrap()])
+        .ok()
+        .starts_with("no larder cache files in"));
+    larder(&["ls", "--dir", &t.cache("nope")]).fails(1, "cannot list");
+}
+
+/// Removes `/dev/shm/<name>.larder1` on drop.
+struct ShmGuard(String);
+
+impl Drop for ShmGuard {
+    fn drop(&mut self) {
+        if let Ok(p) = larder::Cache::path_of(&self.0) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[test]
+fn bare_names_live_in_dev_shm() {
+    let name = format!("larder-cli-test-{}-{}", std::process::id(), nanos());
+    let guard = ShmGuard(name.clone());
+    let out = larder(&["create", &name, "--capacity", "1MiB", "--max-value", "1KiB"]).ok();
+    let path = format!("/dev/shm/{name}.larder1");
+    assert!(out.contains(&path), "{out}");
+    assert!(Path::new(&path).exists());
+    larder(&["set", &name, "k", "v"]).ok();
+    assert_eq!(larder(&["get", &name, "k"]).ok(), "v\n");
+    let ls = larder(&["ls"]).ok();
+    assert!(
+        ls.lines()
+            .any(|l| l.split_whitespace().next() == Some(&name)),
+        "{ls}"
+    );
+    larder(&["rm", &name]).ok();
+    assert!(!Path::new(&path).exists());
+    drop(guard);
+}
+
+// ----- the error contract, for every subcommand --------------------------------------
+
+#[test]
+fn every_subcommand_reports_user_mistakes_in_one_line() {
+    let t = TempDir::new("errors");
+    let missing = t.cache("missing");
+    let junk = t.cache("junk");
+    write_not_a_cache(&junk);
+    let short = t.cache("short");
+    std::fs::write(&short, b"0123456789").unwrap();
+    let foreign = t.cache("foreign");
+    create(&foreign);
+    let chowned = chown_other(&foreign);
+
+    let commands: &[&[&str]] = &[
+        &["stats"],
+        &["stats", "--json"],
+        &["get", "k"],
+        &["set", "k", "v"],
+        &["del", "k"],
+        &["keys"],
+        &["dump", "--json"],
+        &["verify"],
+        &["repair"],
+        &["repair", "--online"],
+        &["clear"],
+        &["rm"],
+    ];
+    let mut cases: Vec<(&str, &str)> = vec![
+        (&missing, "no cache at"),
+        ("bad name!", "invalid cache name"),
+        ("", "invalid cache name"),
+        (&junk, "not a larder cache"),
+        (&short, "truncated"),
+    ];
+    if chowned {
+        cases.push((&foreign, "owned by uid 12345"));
+    }
+    for cmd in commands {
+        for (name, needle) in &cases {
+            let mut args = vec![cmd[0], *name];
+            args.extend_from_slice(&cmd[1..]);
+            let code = if cmd[0] == "verify" { 2 } else { 1 };
+            let out = larder(&args);
+            // `rm` words a file it will not touch its own way.
+            let needle = match (cmd[0], *needle) {
+                ("rm", "not a larder cache") | ("rm", "truncated") => "not removing it",
+                _ => needle,
+            };
+            assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.text());
+            out.fails(code, needle);
+        }
+    }
+    // Nothing was created or removed by any of that.
+    assert!(!Path::new(&missing).exists());
+    assert!(Path::new(&junk).exists() && Path::new(&short).exists());
+    assert!(Path::new(&foreign).exists());
+    if chowned {
+        // Accepting the owner explicitly makes the same file usable.
+        larder(&["--allow-uid", "12345", "set", &foreign, "k", "v"]).ok();
+        assert_eq!(
+            larder(&["get", &foreign, "k", "--allow-uid", "12345"]).ok(),
+            "v\n"
+        );
+    }
+}
+
+#[test]
+fn usage_mistakes_are_one_line_too() {
+    larder(&["frobnicate"]).fails(1, "unrecognized subcommand");
+    larder(&["stats"]).fails(1, "<NAME>");
+    larder(&["get", "x"]).fails(1, "<KEY>");
+    larder(&["stats", "x", "--bogus"]).fails(1, "--bogus");
+    larder(&["create", "x", "--capacity"]).fails(1, "--capacity");
+    let help = larder(&["--help"]).ok();
+    assert!(help.contains("Usage: larder"), "{help}");
+    assert!(larder(&["--version"]).ok().starts_with("larder "));
+}
