@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::file::{self, Attached, OpenSpec};
 use crate::layout::{
     Params, FILL_SLOTS, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INSERTS,
-    SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_TIMEOUTS, SS_HITS,
-    SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
+    SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS,
+    SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
 };
 use crate::lock::{Acquired, LockError, RobustMutex};
 use crate::options::Options;
@@ -714,6 +714,7 @@ impl Cache {
             // The filler died: the slot guards no shared data, so there is nothing to
             // repair; this caller computes instead.
             m.mark_consistent();
+            stats::bump(&a, SS_FILL_HANDOVERS);
         }
         let _guard = FillGuard(m);
         // Someone may have filled it while this caller waited.
@@ -783,6 +784,7 @@ impl Cache {
             s.fills += r.load(base + SS_FILLS);
             s.fill_timeouts += r.load(base + SS_FILL_TIMEOUTS);
             s.locks += r.load(base + SS_LOCKS);
+            s.fill_handovers += r.load(base + SS_FILL_HANDOVERS);
         }
         s
     }

@@ -171,7 +171,7 @@ pub(crate) struct StatsSlot {
     pub fills: u64,
     pub fill_timeouts: u64,
     pub locks: u64,
-    pub reserved: u64,
+    pub fill_handovers: u64,
 }
 
 pub(crate) const STATS_SLOT_SIZE: usize = 128;
@@ -183,6 +183,7 @@ pub(crate) const SS_LOCK_TIMEOUTS: usize = offset_of!(StatsSlot, lock_timeouts);
 pub(crate) const SS_FILLS: usize = offset_of!(StatsSlot, fills);
 pub(crate) const SS_FILL_TIMEOUTS: usize = offset_of!(StatsSlot, fill_timeouts);
 pub(crate) const SS_LOCKS: usize = offset_of!(StatsSlot, locks);
+pub(crate) const SS_FILL_HANDOVERS: usize = offset_of!(StatsSlot, fill_handovers);
 
 /// One fill slot: just a robust mutex on its own cache line.
 pub(crate) const FILL_SLOT_SIZE: usize = 64;

@@ -69,6 +69,8 @@ pub struct Stats {
     pub fills: u64,
     /// `get_or_insert_with` calls that gave up waiting for another process's fill.
     pub fill_timeouts: u64,
+    /// Fills taken over from a process that died while computing.
+    pub fill_handovers: u64,
     /// Shard lock acquisitions attempted (a debug counter: read-only hits take none).
     pub locks: u64,
     /// Per-shard counters.
