@@ -885,6 +885,76 @@ fn bare_names_live_in_dev_shm() {
     larder(&["rm", &name]).ok();
     assert!(!Path::new(&path).exists());
     drop(guard);
+
+    // With no NAME, bench works on a scratch cache of its own in /dev/shm and removes it.
+    let text = bench_ok(&larder(&[
+        "bench", "--procs", "1", "--secs", "1", "--keys", "1000",
+    ]));
+    let scratch = text
+        .lines()
+        .find_map(|l| l.strip_prefix("scratch cache "))
+        .and_then(|l| l.strip_suffix(" removed"))
+        .unwrap_or_else(|| panic!("no scratch line in {text}"));
+    assert!(scratch.starts_with("/dev/shm/larder-bench-"), "{scratch}");
+    assert!(!Path::new(scratch).exists());
+}
+
+// ----- bench -------------------------------------------------------------------------
+
+/// A finished bench: exit 0, only progress lines on stderr; returns stdout.
+fn bench_ok(out: &Out) -> String {
+    assert_eq!(out.code, Some(0), "{}; {}", out.text(), out.stderr);
+    for line in out.stderr.lines() {
+        assert!(
+            line.contains("elapsed") || line.starts_with("prefilling"),
+            "not a progress line: {line:?}"
+        );
+    }
+    let text = out.text();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header.len(), row.len(), "{text}");
+    let col = |name: &str| {
+        let i = header.iter().position(|h| *h == name).expect(name);
+        row[i]
+    };
+    assert_eq!(col("backend"), "larder", "{text}");
+    assert_eq!(col("bad"), "0", "torn values: {text}");
+    assert_eq!(col("err"), "0", "errors: {text}");
+    text
+}
+
+#[test]
+fn bench_runs_the_workload_on_a_given_cache() {
+    let t = TempDir::new("bench");
+    let b = t.cache("b");
+    let args = ["bench", &b, "--procs", "2", "--secs", "1", "--keys", "2000"];
+    let text = bench_ok(&larder(&args));
+    assert!(text.contains("90/10") && text.contains(" 2 "), "{text}");
+    assert!(text.contains("left in place"), "{text}");
+    // Again, on the cache the first run left: it keeps its parameters and is refilled.
+    let text = bench_ok(&larder(&[
+        "bench", &b, "--procs", "1", "--secs", "1", "--keys", "1000", "--mix", "95/5", "--dist",
+        "uniform",
+    ]));
+    assert!(text.contains("95/5") && text.contains("uniform"), "{text}");
+    assert!(larder(&["verify", &b]).ok().ends_with(": clean\n"));
+}
+
+#[test]
+fn bench_reports_bad_arguments_and_caches_in_one_line() {
+    let t = TempDir::new("bench-bad");
+    let small = t.cache("small");
+    larder(&["create", &small, "--capacity", "4MiB", "--max-value", "64"]).ok();
+    larder(&["bench", &small, "--secs", "1", "--keys", "100"]).fails(1, "the workload needs");
+    let junk = t.cache("junk");
+    write_not_a_cache(&junk);
+    larder(&["bench", &junk, "--secs", "1"]).fails(1, "not a larder cache");
+    larder(&["bench", &t.cache("b"), "--procs", "0"]).fails(1, "0 processes");
+    larder(&["bench", &t.cache("b"), "--mix", "90/20"]).fails(1, "--mix");
+    larder(&["bench", &t.cache("b"), "--dist", "pareto"]).fails(1, "--dist");
+    larder(&["bench", &t.cache("no/such/dir/b"), "--secs", "1"]).fails(1, "does not exist");
 }
 
 // ----- the error contract, for every subcommand --------------------------------------

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use larder::workload::{self, Distribution, Mix};
 
 use crate::codec::Encoding;
 use crate::units;
@@ -247,29 +248,36 @@ pub enum Cmd {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The cache to use [default: a scratch cache, removed afterwards].
+    /// The cache to use [default: a scratch cache in /dev/shm, removed afterwards]. One
+    /// that exists keeps its parameters and gets the workload's keys added.
     pub name: Option<String>,
     /// Worker processes.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub procs: usize,
-    /// Percent of reads / percent of writes.
-    #[arg(long, value_name = "R/W", default_value = "90/10", value_parser = parse_mix)]
-    pub mix: (u32, u32),
-    /// Seconds to run.
+    /// Gets/sets in percent.
+    #[arg(long, value_name = "GETS/SETS", default_value = "90/10", value_parser = parse_mix)]
+    pub mix: Mix,
+    /// How long the workers run: 10, 10s, 1m.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = units::positive_duration)]
     pub secs: Duration,
+    /// Live keys, prefilled before the run.
+    #[arg(long, value_name = "N", default_value_t = workload::LIVE_KEYS)]
+    pub keys: u64,
+    /// Bytes of every value.
+    #[arg(long, value_name = "SIZE", default_value_t = workload::VALUE_LEN as u64, value_parser = units::size)]
+    pub value_size: u64,
+    /// Key choice: zipf (theta 0.99), zipf:<theta> or uniform.
+    #[arg(long, value_name = "DIST", default_value = "zipf", value_parser = parse_distribution)]
+    pub dist: Distribution,
 }
 
-/// `90/10`: reads and writes in percent, summing to 100.
-fn parse_mix(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not a mix: use READS/WRITES in percent, like 90/10");
-    let (r, w) = s.split_once('/').ok_or_else(bad)?;
-    let r: u32 = r.trim().parse().map_err(|_| bad())?;
-    let w: u32 = w.trim().parse().map_err(|_| bad())?;
-    if r + w != 100 {
-        return Err(format!("{s:?}: reads and writes must add up to 100"));
-    }
-    Ok((r, w))
+/// The workload's own parsers, so that `larder bench` reads a mix as the benchmarks do.
+fn parse_mix(s: &str) -> Result<Mix, String> {
+    Mix::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_distribution(s: &str) -> Result<Distribution, String> {
+    Distribution::parse(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -284,8 +292,8 @@ mod tests {
 
     #[test]
     fn mixes_must_add_up() {
-        assert_eq!(parse_mix("90/10").unwrap(), (90, 10));
+        assert_eq!(parse_mix("90/10").unwrap().get_percent(), 90);
         assert!(parse_mix("90/20").is_err());
-        assert!(parse_mix("90").is_err());
+        assert!(parse_mix("x").is_err());
     }
 }

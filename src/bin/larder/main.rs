@@ -7,6 +7,7 @@
 
 mod admin;
 mod args;
+mod bench;
 mod codec;
 mod data;
 mod ls;
@@ -170,7 +171,7 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Clear { name } => admin::clear(g, &name),
         Cmd::Rm { name, force } => admin::rm(g, &name, force),
         Cmd::Ls { dir } => ls::run(g, &dir),
-        Cmd::Bench(_) => Err(Failure::new("bench is not available in this build")),
+        Cmd::Bench(a) => bench::run(g, a),
     }
 }
 
@@ -218,6 +219,9 @@ fn usage_error(rendered: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    // `larder bench` runs its workers by starting this binary again: in a worker this
+    // runs the workload and exits, before any argument is parsed.
+    larder::workload::worker_main_if_requested();
     // A bug must still end in one line, not a backtrace over the user's terminal.
     std::panic::set_hook(Box::new(|info| {
         let msg = info
