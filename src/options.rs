@@ -81,8 +81,9 @@ impl Options {
         }
     }
 
-    /// Bytes of the file, fixed at creation (default 32 MiB). The space is reserved at
-    /// creation, so a full tmpfs fails then with [`Error::NoSpace`](crate::Error::NoSpace).
+    /// Bytes of the file at most, fixed at creation (default 32 MiB); the file is this
+    /// size rounded down to whole pages per shard. The space is reserved at creation, so
+    /// a full tmpfs fails then with [`Error::NoSpace`](crate::Error::NoSpace).
     ///
     /// ```
     /// let opts = larder::Options::new().capacity(64 << 20);

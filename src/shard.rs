@@ -142,6 +142,11 @@ impl<'a> Shard<'a> {
 
     // ----- addresses -------------------------------------------------------------------
 
+    /// This shard's number.
+    pub(crate) fn index(&self) -> usize {
+        (self.base - self.g.shards_off) / self.g.shard_size
+    }
+
     pub(crate) fn hdr(&self, field: usize) -> usize {
         self.base + field
     }
@@ -743,7 +748,13 @@ impl<'a> Shard<'a> {
     fn reindex(&self, rec: &Rec, key: &mut [u8; MAX_KEY_LIMIT]) -> bool {
         self.read_key(rec, key);
         let k = &key[..rec.klen];
-        let kh = self.locate(self.hasher.hash(k));
+        let h = self.hasher.hash(k);
+        if self.g.shard_of(h) != self.index() {
+            // A key that belongs to another shard (its bytes were damaged) could never be
+            // found here: drop it rather than keep an unreachable entry.
+            return false;
+        }
+        let kh = self.locate(h);
         if !matches!(self.find(k, &kh), Probe::Miss) {
             return false;
         }

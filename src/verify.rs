@@ -193,7 +193,15 @@ impl Shard<'_> {
         }
         self.read_key(rec, key);
         let k = &key[..rec.klen];
-        let kh = self.locate(self.hasher.hash(k));
+        let h = self.hasher.hash(k);
+        if self.g.shard_of(h) != self.index() {
+            out.push(format!(
+                "slot {slot} holds a key of shard {}, not this one",
+                self.g.shard_of(h)
+            ));
+            return;
+        }
+        let kh = self.locate(h);
         let bucket = slot / BUCKET_SLOTS;
         if bucket != kh.b1 && bucket != kh.b2 {
             out.push(format!(
