@@ -99,6 +99,7 @@ mod shard;
 mod stats;
 mod sync;
 mod verify;
+pub mod workload;
 
 #[doc(hidden)]
 pub mod fuzzing;

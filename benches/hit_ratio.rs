@@ -1,0 +1,433 @@
+//! Hit ratio and memory efficiency.
+//!
+//! Hit ratio: a Zipf(0.99) stream of 10,000,000 requests over 1,000,000 keys
+//! (`larder::workload`), replayed through larder sized to hold about 1%, 5% and 10% of
+//! the key space (32-byte keys, 256-byte values; a miss is followed by a set), and
+//! through an exact LRU holding as many entries as larder held at the end. Both see the
+//! same stream.
+//!
+//! Memory: caches of 64 MiB with values of 100, 256 and 1,000 bytes, filled (each key set
+//! and read once, so S3-FIFO keeps it) until every shard has evicted, i.e. every shard
+//! is full; then the bytes of metadata per entry, `(file size - key and value bytes) /
+//! entries`, and the fraction of the file holding keys and values.
+//!
+//! ```text
+//! cargo bench --bench hit_ratio
+//! LARDER_BENCH_QUICK=1 cargo bench --bench hit_ratio    # 1,000,000 requests
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use larder::workload::{self, Distribution, KeySampler, Rng, KEY_LEN};
+use larder::{Cache, Options};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Seed of the request stream (the same stream for larder and the LRU).
+const STREAM_SEED: u64 = 0x5eed;
+/// File sizes of the memory measurements: Docker's default /dev/shm, and a larger file
+/// over which the per-shard fixed costs spread thinner.
+const MEMORY_CAPACITIES: [u64; 2] = [64 << 20, 256 << 20];
+
+/// A directory under /dev/shm or the temp dir; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Result<TempDir> {
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = base.join(format!(
+            "larder-bench-{tag}-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&p)?;
+        Ok(TempDir(p))
+    }
+
+    fn file(&self, name: &str) -> Result<String> {
+        Ok(self
+            .0
+            .join(name)
+            .to_str()
+            .ok_or("non-UTF-8 temp path")?
+            .to_string())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An exact LRU over dense key indices: a doubly linked list in arrays, newest at the
+/// head; O(1) per request.
+struct Lru {
+    cap: usize,
+    /// Node of each key index, or NONE.
+    node_of: Vec<u32>,
+    key: Vec<u32>,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    head: u32,
+    tail: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Lru {
+    fn new(cap: usize, keys: usize) -> Lru {
+        Lru {
+            cap: cap.max(1),
+            node_of: vec![NONE; keys],
+            key: Vec::with_capacity(cap),
+            prev: Vec::with_capacity(cap),
+            next: Vec::with_capacity(cap),
+            head: NONE,
+            tail: NONE,
+        }
+    }
+
+    fn unlink(&mut self, n: u32) {
+        let (p, x) = (self.prev[n as usize], self.next[n as usize]);
+        if p != NONE {
+            self.next[p as usize] = x;
+        } else {
+            self.head = x;
+        }
+        if x != NONE {
+            self.prev[x as usize] = p;
+        } else {
+            self.tail = p;
+        }
+    }
+
+    fn push_front(&mut self, n: u32) {
+        self.prev[n as usize] = NONE;
+        self.next[n as usize] = self.head;
+        if self.head != NONE {
+            self.prev[self.head as usize] = n;
+        }
+        self.head = n;
+        if self.tail == NONE {
+            self.tail = n;
+        }
+    }
+
+    /// One request: true on a hit; on a miss the key is inserted, evicting the least
+    /// recently used one if full.
+    fn access(&mut self, k: u32) -> bool {
+        let n = self.node_of[k as usize];
+        if n != NONE {
+            self.unlink(n);
+            self.push_front(n);
+            return true;
+        }
+        let n = if self.key.len() < self.cap {
+            self.key.push(k);
+            self.prev.push(NONE);
+            self.next.push(NONE);
+            (self.key.len() - 1) as u32
+        } else {
+            let victim = self.tail;
+            self.unlink(victim);
+            self.node_of[self.key[victim as usize] as usize] = NONE;
+            self.key[victim as usize] = k;
+            victim
+        };
+        self.node_of[k as usize] = n;
+        self.push_front(n);
+        false
+    }
+}
+
+fn options(value_len: usize, capacity: u64) -> Options {
+    workload::options_for(1, value_len).capacity(capacity)
+}
+
+/// Fills a cache with fresh keys (each set, then read once) until every shard has
+/// evicted; returns how many keys it set.
+fn fill(cache: &Cache, value_len: usize, first: u64) -> Result<u64> {
+    let mut v = vec![0u8; value_len];
+    let mut buf = Vec::with_capacity(value_len);
+    let mut k = [0u8; KEY_LEN];
+    let mut i = first;
+    let limit = first + 1_000_000_000;
+    loop {
+        for _ in 0..4096 {
+            workload::key_into(i, &mut k);
+            workload::write_value(i, 0, &mut v)?;
+            cache.set(&k, &v, Some(workload::TTL))?;
+            cache.get_into(&k, &mut buf)?;
+            i += 1;
+        }
+        if cache.stats().shards.iter().all(|s| s.evictions > 0) {
+            return Ok(i - first);
+        }
+        if i > limit {
+            return Err("the cache never filled".into());
+        }
+    }
+}
+
+/// A capacity that holds about `entries` entries of `value_len`-byte values: one
+/// calibration fill of a first guess, then scaled.
+fn capacity_for(dir: &TempDir, entries: u64, value_len: usize) -> Result<u64> {
+    let guess = entries * (workload::record_size(value_len) as u64 + 24) + (2 << 20);
+    let name = dir.file("calibrate")?;
+    let held = {
+        let c = options(value_len, guess).open(&name)?;
+        fill(&c, value_len, 0)?;
+        c.stats().entries
+    };
+    Cache::unlink(&name)?;
+    if held == 0 {
+        return Err("calibration cache held nothing".into());
+    }
+    Ok((guess as f64 * entries as f64 / held as f64) as u64)
+}
+
+struct HitRun {
+    pct: f64,
+    target: u64,
+    capacity: u64,
+    held: u64,
+    shards: u64,
+    larder: f64,
+    larder_late: f64,
+    lru: f64,
+    lru_late: f64,
+    /// Exact LRU holding the target number of entries.
+    lru_target: f64,
+    /// Fraction of larder's log space free at the end.
+    free_frac: f64,
+    secs: f64,
+}
+
+/// Hits of an exact LRU of `cap` entries over the stream: in total, and in its second
+/// half.
+fn replay_lru(zipf: &KeySampler, requests: u64, cap: usize) -> (u64, u64) {
+    let mut lru = Lru::new(cap, zipf.keys() as usize);
+    let mut rng = Rng::new(STREAM_SEED);
+    let half = requests / 2;
+    let (mut hits, mut late) = (0u64, 0u64);
+    for r in 0..requests {
+        let idx = zipf.sample(&mut rng);
+        if lru.access(idx as u32) {
+            hits += 1;
+            if r >= half {
+                late += 1;
+            }
+        }
+    }
+    (hits, late)
+}
+
+fn hit_ratio(dir: &TempDir, pct: f64, requests: u64, zipf: &KeySampler) -> Result<HitRun> {
+    let keys = zipf.keys();
+    let target = (keys as f64 * pct) as u64;
+    let capacity = capacity_for(dir, target, workload::VALUE_LEN)?;
+    let name = dir.file(&format!("hit-{pct}"))?;
+    let cache = options(workload::VALUE_LEN, capacity).open(&name)?;
+    let mut rng = Rng::new(STREAM_SEED);
+    let mut k = [0u8; KEY_LEN];
+    let mut v = vec![0u8; workload::VALUE_LEN];
+    let mut buf = Vec::with_capacity(workload::VALUE_LEN);
+    let half = requests / 2;
+    let (mut hits, mut late_hits) = (0u64, 0u64);
+    let start = Instant::now();
+    for r in 0..requests {
+        let idx = zipf.sample(&mut rng);
+        workload::key_into(idx, &mut k);
+        if cache.get_into(&k, &mut buf)? {
+            hits += 1;
+            if r >= half {
+                late_hits += 1;
+            }
+        } else {
+            workload::write_value(idx, 0, &mut v)?;
+            cache.set(&k, &v, Some(workload::TTL))?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let s = cache.stats();
+    drop(cache);
+    Cache::unlink(&name)?;
+
+    let (lhits, llate) = replay_lru(zipf, requests, s.entries as usize);
+    let (thits, _) = replay_lru(zipf, requests, target as usize);
+    let late = (requests - half).max(1) as f64;
+    Ok(HitRun {
+        pct,
+        target,
+        capacity,
+        held: s.entries,
+        shards: s.shard_count,
+        larder: hits as f64 / requests.max(1) as f64,
+        larder_late: late_hits as f64 / late,
+        lru: lhits as f64 / requests.max(1) as f64,
+        lru_late: llate as f64 / late,
+        lru_target: thits as f64 / requests.max(1) as f64,
+        free_frac: s.bytes_free as f64 / (s.bytes_used + s.bytes_free).max(1) as f64,
+        secs,
+    })
+}
+
+struct MemRun {
+    value_len: usize,
+    entries: u64,
+    bytes_live: u64,
+    bytes_used: u64,
+    bytes_free: u64,
+    file_size: u64,
+    shards: u64,
+}
+
+fn memory(dir: &TempDir, value_len: usize, capacity: u64) -> Result<MemRun> {
+    let name = dir.file(&format!("mem-{value_len}-{capacity}"))?;
+    let cache = options(value_len, capacity).open(&name)?;
+    fill(&cache, value_len, 0)?;
+    let s = cache.stats();
+    drop(cache);
+    Cache::unlink(&name)?;
+    Ok(MemRun {
+        value_len,
+        entries: s.entries,
+        bytes_live: s.bytes_live,
+        bytes_used: s.bytes_used,
+        bytes_free: s.bytes_free,
+        file_size: s.file_size,
+        shards: s.shard_count,
+    })
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn run() -> Result<()> {
+    let quick = std::env::var("LARDER_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let requests = if quick {
+        workload::HIT_RATIO_REQUESTS / 10
+    } else {
+        workload::HIT_RATIO_REQUESTS
+    };
+    let keys = workload::HIT_RATIO_KEYS;
+    let dir = TempDir::new("hit")?;
+    let zipf = KeySampler::new(Distribution::zipf(), keys)?;
+
+    println!(
+        "hit ratio: Zipf(0.99), {requests} requests over {keys} keys, {KEY_LEN}-byte keys, \
+         {}-byte values; on a miss, set",
+        workload::VALUE_LEN
+    );
+    println!(
+        "{:>5} {:>8} {:>9} {:>8} {:>6} {:>6} {:>8} {:>8} {:>9} {:>9} {:>10} {:>7}",
+        "size",
+        "target",
+        "capacity",
+        "held",
+        "shards",
+        "free",
+        "larder",
+        "lru",
+        "larder-2h",
+        "lru-2h",
+        "lru@target",
+        "result"
+    );
+    for pct in [0.01, 0.05, 0.10] {
+        let r = hit_ratio(&dir, pct, requests, &zipf)?;
+        println!(
+            "{:>4.0}% {:>8} {:>8}M {:>8} {:>6} {:>5.0}% {:>7.2}% {:>7.2}% {:>8.2}% {:>8.2}% {:>9.2}% {:>7}",
+            r.pct * 100.0,
+            r.target,
+            r.capacity >> 20,
+            r.held,
+            r.shards,
+            r.free_frac * 100.0,
+            r.larder * 100.0,
+            r.lru * 100.0,
+            r.larder_late * 100.0,
+            r.lru_late * 100.0,
+            r.lru_target * 100.0,
+            verdict(r.larder >= r.lru)
+        );
+        eprintln!(
+            "  ({:.1} s for larder's replay, {:.0} ns per request)",
+            r.secs,
+            r.secs * 1e9 / requests as f64
+        );
+    }
+    println!(
+        "  (held: larder's entries at the end; lru: an exact LRU of that many entries; \
+         lru@target: one of the target count; -2h: the second half of the stream only; \
+         free: larder's log space free at the end; result: larder >= lru)"
+    );
+
+    println!("\nmemory: caches filled (each key set, then read once) until every shard evicted");
+    println!(
+        "{:>5} {:>6} {:>8} {:>6} {:>11} {:>8} {:>10} {:>28} {:>7}",
+        "file",
+        "value",
+        "entries",
+        "shards",
+        "keys+values",
+        "of file",
+        "meta/entry",
+        "= records + free log + fixed",
+        "result"
+    );
+    for cap in MEMORY_CAPACITIES {
+        for v in [100, workload::VALUE_LEN, workload::LARGE_VALUE_LEN] {
+            let m = memory(&dir, v, cap)?;
+            let n = m.entries.max(1) as f64;
+            let frac = m.bytes_live as f64 / m.file_size as f64;
+            let meta = m.file_size.saturating_sub(m.bytes_live) as f64 / n;
+            // Record headers, padding and dead records; log space free; and the rest
+            // (index, ghost, visited bits, shard headers, page rounding, file header).
+            let records = m.bytes_used.saturating_sub(m.bytes_live) as f64 / n;
+            let free = m.bytes_free as f64 / n;
+            let fixed = m.file_size.saturating_sub(m.bytes_used + m.bytes_free) as f64 / n;
+            let ok = meta <= 32.0 && (m.value_len == 100 || frac >= 0.85);
+            println!(
+                "{:>4}M {:>6} {:>8} {:>6} {:>11} {:>7.1}% {:>8.1} B {:>10.1} + {:>6.1} + {:>6.1} {:>7}",
+                m.file_size >> 20,
+                m.value_len,
+                m.entries,
+                m.shards,
+                m.bytes_live,
+                frac * 100.0,
+                meta,
+                records,
+                free,
+                fixed,
+                verdict(ok)
+            );
+        }
+    }
+    println!(
+        "  (meta/entry: (file size - key and value bytes) / entries; targets: <= 32 B per \
+         entry, and >= 85% of the file holding keys and values at 256 and 1000-byte values)"
+    );
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("hit_ratio bench: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,617 @@
+//! Multi-process throughput: N processes on one store running each mix of the workload
+//! (`larder::workload`), for larder and, beside it in the same run, LMDB (heed), Redis
+//! over a unix socket, and the seed's design (benches/seed_cache.py, in Python).
+//!
+//! ```text
+//! cargo bench --bench multiprocess
+//! LARDER_BENCH_QUICK=1 cargo bench --bench multiprocess      # 0.5 s per run
+//! LARDER_BENCH_SECS=5 LARDER_BENCH_PROCS=1,2,4,8,16 LARDER_BENCH_BACKENDS=larder \
+//!     cargo bench --bench multiprocess
+//! ```
+//! `LARDER_BENCH_BACKENDS` picks among `larder,heed,redis,seed` (default all),
+//! `LARDER_BENCH_DISTS` among `uniform,zipf`, `LARDER_BENCH_MIXES` among
+//! `100/0,95/5,90/10`. A peer that cannot run here is printed as skipped, with why.
+//!
+//! Workers are this binary run again: `main` hands over to
+//! `worker_main_if_requested_with` first, which also opens the peers' stores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvFlags, EnvOpenOptions};
+use larder::workload::{
+    self, BenchConfig, BenchReport, Distribution, Mix, Store, StoreError, KEY_LEN,
+};
+
+const HEED: &str = "heed";
+const REDIS: &str = "redis";
+/// LMDB's map: room for the keys, values and B-tree of the largest workload.
+const HEED_MAP_SIZE: usize = 1 << 30;
+
+fn main() {
+    workload::worker_main_if_requested_with(open_peer);
+    if let Err(e) = run() {
+        eprintln!("multiprocess bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Opens a peer's store inside a worker.
+fn open_peer(cfg: &BenchConfig) -> Result<Box<dyn Store>, StoreError> {
+    match cfg.backend.as_str() {
+        HEED => Ok(Box::new(HeedStore::open(Path::new(&cfg.target))?)),
+        REDIS => Ok(Box::new(RedisStore::connect(Path::new(&cfg.target))?)),
+        other => Err(format!("unknown backend {other:?}").into()),
+    }
+}
+
+// ----- LMDB through heed ------------------------------------------------------------
+
+/// One read transaction per get, one write transaction per set, `NO_SYNC`. LMDB has no
+/// TTL: the TTL is ignored.
+struct HeedStore {
+    env: Env,
+    db: Database<Bytes, Bytes>,
+}
+
+impl HeedStore {
+    fn open(dir: &Path) -> Result<HeedStore, StoreError> {
+        let mut opts = EnvOpenOptions::new();
+        opts.map_size(HEED_MAP_SIZE).max_dbs(1).max_readers(4096);
+        // SAFETY: NO_SYNC only gives up durability across a system crash, which a cache
+        // does not need; no other process opens this environment with other flags.
+        unsafe {
+            opts.flags(EnvFlags::NO_SYNC);
+        }
+        // SAFETY: heed requires that the environment is not opened twice in one
+        // process and that the files are not modified by other means; each process
+        // of this benchmark opens it once, and only LMDB touches its files.
+        let env = unsafe { opts.open(dir)? };
+        let mut w = env.write_txn()?;
+        let db = env.create_database(&mut w, None)?;
+        w.commit()?;
+        Ok(HeedStore { env, db })
+    }
+
+    fn prefill(&self, keys: u64, value_len: usize) -> Result<(), StoreError> {
+        let mut w = self.env.write_txn()?;
+        let mut v = vec![0u8; value_len];
+        for i in 0..keys {
+            workload::write_value(i, 0, &mut v)?;
+            self.db.put(&mut w, &workload::key(i), &v)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+}
+
+impl Store for HeedStore {
+    fn get_into(&mut self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let txn = self.env.read_txn()?;
+        match self.db.get(&txn, key)? {
+            Some(v) => {
+                buf.clear();
+                buf.extend_from_slice(v);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8], _ttl: Duration) -> Result<(), StoreError> {
+        let mut w = self.env.write_txn()?;
+        self.db.put(&mut w, key, value)?;
+        w.commit()?;
+        Ok(())
+    }
+}
+
+// ----- Redis over a unix socket -------------------------------------------------------
+
+struct RedisStore {
+    con: redis::Connection,
+}
+
+impl RedisStore {
+    fn connect(socket: &Path) -> Result<RedisStore, StoreError> {
+        let url = format!("unix://{}", socket.display());
+        let con = redis::Client::open(url)?.get_connection()?;
+        Ok(RedisStore { con })
+    }
+
+    fn prefill(&mut self, keys: u64, value_len: usize, ttl: Duration) -> Result<(), StoreError> {
+        let mut v = vec![0u8; value_len];
+        let mut i = 0;
+        while i < keys {
+            let mut pipe = redis::pipe();
+            for j in i..(i + 1000).min(keys) {
+                workload::write_value(j, 0, &mut v)?;
+                pipe.cmd("SET")
+                    .arg(&workload::key(j)[..])
+                    .arg(&v[..])
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .ignore();
+            }
+            pipe.query::<()>(&mut self.con)?;
+            i += 1000;
+        }
+        Ok(())
+    }
+}
+
+impl Store for RedisStore {
+    fn get_into(&mut self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let v: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(&mut self.con)?;
+        match v {
+            Some(v) => {
+                buf.clear();
+                buf.extend_from_slice(&v);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .query::<()>(&mut self.con)?;
+        Ok(())
+    }
+}
+
+/// A redis-server on a unix socket in a private directory; stopped and removed on drop.
+struct RedisServer {
+    child: Child,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// How long the server gets to accept connections.
+    const START_DEADLINE: Duration = Duration::from_secs(10);
+
+    fn start() -> Result<RedisServer, StoreError> {
+        let dir = TempDir::new("redis")?;
+        let socket = dir.0.join("redis.sock");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let server = RedisServer { child, dir };
+        let deadline = Instant::now() + Self::START_DEADLINE;
+        loop {
+            if let Ok(mut s) = RedisStore::connect(&server.socket()) {
+                if redis::cmd("PING").query::<String>(&mut s.con).is_ok() {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err("redis-server did not accept connections within 10 s".into());
+            }
+            // Polling for a socket the server creates when it is up; bounded above.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.0.join("redis.sock")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ----- helpers ----------------------------------------------------------------------------
+
+/// A directory under /dev/shm (the medium larder uses) or the temp dir; removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> std::io::Result<TempDir> {
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p = base.join(format!(
+            "larder-bench-{tag}-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn machine() -> String {
+    let out = Command::new("lscpu").output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| {
+                [
+                    "Model name",
+                    "CPU(s):",
+                    "Thread(s) per core",
+                    "Core(s) per socket",
+                    "Socket(s)",
+                ]
+                .iter()
+                .any(|k| l.trim_start().starts_with(k))
+            })
+            .map(|l| format!("  {}\n", l.trim()))
+            .collect(),
+        _ => format!(
+            "  {} CPUs (lscpu not available)\n",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        ),
+    }
+}
+
+struct Plan {
+    secs: Duration,
+    procs: Vec<usize>,
+    dists: Vec<Distribution>,
+    mixes: Vec<Mix>,
+    backends: Vec<String>,
+}
+
+fn plan() -> Result<Plan, StoreError> {
+    let quick = std::env::var("LARDER_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let secs = match std::env::var("LARDER_BENCH_SECS") {
+        Ok(s) => Duration::from_secs_f64(s.parse::<f64>()?),
+        Err(_) if quick => Duration::from_millis(500),
+        Err(_) => Duration::from_secs(2),
+    };
+    let procs = match std::env::var("LARDER_BENCH_PROCS") {
+        Ok(s) => s
+            .split(',')
+            .map(|n| n.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()?,
+        Err(_) => workload::default_process_counts(),
+    };
+    let dists = env_list("LARDER_BENCH_DISTS", "uniform,zipf")
+        .iter()
+        .map(|d| workload::Distribution::parse(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mixes = env_list("LARDER_BENCH_MIXES", "100/0,95/5,90/10")
+        .iter()
+        .map(|m| Mix::parse(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let backends = env_list("LARDER_BENCH_BACKENDS", "larder,heed,redis,seed");
+    Ok(Plan {
+        secs,
+        procs,
+        dists,
+        mixes,
+        backends,
+    })
+}
+
+fn config(
+    backend: &str,
+    target: &str,
+    plan: &Plan,
+    d: Distribution,
+    m: Mix,
+    n: usize,
+) -> BenchConfig {
+    let mut cfg = BenchConfig::peer(backend, target);
+    cfg.processes = n;
+    cfg.duration = plan.secs;
+    cfg.distribution = d;
+    cfg.mix = m;
+    cfg.prefill = backend == workload::LARDER;
+    cfg
+}
+
+fn run_larder(plan: &Plan, dir: &TempDir) -> Result<Vec<BenchReport>, StoreError> {
+    let mut reports = Vec::new();
+    for &d in &plan.dists {
+        for &m in &plan.mixes {
+            for &n in &plan.procs {
+                // A fresh file per run: every run starts from the same prefilled cache.
+                let path = dir.0.join(format!("larder-{}", reports.len()));
+                let target = path.to_str().ok_or("non-UTF-8 temp path")?;
+                let cfg = config(workload::LARDER, target, plan, d, m, n);
+                let r = workload::run_multiprocess(&cfg);
+                let _ = larder::Cache::unlink(target);
+                reports.push(r?);
+            }
+        }
+    }
+    Ok(reports)
+}
+
+fn run_heed(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
+    let dir = TempDir::new("heed")?;
+    {
+        let store = HeedStore::open(&dir.0)?;
+        store.prefill(workload::LIVE_KEYS, workload::VALUE_LEN)?;
+    }
+    let target = dir.0.to_str().ok_or("non-UTF-8 temp path")?;
+    let mut reports = Vec::new();
+    for &d in &plan.dists {
+        for &m in &plan.mixes {
+            for &n in &plan.procs {
+                let cfg = config(HEED, target, plan, d, m, n);
+                reports.push(workload::run_multiprocess(&cfg)?);
+            }
+        }
+    }
+    Ok(reports)
+}
+
+fn run_redis(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
+    let server = RedisServer::start()?;
+    let socket = server.socket();
+    RedisStore::connect(&socket)?.prefill(
+        workload::LIVE_KEYS,
+        workload::VALUE_LEN,
+        workload::TTL,
+    )?;
+    let target = socket.to_str().ok_or("non-UTF-8 temp path")?;
+    let mut reports = Vec::new();
+    for &d in &plan.dists {
+        for &m in &plan.mixes {
+            for &n in &plan.procs {
+                let cfg = config(REDIS, target, plan, d, m, n);
+                reports.push(workload::run_multiprocess(&cfg)?);
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// Where the seed's re-implementation lives: beside this file in the source tree, or
+/// under the current directory (a copied tree).
+fn seed_script() -> Option<PathBuf> {
+    [
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/seed_cache.py"
+        )),
+        PathBuf::from("benches/seed_cache.py"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// Runs the Python script with a deadline; its one output line.
+fn run_seed_once(
+    script: &Path,
+    plan: &Plan,
+    d: Distribution,
+    m: Mix,
+    n: usize,
+) -> Result<String, StoreError> {
+    let dist = match d {
+        Distribution::Uniform => "uniform",
+        Distribution::Zipf(_) => "zipf",
+    };
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args(["--processes", &n.to_string()])
+        .args(["--seconds", &plan.secs.as_secs_f64().to_string()])
+        .args(["--keys", &workload::LIVE_KEYS.to_string()])
+        .args(["--value-len", &workload::VALUE_LEN.to_string()])
+        .args(["--dist", dist])
+        .args(["--get-percent", &m.get_percent().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    // Prefill in Python takes a few seconds; the script bounds its own waits too.
+    let deadline = Instant::now() + plan.secs + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut out = String::new();
+            if let Some(mut so) = child.stdout.take() {
+                std::io::Read::read_to_string(&mut so, &mut out)?;
+            }
+            if !status.success() {
+                return Err(format!("seed_cache.py failed ({status})").into());
+            }
+            return Ok(out.trim().to_string());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("seed_cache.py did not finish in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+        .parse()
+        .ok()
+}
+
+fn run_seed(plan: &Plan) -> Result<String, StoreError> {
+    let script = seed_script().ok_or("benches/seed_cache.py not found")?;
+    let mut table = String::new();
+    let mut base = std::collections::HashMap::new();
+    for &d in &plan.dists {
+        for &m in &plan.mixes {
+            for &n in &plan.procs {
+                let line = run_seed_once(&script, plan, d, m, n)?;
+                let rate = field(&line, "ops_per_sec").ok_or("no ops_per_sec")?;
+                let per = field(&line, "per_process").unwrap_or(0.0);
+                let ns = |k: &str| Duration::from_nanos(field(&line, k).unwrap_or(0.0) as u64);
+                let key = (d.to_string(), m.to_string());
+                if n == 1 {
+                    base.insert(key.clone(), rate);
+                }
+                let scaling = base
+                    .get(&key)
+                    .filter(|b| **b > 0.0)
+                    .map(|b| format!("{:.2}x", rate / b))
+                    .unwrap_or_else(|| "-".into());
+                table.push_str(&format!(
+                    "{:<8} {:<8} {:<6} {:>5} {:>4} {:>11} {:>11} {:>9} {:>9} {:>9} {:>8}\n",
+                    "seed-py",
+                    d.to_string(),
+                    m.to_string(),
+                    workload::VALUE_LEN,
+                    n,
+                    workload::format_rate(rate),
+                    workload::format_rate(per),
+                    workload::format_latency(ns("p50_ns")),
+                    workload::format_latency(ns("p99_ns")),
+                    workload::format_latency(ns("p999_ns")),
+                    scaling,
+                ));
+            }
+        }
+    }
+    Ok(table)
+}
+
+fn run() -> Result<(), StoreError> {
+    let plan = plan()?;
+    println!("machine:\n{}", machine());
+    println!(
+        "load average at start: {} (other work on the machine shows as cpu < 100%)",
+        load_average()
+    );
+    println!(
+        "workload: {} keys of {KEY_LEN} bytes, values of {} bytes, TTL {} s, {} s per run, \
+         processes {:?}; one op in 64 timed, every value read checked",
+        workload::LIVE_KEYS,
+        workload::VALUE_LEN,
+        workload::TTL.as_secs(),
+        plan.secs.as_secs_f64(),
+        plan.procs
+    );
+    let dir = TempDir::new("mp")?;
+    let mut reports = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seed_table = String::new();
+    for backend in &plan.backends {
+        match backend.as_str() {
+            "larder" => reports.extend(run_larder(&plan, &dir)?),
+            "heed" => match run_heed(&plan) {
+                Ok(r) => reports.extend(r),
+                Err(e) => skipped.push(format!("heed: skipped ({e})")),
+            },
+            "redis" if !on_path("redis-server") => skipped.push(
+                "redis: skipped (redis-server not on PATH; apt-get install redis-server)".into(),
+            ),
+            "redis" => match run_redis(&plan) {
+                Ok(r) => reports.extend(r),
+                Err(e) => skipped.push(format!("redis: skipped ({e})")),
+            },
+            "seed" if !on_path("python3") => {
+                skipped.push("seed-py: skipped (python3 not on PATH)".into())
+            }
+            "seed" => match run_seed(&plan) {
+                Ok(t) => seed_table = t,
+                Err(e) => skipped.push(format!("seed-py: skipped ({e})")),
+            },
+            other => skipped.push(format!("{other}: skipped (unknown backend)")),
+        }
+    }
+    println!("load average at end: {}", load_average());
+    print!("\n{}", workload::format_table(&reports));
+    print!("{seed_table}");
+    for s in &skipped {
+        println!("{s}");
+    }
+    println!();
+    // The issue's ratios, from this run.
+    for d in &plan.dists {
+        for m in &plan.mixes {
+            let find = |b: &str, n: usize| {
+                reports.iter().find(|r| {
+                    r.config.backend == b
+                        && r.config.distribution == *d
+                        && r.config.mix == *m
+                        && r.config.processes == n
+                })
+            };
+            if let Some(l) = find(workload::LARDER, 1) {
+                let mut line = format!(
+                    "{d} {m} N=1: larder {}/s",
+                    workload::format_rate(l.ops_per_sec())
+                );
+                for peer in [HEED, REDIS] {
+                    if let Some(p) = find(peer, 1) {
+                        line.push_str(&format!(
+                            ", larder/{peer} = {:.1}x",
+                            l.ops_per_sec() / p.ops_per_sec().max(1.0)
+                        ));
+                    }
+                }
+                if let Some(l2) = find(workload::LARDER, 2) {
+                    line.push_str(&format!(
+                        "; larder N=2/N=1 = {:.2}x (cpu-eff {:.2})",
+                        l2.ops_per_sec() / l.ops_per_sec().max(1.0),
+                        l2.cpu_efficiency(&reports).unwrap_or(0.0)
+                    ));
+                }
+                println!("{line}");
+            }
+        }
+    }
+    let bad: u64 = reports.iter().map(|r| r.bad_values()).sum();
+    if bad != 0 {
+        return Err(format!("{bad} values failed their check").into());
+    }
+    Ok(())
+}
