@@ -1,0 +1,873 @@
+//! The file's lifecycle and the table's everyday semantics: race-free creation by
+//! threads and processes, a creator killed mid-creation, the mode, removal and
+//! replacement while in use, reopening, statistics, iteration, TTLs, `touch`,
+//! `insert_if_absent`, `clear`, and lock-free read hits.
+//!
+//! Multi-process tests re-execute this test binary (`--exact child_process_entry`) with
+//! `LARDER_LIFECYCLE_CHILD` naming the child's role. Every wait has a deadline, and every
+//! child is killed and reaped on drop, also when the test panics.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::TempCache;
+use larder::{Cache, Clock, Error, Options, StaleValue};
+
+const CHILD_ROLE: &str = "LARDER_LIFECYCLE_CHILD";
+const CHILD_PATH: &str = "LARDER_LIFECYCLE_PATH";
+const CHILD_SIG: &str = "LARDER_LIFECYCLE_SIG";
+const CHILD_ID: &str = "LARDER_LIFECYCLE_ID";
+
+/// Generous: the machine may be busy with other tests.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// How long a handle may take to notice that its file was removed or replaced (it checks
+/// every 250 ms).
+const REATTACH_DEADLINE: Duration = Duration::from_secs(10);
+
+const THREADS: usize = 8;
+const PROCS: usize = 4;
+
+// ----- helpers -----------------------------------------------------------------------
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Polls `f` every few milliseconds until it returns `Some`, or panics at the deadline.
+fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
+        std::thread::sleep(Duration::from_millis(3));
+    }
+}
+
+fn wait_for_file(p: &Path, deadline: Duration) {
+    poll(&format!("{} to appear", p.display()), deadline, || {
+        p.exists().then_some(())
+    });
+}
+
+fn touch_file(p: &Path) {
+    std::fs::write(p, b"").expect("signal file");
+}
+
+/// A helper child process: killed and reaped on drop, also when the test panics.
+struct ChildGuard {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl ChildGuard {
+    fn spawn(log_dir: &Path, role: &str, id: usize, envs: &[(&str, &str)]) -> ChildGuard {
+        let log = log_dir.join(format!("child-{role}-{id}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let err = out.try_clone().expect("log");
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "child_process_entry", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env_remove("LARDER_CRASH_AT")
+            .env_remove("LARDER_CRASH_ACTION")
+            .env_remove("LARDER_CRASH_SKIP")
+            .env(CHILD_ROLE, role)
+            .env(CHILD_ID, id.to_string())
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn child");
+        ChildGuard { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "child did not exit within {deadline:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"))
+}
+
+fn all_keys() -> Vec<String> {
+    (0..THREADS)
+        .map(|i| format!("thread-{i}"))
+        .chain((0..PROCS).map(|i| format!("proc-{i}")))
+        .collect()
+}
+
+/// Entry point of helper children (a no-op when run as an ordinary test).
+#[test]
+fn child_process_entry() {
+    let Ok(role) = std::env::var(CHILD_ROLE) else {
+        return;
+    };
+    let path = env(CHILD_PATH);
+    match role.as_str() {
+        // Opens the missing cache at the same moment as the parent's threads, writes its
+        // key, then (when told) checks that it sees every participant's key.
+        "racer" => {
+            let sig = PathBuf::from(env(CHILD_SIG));
+            let id = env(CHILD_ID);
+            touch_file(&sig.join(format!("ready-{id}")));
+            let go = sig.join("go");
+            let end = Instant::now() + DEADLINE;
+            while !go.exists() {
+                assert!(Instant::now() < end, "no go signal");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            let c = race_options().open(&path).expect("child open");
+            let key = format!("proc-{id}");
+            c.set(key.as_bytes(), key.as_bytes(), None)
+                .expect("child set");
+            touch_file(&sig.join(format!("wrote-{id}")));
+            wait_for_file(&sig.join("check"), DEADLINE);
+            for k in all_keys() {
+                assert_eq!(
+                    c.get(k.as_bytes()).expect("child get"),
+                    Some(k.clone().into_bytes()),
+                    "child {id} does not see {k}"
+                );
+            }
+        }
+        // Creates the cache; a crash point configured by the parent ends it mid-creation.
+        "creator" => {
+            let _ = race_options().open(&path);
+            panic!("the crash point did not end the creator");
+        }
+        // Creates caches under a restrictive umask with the modes the parent expects.
+        "umask" => {
+            // SAFETY: umask(2) has no memory effects; this process is the child alone.
+            unsafe { libc::umask(0o077) };
+            let dir = PathBuf::from(&path);
+            for (name, mode) in [("m600", None), ("m640", Some(0o640)), ("m660", Some(0o660))] {
+                let mut opts = race_options();
+                if let Some(m) = mode {
+                    opts = opts.mode(m);
+                }
+                opts.open(s(&dir.join(name))).expect("create");
+            }
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// Options shared by the racing participants (a small file, so creation is quick).
+fn race_options() -> Options {
+    Options::new()
+        .capacity(2 << 20)
+        .max_key_len(64)
+        .max_value_len(1024)
+}
+
+// ----- creation ----------------------------------------------------------------------
+
+/// Threads of one process race to create the same missing file, many times over: all
+/// succeed, and all share one file.
+#[test]
+fn threads_racing_to_create_all_attach_to_one_file() {
+    for round in 0..10 {
+        let t = TempCache::new("life-race-threads");
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<Cache> = std::thread::scope(|scope| {
+            let joins: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    let barrier = barrier.clone();
+                    let name = t.name().to_string();
+                    scope.spawn(move || {
+                        barrier.wait();
+                        let c = race_options()
+                            .open(&name)
+                            .unwrap_or_else(|e| panic!("round {round} thread {i}: {e}"));
+                        let key = format!("thread-{i}");
+                        c.set(key.as_bytes(), key.as_bytes(), None).expect("set");
+                        c
+                    })
+                })
+                .collect();
+            joins
+                .into_iter()
+                .map(|j| j.join().expect("thread"))
+                .collect()
+        });
+        for c in &handles {
+            for i in 0..THREADS {
+                let key = format!("thread-{i}");
+                assert_eq!(
+                    c.get(key.as_bytes()).expect("get"),
+                    Some(key.clone().into_bytes()),
+                    "round {round}: a handle does not see {key}"
+                );
+            }
+        }
+        let names: Vec<_> = std::fs::read_dir(&t.dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["cache"], "round {round}: stray files");
+        assert!(handles[0].verify().expect("verify").is_clean());
+    }
+}
+
+/// 8 threads and 4 child processes open the same missing path at once: all succeed and
+/// all see one file (a key set by any one is a hit for all).
+#[test]
+fn threads_and_processes_racing_to_create_all_share_one_file() {
+    let t = TempCache::new("life-race-procs");
+    let sig = t.dir.join("sig");
+    std::fs::create_dir(&sig).expect("sig dir");
+    let path = t.path.clone();
+    let mut children: Vec<ChildGuard> = (0..PROCS)
+        .map(|i| {
+            ChildGuard::spawn(
+                &sig,
+                "racer",
+                i,
+                &[(CHILD_PATH, s(&path)), (CHILD_SIG, s(&sig))],
+            )
+        })
+        .collect();
+    for i in 0..PROCS {
+        wait_for_file(&sig.join(format!("ready-{i}")), DEADLINE);
+    }
+    assert!(!path.exists());
+    let barrier = Arc::new(Barrier::new(THREADS + 1));
+    let handles: Vec<Cache> = std::thread::scope(|scope| {
+        let joins: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let barrier = barrier.clone();
+                let name = t.name().to_string();
+                scope.spawn(move || {
+                    barrier.wait();
+                    let c = race_options()
+                        .open(&name)
+                        .unwrap_or_else(|e| panic!("thread {i}: {e}"));
+                    let key = format!("thread-{i}");
+                    c.set(key.as_bytes(), key.as_bytes(), None).expect("set");
+                    c
+                })
+            })
+            .collect();
+        touch_file(&sig.join("go"));
+        barrier.wait();
+        joins
+            .into_iter()
+            .map(|j| j.join().expect("thread"))
+            .collect()
+    });
+    for i in 0..PROCS {
+        wait_for_file(&sig.join(format!("wrote-{i}")), DEADLINE);
+    }
+    for c in &handles {
+        for k in all_keys() {
+            assert_eq!(
+                c.get(k.as_bytes()).expect("get"),
+                Some(k.clone().into_bytes()),
+                "a thread's handle does not see {k}"
+            );
+        }
+    }
+    touch_file(&sig.join("check"));
+    for (i, child) in children.iter_mut().enumerate() {
+        let st = child.wait_exit(DEADLINE);
+        assert!(st.success(), "child {i}: {st:?}\n{}", child.log());
+    }
+    let mut names: Vec<_> = std::fs::read_dir(&t.dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cache", "sig"], "stray files");
+    let s = handles[0].stats();
+    assert_eq!(s.entries, (THREADS + PROCS) as u64);
+    assert_eq!(s.inserts, (THREADS + PROCS) as u64);
+    assert!(handles[0].verify().expect("verify").is_clean());
+}
+
+/// A creator that dies after building the file but before giving it its name leaves
+/// nothing at the path; the next open creates a working cache.
+#[cfg(feature = "crash-points")]
+#[test]
+fn creator_killed_mid_creation_leaves_nothing_behind() {
+    use std::os::unix::process::ExitStatusExt;
+    for (action, signal) in [("abort", libc::SIGABRT), ("kill", libc::SIGKILL)] {
+        let t = TempCache::new("life-creator");
+        let logs = t.dir.join("logs");
+        std::fs::create_dir(&logs).expect("logs dir");
+        let mut child = ChildGuard::spawn(
+            &logs,
+            "creator",
+            0,
+            &[
+                (CHILD_PATH, t.name()),
+                ("LARDER_CRASH_AT", "create.after_init"),
+                ("LARDER_CRASH_ACTION", action),
+            ],
+        );
+        let st = child.wait_exit(DEADLINE);
+        assert_eq!(
+            st.signal(),
+            Some(signal),
+            "{action}: the creator was not ended by its crash point: {st:?}\n{}",
+            child.log()
+        );
+        assert!(!t.path.exists(), "{action}: a file was left at the path");
+        // An unnamed file vanishes with its creator; where O_TMPFILE is unsupported the
+        // fallback may leave a `.cache.tmp.*` file, never a cache at the path.
+        let stray: Vec<String> = std::fs::read_dir(&t.dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "logs" && !n.starts_with(".cache.tmp."))
+            .collect();
+        assert!(stray.is_empty(), "{action}: stray files {stray:?}");
+        let c = race_options()
+            .open(t.name())
+            .expect("a normal open creates it");
+        c.set(b"k", b"v", None).expect("set");
+        assert_eq!(c.get(b"k").expect("get"), Some(b"v".to_vec()));
+        assert!(c.verify().expect("verify").is_clean());
+    }
+}
+
+/// The file's mode is exactly what `Options::mode` says, whatever the umask.
+#[test]
+fn file_mode_is_exactly_the_option_despite_umask() {
+    let t = TempCache::new("life-mode");
+    let logs = t.dir.join("logs");
+    std::fs::create_dir(&logs).expect("logs dir");
+    let mut child = ChildGuard::spawn(&logs, "umask", 0, &[(CHILD_PATH, s(&t.dir))]);
+    let st = child.wait_exit(DEADLINE);
+    assert!(st.success(), "{st:?}\n{}", child.log());
+    for (name, mode) in [("m600", 0o600), ("m640", 0o640), ("m660", 0o660)] {
+        let meta = std::fs::metadata(t.dir.join(name)).expect("stat");
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            mode,
+            "{name} under umask 077"
+        );
+    }
+    // And in this process, under its own umask.
+    let c = t.options().mode(0o660).open(t.name()).expect("open");
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    drop(c);
+}
+
+// ----- removal and replacement -------------------------------------------------------
+
+#[test]
+fn unlink_removes_the_file() {
+    let t = TempCache::new("life-unlink");
+    let c = t.open();
+    c.set(b"k", b"v", None).expect("set");
+    drop(c);
+    Cache::unlink(t.name()).expect("unlink");
+    assert!(!t.path.exists());
+    match Cache::unlink(t.name()) {
+        Err(Error::NotFound { path }) => assert_eq!(path, t.path),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    match Cache::open(t.name()) {
+        Err(Error::NotFound { .. }) => {}
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // A new cache at the name starts empty.
+    let c = t.open();
+    assert_eq!(c.get(b"k").expect("get"), None);
+}
+
+/// Handles A and B share a file; it is unlinked and B's process opens the name again,
+/// creating a new file. A notices and moves to the new file, so A's writes reach B (and
+/// B's reach A): the two never split into two caches.
+#[test]
+fn handles_follow_a_removed_and_recreated_file_together() {
+    let t = TempCache::new("life-recreate");
+    let a = t.open();
+    let b = t.open();
+    a.set(b"old", b"1", None).expect("set");
+    assert_eq!(b.get(b"old").expect("get"), Some(b"1".to_vec()));
+    Cache::unlink(t.name()).expect("unlink");
+    let b2 = t.open();
+    assert_eq!(b2.get(b"old").expect("get"), None, "a new file");
+    let start = Instant::now();
+    let mut i = 0u64;
+    poll(
+        "A's writes reaching the new file",
+        REATTACH_DEADLINE,
+        || {
+            i += 1;
+            a.set(b"from-a", &i.to_le_bytes(), None).expect("A set");
+            (b2.get(b"from-a").expect("B get") == Some(i.to_le_bytes().to_vec())).then_some(())
+        },
+    );
+    let took = start.elapsed();
+    // The old handle B moves too.
+    poll(
+        "B's old handle reaching the new file",
+        REATTACH_DEADLINE,
+        || {
+            i += 1;
+            b.set(b"from-b", &i.to_le_bytes(), None).expect("B set");
+            (a.get(b"from-b").expect("A get") == Some(i.to_le_bytes().to_vec())).then_some(())
+        },
+    );
+    b2.set(b"from-b2", b"x", None).expect("set");
+    assert_eq!(a.get(b"from-b2").expect("get"), Some(b"x".to_vec()));
+    assert_eq!(b.get(b"from-b2").expect("get"), Some(b"x".to_vec()));
+    assert_eq!(a.get(b"old").expect("get"), None);
+    eprintln!("reattached after {took:?}");
+    assert!(b2.verify().expect("verify").is_clean());
+}
+
+/// A handle whose file was removed, with nobody recreating it, recreates it itself with
+/// its own parameters, so a process opening the name later shares its writes.
+#[test]
+fn handle_recreates_a_removed_file_with_its_parameters() {
+    let t = TempCache::new("life-removed");
+    let a = t.options().shards(4).open(t.name()).expect("open");
+    a.set(b"k", b"old", None).expect("set");
+    Cache::unlink(t.name()).expect("unlink");
+    let mut i = 0u64;
+    poll("the handle recreating its file", REATTACH_DEADLINE, || {
+        i += 1;
+        a.set(b"k", &i.to_le_bytes(), None).expect("set");
+        t.path.exists().then_some(())
+    });
+    a.set(b"k", b"new", None).expect("set");
+    let b = Cache::open(t.name()).expect("attach");
+    assert_eq!(b.limits(), a.limits());
+    assert_eq!(b.limits().3, 4);
+    assert_eq!(b.get(b"k").expect("get"), Some(b"new".to_vec()));
+}
+
+/// A file replaced by another one (renamed over the name) while in use: the handle moves
+/// to the replacement.
+#[test]
+fn handle_follows_a_replaced_file() {
+    let t = TempCache::new("life-replace");
+    let a = t.open();
+    a.set(b"marker", b"original", None).expect("set");
+    let other = t.dir.join("other");
+    let o = t.options().open(s(&other)).expect("other cache");
+    o.set(b"marker", b"replacement", None).expect("set");
+    drop(o);
+    std::fs::rename(&other, &t.path).expect("rename over");
+    poll(
+        "the handle moving to the replacement",
+        REATTACH_DEADLINE,
+        || (a.get(b"marker").expect("get") == Some(b"replacement".to_vec())).then_some(()),
+    );
+    a.set(b"after", b"1", None).expect("set");
+    let b = Cache::open(t.name()).expect("attach");
+    assert_eq!(b.get(b"after").expect("get"), Some(b"1".to_vec()));
+}
+
+// ----- reopening ---------------------------------------------------------------------
+
+#[test]
+fn reopen_uses_the_files_parameters() {
+    let t = TempCache::new("life-reopen");
+    let creator = Options::new()
+        .capacity(2 << 20)
+        .max_key_len(100)
+        .max_value_len(2000)
+        .shards(8)
+        .open(t.name())
+        .expect("create");
+    assert_eq!(creator.limits(), (2 << 20, 100, 2000, 8));
+    creator.set(b"k", b"v", None).expect("set");
+    let reopened = Cache::open(t.name()).expect("Cache::open");
+    assert_eq!(reopened.limits(), creator.limits());
+    assert_eq!(reopened.shard_count(), 8);
+    assert_eq!(reopened.get(b"k").expect("get"), Some(b"v".to_vec()));
+    // Attaching ignores the builder's creation parameters, keeps its runtime settings.
+    let attached = Options::new()
+        .capacity(64 << 20)
+        .max_value_len(10)
+        .attach(t.name())
+        .expect("attach");
+    assert_eq!(attached.limits(), creator.limits());
+    attached
+        .set(b"big", &[1u8; 2000], None)
+        .expect("the file's limit applies");
+    match attached.set(b"big", &[1u8; 2001], None) {
+        Err(Error::TooLarge { max: 2000, .. }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    drop((creator, reopened, attached));
+    let again = Cache::open(t.name()).expect("reopen after every handle closed");
+    assert_eq!(again.get(b"big").expect("get"), Some(vec![1u8; 2000]));
+}
+
+// ----- statistics and iteration --------------------------------------------------------
+
+#[test]
+fn shard_stats_sum_to_the_totals() {
+    let t = TempCache::new("life-stats");
+    let c = t.open();
+    for i in 0..500u32 {
+        c.set(format!("k{i}").as_bytes(), &[b'v'; 20], None)
+            .expect("set");
+    }
+    for i in 0..100u32 {
+        c.set(format!("k{i}").as_bytes(), &[b'w'; 30], None)
+            .expect("update");
+    }
+    for i in 400..450u32 {
+        assert!(c.remove(format!("k{i}").as_bytes()).expect("remove"));
+    }
+    for i in 0..200u32 {
+        let _ = c.get(format!("k{i}").as_bytes()).expect("get");
+        let _ = c.get(format!("missing{i}").as_bytes()).expect("get");
+    }
+    let s = c.stats();
+    assert_eq!(s.shards.len() as u64, s.shard_count);
+    assert_eq!(s.shard_count, c.shard_count() as u64);
+    assert_eq!(s.file_size, std::fs::metadata(&t.path).expect("stat").len());
+    let sum = |f: fn(&larder::ShardStats) -> u64| s.shards.iter().map(f).sum::<u64>();
+    assert_eq!(s.entries, sum(|x| x.entries));
+    assert_eq!(s.bytes_live, sum(|x| x.bytes_live));
+    assert_eq!(s.bytes_used, sum(|x| x.bytes_used));
+    assert_eq!(s.bytes_free, sum(|x| x.bytes_free));
+    assert_eq!(s.inserts, sum(|x| x.inserts));
+    assert_eq!(s.updates, sum(|x| x.updates));
+    assert_eq!(s.removals, sum(|x| x.removals));
+    assert_eq!(s.evictions, sum(|x| x.evictions));
+    assert_eq!(s.expirations, sum(|x| x.expirations));
+    assert_eq!(s.recoveries, sum(|x| x.recoveries));
+    assert_eq!(s.repair_dropped, sum(|x| x.repair_dropped));
+    // And the totals are right.
+    assert_eq!(s.evictions, 0, "the test's data fits");
+    assert_eq!(s.entries, 450);
+    assert_eq!(s.inserts, 500);
+    assert_eq!(s.updates, 100);
+    assert_eq!(s.removals, 50);
+    assert_eq!(s.hits, 200);
+    assert_eq!(s.misses, 200);
+    let k = |i: u32| format!("k{i}").len() as u64;
+    let live: u64 = (0..100).map(|i| k(i) + 30).sum::<u64>()
+        + (100..400).chain(450..500).map(|i| k(i) + 20).sum::<u64>();
+    assert_eq!(s.bytes_live, live);
+    assert!(s.bytes_used >= live);
+    assert_eq!(s.recoveries, 0);
+}
+
+#[test]
+fn entries_lists_every_key_with_its_size_and_ttl() {
+    let t = TempCache::new("life-entries");
+    let clock = Clock::manual();
+    let c = t
+        .options()
+        .clock(clock.clone())
+        .open(t.name())
+        .expect("open");
+    let mut want: BTreeMap<Vec<u8>, (usize, Option<Duration>)> = BTreeMap::new();
+    for i in 0..300usize {
+        let key = format!("key-{i}").into_bytes();
+        let len = i % 50;
+        let ttl = (i % 3 == 0).then(|| Duration::from_secs(100 + i as u64));
+        c.set(&key, &vec![b'x'; len], ttl).expect("set");
+        want.insert(key, (len, ttl));
+    }
+    assert!(c.remove(b"key-7").expect("remove"));
+    want.remove(&b"key-7"[..]);
+    c.set(b"empty", b"", None).expect("set");
+    want.insert(b"empty".to_vec(), (0, None));
+    clock.advance(Duration::from_secs(10));
+    let listed: Vec<larder::EntryInfo> = c.entries().map(|e| e.expect("entry")).collect();
+    assert!(
+        listed.windows(2).all(|w| w[0].shard <= w[1].shard),
+        "shard by shard"
+    );
+    let mut got = BTreeMap::new();
+    for e in &listed {
+        assert_eq!(e.shard, c.shard_of(&e.key), "{:?}", e.key);
+        assert!(
+            got.insert(e.key.clone(), (e.value_len, e.ttl)).is_none(),
+            "{:?} listed twice",
+            e.key
+        );
+    }
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (key, (len, ttl)) in &want {
+        let (glen, gttl) = got[key];
+        assert_eq!(glen, *len, "{key:?}");
+        match (ttl, gttl) {
+            (None, None) => {}
+            (Some(ttl), Some(left)) => {
+                // 10 s have passed on the manual clock, plus a little real time.
+                let expect = *ttl - Duration::from_secs(10);
+                assert!(
+                    left <= expect && left + Duration::from_secs(5) >= expect,
+                    "{key:?}: {left:?} left, about {expect:?} expected"
+                );
+            }
+            other => panic!("{key:?}: ttl {other:?}"),
+        }
+    }
+    // An expired entry not yet reclaimed is listed with no time left.
+    c.set(b"short", b"s", Some(Duration::from_secs(1)))
+        .expect("set");
+    clock.advance(Duration::from_secs(2));
+    let short = c
+        .entries()
+        .map(|e| e.expect("entry"))
+        .find(|e| e.key == b"short")
+        .expect("listed until reclaimed");
+    assert_eq!(short.ttl, Some(Duration::ZERO));
+}
+
+// ----- TTLs --------------------------------------------------------------------------
+
+#[test]
+fn ttl_expiry_hides_entries_from_get_but_not_get_stale() {
+    let t = TempCache::new("life-ttl");
+    let clock = Clock::manual();
+    let c = t
+        .options()
+        .clock(clock.clone())
+        .open(t.name())
+        .expect("open");
+    c.set(b"k", b"v", Some(Duration::from_secs(10)))
+        .expect("set");
+    c.set(b"forever", b"f", None).expect("set");
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(c.get(b"k").expect("get"), Some(b"v".to_vec()));
+    assert_eq!(
+        c.get_stale(b"k").expect("get_stale"),
+        Some(StaleValue {
+            value: b"v".to_vec(),
+            expired: false
+        })
+    );
+    clock.advance(Duration::from_secs(6));
+    let before = c.stats();
+    assert_eq!(c.get(b"k").expect("get"), None);
+    let mut buf = Vec::new();
+    assert!(!c.get_into(b"k", &mut buf).expect("get_into"));
+    assert_eq!(c.try_get(b"k").expect("try_get"), None);
+    assert_eq!(
+        c.get_stale(b"k").expect("get_stale"),
+        Some(StaleValue {
+            value: b"v".to_vec(),
+            expired: true
+        })
+    );
+    let after = c.stats();
+    assert_eq!(after.misses, before.misses + 3);
+    assert_eq!(after.stale_hits, before.stale_hits + 1);
+    assert_eq!(after.hits, before.hits);
+    assert_eq!(c.get_stale(b"missing").expect("get_stale"), None);
+    // No TTL: never expires.
+    clock.advance(Duration::from_secs(1_000_000));
+    assert_eq!(c.get(b"forever").expect("get"), Some(b"f".to_vec()));
+    // Removing an expired entry reports that no fresh entry was removed.
+    assert!(!c.remove(b"k").expect("remove"));
+    assert_eq!(c.get_stale(b"k").expect("get_stale"), None);
+}
+
+#[test]
+fn expiry_is_per_handle_clock_but_stored_in_the_file() {
+    let t = TempCache::new("life-ttl-shared");
+    let clock = Clock::manual();
+    let a = t
+        .options()
+        .clock(clock.clone())
+        .open(t.name())
+        .expect("open");
+    let b = t.open();
+    a.set(b"k", b"v", Some(Duration::from_secs(30)))
+        .expect("set");
+    assert_eq!(b.get(b"k").expect("get"), Some(b"v".to_vec()));
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(a.get(b"k").expect("get"), None, "expired on A's clock");
+    assert_eq!(
+        b.get(b"k").expect("get"),
+        Some(b"v".to_vec()),
+        "B's clock has not moved"
+    );
+}
+
+#[test]
+fn touch_extends_or_clears_a_ttl() {
+    let t = TempCache::new("life-touch");
+    let clock = Clock::manual();
+    let c = t
+        .options()
+        .clock(clock.clone())
+        .open(t.name())
+        .expect("open");
+    c.set(b"k", b"v", Some(Duration::from_secs(10)))
+        .expect("set");
+    clock.advance(Duration::from_secs(8));
+    assert!(c.touch(b"k", Some(Duration::from_secs(10))).expect("touch"));
+    clock.advance(Duration::from_secs(8));
+    assert_eq!(
+        c.get(b"k").expect("get"),
+        Some(b"v".to_vec()),
+        "past the first TTL, within the new one"
+    );
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(c.get(b"k").expect("get"), None, "past the new TTL");
+    // An expired or missing entry cannot be touched back to life.
+    assert!(!c
+        .touch(b"k", Some(Duration::from_secs(100)))
+        .expect("touch"));
+    assert_eq!(c.get(b"k").expect("get"), None);
+    assert!(!c.touch(b"missing", None).expect("touch"));
+    // Touch with no TTL: never expires.
+    c.set(b"k2", b"v2", Some(Duration::from_secs(1)))
+        .expect("set");
+    assert!(c.touch(b"k2", None).expect("touch"));
+    clock.advance(Duration::from_secs(1_000));
+    assert_eq!(c.get(b"k2").expect("get"), Some(b"v2".to_vec()));
+    let e = c
+        .entries()
+        .map(|e| e.expect("entry"))
+        .find(|e| e.key == b"k2")
+        .expect("listed");
+    assert_eq!(e.ttl, None);
+    // Touch can also shorten.
+    assert!(c.touch(b"k2", Some(Duration::from_secs(1))).expect("touch"));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(c.get(b"k2").expect("get"), None);
+    assert!(c.verify().expect("verify").is_clean());
+}
+
+#[test]
+fn insert_if_absent_stores_only_over_nothing_or_an_expired_entry() {
+    let t = TempCache::new("life-insert");
+    let clock = Clock::manual();
+    let c = t
+        .options()
+        .clock(clock.clone())
+        .open(t.name())
+        .expect("open");
+    assert!(c.insert_if_absent(b"k", b"first", None).expect("insert"));
+    assert!(!c.insert_if_absent(b"k", b"second", None).expect("insert"));
+    assert_eq!(c.get(b"k").expect("get"), Some(b"first".to_vec()));
+    // Over an expired entry: stored, with its own TTL.
+    c.set(b"e", b"old", Some(Duration::from_secs(1)))
+        .expect("set");
+    assert!(!c.insert_if_absent(b"e", b"new", None).expect("insert"));
+    clock.advance(Duration::from_secs(2));
+    assert!(c.insert_if_absent(b"e", b"new", None).expect("insert"));
+    assert_eq!(c.get(b"e").expect("get"), Some(b"new".to_vec()));
+    clock.advance(Duration::from_secs(1_000));
+    assert_eq!(c.get(b"e").expect("get"), Some(b"new".to_vec()));
+    // After a remove.
+    assert!(c.remove(b"k").expect("remove"));
+    assert!(c.insert_if_absent(b"k", b"third", None).expect("insert"));
+    assert_eq!(c.get(b"k").expect("get"), Some(b"third".to_vec()));
+    // An entry stored by insert_if_absent is an ordinary entry (a set replaces it).
+    c.set(b"k", b"fourth", None).expect("set");
+    assert_eq!(c.get(b"k").expect("get"), Some(b"fourth".to_vec()));
+    let s = c.stats();
+    assert_eq!(s.entries, 2);
+    assert!(c.verify().expect("verify").is_clean());
+}
+
+#[test]
+fn clear_empties_every_shard() {
+    let t = TempCache::new("life-clear");
+    let c = t.open();
+    let n = 1000u32;
+    for i in 0..n {
+        c.set(format!("k{i}").as_bytes(), b"v", None).expect("set");
+    }
+    let shards_used = c.stats().shards.iter().filter(|s| s.entries > 0).count();
+    assert!(shards_used > 1, "the keys span shards");
+    let removals = c.stats().removals;
+    assert_eq!(c.clear().expect("clear"), n as u64);
+    let s = c.stats();
+    assert_eq!(s.entries, 0);
+    assert_eq!(s.bytes_live, 0);
+    assert_eq!(s.bytes_used, 0);
+    assert_eq!(s.removals, removals + n as u64);
+    assert_eq!(c.entries().count(), 0);
+    for i in 0..n {
+        assert_eq!(c.get(format!("k{i}").as_bytes()).expect("get"), None);
+    }
+    // Another handle sees it empty too, and the cache works after.
+    let other = Cache::open(t.name()).expect("attach");
+    assert_eq!(other.get(b"k1").expect("get"), None);
+    c.set(b"k1", b"again", None).expect("set");
+    assert_eq!(other.get(b"k1").expect("get"), Some(b"again".to_vec()));
+    assert_eq!(c.clear().expect("clear"), 1);
+    assert_eq!(c.clear().expect("clear"), 0);
+    assert!(c.verify().expect("verify").is_clean());
+}
+
+// ----- lock-free reads ---------------------------------------------------------------
+
+/// The debug counter `stats().locks` proves read-only hits (and misses) take no lock.
+#[test]
+fn read_only_hits_take_no_lock() {
+    let t = TempCache::new("life-locks");
+    let c = t.open();
+    for i in 0..10u32 {
+        c.set(format!("k{i}").as_bytes(), b"value", None)
+            .expect("set");
+    }
+    // Warm up: the first read of an entry sets its visited bit (no lock either).
+    for i in 0..10u32 {
+        let _ = c.get(format!("k{i}").as_bytes()).expect("get");
+    }
+    let before = c.stats();
+    let mut buf = Vec::with_capacity(64);
+    for i in 0..1000u32 {
+        let key = format!("k{}", i % 10);
+        if i % 2 == 0 {
+            assert_eq!(c.get(key.as_bytes()).expect("get"), Some(b"value".to_vec()));
+        } else {
+            assert!(c.get_into(key.as_bytes(), &mut buf).expect("get_into"));
+        }
+    }
+    let after = c.stats();
+    assert_eq!(after.hits, before.hits + 1000);
+    assert_eq!(after.locks, before.locks, "read-only hits took a lock");
+    for i in 0..100u32 {
+        assert_eq!(c.get(format!("nope{i}").as_bytes()).expect("get"), None);
+    }
+    let misses = c.stats();
+    assert_eq!(misses.misses, after.misses + 100);
+    assert_eq!(misses.locks, before.locks, "misses took a lock");
+    // The counter does count: a write takes one lock.
+    c.set(b"k0", b"new", None).expect("set");
+    assert_eq!(c.stats().locks, before.locks + 1);
+}
