@@ -801,9 +801,17 @@ impl Cache {
                 let mut p = Vec::new();
                 s.verify(&mut p);
                 Ok(p)
-            })?;
-            for p in problems {
-                report.push(Some(idx), p);
+            });
+            match problems {
+                Ok(problems) => {
+                    for p in problems {
+                        report.push(Some(idx), p);
+                    }
+                }
+                // A shard that cannot be checked (its lock is damaged) is one problem;
+                // the other shards are still checked.
+                Err(Error::Corrupt { detail, .. }) => report.push(Some(idx), detail),
+                Err(e) => return Err(e),
             }
         }
         Ok(report)

@@ -67,6 +67,13 @@ mod imp {
             .as_ref()
     }
 
+    #[allow(unsafe_code)]
+    fn raise(sig: i32) {
+        // SAFETY: raise has no memory-safety preconditions; it only sends a signal to the
+        // calling thread.
+        let _ = unsafe { libc::raise(sig) };
+    }
+
     /// Acts if `name` is the configured point.
     pub fn hit(name: &str) {
         let Some(t) = target() else { return };
@@ -74,17 +81,11 @@ mod imp {
             return;
         }
         match t.action.as_str() {
-            "kill" => {
-                let _ = rustix::process::kill_process(
-                    rustix::process::getpid(),
-                    rustix::process::Signal::KILL,
-                );
-            }
+            // Signals go to this thread (raise is tgkill on the caller): a stop sent to the
+            // process would let this thread run on past the point before it stopped.
+            "kill" => raise(libc::SIGKILL),
             "stop" => {
-                let _ = rustix::process::kill_process(
-                    rustix::process::getpid(),
-                    rustix::process::Signal::STOP,
-                );
+                raise(libc::SIGSTOP);
                 return;
             }
             "panic" => panic!("crash point {name}"),

@@ -150,18 +150,25 @@ impl fmt::Display for Error {
                  use a build of the same version or another file name",
                 path.display()
             ),
-            Error::NotACache { path } => {
-                write!(f, "{} is not a larder cache file", path.display())
-            }
-            Error::Corrupt { path, detail } => write!(
+            Error::NotACache { path } => write!(
                 f,
-                "{} is corrupt: {detail}; run `larder repair` (it takes the file's exclusive \
-                 lock) or remove the file",
+                "{} is not a larder cache file; check the name, or remove the file if it is \
+                 a leftover",
                 path.display()
             ),
-            Error::UnsafeFile { path, reason } => {
-                write!(f, "refusing to use {}: {reason}", path.display())
-            }
+            Error::Corrupt { path, detail } => write!(
+                f,
+                "{} is corrupt: {detail}; run `larder repair` (offline it takes the file's \
+                 exclusive lock and re-initialises the locks), or remove the file (`larder \
+                 rm`) if its header is damaged",
+                path.display()
+            ),
+            Error::UnsafeFile { path, reason } => write!(
+                f,
+                "refusing to use {}: {reason}; remove it, fix its owner or mode (not \
+                 world-writable), or allow its owner with Options::allow_uid",
+                path.display()
+            ),
             Error::Truncated {
                 path,
                 len,
@@ -194,7 +201,10 @@ impl fmt::Display for Error {
                 "timed out after {waited:?} waiting for {what}: another process holds it and \
                  is stopped or slow; retry, or raise the timeout"
             ),
-            Error::WouldBlock => f.write_str("the operation would block on a lock"),
+            Error::WouldBlock => f.write_str(
+                "the operation would block on a lock held by another process; retry later, \
+                 or use the blocking call",
+            ),
             Error::InUse { path } => write!(
                 f,
                 "{} is in use by attached processes; stop them first, or repair online \

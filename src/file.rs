@@ -156,6 +156,12 @@ pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Attached> {
                     reason: "it is a symbolic link".into(),
                 })
             }
+            Err(Errno::ISDIR) => {
+                return Err(Error::UnsafeFile {
+                    path: path.to_path_buf(),
+                    reason: "it is not a regular file".into(),
+                })
+            }
             Err(Errno::ACCESS) | Err(Errno::PERM) => {
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::PermissionDenied,
@@ -455,6 +461,12 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
             return Err(Error::UnsafeFile {
                 path: path.to_path_buf(),
                 reason: "it is a symbolic link".into(),
+            })
+        }
+        Err(Errno::ISDIR) => {
+            return Err(Error::UnsafeFile {
+                path: path.to_path_buf(),
+                reason: "it is not a regular file".into(),
             })
         }
         Err(e) => return Err(e.into()),

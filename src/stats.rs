@@ -165,8 +165,11 @@ fn keeper_loop(rx: mpsc::Receiver<Cmd>) {
                         Err(_) => continue,
                     }
                 }
-                if let Some(slot) = got {
-                    held.push((a, slot));
+                match got {
+                    Some(slot) => held.push((a, slot)),
+                    // Unmap before answering, so a caller that closes right after holds
+                    // no mapping (and no flock) through this thread.
+                    None => drop(a),
                 }
                 let _ = reply.send(got);
             }
@@ -179,7 +182,10 @@ fn keeper_loop(rx: mpsc::Receiver<Cmd>) {
                     if let Ok(m) = RobustMutex::at(&h.region, h.geo.stats_slot(s), h.kind) {
                         m.unlock();
                     }
+                    drop(h);
                 }
+                // As above: the caller may be closing the file and expects it released.
+                drop(a);
                 let _ = reply.send(());
             }
         }

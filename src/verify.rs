@@ -151,10 +151,18 @@ impl Shard<'_> {
                 continue;
             }
             match self.slot_target(w) {
-                Some((off, _)) => {
+                Some((off, which)) => {
                     let bit = (off - data_start) / 8;
                     if starts[bit / 64] & (1 << (bit % 64)) == 0 {
                         out.push(format!("slot {slot} points at no live record"));
+                    } else if let Some(rec) = self.read_rec(off, which) {
+                        if rec.slot != slot {
+                            out.push(format!(
+                                "slot {slot} names the record at {off}, whose back reference \
+                                 is slot {}",
+                                rec.slot
+                            ));
+                        }
                     }
                 }
                 None => out.push(format!("slot {slot} points outside the logs")),
