@@ -4,7 +4,8 @@
 //! a main FIFO (90%) and a ghost FIFO of recently evicted keys:
 //! - a new key enters the small log, unless the ghost remembers it (then main);
 //! - when the small log needs room, its oldest entry moves to main if it was read since
-//!   it entered, and is otherwise evicted and remembered in the ghost;
+//!   it entered or if main has free room (the cache is not full yet), and is otherwise
+//!   evicted and remembered in the ghost;
 //! - when main needs room, its oldest entry is moved to main's tail if it was read since
 //!   it was last considered (its visited bit is cleared), and is otherwise evicted.
 //!
@@ -87,6 +88,11 @@ impl Shard<'_> {
                 self.clear_visited(slot);
                 self.move_to_main(which, new_head, tail, &rec, now)
             }
+            // While main has free room the cache is not full: nothing is evicted, the
+            // entry just moves on (S3-FIFO evicts only when the whole cache is full).
+            LogId::Small if self.main_has_room(rec.size)? => {
+                self.move_to_main(which, new_head, tail, &rec, now)
+            }
             LogId::Small => {
                 self.ghost_insert(slot, (self.r.load(self.slot_off(slot)) >> 32) as u32);
                 self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
@@ -102,6 +108,11 @@ impl Shard<'_> {
                 Ok(())
             }
         }
+    }
+
+    fn main_has_room(&self, size: usize) -> Result<bool, Damaged> {
+        let (head, tail) = self.state(LogId::Main)?;
+        Ok(self.fits(LogId::Main, head, tail, size))
     }
 
     fn drop_head(
