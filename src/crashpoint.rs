@@ -10,6 +10,8 @@
 /// Every point, in the order the code reaches them. A unit test checks that this list
 /// and the points in the source agree, so a new step without a point is noticed.
 pub const POINTS: &[&str] = &[
+    "overwrite.after_intent",
+    "overwrite.after_value",
     "set.after_make_room",
     "set.after_intent",
     "set.after_key",

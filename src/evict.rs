@@ -18,7 +18,7 @@
 //! within main before it evicts regardless, and expired entries at the head are dropped
 //! (counted as expirations) without a scan of the shard.
 
-use crate::layout::{RECORD_HEADER, SH_EVICTIONS, SH_EXPIRATIONS, STATE_LIVE};
+use crate::layout::{RECORD_HEADER, SH_EVICTIONS, SH_EXPIRATIONS, SH_LIVE_BYTES, STATE_LIVE};
 use crate::shard::{Damaged, LogId, Rec, Shard};
 
 /// Most entries moved within the main log per room-making call.
@@ -103,11 +103,23 @@ impl Shard<'_> {
                 self.clear_visited(slot);
                 self.move_to_main(which, new_head, tail, &rec, now)
             }
+            // Much of main is dead records (overwritten or removed): the cache is not
+            // full, so compact this entry forward instead of evicting it.
+            LogId::Main if *budget > 0 && self.underfull() => {
+                *budget -= 1;
+                self.move_to_main(which, new_head, tail, &rec, now)
+            }
             LogId::Main => {
                 self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
                 Ok(())
             }
         }
+    }
+
+    /// Whether live keys and values fill less than 70% of main: the rest of a full log is
+    /// then dead records, whose space a forward move reclaims.
+    fn underfull(&self) -> bool {
+        self.counter(SH_LIVE_BYTES).saturating_mul(10) < self.g.main_cap as u64 * 7
     }
 
     fn main_has_room(&self, size: usize) -> Result<bool, Damaged> {

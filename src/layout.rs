@@ -197,6 +197,9 @@ pub(crate) const INTENT_TOUCH: u64 = 3;
 pub(crate) const INTENT_MOVE: u64 = 4;
 pub(crate) const INTENT_EVICT: u64 = 5;
 pub(crate) const INTENT_CLEAR: u64 = 6;
+/// A value overwritten in place (same lengths): repair drops that entry, whose bytes may
+/// be half old and half new.
+pub(crate) const INTENT_OVERWRITE: u64 = 7;
 
 pub(crate) const fn align8(n: usize) -> usize {
     (n + 7) & !7

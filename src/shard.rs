@@ -20,9 +20,9 @@
 
 use crate::layout::{
     align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_NONE,
-    INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER, SH_DROPPED, SH_ENTRIES,
-    SH_EVICTIONS, SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS,
-    SH_SEQ, SH_SMALL, SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
+    INTENT_OVERWRITE, INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER,
+    SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN,
+    SH_RECOVERIES, SH_REMOVALS, SH_SEQ, SH_SMALL, SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
 };
 use crate::region::Region;
 
@@ -471,6 +471,23 @@ impl<'a> Shard<'a> {
                 }
             }
         }
+        if let Some((slot, old)) = existing {
+            if old.klen == key.len() && old.vlen == value.len() {
+                // Same lengths: overwrite in place. No log space, no eviction, and the
+                // entry keeps its place and visited bit. Readers are kept out by the odd
+                // sequence counter; a crash mid-copy is repaired by dropping this entry,
+                // which the intent record names.
+                self.set_intent(INTENT_OVERWRITE, slot);
+                crash_point!("overwrite.after_intent");
+                self.r
+                    .write_bytes(old.off + RECORD_HEADER + align8(key.len()), value);
+                crash_point!("overwrite.after_value");
+                self.r.store(old.off, encode_w0(key.len(), expire));
+                self.add(SH_UPDATES, 1);
+                self.clear_intent();
+                return Ok(SetOutcome::Updated);
+            }
+        }
         let big = size > self.g.small_cap / 4;
         let target = match existing {
             Some((_, rec)) if rec.off >= self.base + self.g.main_off => LogId::Main,
@@ -689,6 +706,20 @@ impl<'a> Shard<'a> {
         crash_point!("repair.after_rebuild");
         let op = intent & 0xff;
         let slot = (intent >> 32) as usize;
+        if op == INTENT_OVERWRITE && slot < self.slots() {
+            // The value may be torn: drop the entry (its old value must not come back
+            // either, and it is gone).
+            let w = self.r.load(self.slot_off(slot));
+            if let Some(rec) = self
+                .off_of(w)
+                .and_then(|(off, which)| self.read_rec(off, which))
+                .filter(|r| r.state == STATE_LIVE)
+            {
+                self.mark_dead(&rec);
+                self.forget(slot, &rec);
+                dropped += 1;
+            }
+        }
         if (op == INTENT_SET || op == INTENT_MOVE)
             && slot < self.slots()
             && self.r.load(self.slot_off(slot)) == 0
