@@ -744,9 +744,9 @@ impl Cache {
             let mut cap = 0u64;
             for which in [LogId::Small, LogId::Main] {
                 let (_, c, _) = sh.log_bounds(which);
-                cap += c as u64;
+                cap = cap.wrapping_add(c as u64);
                 if let Ok((head, tail)) = sh.state(which) {
-                    used += Shard::used(c, head, tail) as u64;
+                    used = used.wrapping_add(Shard::used(c, head, tail) as u64);
                 }
             }
             let ss = ShardStats {
@@ -762,29 +762,35 @@ impl Cache {
                 recoveries: sh.counter(SH_RECOVERIES),
                 repair_dropped: sh.counter(SH_DROPPED),
             };
-            s.entries += ss.entries;
-            s.bytes_live += ss.bytes_live;
-            s.bytes_used += ss.bytes_used;
-            s.bytes_free += ss.bytes_free;
-            s.inserts += ss.inserts;
-            s.updates += ss.updates;
-            s.removals += ss.removals;
-            s.evictions += ss.evictions;
-            s.expirations += ss.expirations;
-            s.recoveries += ss.recoveries;
-            s.repair_dropped += ss.repair_dropped;
+            s.entries = s.entries.wrapping_add(ss.entries);
+            s.bytes_live = s.bytes_live.wrapping_add(ss.bytes_live);
+            s.bytes_used = s.bytes_used.wrapping_add(ss.bytes_used);
+            s.bytes_free = s.bytes_free.wrapping_add(ss.bytes_free);
+            s.inserts = s.inserts.wrapping_add(ss.inserts);
+            s.updates = s.updates.wrapping_add(ss.updates);
+            s.removals = s.removals.wrapping_add(ss.removals);
+            s.evictions = s.evictions.wrapping_add(ss.evictions);
+            s.expirations = s.expirations.wrapping_add(ss.expirations);
+            s.recoveries = s.recoveries.wrapping_add(ss.recoveries);
+            s.repair_dropped = s.repair_dropped.wrapping_add(ss.repair_dropped);
             s.shards.push(ss);
         }
         for slot in 0..STATS_SLOTS {
             let base = a.geo.stats_slot(slot);
-            s.hits += r.load(base + SS_HITS);
-            s.misses += r.load(base + SS_MISSES);
-            s.stale_hits += r.load(base + SS_STALE_HITS);
-            s.lock_timeouts += r.load(base + SS_LOCK_TIMEOUTS);
-            s.fills += r.load(base + SS_FILLS);
-            s.fill_timeouts += r.load(base + SS_FILL_TIMEOUTS);
-            s.locks += r.load(base + SS_LOCKS);
-            s.fill_handovers += r.load(base + SS_FILL_HANDOVERS);
+            s.hits = s.hits.wrapping_add(r.load(base + SS_HITS));
+            s.misses = s.misses.wrapping_add(r.load(base + SS_MISSES));
+            s.stale_hits = s.stale_hits.wrapping_add(r.load(base + SS_STALE_HITS));
+            s.lock_timeouts = s
+                .lock_timeouts
+                .wrapping_add(r.load(base + SS_LOCK_TIMEOUTS));
+            s.fills = s.fills.wrapping_add(r.load(base + SS_FILLS));
+            s.fill_timeouts = s
+                .fill_timeouts
+                .wrapping_add(r.load(base + SS_FILL_TIMEOUTS));
+            s.locks = s.locks.wrapping_add(r.load(base + SS_LOCKS));
+            s.fill_handovers = s
+                .fill_handovers
+                .wrapping_add(r.load(base + SS_FILL_HANDOVERS));
         }
         s
     }

@@ -303,6 +303,9 @@ pub(crate) struct Geometry {
     pub main_cap: usize,
 }
 
+/// Largest capacity: 1 TiB, which keeps every size computation far from overflow.
+pub(crate) const MAX_CAPACITY: u64 = 1 << 40;
+
 /// Smallest data area (both logs) a shard may have.
 const MIN_SHARD_DATA: usize = 16 << 10;
 /// Most shards a file has when the count is picked automatically: enough to keep
@@ -340,6 +343,12 @@ impl Geometry {
             return Err(format!(
                 "shards {} must be a power of two up to 65536",
                 p.shards
+            ));
+        }
+        if p.capacity > MAX_CAPACITY {
+            return Err(format!(
+                "capacity {} is over the largest supported, {MAX_CAPACITY} bytes",
+                p.capacity
             ));
         }
         let capacity = usize::try_from(p.capacity)
@@ -392,7 +401,9 @@ impl Geometry {
         // Split the shard: find the largest data area whose index still fits.
         let room = shard_size - SHARD_HEADER;
         let per_entry_overhead = (SLOTS_PER_ENTRY_X4 * (8 * 4 + 2)) / 4 + 1;
-        let mut data = room * p.expected_entry / (p.expected_entry + per_entry_overhead);
+        // In u128: room (< 2^40) times the expected entry (< 2^26) overflows 64 bits.
+        let mut data = (room as u128 * p.expected_entry as u128
+            / (p.expected_entry + per_entry_overhead) as u128) as usize;
         while data > 0 && overhead_per_data(data) - SHARD_HEADER + data > room {
             data -= data / 64 + 8;
         }

@@ -632,7 +632,6 @@ fn symlink_is_unsafe() {
 }
 
 #[test]
-#[ignore = "bug: file::open maps EISDIR to Error::Io instead of UnsafeFile"]
 fn directory_at_path_is_unsafe() {
     let t = TempCache::new("err-dir");
     std::fs::create_dir(&t.path).expect("mkdir");
@@ -835,8 +834,6 @@ fn offline_repair_while_attached_is_in_use() {
 /// Closing the last handle detaches at once: an offline repair right after it does not
 /// see the file in use.
 #[test]
-#[ignore = "bug: stats.rs keeper_loop replies to Release before dropping its Arc<Attached> \
-            (the command's `a`), so the mapping and shared flock outlive Cache::drop"]
 fn offline_repair_right_after_the_last_handle_closes_is_not_in_use() {
     let t = TempCache::new("err-close-race");
     let mut in_use = 0;
@@ -1275,9 +1272,6 @@ fn child_process_entry() {
 /// with the shard lock held and the counter odd; it finishes its write after SIGCONT.
 #[cfg(feature = "crash-points")]
 #[test]
-#[ignore = "bug: src/crashpoint.rs `stop` sends a process-directed SIGSTOP (kill(getpid())); \
-            the kernel hands it to the main thread, and the calling thread runs on and \
-            leaves the critical section before the group stop reaches it"]
 fn writer_stopped_mid_write_makes_others_time_out_then_proceed() {
     let t = TempCache::new("err-stopped");
     let timeout = Duration::from_millis(100);
@@ -1323,8 +1317,6 @@ fn writer_stopped_mid_write_makes_others_time_out_then_proceed() {
 
 /// Refusals name a remedy, not only the problem.
 #[test]
-#[ignore = "bug: NotACache, UnsafeFile (symlink, not regular, world-writable) and \
-            WouldBlock messages name no remedy (src/error.rs Display)"]
 fn refusal_messages_say_what_to_do() {
     let p = PathBuf::from("/dev/shm/x.larder1");
     let cases: [(Error, &[&str]); 5] = [

@@ -724,8 +724,6 @@ fn slot_in_a_bucket_its_key_does_not_hash_to_is_found() {
 /// at a dead record. Class 6 says every slot names a record "whose back reference is
 /// that slot"; the slot pass of `Shard::verify` does not check the back reference.
 #[test]
-#[ignore = "bug: Shard::verify (src/verify.rs) never checks a slot's back reference, so a \
-            stray second slot naming a live record is reported clean"]
 fn second_slot_naming_a_live_record_is_found() {
     let (t, l) = seeded_cache("v-slot-dup");
     let mut img = read_all(&t.path);
