@@ -166,12 +166,22 @@ fn keeper_loop(rx: mpsc::Receiver<Cmd>) {
                     }
                 }
                 match got {
+                    // The caller gave up waiting (it counts in the shared slot instead):
+                    // give the slot back at once rather than hold it, and the mapping,
+                    // for a handle that will never release it.
+                    Some(slot) if reply.send(got).is_err() => {
+                        if let Ok(m) = RobustMutex::at(&a.region, a.geo.stats_slot(slot), a.kind) {
+                            m.unlock();
+                        }
+                    }
                     Some(slot) => held.push((a, slot)),
                     // Unmap before answering, so a caller that closes right after holds
                     // no mapping (and no flock) through this thread.
-                    None => drop(a),
+                    None => {
+                        drop(a);
+                        let _ = reply.send(got);
+                    }
                 }
-                let _ = reply.send(got);
             }
             Cmd::Release(a, slot, reply) => {
                 if let Some(i) = held
