@@ -1,0 +1,426 @@
+//! The `ops` and `scribble` harnesses: operation sequences on `larder::fuzzing::Table`
+//! (the whole table logic on a heap region) checked against a reference model.
+//!
+//! The model is a map from key to the last value stored. Eviction may drop any entry,
+//! so a get may miss; but only after the shard counted an eviction or expiration, and
+//! never does a get return a value that is not the key's last one (stale, removed,
+//! expired or foreign). Every repair of a consistent table drops nothing, no operation
+//! finds a consistent table damaged (that would show as a recovery nobody asked for),
+//! and `verify` stays clean after every step.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use larder::fuzzing::Table;
+
+use super::image::{
+    self, key, value, How, Layout, SH_DROPPED, SH_EVICTIONS, SH_EXPIRATIONS, SH_RECOVERIES, SH_SEQ,
+};
+
+/// Table shapes `(capacity, max_key_len, max_value_len)`: one, two and four shards with
+/// logs small enough that a few dozen operations wrap them, and one whose large values
+/// go straight to the main log.
+pub const CONFIGS: [(u64, usize, usize); 4] = [
+    (65_536, 32, 300),
+    (81_920, 32, 300),
+    (122_880, 16, 200),
+    (73_728, 40, 2_000),
+];
+
+/// Operations per input: enough to wrap the logs many times, few enough to stay fast.
+pub const MAX_OPS: usize = 512;
+
+/// What `verify` says about a shard whose writer "died" (`MarkDirty`) and that no
+/// operation has touched since: expected, not a problem.
+const ODD_SEQ: &str = "sequence counter is odd: a write was left unfinished";
+
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Set {
+        key: u8,
+        len: u16,
+        ttl: Option<u16>,
+    },
+    InsertIfAbsent {
+        key: u8,
+        len: u16,
+        ttl: Option<u16>,
+    },
+    Get {
+        key: u8,
+    },
+    Remove {
+        key: u8,
+    },
+    /// What a get that hits does to the visited bits (the table's get does not): sets
+    /// bits of one bitmap word.
+    Visit {
+        shard: u8,
+        word: u16,
+        bits: u64,
+    },
+    /// Moves the clock forward by this many milliseconds.
+    Advance {
+        ms: u16,
+    },
+    Repair,
+    /// Leaves a shard as a writer that died between operations would.
+    MarkDirty {
+        shard: u8,
+    },
+}
+
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsInput {
+    pub config: u8,
+    pub ops: Vec<Op>,
+}
+
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScribbleOp {
+    Op(Op),
+    /// A stray write to one word of a shard (its `word`-th, wrapping).
+    Poke {
+        shard: u8,
+        word: u16,
+        how: How,
+    },
+}
+
+#[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScribbleInput {
+    pub config: u8,
+    pub ops: Vec<ScribbleOp>,
+}
+
+/// The layout of each config, read from the header of a real file with the same
+/// parameters (the table derives its layout exactly as a file does).
+fn layouts() -> &'static [Layout] {
+    static L: OnceLock<Vec<Layout>> = OnceLock::new();
+    L.get_or_init(|| {
+        CONFIGS
+            .iter()
+            .map(|&(cap, k, v)| {
+                let opts = larder::Options::new()
+                    .capacity(cap)
+                    .max_key_len(k)
+                    .max_value_len(v);
+                Layout::from_header(&image::create_image(&opts, |_| {}))
+            })
+            .collect()
+    })
+}
+
+#[derive(Debug)]
+struct Expect {
+    value: Vec<u8>,
+    expire: u64,
+    /// False once an eviction happened since the key was stored or seen: it may be gone.
+    sure: bool,
+}
+
+impl Expect {
+    fn fresh(&self, now: u64) -> bool {
+        self.expire == 0 || self.expire > now
+    }
+}
+
+/// A table, its layout, and the model of what it holds.
+pub struct Harness {
+    pub table: Table,
+    pub layout: &'static Layout,
+    now: u64,
+    version: u64,
+    model: HashMap<u8, Expect>,
+    /// Repairs the operations asked for; more would mean an operation found the
+    /// (consistent) table damaged.
+    allowed_recoveries: u64,
+    /// When false (after a stray write), results are no longer checked.
+    pub checking: bool,
+}
+
+impl Harness {
+    pub fn new(config: u8) -> Harness {
+        let i = config as usize % CONFIGS.len();
+        let (cap, k, v) = CONFIGS[i];
+        let table = Table::new(cap, k, v).expect("table config");
+        let layout = &layouts()[i];
+        assert_eq!(table.size(), layout.total_size);
+        Harness {
+            table,
+            layout,
+            now: 1_000_000,
+            version: 0,
+            model: HashMap::new(),
+            allowed_recoveries: 0,
+            checking: true,
+        }
+    }
+
+    fn sum(&self, field: usize) -> u64 {
+        self.table
+            .shard_ranges()
+            .iter()
+            .map(|&(base, _)| self.table.peek(base + field))
+            .fold(0, u64::wrapping_add)
+    }
+
+    fn evictions(&self) -> u64 {
+        self.sum(SH_EVICTIONS)
+            .wrapping_add(self.sum(SH_EXPIRATIONS))
+    }
+
+    fn key(&self, idx: u8) -> Vec<u8> {
+        key(idx, self.layout.max_key_len)
+    }
+
+    /// Runs one operation and checks its result against the model.
+    pub fn apply(&mut self, op: &Op) {
+        let evictions = self.evictions();
+        let stored = match *op {
+            Op::Set { key, len, ttl } => self.store(key, len, ttl, false),
+            Op::InsertIfAbsent { key, len, ttl } => self.store(key, len, ttl, true),
+            Op::Get { key } => {
+                self.get(key);
+                None
+            }
+            Op::Remove { key } => {
+                self.remove(key);
+                None
+            }
+            Op::Visit { shard, word, bits } => {
+                let l = self.layout;
+                let off = l.shard_base(shard as usize)
+                    + l.bitmap_off
+                    + (word as usize % l.bitmap_words) * 8;
+                self.table.poke(off, self.table.peek(off) | bits);
+                None
+            }
+            Op::Advance { ms } => {
+                self.now += ms as u64;
+                None
+            }
+            Op::Repair => {
+                self.allowed_recoveries += self.layout.shard_count as u64;
+                let dropped = self.table.repair_all();
+                if self.checking {
+                    assert_eq!(dropped, 0, "repair of a consistent table dropped entries");
+                }
+                None
+            }
+            Op::MarkDirty { shard } => {
+                self.allowed_recoveries += 1;
+                self.table.mark_dirty(shard as usize);
+                None
+            }
+        };
+        if self.evictions() != evictions {
+            // Any entry but the one just stored (eviction comes before the write) may be
+            // gone now.
+            for (k, e) in self.model.iter_mut() {
+                if Some(*k) != stored {
+                    e.sure = false;
+                }
+            }
+        }
+    }
+
+    /// A set or insert_if_absent; the key if it stored the value.
+    fn store(&mut self, idx: u8, len: u16, ttl: Option<u16>, only_if_absent: bool) -> Option<u8> {
+        let k = self.key(idx);
+        let max = self.layout.max_value_len;
+        let len = len as usize % (max + 9);
+        self.version += 1;
+        let v = value(self.version, len);
+        let expire = ttl.map_or(0, |t| self.now + t as u64);
+        let r = self.table.set(&k, &v, expire, only_if_absent, self.now);
+        if !self.checking {
+            return None;
+        }
+        if len > max {
+            assert_eq!(r, Err("too large".to_string()), "value of {len} bytes");
+            return None;
+        }
+        let stored = r.unwrap_or_else(|e| panic!("set of key {idx} on a consistent table: {e}"));
+        let fresh = self.model.get(&idx).filter(|e| e.fresh(self.now));
+        match (fresh, stored) {
+            (_, false) if !only_if_absent => panic!("set of key {idx} did not store"),
+            // Not found, so it was gone before this call: only an eviction could do that.
+            (Some(e), true) if only_if_absent => assert!(
+                !e.sure,
+                "insert_if_absent of key {idx} replaced a live entry"
+            ),
+            (None, false) => panic!(
+                "insert_if_absent of key {idx} found an entry that was removed, expired or \
+                 never stored"
+            ),
+            _ => {}
+        }
+        if stored {
+            self.model.insert(
+                idx,
+                Expect {
+                    value: v,
+                    expire,
+                    sure: true,
+                },
+            );
+            Some(idx)
+        } else {
+            if let Some(e) = self.model.get_mut(&idx) {
+                e.sure = true;
+            }
+            None
+        }
+    }
+
+    fn get(&mut self, idx: u8) {
+        let k = self.key(idx);
+        let r = self.table.get(&k, self.now);
+        if !self.checking {
+            return;
+        }
+        let got = r.unwrap_or_else(|e| panic!("get of key {idx} on a consistent table: {e}"));
+        let now = self.now;
+        match (self.model.get(&idx), got) {
+            (Some(e), Some(v)) if e.fresh(now) => assert!(
+                v == e.value,
+                "get of key {idx}: wrong value ({} bytes, version {:?}; expected {} bytes, \
+                 version {:?})",
+                v.len(),
+                v.get(..8),
+                e.value.len(),
+                e.value.get(..8)
+            ),
+            (Some(e), None) if e.fresh(now) => {
+                assert!(!e.sure, "get of key {idx}: lost without an eviction");
+                self.model.remove(&idx);
+            }
+            (_, Some(v)) => panic!(
+                "get of key {idx} returned {} bytes for a key removed, expired or never stored",
+                v.len()
+            ),
+            (_, None) => {}
+        }
+    }
+
+    fn remove(&mut self, idx: u8) {
+        let k = self.key(idx);
+        let r = self.table.remove(&k, self.now);
+        if !self.checking {
+            return;
+        }
+        let removed =
+            r.unwrap_or_else(|e| panic!("remove of key {idx} on a consistent table: {e}"));
+        match self.model.remove(&idx) {
+            Some(e) if e.fresh(self.now) => {
+                assert!(
+                    removed || !e.sure,
+                    "remove of key {idx}: live entry not found"
+                )
+            }
+            _ => assert!(!removed, "remove of key {idx} removed a dead entry"),
+        }
+    }
+
+    /// Checks the counters and `verify` after an operation.
+    pub fn check_table(&self, after: &dyn std::fmt::Debug) {
+        let recoveries = self.sum(SH_RECOVERIES);
+        assert!(
+            recoveries <= self.allowed_recoveries,
+            "after {after:?}: {recoveries} repairs, {} asked for: an operation found a \
+             consistent table damaged",
+            self.allowed_recoveries
+        );
+        assert_eq!(
+            self.sum(SH_DROPPED),
+            0,
+            "after {after:?}: repair dropped entries"
+        );
+        let problems = self.problems();
+        assert!(problems.is_empty(), "after {after:?}: verify: {problems:?}");
+    }
+
+    /// Problems `verify` reports, less the odd counters of shards left dirty on purpose.
+    pub fn problems(&self) -> Vec<String> {
+        let dirty = self
+            .table
+            .shard_ranges()
+            .iter()
+            .filter(|&&(base, _)| self.table.peek(base + SH_SEQ) & 1 == 1)
+            .count();
+        let mut problems = self.table.verify();
+        let odd = problems.iter().filter(|p| p.as_str() == ODD_SEQ).count();
+        if odd == dirty {
+            problems.retain(|p| p != ODD_SEQ);
+        }
+        problems
+    }
+
+    /// Every key the model is sure of, read back.
+    pub fn check_all(&mut self) {
+        let keys: Vec<u8> = self.model.keys().copied().collect();
+        for k in keys {
+            self.get(k);
+        }
+    }
+
+    /// Applies a stray write to word `word` of shard `shard`.
+    pub fn poke(&mut self, shard: u8, word: u16, how: How) {
+        self.checking = false;
+        let (base, size) = self.table.shard_ranges()[shard as usize % self.layout.shard_count];
+        let words = size / 8;
+        let off = base + (word as usize % words) * 8;
+        let old = self.table.peek(off);
+        let new = how.apply(old, |i| self.table.peek(base + (i as usize % words) * 8));
+        self.table.poke(off, new);
+    }
+}
+
+/// The `ops` target: every operation checked against the model, `verify` clean after
+/// each.
+pub fn run_ops(input: &OpsInput) {
+    let mut h = Harness::new(input.config);
+    for op in input.ops.iter().take(MAX_OPS) {
+        h.apply(op);
+        h.check_table(op);
+    }
+    h.check_all();
+    h.check_table(&"the final reads");
+}
+
+/// The `scribble` target: operations checked against the model until the first stray
+/// write, then run unchecked (they may fail, never panic). At the end a repair must
+/// leave every shard consistent and working.
+pub fn run_scribble(input: &ScribbleInput) {
+    let mut h = Harness::new(input.config);
+    for op in input.ops.iter().take(MAX_OPS) {
+        match op {
+            ScribbleOp::Op(op) => {
+                h.apply(op);
+                if h.checking {
+                    h.check_table(op);
+                }
+            }
+            ScribbleOp::Poke { shard, word, how } => h.poke(*shard, *word, *how),
+        }
+    }
+    h.table.repair_all();
+    let problems = h.problems();
+    let problems: Vec<&String> = problems.iter().filter(|p| p.as_str() != ODD_SEQ).collect();
+    assert!(problems.is_empty(), "verify after repair: {problems:?}");
+    // A repaired table works: what is stored can be read back.
+    let k = key(255, h.layout.max_key_len);
+    let v = value(u64::MAX, 11);
+    let now = h.now;
+    assert_eq!(
+        h.table.set(&k, &v, 0, false, now),
+        Ok(true),
+        "set after repair"
+    );
+    assert_eq!(h.table.get(&k, now), Ok(Some(v)), "get after repair");
+}

@@ -1,0 +1,173 @@
+//! Inputs the fuzz targets (fuzz/, run with `cargo +nightly fuzz run <target>`) found,
+//! replayed through the same harness code on the stable toolchain. Each test names the
+//! target and what went wrong; one whose bug is still open is `#[ignore = "bug: ..."]`
+//! until it is fixed.
+//!
+//! The harness files are shared with the fuzz crate; `Arbitrary` is derived there under
+//! `cfg(fuzzing)`, which this crate never sets, and not every harness item is used here.
+#![allow(unexpected_cfgs, dead_code)]
+
+#[path = "../fuzz/src/hostile.rs"]
+mod hostile;
+#[path = "../fuzz/src/image.rs"]
+mod image;
+#[path = "../fuzz/src/table.rs"]
+mod table;
+
+use hostile::{Area, Door, FileOp, HostileInput, Write};
+use image::How;
+use table::{Op, OpsInput, ScribbleInput, ScribbleOp};
+
+/// The header page of a real cache file with `(capacity, max_key_len, max_value_len)`.
+fn real_header(capacity: u64, max_key: usize, max_value: usize) -> Vec<u8> {
+    let opts = larder::Options::new()
+        .capacity(capacity)
+        .max_key_len(max_key)
+        .max_value_len(max_value);
+    image::create_image(&opts, |_| {})[..image::PAGE].to_vec()
+}
+
+// ----- the harnesses themselves work on stable --------------------------------------
+
+#[test]
+fn harnesses_run_clean_inputs() {
+    hostile::run_header(&real_header(73_728, 40, 2_000));
+    for config in 0..table::CONFIGS.len() as u8 {
+        let ops = (0..200u16)
+            .map(|i| match i % 5 {
+                0 | 1 => Op::Set {
+                    key: (i * 37 % 251) as u8,
+                    len: i * 7,
+                    ttl: (i % 3 == 0).then_some(i),
+                },
+                2 => Op::Get {
+                    key: (i * 11 % 251) as u8,
+                },
+                3 => Op::Advance { ms: 40 },
+                _ => Op::Remove {
+                    key: (i * 13 % 251) as u8,
+                },
+            })
+            .collect();
+        table::run_ops(&OpsInput { config, ops });
+    }
+    table::run_scribble(&ScribbleInput {
+        config: 1,
+        ops: vec![
+            ScribbleOp::Op(Op::Set {
+                key: 1,
+                len: 10,
+                ttl: None,
+            }),
+            ScribbleOp::Poke {
+                shard: 0,
+                word: 9,
+                how: How::Set(u64::MAX),
+            },
+            ScribbleOp::Op(Op::Get { key: 1 }),
+        ],
+    });
+    for door in [Door::Checksummed, Door::AsWritten] {
+        for image in 0..3 {
+            hostile::run_hostile(
+                &HostileInput {
+                    image,
+                    // A lost index slot: repair finds the entry again in the logs.
+                    writes: vec![Write {
+                        area: Area::Index,
+                        shard: 0,
+                        at: 3,
+                        how: How::Zero,
+                    }],
+                    ops: vec![
+                        FileOp::Get { key: 3 },
+                        FileOp::Set {
+                            key: 4,
+                            len: 100,
+                            ttl: None,
+                        },
+                        FileOp::Entries,
+                        FileOp::Stats,
+                    ],
+                },
+                door,
+            );
+        }
+    }
+}
+
+// ----- header ------------------------------------------------------------------------
+
+/// `header`: a header with a right checksum whose capacity (2^47 + 72 KiB) times its
+/// expected entry size (~2^24) overflows `usize` in `Geometry::compute`
+/// (`room * p.expected_entry`): a panic in builds with overflow checks, wrapped
+/// arithmetic otherwise. It must be a clean error.
+#[test]
+fn header_with_huge_capacity_and_entry_size_is_an_error_not_an_overflow() {
+    let mut h = real_header(73_728, 40, 2_000);
+    image::put(&mut h, 3 * 8, 0x8000_0001_2000); // capacity
+    image::put(&mut h, 12 * 8, 16_776_895); // expected_entry
+    hostile::run_header(&h);
+    image::fix_checksum(&mut h);
+    assert!(larder::fuzzing::check_header(&h).is_err());
+}
+
+// ----- hostile_file -----------------------------------------------------------------
+
+/// `hostile_file`: a statistics counter near `u64::MAX` (slot 2's hits; the image's own
+/// process counted in slot 1) makes `Cache::stats` overflow while summing the slots
+/// (`s.hits += ...`, src/cache.rs); the per-shard counters are summed the same way.
+/// Counters come from the file: they must be summed with wrapping (or saturating)
+/// arithmetic.
+#[test]
+fn stats_with_a_huge_counter_does_not_overflow() {
+    for (area, at) in [(Area::Stats, 2), (Area::ShardHeader, 4)] {
+        hostile::run_hostile(
+            &HostileInput {
+                image: 0,
+                writes: vec![
+                    Write {
+                        area,
+                        shard: 0,
+                        at,
+                        how: How::Set(u64::MAX),
+                    },
+                    Write {
+                        area,
+                        shard: 1,
+                        at,
+                        how: How::Set(u64::MAX),
+                    },
+                ],
+                ops: vec![FileOp::Stats],
+            },
+            Door::Checksummed,
+        );
+    }
+}
+
+/// `hostile_file`: a record's key length word zeroed (the first word of shard 0's main
+/// log in image 0; the small log in image 1 gives the same), so its key is now the empty
+/// key, which hashes to the other shard. `Shard::repair` re-indexes the record in the
+/// shard it sits in, and `verify` then calls that shard clean, yet no get or remove can
+/// reach the entry (they look in the key's own shard) while `entries()` lists it: an
+/// entry nobody can read or remove, and a listing that disagrees with reads. Repair must
+/// drop a record whose key belongs to another shard, and verify must report one.
+#[test]
+fn repair_drops_a_record_whose_key_belongs_to_another_shard() {
+    for (image, area) in [(0, Area::MainLog), (1, Area::SmallLog)] {
+        hostile::run_hostile(
+            &HostileInput {
+                image,
+                writes: vec![Write {
+                    area,
+                    shard: 0,
+                    at: 0,
+                    how: How::Set(0),
+                }],
+                ops: vec![],
+            },
+            Door::Checksummed,
+        );
+    }
+}
