@@ -11,6 +11,7 @@
 /// and the points in the source agree, so a new step without a point is noticed.
 pub const POINTS: &[&str] = &[
     "overwrite.after_intent",
+    "overwrite.mid_value",
     "overwrite.after_value",
     "set.after_make_room",
     "set.after_intent",

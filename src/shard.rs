@@ -479,8 +479,13 @@ impl<'a> Shard<'a> {
                 // which the intent record names.
                 self.set_intent(INTENT_OVERWRITE, slot);
                 crash_point!("overwrite.after_intent");
-                self.r
-                    .write_bytes(old.off + RECORD_HEADER + align8(key.len()), value);
+                let at = old.off + RECORD_HEADER + align8(key.len());
+                // In two halves, with a crash point between, so the tests can crash with
+                // the value half old and half new (the state the intent record repairs).
+                let half = (value.len() / 2) & !7;
+                self.r.write_bytes(at, &value[..half]);
+                crash_point!("overwrite.mid_value");
+                self.r.write_bytes(at + half, &value[half..]);
                 crash_point!("overwrite.after_value");
                 self.r.store(old.off, encode_w0(key.len(), expire));
                 self.add(SH_UPDATES, 1);
