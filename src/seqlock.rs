@@ -170,4 +170,44 @@ mod loom_tests {
             assert!(read_begin(&c.seq).is_none());
         });
     }
+
+    /// A read that spans a writer's death and the next owner's repair never validates a
+    /// mix: `write_begin` leaves the odd counter as it is and `write_end` moves it past
+    /// every value a reader can have started from. The join stands for the lock passing
+    /// from the dead owner to the next (a robust mutex hands over with the same
+    /// happens-before edge).
+    #[test]
+    fn loom_read_spanning_a_death_and_its_repair_is_never_accepted() {
+        loom::model(|| {
+            let c = cell();
+            let r = c.clone();
+            let reader = loom::thread::spawn(move || {
+                if let Some(s) = read_begin(&r.seq) {
+                    let a = r.a.load(Ordering::Relaxed);
+                    let b = r.b.load(Ordering::Relaxed);
+                    if read_validate(&r.seq, s) {
+                        assert!(
+                            (a, b) == (1, 1) || (a, b) == (3, 3),
+                            "validated read saw ({a}, {b})"
+                        );
+                    }
+                }
+            });
+            let w = c.clone();
+            loom::thread::spawn(move || {
+                write_begin(&w.seq);
+                w.a.store(7, Ordering::Relaxed);
+                // dies here, counter odd
+            })
+            .join()
+            .unwrap();
+            assert!(is_dirty(&c.seq));
+            write_begin(&c.seq);
+            c.a.store(3, Ordering::Relaxed);
+            c.b.store(3, Ordering::Relaxed);
+            write_end(&c.seq);
+            assert!(!is_dirty(&c.seq));
+            reader.join().unwrap();
+        });
+    }
 }

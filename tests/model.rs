@@ -1,0 +1,909 @@
+//! Model tests through the public API: random operation sequences against a reference
+//! model, in one process (exact, and with eviction) and split across several processes
+//! (per-key monotonic versions, so a stale or resurrected value is caught).
+//!
+//! TTLs run on a manual test clock in ticks of 1000 s. The manual clock also runs with
+//! the system's, so real time adds a few milliseconds to every expiry and every "now";
+//! with TTLs and advances in whole ticks that drift can never move an entry across its
+//! expiry, and the model stays exact.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+mod common;
+use common::TempCache;
+
+/// One tick of the test clock.
+const TICK: Duration = Duration::from_secs(1000);
+
+fn key(i: u32) -> Vec<u8> {
+    let mut k = format!("key-{i}").into_bytes();
+    k.resize(k.len() + (i as usize % 7) * 3, b'~');
+    k
+}
+
+/// A value that names its key and version in its first bytes and derives the rest from
+/// both, so a value of another key or an older version never equals it.
+fn value(key_id: u32, version: u32, len: usize) -> Vec<u8> {
+    let mut head = [0u8; 8];
+    head[..4].copy_from_slice(&version.to_le_bytes());
+    head[4..].copy_from_slice(&key_id.to_le_bytes());
+    (0..len)
+        .map(|i| {
+            if i < 8 {
+                head[i]
+            } else {
+                (key_id.wrapping_mul(131) ^ version.wrapping_mul(29)).wrapping_add(i as u32) as u8
+            }
+        })
+        .collect()
+}
+
+fn ttl(ticks: u8) -> Option<Duration> {
+    (ticks != 0).then(|| TICK * u32::from(ticks))
+}
+
+/// The error of the fill functions here: theirs, or the cache's.
+#[derive(Debug)]
+enum FillError {
+    Refused,
+    Cache(larder::Error),
+}
+
+impl From<larder::Error> for FillError {
+    fn from(e: larder::Error) -> Self {
+        FillError::Cache(e)
+    }
+}
+
+// ----- one process ---------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set {
+        key: u32,
+        len: usize,
+        ttl: u8,
+    },
+    Get {
+        key: u32,
+    },
+    GetInto {
+        key: u32,
+    },
+    GetStale {
+        key: u32,
+    },
+    InsertIfAbsent {
+        key: u32,
+        len: usize,
+        ttl: u8,
+    },
+    Remove {
+        key: u32,
+    },
+    Touch {
+        key: u32,
+        ttl: u8,
+    },
+    Clear,
+    Fill {
+        key: u32,
+        len: usize,
+        ttl: u8,
+        fail: bool,
+    },
+    Advance {
+        ticks: u8,
+    },
+}
+
+/// Operations on `keys` keys. Values are mostly short; with `big` (the eviction
+/// mode), of any length up to `max_len`, and `clear` is rarer so that a case fills the
+/// cache between two clears.
+fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op> {
+    let k = 0..keys;
+    let len = if big {
+        (0usize..=max_len).boxed()
+    } else {
+        prop_oneof![3 => 8usize..96, 1 => 0usize..=max_len].boxed()
+    };
+    let t = prop_oneof![2 => Just(0u8), 1 => 1u8..5];
+    let (clear, others) = if big { (1, 8) } else { (1, 1) };
+    prop_oneof![
+        12 * others => (k.clone(), len.clone(), t.clone())
+            .prop_map(|(key, len, ttl)| Op::Set { key, len, ttl }),
+        8 * others => k.clone().prop_map(|key| Op::Get { key }),
+        4 * others => k.clone().prop_map(|key| Op::GetInto { key }),
+        4 * others => k.clone().prop_map(|key| Op::GetStale { key }),
+        4 * others => (k.clone(), len.clone(), t.clone())
+            .prop_map(|(key, len, ttl)| Op::InsertIfAbsent { key, len, ttl }),
+        4 * others => k.clone().prop_map(|key| Op::Remove { key }),
+        3 * others => (k.clone(), t.clone()).prop_map(|(key, ttl)| Op::Touch { key, ttl }),
+        clear => Just(Op::Clear),
+        4 * others => (k, len, t, prop::bool::weighted(0.25))
+            .prop_map(|(key, len, ttl, fail)| Op::Fill { key, len, ttl, fail }),
+        3 * others => (1u8..4).prop_map(|ticks| Op::Advance { ticks }),
+    ]
+}
+
+/// The reference: key -> (value, expiry tick; `None` = no TTL). With `evicting`, the
+/// cache may have dropped any entry (reads then remove it here), but what it returns
+/// must be exactly what is here.
+struct Model {
+    entries: BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>,
+    now: u64,
+    version: u32,
+    evicting: bool,
+}
+
+impl Model {
+    fn expire(&self, ticks: u8) -> Option<u64> {
+        (ticks != 0).then(|| self.now + u64::from(ticks))
+    }
+
+    fn fresh(&self, k: &[u8]) -> Option<&Vec<u8>> {
+        self.entries
+            .get(k)
+            .filter(|(_, e)| !matches!(e, Some(e) if *e <= self.now))
+            .map(|(v, _)| v)
+    }
+
+    /// The cache reports no fresh entry where the model has one: allowed only when it
+    /// may evict, and the model then forgets it.
+    fn lost(&mut self, k: &[u8], what: &str) {
+        if self.fresh(k).is_some() {
+            assert!(self.evicting, "{what}: the fresh entry is missing");
+            self.entries.remove(k);
+        }
+    }
+}
+
+fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evicting: bool) {
+    let mut m = Model {
+        entries: BTreeMap::new(),
+        now: 0,
+        version: 0,
+        evicting,
+    };
+    for op in ops {
+        m.version += 1;
+        match *op {
+            Op::Set {
+                key: id,
+                len,
+                ttl: t,
+            } => {
+                let v = value(id, m.version, len);
+                cache.set(&key(id), &v, ttl(t)).expect("set");
+                let e = m.expire(t);
+                m.entries.insert(key(id), (v, e));
+            }
+            Op::Get { key: id } => {
+                let k = key(id);
+                match cache.get(&k).expect("get") {
+                    Some(v) => assert_eq!(Some(&v), m.fresh(&k), "get {id}"),
+                    None => m.lost(&k, "get"),
+                }
+            }
+            Op::GetInto { key: id } => {
+                let k = key(id);
+                let mut buf = b"left over from before".to_vec();
+                if cache.get_into(&k, &mut buf).expect("get_into") {
+                    assert_eq!(Some(&buf), m.fresh(&k), "get_into {id}");
+                } else {
+                    m.lost(&k, "get_into");
+                }
+            }
+            Op::GetStale { key: id } => {
+                let k = key(id);
+                let got = cache.get_stale(&k).expect("get_stale");
+                match (&got, m.entries.get(&k)) {
+                    (Some(s), Some((v, _))) => {
+                        assert_eq!(&s.value, v, "get_stale {id}");
+                        assert_eq!(s.expired, m.fresh(&k).is_none(), "get_stale {id} flag");
+                    }
+                    (Some(s), None) => panic!("get_stale {id}: unknown value {s:?}"),
+                    (None, Some(_)) => {
+                        // An expired entry may be reclaimed, a fresh one only evicted.
+                        assert!(m.evicting, "get_stale {id}: entry missing");
+                        m.entries.remove(&k);
+                    }
+                    (None, None) => {}
+                }
+            }
+            Op::InsertIfAbsent {
+                key: id,
+                len,
+                ttl: t,
+            } => {
+                let k = key(id);
+                let v = value(id, m.version, len);
+                if cache
+                    .insert_if_absent(&k, &v, ttl(t))
+                    .expect("insert_if_absent")
+                {
+                    m.lost(&k, "insert_if_absent");
+                    let e = m.expire(t);
+                    m.entries.insert(k, (v, e));
+                } else {
+                    assert!(
+                        m.fresh(&k).is_some(),
+                        "insert_if_absent {id} kept a non-fresh entry"
+                    );
+                }
+            }
+            Op::Remove { key: id } => {
+                let k = key(id);
+                if cache.remove(&k).expect("remove") {
+                    assert!(
+                        m.fresh(&k).is_some(),
+                        "remove {id} removed an unknown entry"
+                    );
+                } else {
+                    m.lost(&k, "remove");
+                }
+                m.entries.remove(&k);
+            }
+            Op::Touch { key: id, ttl: t } => {
+                let k = key(id);
+                if cache.touch(&k, ttl(t)).expect("touch") {
+                    assert!(m.fresh(&k).is_some(), "touch {id} found an unknown entry");
+                    let e = m.expire(t);
+                    if let Some(entry) = m.entries.get_mut(&k) {
+                        entry.1 = e;
+                    }
+                } else {
+                    m.lost(&k, "touch");
+                }
+            }
+            Op::Clear => {
+                let n = cache.clear().expect("clear");
+                if evicting {
+                    assert!(n as usize <= m.entries.len(), "clear counted {n}");
+                } else {
+                    assert_eq!(n as usize, m.entries.len(), "clear count");
+                }
+                m.entries.clear();
+            }
+            Op::Fill {
+                key: id,
+                len,
+                ttl: t,
+                fail,
+            } => {
+                let k = key(id);
+                let v = value(id, m.version, len);
+                let mut called = false;
+                let got = cache.get_or_insert_with(&k, ttl(t), || {
+                    called = true;
+                    if fail {
+                        Err(FillError::Refused)
+                    } else {
+                        Ok(v.clone())
+                    }
+                });
+                if called {
+                    m.lost(&k, "get_or_insert_with");
+                    match got {
+                        Ok(got) => {
+                            assert!(!fail);
+                            assert_eq!(got, v, "fill {id} returned another value");
+                            let e = m.expire(t);
+                            m.entries.insert(k, (v, e));
+                        }
+                        // A failed fill caches nothing: the model keeps what it had.
+                        Err(FillError::Refused) => assert!(fail),
+                        Err(FillError::Cache(e)) => panic!("fill {id}: {e}"),
+                    }
+                } else {
+                    let got = got.unwrap_or_else(|e| panic!("fill {id} without f: {e:?}"));
+                    assert_eq!(Some(&got), m.fresh(&k), "fill {id} served a wrong value");
+                }
+            }
+            Op::Advance { ticks } => {
+                clock.advance(TICK * u32::from(ticks));
+                m.now += u64::from(ticks);
+            }
+        }
+    }
+    // Everything the cache holds, the model holds, with the same length and TTL.
+    let listed: Vec<larder::EntryInfo> =
+        cache.entries().collect::<Result<_, _>>().expect("entries");
+    for e in &listed {
+        let (v, exp) = m
+            .entries
+            .get(&e.key)
+            .unwrap_or_else(|| panic!("the cache holds an unknown key {:?}", e.key));
+        assert_eq!(e.value_len, v.len());
+        assert_eq!(e.ttl.is_some(), exp.is_some(), "TTL of {:?}", e.key);
+    }
+    if !evicting {
+        assert_eq!(listed.len(), m.entries.len(), "entries listed");
+    }
+    let report = cache.verify().expect("verify");
+    assert!(report.is_clean(), "{report}");
+}
+
+fn model_config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        // Failing inputs are printed, shrunk; no regression files in the source tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(model_config(48))]
+
+    /// Every operation, with TTLs on the test clock, against an exact model: the cache
+    /// is sized so that nothing is evicted or reclaimed, which the stats confirm.
+    #[test]
+    fn one_process_matches_an_exact_model(ops in prop::collection::vec(op_strategy(48, 1024, false), 1..300)) {
+        let t = TempCache::new("model-exact");
+        let clock = larder::Clock::manual();
+        // Four shards of 2 MiB: every record of a case fits in any one small log.
+        let cache = t
+            .options()
+            .capacity(8 << 20)
+            .shards(4)
+            .clock(clock.clone())
+            .open(t.name())
+            .expect("open");
+        run_one_process(&cache, &clock, &ops, false);
+        let s = cache.stats();
+        prop_assert_eq!(s.evictions, 0, "sized so nothing is evicted: {:?}", s);
+        prop_assert_eq!(s.expirations, 0, "sized so nothing is reclaimed: {:?}", s);
+        prop_assert_eq!(s.recoveries, 0);
+    }
+}
+
+/// The same operations on a cache a fraction of the keys' size, where entries are
+/// evicted all the time: a read may find nothing, but never a wrong or stale value.
+#[test]
+fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
+    let evictions = std::cell::Cell::new(0);
+    let mut runner = TestRunner::new(model_config(48));
+    runner
+        .run(
+            &prop::collection::vec(op_strategy(160, 1024, true), 100..500),
+            |ops| {
+                let t = TempCache::new("model-evict");
+                let clock = larder::Clock::manual();
+                // One shard of 24 KiB: about 22 KiB of logs, for some 80 KiB of values.
+                let cache = t
+                    .options()
+                    .capacity(64 << 10)
+                    .shards(1)
+                    .clock(clock.clone())
+                    .open(t.name())
+                    .expect("open");
+                run_one_process(&cache, &clock, &ops, true);
+                let s = cache.stats();
+                evictions.set(evictions.get() + s.evictions);
+                prop_assert_eq!(s.recoveries, 0);
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        evictions.get() > 0,
+        "no case evicted anything: the test proves nothing"
+    );
+}
+
+// ----- several processes ----------------------------------------------------------------
+
+/// Set in a child process: `<dir>|<index>|<evicting: 0 or 1>`.
+const CHILD_ENV: &str = "LARDER_MODEL_CHILD";
+/// Keys each process owns (the only process that writes them); every process reads
+/// every key.
+const OWN_KEYS: u32 = 12;
+/// Times each child runs through its list of operations.
+const ROUNDS: usize = 300;
+/// Longest wait of any step (children starting, the barrier, finishing).
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Long enough never to expire during the test, on any process's clock.
+const MP_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone)]
+enum MpOp {
+    Set { key: u32, len: usize, ttl: bool },
+    InsertIfAbsent { key: u32, len: usize },
+    Remove { key: u32 },
+    Touch { key: u32, ttl: bool },
+    Fill { key: u32, len: usize, fail: bool },
+    Get { owner: u32, key: u32 },
+    GetInto { owner: u32, key: u32 },
+    GetStale { owner: u32, key: u32 },
+}
+
+fn mp_op_strategy(procs: u32) -> impl Strategy<Value = MpOp> {
+    let k = 0..OWN_KEYS;
+    let len = 0usize..300;
+    prop_oneof![
+        6 => (k.clone(), len.clone(), any::<bool>())
+            .prop_map(|(key, len, ttl)| MpOp::Set { key, len, ttl }),
+        2 => (k.clone(), len.clone()).prop_map(|(key, len)| MpOp::InsertIfAbsent { key, len }),
+        2 => k.clone().prop_map(|key| MpOp::Remove { key }),
+        1 => (k.clone(), any::<bool>()).prop_map(|(key, ttl)| MpOp::Touch { key, ttl }),
+        2 => (k.clone(), len, prop::bool::weighted(0.25))
+            .prop_map(|(key, len, fail)| MpOp::Fill { key, len, fail }),
+        8 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::Get { owner, key }),
+        3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetInto { owner, key }),
+        3 => (0..procs, k).prop_map(|(owner, key)| MpOp::GetStale { owner, key }),
+    ]
+}
+
+impl MpOp {
+    fn encode(&self) -> String {
+        match *self {
+            MpOp::Set { key, len, ttl } => format!("set {key} {len} {}", u8::from(ttl)),
+            MpOp::InsertIfAbsent { key, len } => format!("ins {key} {len}"),
+            MpOp::Remove { key } => format!("rm {key}"),
+            MpOp::Touch { key, ttl } => format!("touch {key} {}", u8::from(ttl)),
+            MpOp::Fill { key, len, fail } => format!("fill {key} {len} {}", u8::from(fail)),
+            MpOp::Get { owner, key } => format!("get {owner} {key}"),
+            MpOp::GetInto { owner, key } => format!("into {owner} {key}"),
+            MpOp::GetStale { owner, key } => format!("stale {owner} {key}"),
+        }
+    }
+
+    fn decode(line: &str) -> MpOp {
+        let w: Vec<&str> = line.split(' ').collect();
+        let n = |i: usize| -> u32 { w[i].parse().expect("number in plan") };
+        match w[0] {
+            "set" => MpOp::Set {
+                key: n(1),
+                len: n(2) as usize,
+                ttl: n(3) == 1,
+            },
+            "ins" => MpOp::InsertIfAbsent {
+                key: n(1),
+                len: n(2) as usize,
+            },
+            "rm" => MpOp::Remove { key: n(1) },
+            "touch" => MpOp::Touch {
+                key: n(1),
+                ttl: n(2) == 1,
+            },
+            "fill" => MpOp::Fill {
+                key: n(1),
+                len: n(2) as usize,
+                fail: n(3) == 1,
+            },
+            "get" => MpOp::Get {
+                owner: n(1),
+                key: n(2),
+            },
+            "into" => MpOp::GetInto {
+                owner: n(1),
+                key: n(2),
+            },
+            "stale" => MpOp::GetStale {
+                owner: n(1),
+                key: n(2),
+            },
+            other => panic!("unknown plan op {other:?}"),
+        }
+    }
+}
+
+fn mp_key(owner: u32, k: u32) -> Vec<u8> {
+    format!("p{owner}/k{k}").into_bytes()
+}
+
+/// `<key>#<version>#` then filler derived from both, `len` bytes at least as long as
+/// the header: a torn value, another key's value or another version's never decodes
+/// as this one.
+fn mp_value(key: &[u8], version: u32, len: usize) -> Vec<u8> {
+    let mut v = key.to_vec();
+    v.extend_from_slice(format!("#{version}#").as_bytes());
+    let seed = key
+        .iter()
+        .fold(version.wrapping_mul(2_654_435_761), |h, &b| {
+            h.rotate_left(5) ^ u32::from(b)
+        });
+    let head = v.len();
+    v.extend((head..len.max(head)).map(|i| b'a' + (seed.wrapping_add(i as u32 * 13) % 26) as u8));
+    v
+}
+
+/// The version of a value read for `key`, after checking it is whole and its own.
+fn mp_version(key: &[u8], v: &[u8]) -> u32 {
+    let text = String::from_utf8_lossy(v);
+    let mut parts = text.splitn(3, '#');
+    let (k, ver) = (parts.next(), parts.next());
+    assert_eq!(
+        k.map(str::as_bytes),
+        Some(key),
+        "value of another key: {text:?}"
+    );
+    let version: u32 = ver
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("value without a version: {text:?}"));
+    assert_eq!(
+        v,
+        &mp_value(key, version, v.len())[..],
+        "torn value for {key:?}"
+    );
+    version
+}
+
+fn mp_options() -> larder::Options {
+    larder::Options::new()
+        .lock_timeout(Duration::from_secs(10))
+        .fill_timeout(Duration::from_secs(10))
+}
+
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// One child's view: what it last wrote to each of its own keys, and the highest
+/// version it has read of every key.
+struct Writer {
+    me: u32,
+    evicting: bool,
+    version: Vec<u32>,
+    present: Vec<bool>,
+    seen: Vec<Vec<u32>>,
+}
+
+impl Writer {
+    /// The cache no longer holds an own key this process last wrote: eviction, which
+    /// is allowed only in the evicting mode.
+    fn lost(&mut self, k: u32, what: &str) {
+        let i = k as usize;
+        if self.present[i] {
+            assert!(self.evicting, "{what} p{}/k{k}: own entry missing", self.me);
+            self.present[i] = false;
+        }
+    }
+
+    /// Checks a read of `owner`'s key `k`: whole, its own, never older than a version
+    /// read before; for an own key, exactly the version last written.
+    fn read(&mut self, owner: u32, k: u32, got: Option<&[u8]>) {
+        let key = mp_key(owner, k);
+        let ver = got.map(|v| mp_version(&key, v));
+        if let Some(ver) = ver {
+            let seen = &mut self.seen[owner as usize][k as usize];
+            assert!(
+                ver >= *seen,
+                "process {} read {:?} at version {ver} after version {}",
+                self.me,
+                String::from_utf8_lossy(&key),
+                *seen
+            );
+            *seen = ver;
+        }
+        if owner == self.me {
+            let i = k as usize;
+            match ver {
+                Some(ver) => {
+                    assert!(self.present[i], "own key {key:?} back after removal");
+                    assert_eq!(ver, self.version[i], "own key {key:?}");
+                }
+                None => self.lost(k, "read"),
+            }
+        }
+    }
+
+    fn run(&mut self, cache: &larder::Cache, op: &MpOp) {
+        let me = self.me;
+        match *op {
+            MpOp::Set { key: k, len, ttl } => {
+                let i = k as usize;
+                self.version[i] += 1;
+                let key = mp_key(me, k);
+                let v = mp_value(&key, self.version[i], len);
+                cache.set(&key, &v, ttl.then_some(MP_TTL)).expect("set");
+                self.present[i] = true;
+            }
+            MpOp::InsertIfAbsent { key: k, len } => {
+                let i = k as usize;
+                let key = mp_key(me, k);
+                let v = mp_value(&key, self.version[i] + 1, len);
+                if cache
+                    .insert_if_absent(&key, &v, None)
+                    .expect("insert_if_absent")
+                {
+                    self.lost(k, "insert_if_absent");
+                    self.version[i] += 1;
+                    self.present[i] = true;
+                } else {
+                    assert!(
+                        self.present[i],
+                        "insert_if_absent p{me}/k{k} found an entry"
+                    );
+                }
+            }
+            MpOp::Remove { key: k } => {
+                if cache.remove(&mp_key(me, k)).expect("remove") {
+                    assert!(self.present[k as usize], "remove p{me}/k{k} found an entry");
+                } else {
+                    self.lost(k, "remove");
+                }
+                self.present[k as usize] = false;
+            }
+            MpOp::Touch { key: k, ttl } => {
+                let touched = cache
+                    .touch(&mp_key(me, k), ttl.then_some(MP_TTL))
+                    .expect("touch");
+                if touched {
+                    assert!(self.present[k as usize], "touch p{me}/k{k} found an entry");
+                } else {
+                    self.lost(k, "touch");
+                }
+            }
+            MpOp::Fill { key: k, len, fail } => {
+                let i = k as usize;
+                let key = mp_key(me, k);
+                let fresh = mp_value(&key, self.version[i] + 1, len);
+                let mut called = false;
+                let got = cache.get_or_insert_with(&key, Some(MP_TTL), || {
+                    called = true;
+                    if fail {
+                        Err(FillError::Refused)
+                    } else {
+                        Ok(fresh.clone())
+                    }
+                });
+                if called {
+                    self.lost(k, "get_or_insert_with");
+                }
+                match got {
+                    Ok(v) if called => {
+                        assert_eq!(v, fresh);
+                        self.version[i] += 1;
+                        self.present[i] = true;
+                    }
+                    Ok(v) => self.read(me, k, Some(&v)),
+                    Err(FillError::Refused) => assert!(fail && called),
+                    Err(FillError::Cache(e)) => panic!("fill p{me}/k{k}: {e}"),
+                }
+            }
+            MpOp::Get { owner, key: k } => {
+                let got = cache.get(&mp_key(owner, k)).expect("get");
+                self.read(owner, k, got.as_deref());
+            }
+            MpOp::GetInto { owner, key: k } => {
+                let mut buf = b"junk".to_vec();
+                let found = cache
+                    .get_into(&mp_key(owner, k), &mut buf)
+                    .expect("get_into");
+                self.read(owner, k, found.then_some(&buf[..]));
+            }
+            MpOp::GetStale { owner, key: k } => {
+                let got = cache.get_stale(&mp_key(owner, k)).expect("get_stale");
+                assert!(
+                    !got.as_ref().is_some_and(|s| s.expired),
+                    "nothing expires here"
+                );
+                self.read(owner, k, got.as_ref().map(|s| &s.value[..]));
+            }
+        }
+    }
+}
+
+/// A child: waits at the barrier, runs its plan `ROUNDS` times, then writes the final
+/// version and presence of each of its keys for the parent.
+fn child_main(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let dir = PathBuf::from(parts[0]);
+    let me: u32 = parts[1].parse().expect("child index");
+    let plan = fs::read_to_string(dir.join(format!("plan-{me}"))).expect("plan");
+    let mut lines = plan.lines();
+    let procs: usize = lines.next().and_then(|l| l.parse().ok()).expect("count");
+    let ops: Vec<MpOp> = lines.map(MpOp::decode).collect();
+    let cache = mp_options()
+        .attach(dir.join("cache").to_str().expect("utf-8"))
+        .expect("attach");
+    cache
+        .set(format!("ready/{me}").as_bytes(), b"1", None)
+        .expect("ready");
+    wait_for("the parent's go", || {
+        cache.get(b"go").expect("get go").is_some()
+    });
+    let mut w = Writer {
+        me,
+        evicting: parts[2] == "1",
+        version: vec![0; OWN_KEYS as usize],
+        present: vec![false; OWN_KEYS as usize],
+        seen: vec![vec![0; OWN_KEYS as usize]; procs],
+    };
+    for _ in 0..ROUNDS {
+        for op in &ops {
+            w.run(&cache, op);
+        }
+    }
+    let mut out = String::new();
+    for k in 0..OWN_KEYS as usize {
+        out.push_str(&format!("{} {}\n", w.version[k], u8::from(w.present[k])));
+    }
+    let tmp = dir.join(format!("final-{me}.tmp"));
+    fs::write(&tmp, out).expect("write final");
+    fs::rename(&tmp, dir.join(format!("final-{me}"))).expect("publish final");
+}
+
+/// Children of one case: killed and reaped on drop, so a failing parent leaves none.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+fn log_of(dir: &Path, i: usize) -> String {
+    fs::read_to_string(dir.join(format!("child-{i}.log"))).unwrap_or_default()
+}
+
+/// Runs one case: a child per plan, re-executing `test`; returns the cache's stats.
+fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Stats {
+    let procs = plans.len();
+    let t = TempCache::new("model-mp");
+    let opts = if evicting {
+        // Two shards of 108 KiB: about 10 KiB of small log each, which the writes
+        // cycle through many times.
+        mp_options().capacity(256 << 10).shards(2)
+    } else {
+        // Four shards of 16 MiB: a case never writes more than a small log holds.
+        mp_options().capacity(64 << 20).shards(4)
+    };
+    let cache = opts
+        .max_key_len(64)
+        .max_value_len(1024)
+        .open(t.name())
+        .expect("create");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut children = Children(Vec::new());
+    for (i, plan) in plans.iter().enumerate() {
+        let mut text = format!("{procs}\n");
+        for op in plan {
+            text.push_str(&op.encode());
+            text.push('\n');
+        }
+        fs::write(t.dir.join(format!("plan-{i}")), text).expect("plan");
+        let log = fs::File::create(t.dir.join(format!("child-{i}.log"))).expect("log");
+        let child = Command::new(&exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(
+                CHILD_ENV,
+                format!("{}|{i}|{}", t.dir.display(), u8::from(evicting)),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn child");
+        children.0.push(child);
+    }
+    // Start everyone at once, so the operations interleave.
+    for i in 0..procs {
+        wait_for("children to attach", || {
+            if let Ok(Some(status)) = children.0[i].try_wait() {
+                panic!("child {i} exited early ({status}):\n{}", log_of(&t.dir, i));
+            }
+            cache
+                .get(format!("ready/{i}").as_bytes())
+                .expect("get")
+                .is_some()
+        });
+    }
+    cache.set(b"go", b"1", None).expect("go");
+    let start = Instant::now();
+    for i in 0..procs {
+        let status = loop {
+            if let Some(status) = children.0[i].try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "child {i} did not finish in time:\n{}",
+                log_of(&t.dir, i)
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert!(
+            status.success(),
+            "child {i} failed ({status}):\n{}",
+            log_of(&t.dir, i)
+        );
+    }
+    // Every process's last acknowledged write or remove of each of its keys holds
+    // (or, where eviction is allowed, the entry is gone).
+    for i in 0..procs as u32 {
+        let text = fs::read_to_string(t.dir.join(format!("final-{i}"))).expect("final");
+        for (k, line) in text.lines().enumerate() {
+            let (ver, present) = line.split_once(' ').expect("final line");
+            let key = mp_key(i, k as u32);
+            let got = cache.get(&key).expect("get").map(|v| mp_version(&key, &v));
+            let want = (present == "1").then(|| ver.parse::<u32>().expect("version"));
+            if !(evicting && got.is_none()) {
+                assert_eq!(got, want, "final value of {key:?}");
+            }
+        }
+    }
+    let s = cache.stats();
+    assert_eq!(s.recoveries, 0, "no process died: {s:?}");
+    let report = cache.verify().expect("verify");
+    assert!(report.is_clean(), "{report}");
+    s
+}
+
+/// Runs the cases of a multi-process test (or, in a child, the child's part).
+fn multi_process(test: &str, evicting: bool) -> Vec<larder::Stats> {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        child_main(&spec);
+        return Vec::new();
+    }
+    let plans = (2u32..=4).prop_flat_map(|procs| {
+        prop::collection::vec(
+            prop::collection::vec(mp_op_strategy(procs), 10..80),
+            procs as usize,
+        )
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 8,
+        failure_persistence: None,
+        // Each case starts processes: shrink a little, not for minutes.
+        max_shrink_iters: 24,
+        ..Config::default()
+    });
+    let stats = std::cell::RefCell::new(Vec::new());
+    runner
+        .run(&plans, |plans| {
+            let s = run_processes(test, &plans, evicting);
+            stats.borrow_mut().push(s);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    stats.into_inner()
+}
+
+/// The operations split across 2 to 4 processes, each the only writer of its keys with
+/// per-key increasing versions, on a cache sized so nothing is evicted: no process
+/// ever reads a key at an older version than it read before (no stale or resurrected
+/// value), every value read is whole and its key's, each process sees its own keys
+/// exactly, and at the end every key holds its writer's last acknowledged version (or
+/// nothing, if that was a remove).
+#[test]
+fn processes_never_see_a_value_go_back_in_version() {
+    for s in multi_process("processes_never_see_a_value_go_back_in_version", false) {
+        assert_eq!(s.evictions, 0, "sized so nothing is evicted: {s:?}");
+    }
+}
+
+/// The same on a cache much smaller than the keys: entries are evicted all the time,
+/// so a read may find nothing, but never a stale, resurrected or torn value.
+#[test]
+fn processes_with_eviction_never_see_a_value_go_back_in_version() {
+    let stats = multi_process(
+        "processes_with_eviction_never_see_a_value_go_back_in_version",
+        true,
+    );
+    if std::env::var(CHILD_ENV).is_err() {
+        let evictions: u64 = stats.iter().map(|s| s.evictions).sum();
+        assert!(
+            evictions > 0,
+            "nothing was evicted: the test proves nothing"
+        );
+    }
+}
