@@ -621,10 +621,10 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
 
 #[allow(unsafe_code)]
 fn region_over(base: core::ptr::NonNull<u8>, len: usize) -> Region {
-    // SAFETY: `base` is the start of a fresh shared mapping of `len` bytes (page
-    // aligned); the `Attached` that owns the region also owns the map and drops it after
-    // the region. Other processes access the bytes only atomically or through glibc's
-    // mutex calls, which is `from_raw`'s contract (peers are trusted to run this code).
+    // `base` starts a fresh shared mapping of `len` bytes (page aligned); the `Attached`
+    // owning the region also owns the map and drops it after the region.
+    // SAFETY: so the memory outlives the region; peers (trusted to run this code) touch
+    // it only atomically or through glibc's mutex calls, which is `from_raw`'s contract.
     unsafe { Region::from_raw(base, len) }
 }
 

@@ -114,10 +114,10 @@ pub(crate) fn init(region: &Region, off: usize) -> Result<u32, LockError> {
         // SAFETY: as above.
         let rc = unsafe { libc::pthread_mutexattr_setprotocol(attr_ptr, libc::PTHREAD_PRIO_NONE) };
         check(rc)?;
-        // SAFETY: `ptr` points to MUTEX_SPACE bytes inside the region (checked by `raw`),
-        // enough for a `pthread_mutex_t` (static assertion above) and 8-aligned; the
-        // caller initialises mutexes only in a file no other process can see yet (or one
-        // it holds exclusively), so nobody else is using these bytes.
+        // `ptr` points to MUTEX_SPACE bytes inside the region (checked by `raw`): enough
+        // for a `pthread_mutex_t` (static assertion above), and 8-aligned.
+        // SAFETY: valid memory; callers initialise mutexes only in a file no other process
+        // can see yet (or one held exclusively), so nobody else is using these bytes.
         let rc = unsafe { libc::pthread_mutex_init(ptr.as_ptr(), attr_ptr) };
         check(rc)?;
         Ok(read_kind(ptr))
@@ -141,10 +141,10 @@ fn read_kind(ptr: NonNull<libc::pthread_mutex_t>) -> u32 {
         .cast::<u8>()
         .wrapping_add(KIND_OFFSET)
         .cast::<u32>();
-    // SAFETY: KIND_OFFSET + 4 is inside the mutex (static assertion above), so `field` is
-    // in bounds; it is a 4-aligned int, and glibc writes it only in `pthread_mutex_init`,
-    // so a volatile read never races a write by glibc; a peer's stray write would only
-    // make the value wrong, which the caller checks.
+    // KIND_OFFSET + 4 is inside the mutex (static assertion above): `field` is in bounds
+    // and 4-aligned. A peer's stray write would only make the value wrong (checked).
+    // SAFETY: in bounds and aligned; glibc writes this field only in
+    // `pthread_mutex_init`, so a volatile read never races a write by glibc.
     unsafe { core::ptr::read_volatile(field) }
 }
 

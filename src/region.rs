@@ -79,10 +79,10 @@ impl Region {
             return None;
         }
         let p = self.base.as_ptr().wrapping_add(off / WORD);
-        // SAFETY: `off` is 8-aligned and `off + 8 <= len`, so `p` lies inside the region,
-        // which `from_raw`'s contract (or the heap box) keeps valid. `AtomicU64` has the
-        // size and alignment of `u64`, and every access to these bytes is atomic, so a
-        // shared reference to the atomic is sound even while other processes write.
+        // `off` is 8-aligned and `off + 8 <= len`: `p` lies inside the region, which
+        // `from_raw`'s contract (or the heap box) keeps valid.
+        // SAFETY: in bounds and aligned; `AtomicU64` has `u64`'s layout and every access
+        // to these bytes is atomic, so a shared reference is sound while others write.
         Some(unsafe { &*p })
     }
 

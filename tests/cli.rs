@@ -163,7 +163,7 @@ fn wait_by(guard: &mut ChildGuard, deadline: Instant) -> Option<i32> {
             "larder did not exit within {DEADLINE:?}"
         );
         // Its output is already closed, so the process is exiting: poll briefly.
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(5)); // poll interval; the deadline is checked in this loop
     }
 }
 

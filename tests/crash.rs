@@ -379,7 +379,7 @@ fn killed_writers_never_leave_torn_values() {
             .collect();
         kill_at.sort();
         for (at, w) in kill_at {
-            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            std::thread::sleep(at.saturating_duration_since(Instant::now())); // waits for the kill instant chosen above (not a synchronisation poll)
             kids.signal(w, libc::SIGKILL);
         }
         let mut killed = [false; WRITERS];

@@ -137,7 +137,7 @@ fn repair_offline_after_close(name: &str) -> larder::RepairReport {
     loop {
         match Cache::repair_offline(name, &Options::new()) {
             Err(Error::InUse { .. }) if Instant::now() < end => {
-                std::thread::sleep(Duration::from_millis(1))
+                std::thread::sleep(Duration::from_millis(1)) // poll interval; the deadline is checked in this loop
             }
             r => return r.expect("offline repair"),
         }
@@ -1221,7 +1221,7 @@ impl ChildGuard {
                 "child did not stop at its pause point within {deadline:?}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(2)); // poll interval; the deadline is checked in this loop
         }
     }
 
@@ -1236,7 +1236,7 @@ impl ChildGuard {
                 "child did not exit within {deadline:?}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(2)); // poll interval; the deadline is checked in this loop
         }
     }
 }

@@ -46,7 +46,7 @@ fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> 
             return v;
         }
         assert!(Instant::now() < end, "{what}: not within {deadline:?}");
-        std::thread::sleep(Duration::from_millis(3));
+        std::thread::sleep(Duration::from_millis(3)); // poll interval; the deadline is checked in this loop
     }
 }
 
@@ -103,7 +103,7 @@ impl ChildGuard {
                 "child did not exit within {deadline:?}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(3));
+            std::thread::sleep(Duration::from_millis(3)); // poll interval; the deadline is checked in this loop
         }
     }
 }
@@ -146,7 +146,7 @@ fn child_process_entry() {
             let end = Instant::now() + DEADLINE;
             while !go.exists() {
                 assert!(Instant::now() < end, "no go signal");
-                std::thread::sleep(Duration::from_micros(100));
+                std::thread::sleep(Duration::from_micros(100)); // poll interval; the deadline is checked in this loop
             }
             let c = race_options().open(&path).expect("child open");
             let key = format!("proc-{id}");

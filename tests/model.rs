@@ -547,7 +547,7 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(1)); // poll interval; the deadline is checked in this loop
     }
 }
 
@@ -819,7 +819,7 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
                 "child {i} did not finish in time:\n{}",
                 log_of(&t.dir, i)
             );
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(2)); // poll interval; the deadline is checked in this loop
         };
         assert!(
             status.success(),

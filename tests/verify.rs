@@ -359,7 +359,7 @@ fn repair_offline_after_close(name: &str) {
     loop {
         match Cache::repair_offline(name, &Options::new()) {
             Err(Error::InUse { .. }) if std::time::Instant::now() < end => {
-                std::thread::sleep(std::time::Duration::from_millis(1))
+                std::thread::sleep(std::time::Duration::from_millis(1)) // poll interval; the deadline is checked in this loop
             }
             r => {
                 r.expect("offline repair");

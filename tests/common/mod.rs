@@ -97,7 +97,7 @@ pub fn poll_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_micros(200));
+        std::thread::sleep(Duration::from_micros(200)); // poll interval; the deadline is checked in this loop
     }
 }
 
