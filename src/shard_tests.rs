@@ -618,7 +618,7 @@ fn logs_wrap_around_many_times_and_stay_consistent() {
 /// A shorter run of the same, for Miri.
 #[test]
 fn logs_wrap_around_and_stay_consistent() {
-    wrap_around(160, 40);
+    wrap_around(120, 30);
 }
 
 fn wrap_around(ops: u32, verify_every: u32) {
@@ -632,7 +632,7 @@ fn wrap_around(ops: u32, verify_every: u32) {
         let r = splitmix(&mut x);
         let id = (r % 97) as u32;
         let k = key(id);
-        let v = value(id, op, (r >> 8) as usize % 257);
+        let v = value(id, op, 64 + (r >> 8) as usize % 193);
         fx.set(&k, &v, 0, now);
         model.insert(k.clone(), v.clone());
         if r & (1 << 40) != 0 {
@@ -1292,8 +1292,17 @@ fn killed_eviction_drops_or_keeps_the_moved_entry_whole() {
                 if !visited && stage != HeadCrash::Pop {
                     continue; // an unread head is evicted: evict.after_pop is its only point
                 }
-                if MIRI && visited && stage == HeadCrash::Pop {
-                    continue; // killed_move_with_a_killed_repairer_is_repaired_the_same has it
+                // Under Miri: an eviction, a move out of the small log killed mid-copy
+                // and a move within main killed after publishing (the rest are the same
+                // code paths; killed_move_with_a_killed_repairer_is_repaired_the_same has
+                // the killed pop).
+                let miri_cases = [
+                    (LogId::Small, false, HeadCrash::Pop),
+                    (LogId::Small, true, HeadCrash::Copy),
+                    (LogId::Main, true, HeadCrash::Publish),
+                ];
+                if MIRI && !miri_cases.contains(&(which, visited, stage)) {
+                    continue;
                 }
                 let fx = Fixture::new(small_params());
                 if visited {
@@ -1444,31 +1453,47 @@ fn repair_of_a_consistent_shard_changes_nothing_and_is_idempotent() {
 // ----- optimistic reads racing a writer ---------------------------------------------
 
 /// Readers on other threads read optimistically while one writer (holding the stand-in
-/// lock) sets, removes and evicts: a read returns the key's own value of some version
+/// lock) overwrites in place, sets, removes and evicts: a read returns the key's own value of some version
 /// no older than any it saw before, or nothing, never a torn, foreign or stale value.
 /// Under Miri this also checks the protocol has no data race and no UB under weak
 /// memory.
 #[test]
 fn optimistic_reads_racing_a_writer_never_see_torn_or_stale_values() {
-    let (writes, reads) = if MIRI { (60, 60) } else { (20_000, 20_000) };
+    let (max_writes, reads) = if MIRI {
+        (200, 60)
+    } else {
+        (5_000_000, 200_000)
+    };
     let fx = Fixture::new(small_params());
     let keys = 24u32;
+    // The writer runs until both readers are done, so that they overlap throughout.
+    let readers_done = std::sync::atomic::AtomicU32::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut x = 11;
-            for version in 1..=writes {
+            for version in 1..=max_writes {
+                if readers_done.load(std::sync::atomic::Ordering::Relaxed) == 2 {
+                    break;
+                }
                 let r = splitmix(&mut x);
                 let id = (r % u64::from(keys)) as u32;
                 if r & 0xf == 0 {
                     fx.remove(&key(id), START_MS);
                 } else {
-                    let len = 8 + (r >> 8) as usize % 120;
+                    // Mostly the key's own length, so most updates overwrite in place
+                    // (the riskiest write for a racing reader); sometimes another,
+                    // which appends a record and moves the slot.
+                    let len = if r & 0x30 != 0 {
+                        16 + id as usize * 5
+                    } else {
+                        8 + (r >> 8) as usize % 120
+                    };
                     fx.set(&key(id), &value(id, version, len), 0, START_MS);
                 }
             }
         });
         for t in 0..2u64 {
-            let fx = &fx;
+            let (fx, readers_done) = (&fx, &readers_done);
             s.spawn(move || {
                 let mut seen = vec![0u32; keys as usize];
                 let mut x = 100 + t;
@@ -1490,6 +1515,7 @@ fn optimistic_reads_racing_a_writer_never_see_torn_or_stale_values() {
                         Found::Expired(_) => panic!("no entry here has a TTL"),
                     }
                 }
+                readers_done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
     });

@@ -34,18 +34,31 @@ fn harnesses_run_clean_inputs() {
     hostile::run_header(&real_header(73_728, 40, 2_000));
     for config in 0..table::CONFIGS.len() as u8 {
         let ops = (0..200u16)
-            .map(|i| match i % 5 {
-                0 | 1 => Op::Set {
-                    key: (i * 37 % 251) as u8,
-                    len: i * 7,
-                    ttl: (i % 3 == 0).then_some(i),
+            .map(|i| match i % 50 {
+                // Small values fill index buckets, large ones the logs.
+                10 => Op::SetMany {
+                    first: i as u8,
+                    count: 64,
+                    len: 3,
                 },
-                2 => Op::Get {
-                    key: (i * 11 % 251) as u8,
+                30 => Op::SetMany {
+                    first: i as u8,
+                    count: 60,
+                    len: 280,
                 },
-                3 => Op::Advance { ms: 40 },
-                _ => Op::Remove {
-                    key: (i * 13 % 251) as u8,
+                _ => match i % 5 {
+                    0 | 1 => Op::Set {
+                        key: (i * 37 % 251) as u8,
+                        len: i * 7,
+                        ttl: (i % 3 == 0).then_some(i),
+                    },
+                    2 => Op::Get {
+                        key: (i * 11 % 251) as u8,
+                    },
+                    3 => Op::Advance { ms: 40 },
+                    _ => Op::Remove {
+                        key: (i * 13 % 251) as u8,
+                    },
                 },
             })
             .collect();
@@ -59,6 +72,12 @@ fn harnesses_run_clean_inputs() {
                 len: 10,
                 ttl: None,
             }),
+            ScribbleOp::Op(Op::Die {
+                shard: 0,
+                op: 7,
+                slot: 3,
+            }),
+            ScribbleOp::Op(Op::Get { key: 1 }),
             ScribbleOp::Poke {
                 shard: 0,
                 word: 9,

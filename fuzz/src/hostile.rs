@@ -65,6 +65,8 @@ pub enum FileOp {
     Get {
         key: u8,
     },
+    /// Reads every key the harness uses (finds damage wherever it is).
+    GetAll,
     GetStale {
         key: u8,
     },
@@ -329,6 +331,11 @@ fn run_op(
     };
     match *op {
         FileOp::Get { key } => check_value(cache.get(&k(key))),
+        FileOp::GetAll => {
+            for key in 0..=u8::MAX {
+                check_value(cache.get(&k(key)));
+            }
+        }
         FileOp::TryGet { key } => check_value(cache.try_get(&k(key))),
         FileOp::GetStale { key } => {
             check_value(cache.get_stale(&k(key)).map(|s| s.map(|s| s.value)))
@@ -366,7 +373,9 @@ fn run_op(
             let _ = cache.stats();
         }
         FileOp::Verify => {
-            let _ = cache.verify();
+            if let Ok(report) = cache.verify() {
+                let _ = report.to_string();
+            }
         }
         FileOp::Repair => {
             let _ = cache.repair();

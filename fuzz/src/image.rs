@@ -33,6 +33,7 @@ pub const BUCKET_SLOTS: usize = 8;
 
 /// Shard header words (`ShardHeader` in src/layout.rs).
 pub const SH_SEQ: usize = 64;
+pub const SH_INTENT: usize = 72;
 pub const SH_EVICTIONS: usize = 136;
 pub const SH_EXPIRATIONS: usize = 144;
 pub const SH_RECOVERIES: usize = 152;
