@@ -852,7 +852,8 @@ impl Cache {
             return Ok(None);
         }
         let reserve = Shard::new(&a.region, &a.geo, idx, &a.hasher).counter(SH_ENTRIES) as usize;
-        let mut list = Vec::with_capacity(reserve.min(1 << 20) + 16);
+        let mut list =
+            Vec::with_capacity(reserve.min(a.geo.buckets * crate::layout::BUCKET_SLOTS) + 16);
         self.locked(&a, idx, true, false, |s| {
             list.clear();
             s.for_each(|rec| {
