@@ -1453,8 +1453,9 @@ fn repair_of_a_consistent_shard_changes_nothing_and_is_idempotent() {
 // ----- optimistic reads racing a writer ---------------------------------------------
 
 /// Readers on other threads read optimistically while one writer (holding the stand-in
-/// lock) overwrites in place, sets, removes and evicts: a read returns the key's own value of some version
-/// no older than any it saw before, or nothing, never a torn, foreign or stale value.
+/// lock) overwrites in place, sets, removes and evicts: a read returns the key's own
+/// value of some version no older than any it saw before, or nothing, never a torn,
+/// foreign or stale value.
 /// Under Miri this also checks the protocol has no data race and no UB under weak
 /// memory.
 #[test]

@@ -346,7 +346,9 @@ proptest! {
     /// Every operation, with TTLs on the test clock, against an exact model: the cache
     /// is sized so that nothing is evicted or reclaimed, which the stats confirm.
     #[test]
-    fn one_process_matches_an_exact_model(ops in prop::collection::vec(op_strategy(48, 1024, false), 1..300)) {
+    fn one_process_matches_an_exact_model(
+        ops in prop::collection::vec(op_strategy(48, 1024, false), 1..300)
+    ) {
         let t = TempCache::new("model-exact");
         let clock = larder::Clock::manual();
         // Four shards of 2 MiB: every record of a case fits in any one small log.
@@ -547,7 +549,8 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1)); // poll interval; the deadline is checked in this loop
+        // Poll interval; the deadline is checked in this loop.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -819,7 +822,8 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
                 "child {i} did not finish in time:\n{}",
                 log_of(&t.dir, i)
             );
-            std::thread::sleep(Duration::from_millis(2)); // poll interval; the deadline is checked in this loop
+            // Poll interval; the deadline is checked in this loop.
+            std::thread::sleep(Duration::from_millis(2));
         };
         assert!(
             status.success(),
