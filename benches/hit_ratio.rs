@@ -8,8 +8,10 @@
 //!
 //! Memory: caches of 64 MiB with values of 100, 256 and 1,000 bytes, filled (each key set
 //! and read once, so S3-FIFO keeps it) until every shard has evicted, i.e. every shard
-//! is full; then the bytes of metadata per entry, `(file size - key and value bytes) /
-//! entries`, and the fraction of the file holding keys and values.
+//! is full, then given as many fresh keys again, so that the logs reach their steady
+//! state (dead records included); then the bytes of metadata per entry, `(file size -
+//! key and value bytes) / entries`, and the fraction of the file holding keys and
+//! values.
 //!
 //! ```text
 //! cargo bench --bench hit_ratio
@@ -294,7 +296,17 @@ struct MemRun {
 fn memory(dir: &TempDir, value_len: usize, capacity: u64) -> Result<MemRun> {
     let name = dir.file(&format!("mem-{value_len}-{capacity}"))?;
     let cache = options(value_len, capacity).open(&name)?;
-    fill(&cache, value_len, 0)?;
+    let first = fill(&cache, value_len, 0)?;
+    // Steady state: as many fresh keys again, each set and read once.
+    let mut v = vec![0u8; value_len];
+    let mut buf = Vec::with_capacity(value_len);
+    let mut k = [0u8; KEY_LEN];
+    for i in first..2 * first {
+        workload::key_into(i, &mut k);
+        workload::write_value(i, 0, &mut v)?;
+        cache.set(&k, &v, Some(workload::TTL))?;
+        cache.get_into(&k, &mut buf)?;
+    }
     let s = cache.stats();
     drop(cache);
     Cache::unlink(&name)?;
@@ -377,7 +389,10 @@ fn run() -> Result<()> {
          free: larder's log space free at the end; result: larder >= lru)"
     );
 
-    println!("\nmemory: caches filled (each key set, then read once) until every shard evicted");
+    println!(
+        "\nmemory: caches filled (each key set, then read once) until every shard evicted, \
+         then as many fresh keys again"
+    );
     println!(
         "{:>5} {:>6} {:>8} {:>6} {:>11} {:>8} {:>10} {:>28} {:>7}",
         "file",

@@ -579,23 +579,39 @@ impl<'a> Shard<'a> {
             return Ok(slot);
         }
         // Both buckets full: evict one of their entries, preferring an expired one, then
-        // one not visited since it was last considered.
+        // one not visited since it was last considered, then the one nearest its log's
+        // head: the oldest, whose record the head reclaims soonest (a record dropped
+        // mid-log stays as dead space until the head passes it).
+        let heads = [self.state(LogId::Small)?.0, self.state(LogId::Main)?.0];
         let mut victim = kh.b1 * BUCKET_SLOTS;
-        let mut victim_rank = 0;
+        let mut victim_key = (0u8, u64::MAX);
         for b in [kh.b1, kh.b2] {
             for i in 0..BUCKET_SLOTS {
                 let slot = b * BUCKET_SLOTS + i;
                 let w = self.r.load(self.slot_off(slot));
                 let rec = self
                     .off_of(w)
-                    .and_then(|(off, which)| self.read_rec(off, which));
-                let rank = match rec {
-                    Some(rec) if rec.expired(now) => 3,
-                    Some(_) if !self.is_visited(slot) => 2,
-                    _ => 1,
+                    .and_then(|(off, which)| Some((self.read_rec(off, which)?, which)));
+                let (rank, age) = match rec {
+                    Some((rec, which)) => {
+                        let (start, cap, _) = self.log_bounds(which);
+                        let head = heads[which as usize];
+                        // Position after the head, in 1/1024ths of the log.
+                        let ahead = (rec.off - start + cap - head) % cap;
+                        let pos = (ahead as u64).saturating_mul(1024) / cap.max(1) as u64;
+                        let rank = if rec.expired(now) {
+                            3
+                        } else if !self.is_visited(slot) {
+                            2
+                        } else {
+                            1
+                        };
+                        (rank, pos)
+                    }
+                    None => (1, u64::MAX),
                 };
-                if rank > victim_rank {
-                    victim_rank = rank;
+                if rank > victim_key.0 || (rank == victim_key.0 && age < victim_key.1) {
+                    victim_key = (rank, age);
                     victim = slot;
                 }
             }

@@ -1350,6 +1350,34 @@ fn killed_move_with_a_killed_repairer_is_repaired_the_same() {
 }
 
 #[test]
+fn full_bucket_pair_of_read_entries_evicts_the_oldest() {
+    let fx = Fixture::new(two_bucket_params());
+    let slots = 2 * BUCKET_SLOTS as u32;
+    for i in 0..slots {
+        fx.set(&key(i), &value(i, 1, 8), 0, START_MS);
+    }
+    for i in 0..slots {
+        assert_eq!(fx.get(&key(i), START_MS), Found::Fresh(value(i, 1, 8)));
+    }
+    // All read alike: the victim is the one nearest its log's head, key 0, then key 1.
+    fx.set(b"newcomer", b"n", 0, START_MS);
+    assert_eq!(fx.get(&key(0), START_MS), Found::Missing);
+    // Read too, or the unread newcomer would be the next victim.
+    assert_eq!(fx.get(b"newcomer", START_MS), Found::Fresh(b"n".to_vec()));
+    fx.set(b"second", b"s", 0, START_MS);
+    assert_eq!(fx.get(&key(1), START_MS), Found::Missing);
+    for i in 2..slots {
+        assert_eq!(
+            fx.get(&key(i), START_MS),
+            Found::Fresh(value(i, 1, 8)),
+            "key {i}"
+        );
+    }
+    assert_eq!(fx.counter(SH_EVICTIONS), 2);
+    fx.assert_clean();
+}
+
+#[test]
 fn killed_slot_eviction_in_a_full_bucket_pair_loses_only_the_victim() {
     let fx = Fixture::new(two_bucket_params());
     let slots = 2 * BUCKET_SLOTS as u32;
