@@ -11,6 +11,9 @@
 //! `LARDER_BENCH_BACKENDS` picks among `larder,heed,redis,seed` (default all),
 //! `LARDER_BENCH_DISTS` among `uniform,zipf`, `LARDER_BENCH_MIXES` among
 //! `100/0,95/5,90/10`. A peer that cannot run here is printed as skipped, with why.
+//! larder runs each configuration `LARDER_BENCH_ROUNDS` times (default 3, 1 when quick),
+//! the process counts interleaved, and the table shows the median run; each round's
+//! rate and its ratio to the same round's N=1 run are printed before the table.
 //!
 //! Workers are this binary run again: `main` hands over to
 //! `worker_main_if_requested_with` first, which also opens the peers' stores.
@@ -275,6 +278,29 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The machine's CPU time so far from /proc/stat, in ticks: (all, stolen by the host).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse::<u64>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal ...
+    Some((v.iter().take(8).sum(), *v.get(7)?))
+}
+
+/// The share of the machine's CPU time the hypervisor stole between two readings.
+fn steal_share(start: Option<(u64, u64)>) -> String {
+    match (start, cpu_ticks()) {
+        (Some((a0, s0)), Some((a1, s1))) if a1 > a0 => {
+            format!("{:.1}%", (s1 - s0) as f64 * 100.0 / (a1 - a0) as f64)
+        }
+        _ => "unknown".into(),
+    }
+}
+
 fn machine() -> String {
     let out = Command::new("lscpu").output();
     match out {
@@ -308,6 +334,8 @@ struct Plan {
     dists: Vec<Distribution>,
     mixes: Vec<Mix>,
     backends: Vec<String>,
+    /// larder's runs per configuration, N interleaved: the table shows the median.
+    rounds: usize,
 }
 
 fn plan() -> Result<Plan, StoreError> {
@@ -333,12 +361,18 @@ fn plan() -> Result<Plan, StoreError> {
         .map(|m| Mix::parse(m))
         .collect::<Result<Vec<_>, _>>()?;
     let backends = env_list("LARDER_BENCH_BACKENDS", "larder,heed,redis,seed");
+    let rounds = match std::env::var("LARDER_BENCH_ROUNDS") {
+        Ok(s) => s.parse::<usize>()?.max(1),
+        Err(_) if quick => 1,
+        Err(_) => 3,
+    };
     Ok(Plan {
         secs,
         procs,
         dists,
         mixes,
         backends,
+        rounds,
     })
 }
 
@@ -360,21 +394,65 @@ fn config(
 }
 
 fn run_larder(plan: &Plan, dir: &TempDir) -> Result<Vec<BenchReport>, StoreError> {
-    let mut reports = Vec::new();
+    let mut medians = Vec::new();
+    let mut runs = 0;
     for &d in &plan.dists {
         for &m in &plan.mixes {
-            for &n in &plan.procs {
-                // A fresh file per run: every run starts from the same prefilled cache.
-                let path = dir.0.join(format!("larder-{}", reports.len()));
-                let target = path.to_str().ok_or("non-UTF-8 temp path")?;
-                let cfg = config(workload::LARDER, target, plan, d, m, n);
-                let r = workload::run_multiprocess(&cfg);
-                let _ = larder::Cache::unlink(target);
-                reports.push(r?);
+            // Rounds interleave the process counts (1, 2, .., 1, 2, ..), so that a slow
+            // spell of the machine lands on every N alike.
+            let mut by_n: Vec<Vec<BenchReport>> = plan.procs.iter().map(|_| Vec::new()).collect();
+            for _ in 0..plan.rounds {
+                for (i, &n) in plan.procs.iter().enumerate() {
+                    // A fresh file per run: every run starts from the same prefilled cache.
+                    let path = dir.0.join(format!("larder-{runs}"));
+                    runs += 1;
+                    let target = path.to_str().ok_or("non-UTF-8 temp path")?;
+                    let cfg = config(workload::LARDER, target, plan, d, m, n);
+                    let r = workload::run_multiprocess(&cfg);
+                    let _ = larder::Cache::unlink(target);
+                    by_n[i].push(r?);
+                }
+            }
+            if plan.rounds > 1 {
+                print_rounds(d, m, &plan.procs, &by_n);
+            }
+            for mut rs in by_n {
+                rs.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
+                let mid = rs.len() / 2;
+                medians.push(rs.swap_remove(mid));
             }
         }
     }
-    Ok(reports)
+    Ok(medians)
+}
+
+/// Each round's ops/s per process count, and each round's ratio to its own N=1 run.
+fn print_rounds(d: Distribution, m: Mix, procs: &[usize], by_n: &[Vec<BenchReport>]) {
+    let Some(base) = procs.iter().position(|&n| n == 1).map(|i| &by_n[i]) else {
+        return;
+    };
+    for (i, &n) in procs.iter().enumerate() {
+        let rates: Vec<String> = by_n[i]
+            .iter()
+            .map(|r| workload::format_rate(r.ops_per_sec()))
+            .collect();
+        let mut line = format!("larder {d} {m} N={n}: rounds {}", rates.join(" "));
+        if n != 1 {
+            let mut ratios: Vec<f64> = by_n[i]
+                .iter()
+                .zip(base)
+                .map(|(r, b)| r.ops_per_sec() / b.ops_per_sec().max(1.0))
+                .collect();
+            let shown: Vec<String> = ratios.iter().map(|x| format!("{x:.2}x")).collect();
+            ratios.sort_by(f64::total_cmp);
+            line.push_str(&format!(
+                "; paired N={n}/N=1 {} (median {:.2}x)",
+                shown.join(" "),
+                ratios[ratios.len() / 2]
+            ));
+        }
+        println!("{line}");
+    }
 }
 
 fn run_heed(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
@@ -540,6 +618,7 @@ fn run() -> Result<(), StoreError> {
         plan.procs
     );
     let dir = TempDir::new("mp")?;
+    let ticks = cpu_ticks();
     let mut reports = Vec::new();
     let mut skipped = Vec::new();
     let mut seed_table = String::new();
@@ -567,7 +646,12 @@ fn run() -> Result<(), StoreError> {
             other => skipped.push(format!("{other}: skipped (unknown backend)")),
         }
     }
-    println!("load average at end: {}", load_average());
+    println!(
+        "load average at end: {}; CPU time stolen by the host during the runs: {} \
+         (a worker then waits off the CPU: cpu < 100%)",
+        load_average(),
+        steal_share(ticks)
+    );
     print!("\n{}", workload::format_table(&reports));
     print!("{seed_table}");
     for s in &skipped {
