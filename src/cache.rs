@@ -456,6 +456,7 @@ impl Cache {
         let idx = a.geo.shard_of(h);
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
         let kh = shard.locate(h);
+        shard.prefetch_buckets(&kh);
         let result = match a.region.atomic(shard.seq_off()) {
             Some(seq) => Self::read_optimistic(&shard, seq, key, &kh, out, now),
             None => None,

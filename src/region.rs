@@ -86,6 +86,21 @@ impl Region {
         Some(unsafe { &*p })
     }
 
+    /// Hints that the cache line at `off` will be read soon. Accesses nothing, so it
+    /// needs no bounds beyond staying inside the region.
+    #[inline]
+    pub(crate) fn prefetch(&self, off: usize) {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        if self.contains(off, WORD) {
+            let p = self.base.as_ptr().cast::<i8>().wrapping_add(off);
+            // SAFETY: a prefetch is a hint to the cache: it has no effect a program can
+            // observe, reads nothing into the program and never faults.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p) };
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        let _ = off;
+    }
+
     /// Relaxed load.
     #[inline]
     pub(crate) fn load(&self, off: usize) -> u64 {
@@ -133,6 +148,23 @@ impl Region {
         if !rest.is_empty() {
             let n = rest.len();
             rest.copy_from_slice(&self.load(at).to_le_bytes()[..n]);
+        }
+    }
+
+    /// Replaces `out`'s contents with the `len` bytes at `off` (8-aligned), read word by
+    /// word; allocates only if `out` is too small.
+    pub(crate) fn read_vec(&self, off: usize, len: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(len);
+        let mut at = off;
+        let mut left = len;
+        while left >= WORD {
+            out.extend_from_slice(&self.load(at).to_le_bytes());
+            at += WORD;
+            left -= WORD;
+        }
+        if left > 0 {
+            out.extend_from_slice(&self.load(at).to_le_bytes()[..left]);
         }
     }
 

@@ -182,6 +182,13 @@ impl<'a> Shard<'a> {
         }
     }
 
+    /// Starts loading the key's two buckets, so that their misses overlap.
+    #[inline]
+    pub(crate) fn prefetch_buckets(&self, kh: &KeyHash) {
+        self.r.prefetch(self.slot_off(kh.b1 * BUCKET_SLOTS));
+        self.r.prefetch(self.slot_off(kh.b2 * BUCKET_SLOTS));
+    }
+
     pub(crate) fn locate(&self, h: u64) -> KeyHash {
         let n = self.g.buckets as u64;
         let b1 = (((h >> 40) & 0xff_ffff) * n) >> 24;
@@ -287,9 +294,7 @@ impl<'a> Shard<'a> {
 
     /// Copies a record's value into `out` (replacing its contents).
     pub(crate) fn read_value(&self, rec: &Rec, out: &mut Vec<u8>) {
-        out.clear();
-        out.resize(rec.vlen, 0);
-        self.r.read_bytes(rec.value_off(), out);
+        self.r.read_vec(rec.value_off(), rec.vlen, out);
     }
 
     /// Copies a record's key into `out`.
