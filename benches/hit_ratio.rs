@@ -9,9 +9,10 @@
 //! Memory: caches of 64 MiB with values of 100, 256 and 1,000 bytes, filled (each key set
 //! and read once, so S3-FIFO keeps it) until every shard has evicted, i.e. every shard
 //! is full, then given as many fresh keys again, so that the logs reach their steady
-//! state (dead records included); then the bytes of metadata per entry, `(file size -
-//! key and value bytes) / entries`, and the fraction of the file holding keys and
-//! values.
+//! state (dead records included); then the bytes of metadata per entry (record headers
+//! and padding, index, ghost, visited bits, headers), the slack per entry (dead records
+//! and free log space; metadata and slack add up to `(file size - key and value bytes) /
+//! entries`), and the fraction of the file holding keys and values.
 //!
 //! ```text
 //! cargo bench --bench hit_ratio
@@ -394,7 +395,7 @@ fn run() -> Result<()> {
          then as many fresh keys again"
     );
     println!(
-        "{:>5} {:>6} {:>8} {:>6} {:>11} {:>8} {:>10} {:>28} {:>7}",
+        "{:>5} {:>6} {:>8} {:>6} {:>11} {:>8} {:>10} {:>17} {:>10} {:>15} {:>7}",
         "file",
         "value",
         "entries",
@@ -402,7 +403,9 @@ fn run() -> Result<()> {
         "keys+values",
         "of file",
         "meta/entry",
-        "= records + free log + fixed",
+        "= headers + index",
+        "slack/entry",
+        "= dead + free",
         "result"
     );
     for cap in MEMORY_CAPACITIES {
@@ -410,15 +413,20 @@ fn run() -> Result<()> {
             let m = memory(&dir, v, cap)?;
             let n = m.entries.max(1) as f64;
             let frac = m.bytes_live as f64 / m.file_size as f64;
-            let meta = m.file_size.saturating_sub(m.bytes_live) as f64 / n;
-            // Record headers, padding and dead records; log space free; and the rest
-            // (index, ghost, visited bits, shard headers, page rounding, file header).
-            let records = m.bytes_used.saturating_sub(m.bytes_live) as f64 / n;
+            // Each record's header and the padding of its key and value to 8 bytes.
+            let header = (workload::record_size(v) - KEY_LEN - v) as f64;
+            // Log bytes that are neither a live key or value nor a live record's header:
+            // records dropped mid-log (dead until the log's head passes them).
+            let dead = (m.bytes_used.saturating_sub(m.bytes_live) as f64 / n - header).max(0.0);
             let free = m.bytes_free as f64 / n;
-            let fixed = m.file_size.saturating_sub(m.bytes_used + m.bytes_free) as f64 / n;
+            // Everything outside the logs: index, ghost, visited bits, shard headers,
+            // file header, statistics and fill slots.
+            let index = m.file_size.saturating_sub(m.bytes_used + m.bytes_free) as f64 / n;
+            let meta = header + index;
+            let slack = dead + free;
             let ok = meta <= 32.0 && (m.value_len == 100 || frac >= 0.85);
             println!(
-                "{:>4}M {:>6} {:>8} {:>6} {:>11} {:>7.1}% {:>8.1} B {:>10.1} + {:>6.1} + {:>6.1} {:>7}",
+                "{:>4}M {:>6} {:>8} {:>6} {:>11} {:>7.1}% {:>8.1} B {:>7.1} + {:>7.1} {:>8.1} B {:>6.1} + {:>6.1} {:>7}",
                 m.file_size >> 20,
                 m.value_len,
                 m.entries,
@@ -426,16 +434,22 @@ fn run() -> Result<()> {
                 m.bytes_live,
                 frac * 100.0,
                 meta,
-                records,
+                header,
+                index,
+                slack,
+                dead,
                 free,
-                fixed,
                 verdict(ok)
             );
         }
     }
     println!(
-        "  (meta/entry: (file size - key and value bytes) / entries; targets: <= 32 B per \
-         entry, and >= 85% of the file holding keys and values at 256 and 1000-byte values)"
+        "  (meta/entry: bytes of bookkeeping per entry, the record header with the key's and \
+         value's padding to 8 bytes, plus the index, ghost, visited bits and headers outside \
+         the logs; slack/entry: log space holding no live entry, records dropped mid-log and \
+         free space; meta + slack = (file size - key and value bytes) / entries. Targets: \
+         meta <= 32 B per entry, and >= 85% of the file holding keys and values at 256 and \
+         1000-byte values)"
     );
     Ok(())
 }
