@@ -311,6 +311,11 @@ const MIN_SHARD_DATA: usize = 16 << 10;
 /// Most shards a file has when the count is picked automatically: enough to keep
 /// writers of many cores apart.
 const MAX_AUTO_SHARDS: usize = 256;
+/// Fewest bytes per shard when the count is picked automatically: each shard pays a
+/// header, index rounding and up to a record's worth of unusable space at each log's
+/// end, and a shard of a few hundred records approximates S3-FIFO less well, so small
+/// files get fewer, larger shards (64 in a 64 MiB file, 256 above 128 MiB).
+const MIN_AUTO_SHARD_BYTES: usize = 512 << 10;
 /// The largest record must fit this many times in the main log ("comfortably").
 const RECORDS_PER_MAIN: usize = 8;
 /// Index slots per expected entry, times 4: a load of 0.8 when the logs are full of
@@ -382,7 +387,9 @@ impl Geometry {
             }
             p.shards
         } else {
-            let mut n = MAX_AUTO_SHARDS;
+            let by_size = (avail / MIN_AUTO_SHARD_BYTES).max(1);
+            // The largest power of two within both bounds.
+            let mut n = 1usize << (usize::BITS - 1 - by_size.min(MAX_AUTO_SHARDS).leading_zeros());
             while n > 1 && !fits(n) {
                 n /= 2;
             }
@@ -507,6 +514,22 @@ mod tests {
             );
             assert!(g.main_off + g.main_cap <= g.shard_size);
             assert!(g.main_cap >= 8 * record_size(256, 4096));
+        }
+    }
+
+    #[test]
+    fn automatic_shard_count_grows_with_the_file_up_to_its_cap() {
+        for (cap, want) in [
+            (1u64 << 20, 1),
+            (4 << 20, 4),
+            (64 << 20, 64),
+            (128 << 20, 128),
+            (129 << 20, 256),
+            (1 << 40, 256),
+        ] {
+            let g = Geometry::compute(&params(cap, 4096)).expect("geometry");
+            assert_eq!(g.shard_count, want, "capacity {cap}");
+            assert!(g.shard_size >= MIN_AUTO_SHARD_BYTES || g.shard_count == 1);
         }
     }
 

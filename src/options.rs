@@ -114,7 +114,8 @@ impl Options {
         self
     }
 
-    /// Number of shards, a power of two (default: as many as fit, up to 256).
+    /// Number of shards, a power of two (default: one per 512 KiB of capacity, rounded
+    /// down to a power of two, up to 256, and fewer if the largest value would not fit).
     ///
     /// ```
     /// let opts = larder::Options::new().shards(16);
