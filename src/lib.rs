@@ -43,9 +43,9 @@
 //!   that its path still names its file, and moves to the new one if it was replaced.
 //! - **Shards** (`shard`, `evict`): the table is split into a power-of-two number of
 //!   shards (by default one per 512 KiB of capacity, up to 256), each with its own
-//!   lock, index and memory. Keys hash with keyed xxh3 (the
-//!   file's 192-byte secret) to a shard, two buckets of eight slots, and a 32-bit tag;
-//!   every probe reads at most those two buckets. Records live in two circular logs per
+//!   lock, index and memory. Keys hash with keyed xxh3 (the file's 192-byte secret) to
+//!   a shard, two buckets of eight slots, and a 32-bit tag; every probe reads at most
+//!   those two buckets, both prefetched at once. Records live in two circular logs per
 //!   shard, and eviction is S3-FIFO over them: no fragmentation, no write on a hit once
 //!   its visited bit is set, and a better hit ratio than LRU on skewed workloads.
 //! - **Locks** (`lock`): each shard has a robust, process-shared, NORMAL glibc mutex;
