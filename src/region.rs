@@ -151,23 +151,6 @@ impl Region {
         }
     }
 
-    /// Replaces `out`'s contents with the `len` bytes at `off` (8-aligned), read word by
-    /// word; allocates only if `out` is too small.
-    pub(crate) fn read_vec(&self, off: usize, len: usize, out: &mut Vec<u8>) {
-        out.clear();
-        out.reserve(len);
-        let mut at = off;
-        let mut left = len;
-        while left >= WORD {
-            out.extend_from_slice(&self.load(at).to_le_bytes());
-            at += WORD;
-            left -= WORD;
-        }
-        if left > 0 {
-            out.extend_from_slice(&self.load(at).to_le_bytes()[..left]);
-        }
-    }
-
     /// Writes `bytes` at `off` (8-aligned), word by word; the last word is zero-padded.
     pub(crate) fn write_bytes(&self, off: usize, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(WORD);

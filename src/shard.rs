@@ -294,7 +294,11 @@ impl<'a> Shard<'a> {
 
     /// Copies a record's value into `out` (replacing its contents).
     pub(crate) fn read_value(&self, rec: &Rec, out: &mut Vec<u8>) {
-        self.r.read_vec(rec.value_off(), rec.vlen, out);
+        // Zero-filling first and copying over it measured faster than growing the
+        // buffer word by word.
+        out.clear();
+        out.resize(rec.vlen, 0);
+        self.r.read_bytes(rec.value_off(), out);
     }
 
     /// Copies a record's key into `out`.
