@@ -416,7 +416,8 @@ fn run() -> Result<()> {
             // Each record's header and the padding of its key and value to 8 bytes.
             let header = (workload::record_size(v) - KEY_LEN - v) as f64;
             // Log bytes that are neither a live key or value nor a live record's header:
-            // records dropped mid-log (dead until the log's head passes them).
+            // records dropped mid-log (dead until the log's head passes them) and the pad
+            // at a log's end where the next record did not fit.
             let dead = (m.bytes_used.saturating_sub(m.bytes_live) as f64 / n - header).max(0.0);
             let free = m.bytes_free as f64 / n;
             // Everything outside the logs: index, ghost, visited bits, shard headers,

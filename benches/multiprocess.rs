@@ -12,7 +12,8 @@
 //! `LARDER_BENCH_DISTS` among `uniform,zipf`, `LARDER_BENCH_MIXES` among
 //! `100/0,95/5,90/10`. A peer that cannot run here is printed as skipped, with why.
 //! larder runs each configuration `LARDER_BENCH_ROUNDS` times (default 3, 1 when quick),
-//! the process counts interleaved, and the table shows the median run; each round's
+//! the process counts interleaved, and the table shows the median run (the upper one of
+//! the middle two for an even count); each round's
 //! rate and its ratio to the same round's N=1 run are printed before the table.
 //!
 //! Workers are this binary run again: `main` hands over to
@@ -291,11 +292,15 @@ fn cpu_ticks() -> Option<(u64, u64)> {
     Some((v.iter().take(8).sum(), *v.get(7)?))
 }
 
-/// The share of the machine's CPU time the hypervisor stole between two readings.
+/// The share of the machine's CPU time (all CPUs) the hypervisor stole between two
+/// readings.
 fn steal_share(start: Option<(u64, u64)>) -> String {
     match (start, cpu_ticks()) {
         (Some((a0, s0)), Some((a1, s1))) if a1 > a0 => {
-            format!("{:.1}%", (s1 - s0) as f64 * 100.0 / (a1 - a0) as f64)
+            format!(
+                "{:.1}%",
+                s1.saturating_sub(s0) as f64 * 100.0 / (a1 - a0) as f64
+            )
         }
         _ => "unknown".into(),
     }

@@ -42,7 +42,7 @@
 //!   differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
 //!   that its path still names its file, and moves to the new one if it was replaced.
 //! - **Shards** (`shard`, `evict`): the table is split into a power-of-two number of
-//!   shards (by default one per 512 KiB of capacity, up to 256), each with its own
+//!   shards (by default up to 256, each at least 512 KiB), each with its own
 //!   lock, index and memory. Keys hash with keyed xxh3 (the file's 192-byte secret) to
 //!   a shard, two buckets of eight slots, and a 32-bit tag; every probe reads at most
 //!   those two buckets, both prefetched at once. Records live in two circular logs per

@@ -114,8 +114,8 @@ impl Options {
         self
     }
 
-    /// Number of shards, a power of two (default: one per 512 KiB of capacity, rounded
-    /// down to a power of two, up to 256, and fewer if the largest value would not fit).
+    /// Number of shards, a power of two (default: the most, up to 256, that leave each
+    /// shard at least 512 KiB, and fewer if the largest value would not fit).
     ///
     /// ```
     /// let opts = larder::Options::new().shards(16);

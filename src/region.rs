@@ -94,8 +94,12 @@ impl Region {
         if self.contains(off, WORD) {
             let p = self.base.as_ptr().cast::<i8>().wrapping_add(off);
             // SAFETY: a prefetch is a hint to the cache: it has no effect a program can
-            // observe, reads nothing into the program and never faults.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p) };
+            // observe, reads nothing into the program and never faults. (Newer toolchains
+            // declare the intrinsic safe; the block keeps older ones building.)
+            #[allow(unused_unsafe)]
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p)
+            };
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
         let _ = off;

@@ -113,7 +113,7 @@ pub enum Cmd {
         /// Longest value in bytes.
         #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = units::size)]
         max_value: u64,
-        /// Number of shards, a power of two [default: one per 512 KiB, up to 256].
+        /// Number of shards, a power of two [default: up to 256, each at least 512 KiB].
         #[arg(long, value_name = "N")]
         shards: Option<usize>,
         /// Typical bytes per entry (key + value + 16), to size the index.
