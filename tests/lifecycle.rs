@@ -1,7 +1,8 @@
 //! The file's lifecycle and the table's everyday semantics: race-free creation by
 //! threads and processes, a creator killed mid-creation, the mode, removal and
 //! replacement while in use, reopening, statistics, iteration, TTLs, `touch`,
-//! `insert_if_absent`, `clear`, and lock-free read hits.
+//! `insert_if_absent`, `clear`, lock-free read hits, and 2 MiB pages on a tmpfs that
+//! gives them.
 //!
 //! Multi-process tests re-execute this test binary (`--exact child_process_entry`) with
 //! `LARDER_LIFECYCLE_CHILD` naming the child's role. Every wait has a deadline, and every
@@ -870,4 +871,95 @@ fn read_only_hits_take_no_lock() {
     // The counter does count: a write takes one lock.
     c.set(b"k0", b"new", None).expect("set");
     assert_eq!(c.stats().locks, before.locks + 1);
+}
+
+/// The `huge=` option of the tmpfs mounted at `mount_point`, if it is one.
+fn tmpfs_huge_option(mount_point: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // The last match is the mount on top, the one paths resolve through.
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if left.split(' ').nth(4)? != mount_point || !right.starts_with("tmpfs ") {
+            return None;
+        }
+        let opts = right.split(' ').nth(2)?;
+        Some(
+            opts.split(',')
+                .find_map(|o| o.strip_prefix("huge="))
+                .unwrap_or("never")
+                .to_string(),
+        )
+    })
+}
+
+/// Kilobytes of `path`'s mappings in this process that are mapped by 2 MiB entries.
+fn pmd_mapped_kb(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let target = path.to_str().expect("UTF-8 path");
+    let mut inside = false;
+    let mut kb = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            inside = line.trim_end().ends_with(target);
+        } else if inside {
+            if let Some(v) = line
+                .strip_prefix("ShmemPmdMapped:")
+                .or_else(|| line.strip_prefix("FilePmdMapped:"))
+            {
+                kb += v
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    kb
+}
+
+#[test]
+fn file_is_backed_by_huge_pages_where_the_mount_allows_them() {
+    let Some(huge) = tmpfs_huge_option("/dev/shm") else {
+        eprintln!("skipped: /dev/shm is not a tmpfs here");
+        return;
+    };
+    if !["within_size", "always"].contains(&huge.as_str()) {
+        eprintln!(
+            "skipped: /dev/shm has huge={huge} (mount -o remount,huge=within_size /dev/shm \
+             to run this)"
+        );
+        return;
+    }
+    struct Unlink(String);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = Cache::unlink(&self.0);
+        }
+    }
+    let name = format!(
+        "/dev/shm/larder-test-huge-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let _guard = Unlink(name.clone());
+    let creator = Options::new()
+        .capacity(8 << 20)
+        .open(&name)
+        .expect("create");
+    creator.set(b"k", b"v", None).expect("set");
+    // A second handle maps the file by its name (the creator's mapping predates the
+    // name), and its statistics read every shard's header, faulting the file in.
+    let cache = Cache::open(&name).expect("open");
+    assert_eq!(cache.get(b"k").expect("get"), Some(b"v".to_vec()));
+    assert_eq!(cache.stats().entries, 1);
+    let kb = pmd_mapped_kb(cache.path());
+    assert!(
+        kb >= 2048,
+        "huge={huge} on /dev/shm, yet no 2 MiB page maps {}",
+        cache.path().display()
+    );
 }
