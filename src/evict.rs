@@ -9,6 +9,12 @@
 //! - when main needs room, its oldest entry is moved to main's tail if it was read since
 //!   it was last considered (its visited bit is cleared), and is otherwise evicted.
 //!
+//! The index can fill before the logs do: a new key whose two buckets are both full
+//! evicts one of their sixteen entries (`Shard::free_slot`), an expired one first, then
+//! one not read since it was last considered, then the one nearest its log's head. The
+//! last rule keeps FIFO order and frees the dropped record's space soonest, since a
+//! record dropped mid-log stays as dead space until the head reaches it.
+//!
 //! One-hit wonders leave through the small log quickly, which is what makes S3-FIFO beat
 //! LRU on skewed (Zipf) workloads and resist scans; a hit costs at most one atomic
 //! fetch-or, and none once the bit is set. Every log is FIFO, so space is reclaimed at
