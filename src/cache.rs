@@ -2,11 +2,9 @@
 #![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-
-use arc_swap::ArcSwap;
 
 use crate::clock::{coarse_ms, Clock};
 use crate::error::{Error, Result};
@@ -22,6 +20,10 @@ use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, LogId, Probe, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, ShardStats, Stats};
 use crate::verify::Report;
+
+// `Inner` hands out `&Arc<Attached>` from a raw pointer to any thread holding the
+// handle, which is sound only as long as a mapping may be shared between threads.
+static_assertions::assert_impl_all!(Attached: Send, Sync);
 
 /// Optimistic read attempts before a get takes the shard lock.
 const OPTIMISTIC_TRIES: usize = 4;
@@ -57,24 +59,73 @@ pub struct Cache {
 
 struct Inner {
     path: PathBuf,
-    current: ArcSwap<Attached>,
+    /// The mapping operations use: an `Arc` boxed in `mappings` (or leaked), so a plain
+    /// load gives an operation its mapping, with no reference count to touch.
+    current: AtomicPtr<Arc<Attached>>,
     spec: OpenSpec,
     clock: Clock,
     lock_timeout: Duration,
     fill_timeout: Duration,
     next_check: AtomicU64,
-    /// Mappings replaced by a reattach, kept until the handle closes: another thread may
-    /// still be inside an operation on one.
-    retired: Mutex<Vec<Arc<Attached>>>,
+    /// Every mapping this handle has used, the current one last, kept (boxed, so never
+    /// moved) until the handle closes: `current` points into it, and another thread may
+    /// still be inside an operation on a mapping that a reattach replaced.
+    #[allow(clippy::vec_box)] // the boxes keep `current`'s target in place
+    mappings: Mutex<Vec<Box<Arc<Attached>>>>,
+}
+
+impl Inner {
+    fn new(path: PathBuf, attached: Attached, spec: OpenSpec, opts: &Options) -> Inner {
+        let mut first = Box::new(Arc::new(attached));
+        let current = AtomicPtr::new(&mut *first as *mut Arc<Attached>);
+        Inner {
+            path,
+            current,
+            spec,
+            clock: opts.clock.clone(),
+            lock_timeout: opts.lock_timeout,
+            fill_timeout: opts.fill_timeout,
+            next_check: AtomicU64::new(coarse_ms() + RECHECK_MS),
+            mappings: Mutex::new(vec![first]),
+        }
+    }
+
+    /// The mapping operations use now.
+    #[inline]
+    #[allow(unsafe_code)]
+    fn current(&self) -> &Arc<Attached> {
+        let p = self.current.load(Ordering::Acquire);
+        // SAFETY: `p` was made from a `Box<Arc<Attached>>` that `mappings` owns, or that
+        // was leaked, and that box is neither moved nor freed before `Inner` drops, which
+        // the borrow of `self` rules out; the Acquire load pairs with the Release store
+        // that published it, after the box was complete.
+        unsafe { &*p }
+    }
+
+    /// Makes `fresh` the mapping operations use; the replaced one stays alive.
+    fn publish(&self, fresh: Attached) {
+        let mut boxed = Box::new(Arc::new(fresh));
+        let p: *mut Arc<Attached> = &mut *boxed;
+        match self.mappings.try_lock() {
+            Ok(mut all) => all.push(boxed),
+            // Only in a forked child whose parent thread held the list at fork time: no
+            // one will release that lock, so keep the mapping for the process's life.
+            Err(_) => {
+                Box::leak(boxed);
+            }
+        }
+        self.current.store(p, Ordering::Release);
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        stats::release(&self.current.load_full());
-        if let Ok(retired) = self.retired.try_lock() {
-            for a in retired.iter() {
-                stats::release(a);
-            }
+        let all = self
+            .mappings
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for a in all.iter() {
+            stats::release(a);
         }
     }
 }
@@ -252,16 +303,7 @@ impl Cache {
             ..spec
         };
         Ok(Cache {
-            inner: Arc::new(Inner {
-                path,
-                current: ArcSwap::from_pointee(attached),
-                spec,
-                clock: opts.clock.clone(),
-                lock_timeout: opts.lock_timeout,
-                fill_timeout: opts.fill_timeout,
-                next_check: AtomicU64::new(coarse_ms() + RECHECK_MS),
-                retired: Mutex::new(Vec::new()),
-            }),
+            inner: Arc::new(Inner::new(path, attached, spec, opts)),
         })
     }
 
@@ -273,7 +315,7 @@ impl Cache {
     /// The parameters the file was created with: `(capacity, max_key_len,
     /// max_value_len, shards)`.
     pub fn limits(&self) -> (u64, usize, usize, usize) {
-        let a = self.inner.current.load();
+        let a = self.inner.current();
         let p: Params = a.geo.params;
         (
             p.capacity,
@@ -285,18 +327,18 @@ impl Cache {
 
     /// The current mapping, after the periodic check that the path still names it.
     #[inline]
-    fn attached(&self) -> arc_swap::Guard<Arc<Attached>> {
+    fn attached(&self) -> &Arc<Attached> {
         self.attached_at().0
     }
 
     /// The current mapping and the operation's time on the handle's clock.
     #[inline]
-    fn attached_at(&self) -> (arc_swap::Guard<Arc<Attached>>, u64) {
+    fn attached_at(&self) -> (&Arc<Attached>, u64) {
         let now = coarse_ms();
         if now >= self.inner.next_check.load(Ordering::Relaxed) {
             self.recheck(now);
         }
-        (self.inner.current.load(), self.inner.clock.at(now))
+        (self.inner.current(), self.inner.clock.at(now))
     }
 
     #[cold]
@@ -311,22 +353,15 @@ impl Cache {
         {
             return;
         }
-        let cur = self.inner.current.load_full();
+        let cur = self.inner.current();
         if file::identity(&self.inner.path) == Some((cur.dev, cur.ino)) {
             return;
         }
         // Removed or replaced: move to the file at the path now (creating it if missing),
         // so that this process never keeps writing a cache nobody else sees.
         if let Ok(fresh) = file::open(&self.inner.path, &self.inner.spec) {
-            let old = self.inner.current.swap(Arc::new(fresh));
-            stats::release(&old);
-            match self.inner.retired.try_lock() {
-                Ok(mut retired) => retired.push(old),
-                // Only in a forked child whose parent thread held the list at fork time:
-                // no other thread can be using the old mapping there, but keep it mapped
-                // anyway rather than wait on a lock nobody will release.
-                Err(_) => std::mem::forget(old),
-            }
+            self.inner.publish(fresh);
+            stats::release(cur);
         }
     }
 
@@ -451,7 +486,7 @@ impl Cache {
         blocking: bool,
     ) -> Result<Option<bool>> {
         let (a, now) = self.attached_at();
-        Self::check_key(&a, key)?;
+        Self::check_key(a, key)?;
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
@@ -463,7 +498,7 @@ impl Cache {
         };
         let found = match result {
             Some(found) => found,
-            None => self.locked(&a, idx, blocking, false, |s| match s.find(key, &kh) {
+            None => self.locked(a, idx, blocking, false, |s| match s.find(key, &kh) {
                 Probe::Hit { slot, rec } => {
                     s.read_value(&rec, out);
                     Ok(Some((slot, rec.expired(now))))
@@ -476,18 +511,18 @@ impl Cache {
             Some((slot, expired)) => {
                 if !expired {
                     shard.mark_visited(slot);
-                    stats::bump(&a, SS_HITS);
+                    stats::bump(a, SS_HITS);
                     Some(false)
                 } else if stale {
-                    stats::bump(&a, SS_STALE_HITS);
+                    stats::bump(a, SS_STALE_HITS);
                     Some(true)
                 } else {
-                    stats::bump(&a, SS_MISSES);
+                    stats::bump(a, SS_MISSES);
                     None
                 }
             }
             None => {
-                stats::bump(&a, SS_MISSES);
+                stats::bump(a, SS_MISSES);
                 None
             }
         })
@@ -565,7 +600,7 @@ impl Cache {
         blocking: bool,
     ) -> Result<SetOutcome> {
         let (a, now) = self.attached_at();
-        Self::check_key(&a, key)?;
+        Self::check_key(a, key)?;
         let max = a.geo.params.max_value_len;
         if value.len() > max {
             return Err(Error::TooLarge {
@@ -577,7 +612,7 @@ impl Cache {
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
-        self.locked(&a, idx, blocking, true, |s| {
+        self.locked(a, idx, blocking, true, |s| {
             let kh = s.locate(h);
             s.set(key, &kh, value, expire, only_if_absent, now)
         })
@@ -607,9 +642,9 @@ impl Cache {
     /// Removes `key`; true if a fresh entry was removed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         let (a, now) = self.attached_at();
-        Self::check_key(&a, key)?;
+        Self::check_key(a, key)?;
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), true, true, |s| {
+        self.locked(a, a.geo.shard_of(h), true, true, |s| {
             let kh = s.locate(h);
             s.remove(key, &kh, now)
         })
@@ -618,10 +653,10 @@ impl Cache {
     /// Gives a fresh entry a new TTL (`None`: no expiry); false if there is none.
     pub fn touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let (a, now) = self.attached_at();
-        Self::check_key(&a, key)?;
+        Self::check_key(a, key)?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), true, true, |s| {
+        self.locked(a, a.geo.shard_of(h), true, true, |s| {
             let kh = s.locate(h);
             s.touch(key, &kh, expire, now)
         })
@@ -632,7 +667,7 @@ impl Cache {
         let a = self.attached();
         let mut n = 0;
         for idx in 0..a.geo.shard_count {
-            n += self.locked(&a, idx, true, true, |s| Ok(s.clear()))?;
+            n += self.locked(a, idx, true, true, |s| Ok(s.clear()))?;
         }
         Ok(n)
     }
@@ -684,7 +719,7 @@ impl Cache {
         let a = self.attached();
         let slot = (a.hasher.hash(key) % FILL_SLOTS as u64) as usize;
         let m = RobustMutex::at(&a.region, a.geo.fill_slot(slot), a.kind)
-            .map_err(|e| lock_error(&a, "a fill slot", e, Duration::ZERO, true))?;
+            .map_err(|e| lock_error(a, "a fill slot", e, Duration::ZERO, true))?;
         let acquired = match m.try_lock() {
             Ok(acq) => acq,
             Err(LockError::Busy) => {
@@ -695,7 +730,7 @@ impl Cache {
                 match m.lock(self.inner.fill_timeout) {
                     Ok(acq) => acq,
                     Err(LockError::Busy) => {
-                        stats::bump(&a, SS_FILL_TIMEOUTS);
+                        stats::bump(a, SS_FILL_TIMEOUTS);
                         return Err(Error::Timeout {
                             what: "another process's fill of this key",
                             waited: self.inner.fill_timeout,
@@ -704,18 +739,18 @@ impl Cache {
                     }
                     Err(e) => {
                         return Err(
-                            lock_error(&a, "a fill slot", e, self.inner.fill_timeout, true).into(),
+                            lock_error(a, "a fill slot", e, self.inner.fill_timeout, true).into(),
                         )
                     }
                 }
             }
-            Err(e) => return Err(lock_error(&a, "a fill slot", e, Duration::ZERO, true).into()),
+            Err(e) => return Err(lock_error(a, "a fill slot", e, Duration::ZERO, true).into()),
         };
         if acquired == Acquired::OwnerDied {
             // The filler died: the slot guards no shared data, so there is nothing to
             // repair; this caller computes instead.
             m.mark_consistent();
-            stats::bump(&a, SS_FILL_HANDOVERS);
+            stats::bump(a, SS_FILL_HANDOVERS);
         }
         let _guard = FillGuard(m);
         // Someone may have filled it while this caller waited.
@@ -726,7 +761,7 @@ impl Cache {
         crash_point!("fill.holding_slot");
         let value = f()?;
         self.set(key, &value, ttl)?;
-        stats::bump(&a, SS_FILLS);
+        stats::bump(a, SS_FILLS);
         Ok(value)
     }
 
@@ -802,9 +837,9 @@ impl Cache {
     pub fn verify(&self) -> Result<Report> {
         let a = self.attached();
         let mut report = Report::default();
-        crate::verify::header(&a, &mut report);
+        crate::verify::header(a, &mut report);
         for idx in 0..a.geo.shard_count {
-            let problems = self.locked(&a, idx, true, false, |s| {
+            let problems = self.locked(a, idx, true, false, |s| {
                 let mut p = Vec::new();
                 s.verify(&mut p);
                 Ok(p)
@@ -830,7 +865,7 @@ impl Cache {
         let a = self.attached();
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {
-            report.dropped += self.locked(&a, idx, true, true, |s| Ok(s.repair()))?;
+            report.dropped += self.locked(a, idx, true, true, |s| Ok(s.repair()))?;
             report.shards += 1;
         }
         Ok(report)
@@ -855,7 +890,7 @@ impl Cache {
         let reserve = Shard::new(&a.region, &a.geo, idx, &a.hasher).counter(SH_ENTRIES) as usize;
         let mut list =
             Vec::with_capacity(reserve.min(a.geo.buckets * crate::layout::BUCKET_SLOTS) + 16);
-        self.locked(&a, idx, true, false, |s| {
+        self.locked(a, idx, true, false, |s| {
             list.clear();
             s.for_each(|rec| {
                 let mut key = vec![0u8; rec.klen];
@@ -875,12 +910,12 @@ impl Cache {
 
     /// A handle's view for tests and tools: the number of shards.
     pub fn shard_count(&self) -> usize {
-        self.inner.current.load().geo.shard_count
+        self.inner.current().geo.shard_count
     }
 
     /// The shard a key lives in.
     pub fn shard_of(&self, key: &[u8]) -> usize {
-        let a = self.inner.current.load();
+        let a = self.inner.current();
         a.geo.shard_of(a.hasher.hash(key))
     }
 }
