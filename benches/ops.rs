@@ -2,7 +2,9 @@
 //! `Mutex<HashMap<Box<[u8]>, Box<[u8]>>>` with std's default hasher, looked up by
 //! `&[u8]`) and on LMDB through heed (one read transaction per get, one write
 //! transaction per set, `NO_SYNC`), with the workload of `larder::workload`: 100,000
-//! live keys of 32 bytes, 256-byte values, uniform and Zipf(0.99) access.
+//! live keys of 32 bytes, 256-byte values, uniform and Zipf(0.99) access; and gets of
+//! 1,000 of those keys only (`get_into-hot`), whose lines all stay in the CPU caches,
+//! which compares the code paths without the memory latency.
 //!
 //! ```text
 //! cargo bench --bench ops
@@ -35,6 +37,9 @@ const STREAM: usize = 1 << 20;
 const EVICT_CAPACITY: u64 = 8 << 20;
 /// Distinct keys the remove benchmark cycles through.
 const REMOVE_POOL: u64 = 1 << 16;
+/// Keys of the cache-resident gets: few enough that their buckets, records and the
+/// ceiling's nodes all stay in the CPU caches, so the figure is the code path alone.
+const HOT_KEYS: usize = 1000;
 /// First index of keys that are never in the caches (gets that miss, fresh keys).
 const FRESH_BASE: u64 = 1 << 40;
 
@@ -512,6 +517,37 @@ fn keyed_ops<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
     f.streams = streams;
 }
 
+/// Gets of [`HOT_KEYS`] keys in a fixed scattered order: every line they touch stays
+/// cached, so this compares the work of each path rather than memory latency.
+fn hot_gets<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
+    let order: Vec<usize> = (0..HOT_KEYS).map(|i| i * 7919 % HOT_KEYS).collect();
+    let cur = || order.iter().copied().cycle();
+    let mut buf = Vec::with_capacity(workload::VALUE_LEN);
+    let mut g = c.benchmark_group("get_into-hot");
+    g.bench_function("larder", |b| {
+        let mut k = cur();
+        b.iter(|| {
+            let i = k.next().unwrap_or(0);
+            black_box(f.larder.get_into(&f.keys[i], &mut buf).ok())
+        })
+    });
+    g.bench_function("ceiling", |b| {
+        let mut k = cur();
+        b.iter(|| {
+            let i = k.next().unwrap_or(0);
+            black_box(f.ceiling.get_into(&f.keys[i], &mut buf))
+        })
+    });
+    g.bench_function("heed", |b| {
+        let mut k = cur();
+        b.iter(|| {
+            let i = k.next().unwrap_or(0);
+            black_box(f.heed.get_into(&f.keys[i], &mut buf).ok())
+        })
+    });
+    g.finish();
+}
+
 fn remove_and_evict<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
     let pool: Vec<[u8; KEY_LEN]> = (0..REMOVE_POOL)
         .map(|i| workload::key(FRESH_BASE / 4 + i))
@@ -636,6 +672,7 @@ fn summary(clock: &str) {
             rows.push((op.to_string(), d.to_string()));
         }
     }
+    rows.push(("get_into".into(), "hot".into()));
     rows.push(("remove".into(), "fresh".into()));
     rows.push(("set_evict".into(), "fresh".into()));
     let fmt = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
@@ -843,6 +880,7 @@ fn run<M: Measurement>(mut c: Criterion<M>, quick: bool, clock: &str) -> Result<
     );
     let mut f = fixture()?;
     keyed_ops(&mut c, &mut f);
+    hot_gets(&mut c, &mut f);
     remove_and_evict(&mut c, &mut f);
     c.final_summary();
     println!("\nload average at end: {}", load_average());
