@@ -70,14 +70,20 @@ struct Inner {
     /// Every mapping this handle has used, the current one last, kept (boxed, so never
     /// moved) until the handle closes: `current` points into it, and another thread may
     /// still be inside an operation on a mapping that a reattach replaced.
-    #[allow(clippy::vec_box)] // the boxes keep `current`'s target in place
-    mappings: Mutex<Vec<Box<Arc<Attached>>>>,
+    #[allow(clippy::redundant_allocation)] // the outer Arc keeps `current`'s target in place
+    mappings: Mutex<Vec<Arc<Arc<Attached>>>>,
 }
+
+/// How long `publish` retries for the mappings list before concluding that its holder
+/// is a thread that does not exist in this (forked) process.
+const PUBLISH_WAIT: Duration = Duration::from_millis(100);
 
 impl Inner {
     fn new(path: PathBuf, attached: Attached, spec: OpenSpec, opts: &Options) -> Inner {
-        let mut first = Box::new(Arc::new(attached));
-        let current = AtomicPtr::new(&mut *first as *mut Arc<Attached>);
+        // The pointer comes from the outer `Arc` itself (not from a borrow of it), so
+        // moving that `Arc` into the list leaves the pointer valid.
+        let first = Arc::new(Arc::new(attached));
+        let current = AtomicPtr::new(Arc::as_ptr(&first).cast_mut());
         Inner {
             path,
             current,
@@ -95,23 +101,33 @@ impl Inner {
     #[allow(unsafe_code)]
     fn current(&self) -> &Arc<Attached> {
         let p = self.current.load(Ordering::Acquire);
-        // SAFETY: `p` was made from a `Box<Arc<Attached>>` that `mappings` owns, or that
-        // was leaked, and that box is neither moved nor freed before `Inner` drops, which
-        // the borrow of `self` rules out; the Acquire load pairs with the Release store
-        // that published it, after the box was complete.
+        // SAFETY: `p` is `Arc::as_ptr` of an `Arc<Arc<Attached>>` that `mappings` owns
+        // (or that was leaked); its allocation is freed only when `Inner` drops, which the
+        // borrow of `self` rules out, and only shared references are ever made from it.
+        // The Acquire load pairs with the Release store that published it.
         unsafe { &*p }
     }
 
     /// Makes `fresh` the mapping operations use; the replaced one stays alive.
     fn publish(&self, fresh: Attached) {
-        let mut boxed = Box::new(Arc::new(fresh));
-        let p: *mut Arc<Attached> = &mut *boxed;
-        match self.mappings.try_lock() {
-            Ok(mut all) => all.push(boxed),
-            // Only in a forked child whose parent thread held the list at fork time: no
-            // one will release that lock, so keep the mapping for the process's life.
-            Err(_) => {
-                Box::leak(boxed);
+        let outer = Arc::new(Arc::new(fresh));
+        let p = Arc::as_ptr(&outer).cast_mut();
+        // The list is held only for a push, so waiting is brief; but a child forked while
+        // a parent thread held it would wait forever: after a deadline, keep the mapping
+        // for the process's life instead.
+        let deadline = std::time::Instant::now() + PUBLISH_WAIT;
+        let mut outer = Some(outer);
+        while let Some(o) = outer.take() {
+            match self.mappings.try_lock() {
+                Ok(mut all) => all.push(o),
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().push(o),
+                Err(std::sync::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::yield_now();
+                    outer = Some(o);
+                }
+                Err(std::sync::TryLockError::WouldBlock) => std::mem::forget(o),
             }
         }
         self.current.store(p, Ordering::Release);

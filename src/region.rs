@@ -10,8 +10,9 @@
 //!
 //! Every accessor checks its offset against the region and its alignment. An offset that
 //! fails the check is a bug in the caller (offsets read from the file are validated
-//! before they get here), so debug builds assert; release builds read zero and ignore the
-//! write, which is safe.
+//! before they get here), so debug builds assert; release builds read zeros (a whole run
+//! of words, if any of it is out of bounds), compare unequal and ignore the write, which
+//! is safe.
 //!
 //! The region uses `core`'s atomics even under `larder_loom`: the mapping is real memory
 //! shared with other processes, which loom cannot model. The loom tests model the
@@ -30,7 +31,7 @@ pub(crate) struct Region {
     len: usize,
     /// Keeps a heap-backed region's memory alive (tests and Miri); `None` for a mapping,
     /// whose owner outlives the region.
-    _heap: Option<Box<[AtomicU64]>>,
+    _heap: Option<Vec<AtomicU64>>,
 }
 
 // SAFETY: the region is only ever accessed through atomic operations (and the pthread
@@ -45,8 +46,10 @@ impl Region {
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn heap(len: usize) -> Region {
         let words = len.div_ceil(WORD);
-        let mut heap: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
-        let base = NonNull::new(heap.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        // A `Vec`, not a `Box`: moving a `Box` into the struct would retag it as unique
+        // and invalidate `base` under Miri's aliasing models; moving a `Vec` does not.
+        let heap: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
+        let base = NonNull::new(heap.as_ptr().cast_mut()).unwrap_or(NonNull::dangling());
         Region {
             base,
             len: words * WORD,
@@ -202,6 +205,9 @@ impl Region {
     /// Whether the bytes at `off` equal `bytes` (compared word by word; padding of the
     /// last word is ignored).
     pub(crate) fn bytes_eq(&self, off: usize, bytes: &[u8]) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
         let Some(words) = self.words(off, bytes.len().div_ceil(WORD)) else {
             return false;
         };
