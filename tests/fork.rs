@@ -269,6 +269,8 @@ fn forked_children_and_threads_share_one_cache() {
     const THREADS: usize = 2;
     const CHILDREN: usize = 4;
     const KEYS: u64 = 32;
+    /// Passes over its keys a parent thread makes at most.
+    const MAX_PASSES: u64 = 2_000;
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let t = TempCache::new("fork-mixed");
     let cache = options().open(t.name()).expect("create");
@@ -288,7 +290,9 @@ fn forked_children_and_threads_share_one_cache() {
             std::thread::spawn(move || {
                 let mut last = vec![0u64; KEYS as usize];
                 let mut version = 0;
-                while !stop.load(Ordering::Relaxed) || version < 2 {
+                // Bounded too: glibc mutexes are not fair, so a thread relocking in a
+                // tight loop could starve a child's lock wait on a loaded machine.
+                while (!stop.load(Ordering::Relaxed) && version < MAX_PASSES) || version < 2 {
                     version += 1;
                     for (i, l) in last.iter_mut().enumerate() {
                         let k = format!("thread-{j}-{i}").into_bytes();
