@@ -101,10 +101,10 @@ impl Inner {
     #[allow(unsafe_code)]
     fn current(&self) -> &Arc<Attached> {
         let p = self.current.load(Ordering::Acquire);
-        // SAFETY: `p` is `Arc::as_ptr` of an `Arc<Arc<Attached>>` that `mappings` owns
-        // (or that was leaked); its allocation is freed only when `Inner` drops, which the
-        // borrow of `self` rules out, and only shared references are ever made from it.
-        // The Acquire load pairs with the Release store that published it.
+        // `p` is `Arc::as_ptr` of an `Arc<Arc<Attached>>` that `mappings` owns (or that was
+        // leaked), published by a Release store that this Acquire load pairs with.
+        // SAFETY: that allocation is freed only when `Inner` drops, which the borrow of
+        // `self` rules out, and only shared references are ever made from it.
         unsafe { &*p }
     }
 

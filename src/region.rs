@@ -83,7 +83,7 @@ impl Region {
         }
         let p = self.base.as_ptr().wrapping_add(off / WORD);
         // `off` is 8-aligned and `off + 8 <= len`: `p` lies inside the region, which
-        // `from_raw`'s contract (or the heap box) keeps valid.
+        // `from_raw`'s contract (or the heap vector) keeps valid.
         // SAFETY: in bounds and aligned; `AtomicU64` has `u64`'s layout and every access
         // to these bytes is atomic, so a shared reference is sound while others write.
         Some(unsafe { &*p })
@@ -96,10 +96,10 @@ impl Region {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         if self.contains(off, WORD) {
             let p = self.base.as_ptr().cast::<i8>().wrapping_add(off);
-            // SAFETY: a prefetch is a hint to the cache: it has no effect a program can
-            // observe, reads nothing into the program and never faults. (Newer toolchains
-            // declare the intrinsic safe; the block keeps older ones building.)
+            // Newer toolchains declare the intrinsic safe; the block keeps older ones building.
             #[allow(unused_unsafe)]
+            // SAFETY: a prefetch is a hint to the cache: it has no effect a program can
+            // observe, reads nothing into the program and never faults.
             unsafe {
                 core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p)
             };
@@ -122,10 +122,10 @@ impl Region {
             return None;
         }
         let p = self.base.as_ptr().wrapping_add(off / WORD);
-        // SAFETY: `off` is 8-aligned and `off + 8 * n <= len`, so the `n` words lie inside
-        // the region, which `from_raw`'s contract (or the heap box) keeps valid; as in
-        // `word`, `AtomicU64` has `u64`'s layout and every access to these bytes is
+        // As in `word`, `AtomicU64` has `u64`'s layout and every access to these bytes is
         // atomic, so a shared slice of them is sound while others write.
+        // SAFETY: `off` is 8-aligned and `off + 8 * n <= len`: the `n` words lie inside
+        // the region, which `from_raw`'s contract (or the heap vector) keeps valid.
         Some(unsafe { core::slice::from_raw_parts(p, n) })
     }
 
