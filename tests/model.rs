@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 mod common;
-use common::TempCache;
+use common::{poll_until, TempCache};
 
 /// One tick of the test clock.
 const TICK: Duration = Duration::from_secs(1000);
@@ -545,13 +545,11 @@ fn mp_options() -> larder::Options {
         .fill_timeout(Duration::from_secs(10))
 }
 
-fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ready() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        // Poll interval; the deadline is checked in this loop.
-        std::thread::sleep(Duration::from_millis(1));
-    }
+fn wait_for(what: &str, ready: impl FnMut() -> bool) {
+    assert!(
+        poll_until(Instant::now() + DEADLINE, ready),
+        "timed out waiting for {what}"
+    );
 }
 
 /// One child's view: what it last wrote to each of its own keys, and the highest
@@ -811,19 +809,16 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
         });
     }
     cache.set(b"go", b"1", None).expect("go");
-    let start = Instant::now();
+    let deadline = Instant::now() + DEADLINE;
     for i in 0..procs {
-        let status = loop {
-            if let Some(status) = children.0[i].try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "child {i} did not finish in time:\n{}",
-                log_of(&t.dir, i)
-            );
-            // Poll interval; the deadline is checked in this loop.
-            std::thread::sleep(Duration::from_millis(2));
+        let mut status = None;
+        let finished = poll_until(deadline, || {
+            status = children.0[i].try_wait().expect("wait");
+            status.is_some()
+        });
+        let status = match status {
+            Some(status) if finished => status,
+            _ => panic!("child {i} did not finish in time:\n{}", log_of(&t.dir, i)),
         };
         assert!(
             status.success(),
