@@ -2,8 +2,8 @@
 #![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::{coarse_ms, Clock};
@@ -15,15 +15,12 @@ use crate::layout::{
     SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
 };
 use crate::lock::{Acquired, LockError, RobustMutex};
+use crate::mapping::{Entered, Mappings};
 use crate::options::Options;
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, LogId, Probe, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, ShardStats, Stats};
 use crate::verify::Report;
-
-// `Inner` hands out `&Arc<Attached>` from a raw pointer to any thread holding the
-// handle, which is sound only as long as a mapping may be shared between threads.
-static_assertions::assert_impl_all!(Attached: Send, Sync);
 
 /// Optimistic read attempts before a get takes the shard lock.
 const OPTIMISTIC_TRIES: usize = 4;
@@ -36,6 +33,13 @@ const RECHECK_MS: u64 = 250;
 /// working in a forked child. Every method is safe whatever other processes do to the
 /// file: what it reads is checked before use, and a bad value gives
 /// [`Error::Corrupt`] or a repaired shard, never undefined behaviour.
+///
+/// Every 250 ms at most, an operation checks that the handle's path still names its
+/// file. If the file was replaced, the handle moves to the new one with that file's own
+/// parameters (or, if it was removed, creates it again with the old one's); the old
+/// mapping is unmapped once no operation is inside it. If it cannot attach, its
+/// operations return [`Error::Detached`] until it can, rather than answer from a file
+/// no other process sees.
 ///
 /// ```
 /// # fn main() -> Result<(), larder::Error> {
@@ -59,89 +63,125 @@ pub struct Cache {
 
 struct Inner {
     path: PathBuf,
-    /// The mapping operations use: an `Arc` boxed in `mappings` (or leaked), so a plain
-    /// load gives an operation its mapping, with no reference count to touch.
-    current: AtomicPtr<Arc<Attached>>,
+    maps: Mappings,
     spec: OpenSpec,
     clock: Clock,
     lock_timeout: Duration,
     fill_timeout: Duration,
+    /// When the next check of the path is due (coarse monotonic ms); 0 while detached,
+    /// so that every operation takes the slow path and fails.
     next_check: AtomicU64,
-    /// Every mapping this handle has used, the current one last, kept (boxed, so never
-    /// moved) until the handle closes: `current` points into it, and another thread may
-    /// still be inside an operation on a mapping that a reattach replaced.
-    #[allow(clippy::redundant_allocation)] // the outer Arc keeps `current`'s target in place
-    mappings: Mutex<Vec<Arc<Arc<Attached>>>>,
+    /// While detached: when the next attempt to attach is due.
+    retry_at: AtomicU64,
+    detached: AtomicBool,
+    /// Why the last attempt to attach failed.
+    cause: Mutex<String>,
 }
 
-/// How long `publish` retries for the mappings list before concluding that its holder
-/// is a thread that does not exist in this (forked) process.
-const PUBLISH_WAIT: Duration = Duration::from_millis(100);
+/// Whether an operation may wait (for a lock, for the file lock of a replacement) and
+/// create a missing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// A `try_` operation: at most non-blocking attempts.
+    No,
+}
+
+/// How following the path ended.
+enum Follow {
+    Current,
+    WouldBlock,
+    Failed(String),
+}
 
 impl Inner {
     fn new(path: PathBuf, attached: Attached, spec: OpenSpec, opts: &Options) -> Inner {
-        // The pointer comes from the outer `Arc` itself (not from a borrow of it), so
-        // moving that `Arc` into the list leaves the pointer valid.
-        let first = Arc::new(Arc::new(attached));
-        let current = AtomicPtr::new(Arc::as_ptr(&first).cast_mut());
         Inner {
             path,
-            current,
+            maps: Mappings::new(attached),
             spec,
             clock: opts.clock.clone(),
             lock_timeout: opts.lock_timeout,
             fill_timeout: opts.fill_timeout,
             next_check: AtomicU64::new(coarse_ms() + RECHECK_MS),
-            mappings: Mutex::new(vec![first]),
+            retry_at: AtomicU64::new(0),
+            detached: AtomicBool::new(false),
+            cause: Mutex::new(String::new()),
         }
     }
 
-    /// The mapping operations use now.
-    #[inline]
-    #[allow(unsafe_code)]
-    fn current(&self) -> &Arc<Attached> {
-        let p = self.current.load(Ordering::Acquire);
-        // `p` is `Arc::as_ptr` of an `Arc<Arc<Attached>>` that `mappings` owns (or that was
-        // leaked), published by a Release store that this Acquire load pairs with.
-        // SAFETY: that allocation is freed only when `Inner` drops, which the borrow of
-        // `self` rules out, and only shared references are ever made from it.
-        unsafe { &*p }
+    fn detached_error(&self) -> Error {
+        let cause = match self.cause.try_lock() {
+            Ok(c) => c.clone(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().clone(),
+            Err(std::sync::TryLockError::WouldBlock) => "another thread is retrying".into(),
+        };
+        Error::Detached {
+            path: self.path.clone(),
+            cause,
+        }
     }
 
-    /// Makes `fresh` the mapping operations use; the replaced one stays alive.
-    fn publish(&self, fresh: Attached) {
-        let outer = Arc::new(Arc::new(fresh));
-        let p = Arc::as_ptr(&outer).cast_mut();
-        // The list is held only for a push, so waiting is brief; but a child forked while
-        // a parent thread held it would wait forever: after a deadline, keep the mapping
-        // for the process's life instead.
-        let deadline = std::time::Instant::now() + PUBLISH_WAIT;
-        let mut outer = Some(outer);
-        while let Some(o) = outer.take() {
-            match self.mappings.try_lock() {
-                Ok(mut all) => all.push(o),
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().push(o),
+    fn set_cause(&self, text: String) {
+        let deadline = std::time::Instant::now() + Duration::from_millis(10);
+        loop {
+            match self.cause.try_lock() {
+                Ok(mut c) => return *c = text,
+                Err(std::sync::TryLockError::Poisoned(p)) => return *p.into_inner() = text,
                 Err(std::sync::TryLockError::WouldBlock)
                     if std::time::Instant::now() < deadline =>
                 {
-                    std::thread::yield_now();
-                    outer = Some(o);
+                    std::thread::yield_now()
                 }
-                Err(std::sync::TryLockError::WouldBlock) => std::mem::forget(o),
+                Err(std::sync::TryLockError::WouldBlock) => return,
             }
         }
-        self.current.store(p, Ordering::Release);
     }
-}
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let all = self
-            .mappings
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        for a in all.iter() {
-            stats::release(a);
+    /// Moves to the file at the path if it is not the mapped one.
+    fn follow(&self, wait: Wait) -> Follow {
+        let (id, params) = {
+            let cur = self.maps.enter();
+            ((cur.dev, cur.ino), cur.geo.params)
+        };
+        let spec = match file::identity(&self.path) {
+            Some(now) if now == id => {
+                self.maps.retire_idle();
+                return Follow::Current;
+            }
+            // Replaced: attach with the new file's own parameters, whatever they are.
+            Some(_) => OpenSpec {
+                params: None,
+                ..self.spec.clone()
+            },
+            // Removed: create it again, as it was.
+            None if wait == Wait::Yes => OpenSpec {
+                params: Some(params),
+                ..self.spec.clone()
+            },
+            None => return Follow::WouldBlock,
+        };
+        let spec = OpenSpec {
+            lock_timeout: match wait {
+                Wait::Yes => spec.lock_timeout,
+                Wait::No => Duration::ZERO,
+            },
+            ..spec
+        };
+        match file::open(&self.path, &spec) {
+            Ok(fresh) => match self.maps.publish(Box::new(fresh)) {
+                Ok(()) => {
+                    self.maps.retire_idle();
+                    Follow::Current
+                }
+                Err(_) => Follow::Failed(
+                    "operations of other threads are still inside the handle's earlier \
+                     files"
+                        .into(),
+                ),
+            },
+            Err(Error::Timeout { .. }) if wait == Wait::No => Follow::WouldBlock,
+            Err(e) => Follow::Failed(e.to_string()),
         }
     }
 }
@@ -225,10 +265,10 @@ fn lock_error(
     what: &'static str,
     e: LockError,
     waited: Duration,
-    blocking: bool,
+    wait: Wait,
 ) -> Error {
     match e {
-        LockError::Busy if blocking => Error::Timeout { what, waited },
+        LockError::Busy if wait == Wait::Yes => Error::Timeout { what, waited },
         LockError::Busy => Error::WouldBlock,
         LockError::Corrupt(detail) => Error::Corrupt {
             path: a.path.clone(),
@@ -277,7 +317,7 @@ impl Cache {
         // process: re-initialising them is safe, and resets any a dead peer left behind.
         file::init_locks(&a)?;
         if other_boot {
-            file::restamp_boot(&a);
+            file::restamp(&a);
         }
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {
@@ -331,7 +371,7 @@ impl Cache {
     /// The parameters the file was created with: `(capacity, max_key_len,
     /// max_value_len, shards)`.
     pub fn limits(&self) -> (u64, usize, usize, usize) {
-        let a = self.inner.current();
+        let a = self.inner.maps.enter();
         let p: Params = a.geo.params;
         (
             p.capacity,
@@ -341,43 +381,66 @@ impl Cache {
         )
     }
 
-    /// The current mapping, after the periodic check that the path still names it.
+    /// Enters the current mapping, after the periodic check that the path still names
+    /// it.
     #[inline]
-    fn attached(&self) -> &Arc<Attached> {
-        self.attached_at().0
+    fn enter(&self, wait: Wait) -> Result<Entered<'_>> {
+        Ok(self.enter_at(wait)?.0)
     }
 
-    /// The current mapping and the operation's time on the handle's clock.
+    /// Enters the current mapping; also gives the operation's time on the handle's
+    /// clock.
     #[inline]
-    fn attached_at(&self) -> (&Arc<Attached>, u64) {
+    fn enter_at(&self, wait: Wait) -> Result<(Entered<'_>, u64)> {
         let now = coarse_ms();
         if now >= self.inner.next_check.load(Ordering::Relaxed) {
-            self.recheck(now);
+            self.recheck(now, wait)?;
         }
-        (self.inner.current(), self.inner.clock.at(now))
+        Ok((self.inner.maps.enter(), self.inner.clock.at(now)))
     }
 
     #[cold]
-    fn recheck(&self, now: u64) {
-        let next = self.inner.next_check.load(Ordering::Relaxed);
-        if now < next
-            || self
-                .inner
-                .next_check
-                .compare_exchange(next, now + RECHECK_MS, Ordering::Relaxed, Ordering::Relaxed)
+    fn recheck(&self, now: u64, wait: Wait) -> Result<()> {
+        let inner = &self.inner;
+        let detached = inner.detached.load(Ordering::Acquire);
+        let due_at = if detached {
+            &inner.retry_at
+        } else {
+            &inner.next_check
+        };
+        let due = due_at.load(Ordering::Relaxed);
+        if now < due
+            || due_at
+                .compare_exchange(due, now + RECHECK_MS, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return;
+            // Not due yet, or another thread is checking now.
+            return if detached {
+                Err(inner.detached_error())
+            } else {
+                Ok(())
+            };
         }
-        let cur = self.inner.current();
-        if file::identity(&self.inner.path) == Some((cur.dev, cur.ino)) {
-            return;
-        }
-        // Removed or replaced: move to the file at the path now (creating it if missing),
-        // so that this process never keeps writing a cache nobody else sees.
-        if let Ok(fresh) = file::open(&self.inner.path, &self.inner.spec) {
-            self.inner.publish(fresh);
-            stats::release(cur);
+        match inner.follow(wait) {
+            Follow::Current => {
+                if detached {
+                    inner.next_check.store(now + RECHECK_MS, Ordering::Relaxed);
+                    inner.detached.store(false, Ordering::Release);
+                }
+                Ok(())
+            }
+            Follow::WouldBlock => {
+                // Leave the check due, for the next operation that may wait.
+                due_at.store(due, Ordering::Relaxed);
+                Err(Error::WouldBlock)
+            }
+            Follow::Failed(cause) => {
+                inner.set_cause(cause);
+                inner.retry_at.store(now + RECHECK_MS, Ordering::Relaxed);
+                inner.detached.store(true, Ordering::Release);
+                inner.next_check.store(0, Ordering::Relaxed);
+                Err(inner.detached_error())
+            }
         }
     }
 
@@ -407,19 +470,19 @@ impl Cache {
     /// damaged. `write` makes the sequence counter odd around `f`.
     fn locked<R>(
         &self,
-        a: &Arc<Attached>,
+        a: &Attached,
         idx: usize,
-        blocking: bool,
+        wait: Wait,
         write: bool,
         mut f: impl FnMut(&Shard<'_>) -> std::result::Result<R, Damaged>,
     ) -> Result<R> {
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
         let m = RobustMutex::at(&a.region, shard.base, a.kind)
-            .map_err(|e| lock_error(a, "a shard lock", e, Duration::ZERO, blocking))?;
+            .map_err(|e| lock_error(a, "a shard lock", e, Duration::ZERO, wait))?;
         // Counted before locking: claiming this process's statistics slot the first time
         // talks to another thread, which must not happen inside the critical section.
         stats::bump(a, SS_LOCKS);
-        let acquired = if blocking {
+        let acquired = if wait == Wait::Yes {
             m.lock(self.inner.lock_timeout)
         } else {
             m.try_lock()
@@ -427,7 +490,7 @@ impl Cache {
         let acquired = match acquired {
             Ok(acq) => acq,
             Err(e) => {
-                if blocking && e == LockError::Busy {
+                if wait == Wait::Yes && e == LockError::Busy {
                     stats::bump(a, SS_LOCK_TIMEOUTS);
                 }
                 return Err(lock_error(
@@ -435,7 +498,7 @@ impl Cache {
                     "a shard lock",
                     e,
                     self.inner.lock_timeout,
-                    blocking,
+                    wait,
                 ));
             }
         };
@@ -494,15 +557,9 @@ impl Cache {
 
     /// Looks `key` up, optimistically first. `Some(expired)` when found (value in
     /// `out`); expired entries count as misses unless `stale` is set.
-    fn read(
-        &self,
-        key: &[u8],
-        out: &mut Vec<u8>,
-        stale: bool,
-        blocking: bool,
-    ) -> Result<Option<bool>> {
-        let (a, now) = self.attached_at();
-        Self::check_key(a, key)?;
+    fn read(&self, key: &[u8], out: &mut Vec<u8>, stale: bool, wait: Wait) -> Result<Option<bool>> {
+        let (a, now) = self.enter_at(wait)?;
+        Self::check_key(&a, key)?;
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
@@ -514,7 +571,7 @@ impl Cache {
         };
         let found = match result {
             Some(found) => found,
-            None => self.locked(a, idx, blocking, false, |s| match s.find(key, &kh) {
+            None => self.locked(&a, idx, wait, false, |s| match s.find(key, &kh) {
                 Probe::Hit { slot, rec } => {
                     s.read_value(&rec, out);
                     Ok(Some((slot, rec.expired(now))))
@@ -527,18 +584,18 @@ impl Cache {
             Some((slot, expired)) => {
                 if !expired {
                     shard.mark_visited(slot);
-                    stats::bump(a, SS_HITS);
+                    stats::bump(&a, SS_HITS);
                     Some(false)
                 } else if stale {
-                    stats::bump(a, SS_STALE_HITS);
+                    stats::bump(&a, SS_STALE_HITS);
                     Some(true)
                 } else {
-                    stats::bump(a, SS_MISSES);
+                    stats::bump(&a, SS_MISSES);
                     None
                 }
             }
             None => {
-                stats::bump(a, SS_MISSES);
+                stats::bump(&a, SS_MISSES);
                 None
             }
         })
@@ -585,7 +642,7 @@ impl Cache {
     /// true; false and `buf` unspecified if there is none. Allocates only if `buf`'s
     /// capacity is too small.
     pub fn get_into(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
-        Ok(self.read(key, buf, false, true)? == Some(false))
+        Ok(self.read(key, buf, false, Wait::Yes)? == Some(false))
     }
 
     /// Like [`Cache::get`], but returns an expired value too, flagged, for
@@ -593,7 +650,7 @@ impl Cache {
     pub fn get_stale(&self, key: &[u8]) -> Result<Option<StaleValue>> {
         let mut out = Vec::new();
         Ok(self
-            .read(key, &mut out, true, true)?
+            .read(key, &mut out, true, Wait::Yes)?
             .map(|expired| StaleValue {
                 value: out,
                 expired,
@@ -604,7 +661,7 @@ impl Cache {
     /// needs the shard lock and another process holds it.
     pub fn try_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
-        Ok((self.read(key, &mut out, false, false)? == Some(false)).then_some(out))
+        Ok((self.read(key, &mut out, false, Wait::No)? == Some(false)).then_some(out))
     }
 
     fn write_set(
@@ -613,10 +670,10 @@ impl Cache {
         value: &[u8],
         ttl: Option<Duration>,
         only_if_absent: bool,
-        blocking: bool,
+        wait: Wait,
     ) -> Result<SetOutcome> {
-        let (a, now) = self.attached_at();
-        Self::check_key(a, key)?;
+        let (a, now) = self.enter_at(wait)?;
+        Self::check_key(&a, key)?;
         let max = a.geo.params.max_value_len;
         if value.len() > max {
             return Err(Error::TooLarge {
@@ -628,7 +685,7 @@ impl Cache {
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
-        self.locked(a, idx, blocking, true, |s| {
+        self.locked(&a, idx, wait, true, |s| {
             let kh = s.locate(h);
             s.set(key, &kh, value, expire, only_if_absent, now)
         })
@@ -637,12 +694,13 @@ impl Cache {
     /// Stores `value` under `key`, replacing any entry, with an optional TTL. Evicts
     /// older entries if the shard is full.
     pub fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.write_set(key, value, ttl, false, true).map(|_| ())
+        self.write_set(key, value, ttl, false, Wait::Yes)
+            .map(|_| ())
     }
 
     /// Like [`Cache::set`], but never waits for a lock ([`Error::WouldBlock`]).
     pub fn try_set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.write_set(key, value, ttl, false, false).map(|_| ())
+        self.write_set(key, value, ttl, false, Wait::No).map(|_| ())
     }
 
     /// Stores `value` only if `key` has no fresh entry; true if it stored it.
@@ -652,15 +710,15 @@ impl Cache {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        Ok(self.write_set(key, value, ttl, true, true)? != SetOutcome::Exists)
+        Ok(self.write_set(key, value, ttl, true, Wait::Yes)? != SetOutcome::Exists)
     }
 
     /// Removes `key`; true if a fresh entry was removed.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
-        let (a, now) = self.attached_at();
-        Self::check_key(a, key)?;
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
         let h = a.hasher.hash(key);
-        self.locked(a, a.geo.shard_of(h), true, true, |s| {
+        self.locked(&a, a.geo.shard_of(h), Wait::Yes, true, |s| {
             let kh = s.locate(h);
             s.remove(key, &kh, now)
         })
@@ -668,11 +726,11 @@ impl Cache {
 
     /// Gives a fresh entry a new TTL (`None`: no expiry); false if there is none.
     pub fn touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let (a, now) = self.attached_at();
-        Self::check_key(a, key)?;
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
-        self.locked(a, a.geo.shard_of(h), true, true, |s| {
+        self.locked(&a, a.geo.shard_of(h), Wait::Yes, true, |s| {
             let kh = s.locate(h);
             s.touch(key, &kh, expire, now)
         })
@@ -680,10 +738,10 @@ impl Cache {
 
     /// Removes every entry, shard by shard; returns how many there were.
     pub fn clear(&self) -> Result<u64> {
-        let a = self.attached();
+        let a = self.enter(Wait::Yes)?;
         let mut n = 0;
         for idx in 0..a.geo.shard_count {
-            n += self.locked(a, idx, true, true, |s| Ok(s.clear()))?;
+            n += self.locked(&a, idx, Wait::Yes, true, |s| Ok(s.clear()))?;
         }
         Ok(n)
     }
@@ -727,15 +785,15 @@ impl Cache {
         E: From<Error>,
     {
         let mut out = Vec::new();
-        let stale = match self.read(key, &mut out, true, true)? {
+        let stale = match self.read(key, &mut out, true, Wait::Yes)? {
             Some(false) => return Ok(out),
             Some(true) => Some(out.clone()),
             None => None,
         };
-        let a = self.attached();
+        let a = self.enter(Wait::Yes)?;
         let slot = (a.hasher.hash(key) % FILL_SLOTS as u64) as usize;
         let m = RobustMutex::at(&a.region, a.geo.fill_slot(slot), a.kind)
-            .map_err(|e| lock_error(a, "a fill slot", e, Duration::ZERO, true))?;
+            .map_err(|e| lock_error(&a, "a fill slot", e, Duration::ZERO, Wait::Yes))?;
         let acquired = match m.try_lock() {
             Ok(acq) => acq,
             Err(LockError::Busy) => {
@@ -746,7 +804,7 @@ impl Cache {
                 match m.lock(self.inner.fill_timeout) {
                     Ok(acq) => acq,
                     Err(LockError::Busy) => {
-                        stats::bump(a, SS_FILL_TIMEOUTS);
+                        stats::bump(&a, SS_FILL_TIMEOUTS);
                         return Err(Error::Timeout {
                             what: "another process's fill of this key",
                             waited: self.inner.fill_timeout,
@@ -754,36 +812,45 @@ impl Cache {
                         .into());
                     }
                     Err(e) => {
-                        return Err(
-                            lock_error(a, "a fill slot", e, self.inner.fill_timeout, true).into(),
+                        return Err(lock_error(
+                            &a,
+                            "a fill slot",
+                            e,
+                            self.inner.fill_timeout,
+                            Wait::Yes,
                         )
+                        .into())
                     }
                 }
             }
-            Err(e) => return Err(lock_error(a, "a fill slot", e, Duration::ZERO, true).into()),
+            Err(e) => {
+                return Err(lock_error(&a, "a fill slot", e, Duration::ZERO, Wait::Yes).into())
+            }
         };
         if acquired == Acquired::OwnerDied {
             // The filler died: the slot guards no shared data, so there is nothing to
             // repair; this caller computes instead.
             m.mark_consistent();
-            stats::bump(a, SS_FILL_HANDOVERS);
+            stats::bump(&a, SS_FILL_HANDOVERS);
         }
         let _guard = FillGuard(m);
         // Someone may have filled it while this caller waited.
         let mut out = Vec::new();
-        if self.read(key, &mut out, false, true)? == Some(false) {
+        if self.read(key, &mut out, false, Wait::Yes)? == Some(false) {
             return Ok(out);
         }
         crash_point!("fill.holding_slot");
         let value = f()?;
         self.set(key, &value, ttl)?;
-        stats::bump(a, SS_FILLS);
+        stats::bump(&a, SS_FILLS);
         Ok(value)
     }
 
     /// Counters of the whole cache and of each shard.
     pub fn stats(&self) -> Stats {
-        let a = self.attached();
+        // The file this handle maps now, even if it is due for a check: counters of
+        // the file it last used are still the truth about that file.
+        let a = self.inner.maps.enter();
         let r = &a.region;
         let mut s = Stats {
             file_size: a.geo.total_size as u64,
@@ -851,11 +918,11 @@ impl Cache {
     /// reports each problem found. A shard whose last writer died is repaired first (as
     /// any locked operation does), so problems are corruption, not crashes.
     pub fn verify(&self) -> Result<Report> {
-        let a = self.attached();
+        let a = self.enter(Wait::Yes)?;
         let mut report = Report::default();
-        crate::verify::header(a, &mut report);
+        crate::verify::header(&a, &mut report);
         for idx in 0..a.geo.shard_count {
-            let problems = self.locked(a, idx, true, false, |s| {
+            let problems = self.locked(&a, idx, Wait::Yes, false, |s| {
                 let mut p = Vec::new();
                 s.verify(&mut p);
                 Ok(p)
@@ -878,10 +945,10 @@ impl Cache {
     /// Rebuilds every shard from its logs under its lock (online: other processes keep
     /// working on the other shards meanwhile).
     pub fn repair(&self) -> Result<RepairReport> {
-        let a = self.attached();
+        let a = self.enter(Wait::Yes)?;
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {
-            report.dropped += self.locked(a, idx, true, true, |s| Ok(s.repair()))?;
+            report.dropped += self.locked(&a, idx, Wait::Yes, true, |s| Ok(s.repair()))?;
             report.shards += 1;
         }
         Ok(report)
@@ -899,14 +966,14 @@ impl Cache {
     }
 
     fn shard_entries(&self, idx: usize) -> Result<Option<Vec<EntryInfo>>> {
-        let (a, now) = self.attached_at();
+        let (a, now) = self.enter_at(Wait::Yes)?;
         if idx >= a.geo.shard_count {
             return Ok(None);
         }
         let reserve = Shard::new(&a.region, &a.geo, idx, &a.hasher).counter(SH_ENTRIES) as usize;
         let mut list =
             Vec::with_capacity(reserve.min(a.geo.buckets * crate::layout::BUCKET_SLOTS) + 16);
-        self.locked(a, idx, true, false, |s| {
+        self.locked(&a, idx, Wait::Yes, false, |s| {
             list.clear();
             s.for_each(|rec| {
                 let mut key = vec![0u8; rec.klen];
@@ -926,12 +993,12 @@ impl Cache {
 
     /// A handle's view for tests and tools: the number of shards.
     pub fn shard_count(&self) -> usize {
-        self.inner.current().geo.shard_count
+        self.inner.maps.enter().geo.shard_count
     }
 
     /// The shard a key lives in.
     pub fn shard_of(&self, key: &[u8]) -> usize {
-        let a = self.inner.current();
+        let a = self.inner.maps.enter();
         a.geo.shard_of(a.hasher.hash(key))
     }
 }

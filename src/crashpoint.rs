@@ -38,6 +38,9 @@ pub const POINTS: &[&str] = &[
     "fill.holding_slot",
     "create.after_init",
     "lock.held",
+    "open.register_atfork",
+    "open.read_boot_id",
+    "restamp.after_ids",
 ];
 
 #[cfg(feature = "crash-points")]
@@ -77,13 +80,33 @@ mod imp {
         let _ = unsafe { libc::raise(sig) };
     }
 
+    /// Holds this thread until the pause file is removed (or 60 s pass).
+    fn pause() {
+        let Some(file) = std::env::var_os("LARDER_CRASH_PAUSE_FILE") else {
+            return;
+        };
+        if std::fs::write(&file, b"paused").is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::path::Path::new(&file).exists() && std::time::Instant::now() < deadline {
+            // The poll interval of a test-only hold; the deadline bounds it.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Acts if `name` is the configured point.
     pub fn hit(name: &str) {
         let Some(t) = target() else { return };
-        if t.point != name || HITS.fetch_add(1, Ordering::Relaxed) < t.skip {
+        if t.point != name {
+            return;
+        }
+        let n = HITS.fetch_add(1, Ordering::Relaxed);
+        if n < t.skip || (t.action == "pause" && n != t.skip) {
             return;
         }
         match t.action.as_str() {
+            "pause" => return pause(),
             // Signals go to this thread (raise is tgkill on the caller): a stop sent to the
             // process would let this thread run on past the point before it stopped.
             "kill" => raise(libc::SIGKILL),

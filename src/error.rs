@@ -86,6 +86,30 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// The file was created in another pid namespace (a container that shares /dev/shm
+    /// but not process ids). Robust futexes name their owners by thread id as the
+    /// owner's namespace sees it, so across namespaces the kernel can hand one lock to
+    /// two processes; larder refuses rather than risk it.
+    OtherPidNamespace {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was created in another time namespace, whose `CLOCK_MONOTONIC` is offset
+    /// from this process's: every TTL would be wrong by the offset.
+    OtherTimeNamespace {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file at this handle's path was replaced or removed, and the handle could not
+    /// attach to what is there now. Its operations fail until it can, rather than answer
+    /// from a file no other process sees (a revocation made in the new file must reach
+    /// every worker).
+    Detached {
+        /// The file.
+        path: PathBuf,
+        /// Why attaching failed.
+        cause: String,
+    },
     /// The file system has no room for a new cache file.
     NoSpace {
         /// The mount point (or directory) the file was to live in.
@@ -183,6 +207,28 @@ impl fmt::Display for Error {
                 f,
                 "{} was created during another boot; its locks cannot be trusted: run \
                  `larder repair` with no process attached, or remove the file",
+                path.display()
+            ),
+            Error::OtherPidNamespace { path } => write!(
+                f,
+                "{} was created in another pid namespace; processes sharing a cache must \
+                 share their pid namespace too (Docker: --pid=container:NAME or --pid=host; \
+                 Kubernetes: shareProcessNamespace: true in the pod), or use a file of \
+                 their own",
+                path.display()
+            ),
+            Error::OtherTimeNamespace { path } => write!(
+                f,
+                "{} was created in another time namespace, whose monotonic clock is offset \
+                 from this one, so its TTLs would be wrong here; share the time namespace \
+                 (or drop its offsets) or use a file of this namespace's own",
+                path.display()
+            ),
+            Error::Detached { path, cause } => write!(
+                f,
+                "{} was replaced or removed and this handle cannot attach to the file there \
+                 now ({cause}); its operations fail until it can, so that it never answers \
+                 from a file no other process sees",
                 path.display()
             ),
             Error::NoSpace {

@@ -28,7 +28,7 @@ use rustix::io::Errno;
 use crate::error::{Error, Result};
 use crate::layout::{
     arch_tag, fingerprint, libc_tag, tag_text, FileHeader, Geometry, Params, FILL_SLOTS,
-    FORMAT_VERSION, HEADER_SIZE, MAGIC, SECRET_SIZE, STATS_SLOTS,
+    FORMAT_VERSION, HEADER_SIZE, MAGIC, SECRET_SIZE, STAMP_WORDS, STATS_SLOTS,
 };
 use crate::lock;
 use crate::region::Region;
@@ -100,11 +100,21 @@ pub(crate) struct Attached {
     /// Statistics slot claimed by this process: `(fork generation << 32) | (slot + 1)`,
     /// 0 when none is claimed yet.
     pub stats_slot: AtomicU64,
+    /// The file description whose lock claims that slot (see `stats`); closing it gives
+    /// the slot back.
+    pub stats_claim: std::sync::Mutex<Option<OwnedFd>>,
     pub region: Region,
     // Field order matters: the region points into the map, which is dropped after it,
     // and the file (holding the shared flock) last.
     _map: MmapRaw,
     _file: File,
+}
+
+impl Attached {
+    /// The descriptor of the mapped file (for a fresh open through /proc).
+    pub(crate) fn file_fd(&self) -> i32 {
+        self._file.as_fd().as_raw_fd_compat()
+    }
 }
 
 impl std::fmt::Debug for Attached {
@@ -116,16 +126,124 @@ impl std::fmt::Debug for Attached {
     }
 }
 
-/// The current boot's id, from the kernel.
+/// The current boot's id, from the kernel. Read afresh on every call (opens are rare):
+/// a value cached behind a `Once` would hang a child forked while another thread was
+/// inside the initialiser, since the child inherits the `Once` half-run.
 pub(crate) fn boot_id() -> [u64; 2] {
-    static ID: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
-    *ID.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-        let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        let a = u64::from_str_radix(hex.get(0..16).unwrap_or("0"), 16).unwrap_or(0);
-        let b = u64::from_str_radix(hex.get(16..32).unwrap_or("0"), 16).unwrap_or(0);
-        [a, b]
-    })
+    crash_point!("open.read_boot_id");
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let a = u64::from_str_radix(hex.get(0..16).unwrap_or("0"), 16).unwrap_or(0);
+    let b = u64::from_str_radix(hex.get(16..32).unwrap_or("0"), 16).unwrap_or(0);
+    [a, b]
+}
+
+/// `(st_dev, st_ino)` of one of this process's namespaces, `(0, 0)` where the kernel
+/// has no such namespace (time namespaces are Linux 5.6+) or /proc is not mounted.
+fn namespace(which: &str) -> (u64, u64) {
+    rustix::fs::stat(format!("/proc/self/ns/{which}"))
+        .map(|st| (st.st_dev, st.st_ino))
+        .unwrap_or((0, 0))
+}
+
+/// Where a file may be used: the boot, the pid namespace and the time namespace it was
+/// created in (the header's stamp; see `layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub boot: [u64; 2],
+    pub pid_ns: (u64, u64),
+    pub time_ns: (u64, u64),
+}
+
+impl Origin {
+    /// This process's.
+    pub(crate) fn here() -> Origin {
+        Origin {
+            boot: boot_id(),
+            pid_ns: namespace("pid"),
+            time_ns: namespace("time"),
+        }
+    }
+
+    fn words(&self) -> [u64; STAMP_WORDS - 1] {
+        [
+            self.boot[0],
+            self.boot[1],
+            self.pid_ns.0,
+            self.pid_ns.1,
+            self.time_ns.0,
+            self.time_ns.1,
+        ]
+    }
+
+    /// The stamp's words, checksum last.
+    pub(crate) fn stamp(&self) -> [u64; STAMP_WORDS] {
+        let w = self.words();
+        let mut out = [0u64; STAMP_WORDS];
+        out[..STAMP_WORDS - 1].copy_from_slice(&w);
+        out[STAMP_WORDS - 1] = stamp_sum(&w);
+        out
+    }
+
+    /// The origin a header page records; `None` if its stamp's checksum fails (an
+    /// offline repair died while writing it, or the bytes were damaged).
+    pub(crate) fn of_header(buf: &[u8]) -> Option<Origin> {
+        let at = offset_of!(FileHeader, stamp);
+        let w: Vec<u64> = (0..STAMP_WORDS).map(|i| word(buf, at + 8 * i)).collect();
+        if stamp_sum(&w[..STAMP_WORDS - 1]) != w[STAMP_WORDS - 1] {
+            return None;
+        }
+        Some(Origin {
+            boot: [w[0], w[1]],
+            pid_ns: (w[2], w[3]),
+            time_ns: (w[4], w[5]),
+        })
+    }
+
+    /// Whether a process here may attach to a file of origin `file`; the error says why
+    /// not.
+    fn admit(&self, path: &Path, file: Option<Origin>) -> Result<()> {
+        let Some(file) = file else {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: "its boot and namespace stamp does not match its checksum (an offline \
+                         repair was interrupted, or the header was damaged)"
+                    .into(),
+            });
+        };
+        if file.boot != self.boot {
+            return Err(Error::OtherBoot {
+                path: path.to_path_buf(),
+            });
+        }
+        // A robust futex records its owner's thread id as the owner's pid namespace sees
+        // it, and the kernel marks a futex owner-dead when a thread dies while waiting on
+        // it (glibc's `list_op_pending`) if the owner field equals the dying thread's own
+        // id. Across pid namespaces equal small tids are common, so a waiter's death in
+        // one namespace could hand a lock held in another to a third process: two
+        // owners of one shard. Sharing a file is therefore confined to one namespace.
+        if file.pid_ns != self.pid_ns {
+            return Err(Error::OtherPidNamespace {
+                path: path.to_path_buf(),
+            });
+        }
+        // Expiry times are CLOCK_MONOTONIC readings, which a time namespace offsets: a
+        // TTL written in one would be wrong by the offset in another.
+        if file.time_ns != self.time_ns {
+            return Err(Error::OtherTimeNamespace {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn stamp_sum(words: &[u64]) -> u64 {
+    let mut bytes = Vec::with_capacity(words.len() * 8);
+    for w in words {
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
 }
 
 /// Opens (and, with parameters, creates if missing) the cache at `path`.
@@ -397,7 +515,7 @@ pub(crate) fn parse_header(path: &Path, buf: &[u8]) -> Result<HeaderInfo> {
 }
 
 /// Builds a header page for `geo`.
-pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8]) -> Vec<u8> {
+pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8], origin: &Origin) -> Vec<u8> {
     let mut buf = vec![0u8; HEADER_SIZE];
     let mut put = |field: usize, v: u64| buf[field..field + 8].copy_from_slice(&v.to_le_bytes());
     put(offset_of!(FileHeader, magic), MAGIC);
@@ -432,19 +550,21 @@ pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8]) -> Vec<u8> 
     );
     put(offset_of!(FileHeader, mutex_kind), kind as u64);
     put(offset_of!(FileHeader, fingerprint), fingerprint());
-    let boot = boot_id();
-    put(offset_of!(FileHeader, boot_id), boot[0]);
-    put(offset_of!(FileHeader, boot_id) + 8, boot[1]);
     let s = offset_of!(FileHeader, secret);
     buf[s..s + SECRET_SIZE].copy_from_slice(&secret[..SECRET_SIZE]);
     let sum = xxhash_rust::xxh3::xxh3_64(&buf[..CHECKSUM_OFF]);
     buf[CHECKSUM_OFF..CHECKSUM_OFF + 8].copy_from_slice(&sum.to_le_bytes());
+    let at = offset_of!(FileHeader, stamp);
+    for (i, w) in origin.stamp().iter().enumerate() {
+        buf[at + 8 * i..at + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
     buf
 }
 
 /// Opens an existing file holding its `flock` exclusively (without waiting): proof that
-/// no process is attached. Returns the mapping and whether the file is from another
-/// boot. The header must be intact (its checksum and layout are checked).
+/// no process is attached. Returns the mapping and whether its stamp is not this
+/// process's (another boot, another pid or time namespace, or a stamp torn by an
+/// interrupted repair). The header must be intact (its checksum and layout are checked).
 pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, bool)> {
     let fd = match rustix::fs::open(
         path,
@@ -493,10 +613,7 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
         });
     }
     let info = parse_header(path, &buf)?;
-    let other_boot = [
-        word(&buf, offset_of!(FileHeader, boot_id)),
-        word(&buf, offset_of!(FileHeader, boot_id) + 8),
-    ] != boot_id();
+    let other_boot = Origin::of_header(&buf) != Some(Origin::here());
     if len < info.geo.total_size as u64 {
         return Err(Error::Truncated {
             path: path.to_path_buf(),
@@ -508,18 +625,19 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
     Ok((a, other_boot))
 }
 
-/// Re-stamps the header with this boot's id (and a fresh checksum). Only for a file held
-/// exclusively.
-pub(crate) fn restamp_boot(a: &Attached) {
-    let mut buf = vec![0u8; HEADER_SIZE];
-    a.region.read_bytes(0, &mut buf);
-    let boot = boot_id();
-    let at = offset_of!(FileHeader, boot_id);
-    buf[at..at + 8].copy_from_slice(&boot[0].to_le_bytes());
-    buf[at + 8..at + 16].copy_from_slice(&boot[1].to_le_bytes());
-    let sum = xxhash_rust::xxh3::xxh3_64(&buf[..CHECKSUM_OFF]);
-    buf[CHECKSUM_OFF..CHECKSUM_OFF + 8].copy_from_slice(&sum.to_le_bytes());
-    a.region.write_bytes(0, &buf[..CHECKSUM_OFF + 8]);
+/// Re-stamps the header with this process's boot and namespaces. Only for a file held
+/// exclusively, whose locks were just re-initialised. The six words go first and their
+/// checksum last, so a crash in between leaves a stamp that fails its checksum: no
+/// process attaches to it, and the next offline repair writes it again.
+pub(crate) fn restamp(a: &Attached) {
+    let stamp = Origin::here().stamp();
+    let at = offset_of!(FileHeader, stamp);
+    for (i, w) in stamp[..STAMP_WORDS - 1].iter().enumerate() {
+        a.region.store(at + 8 * i, *w);
+    }
+    crash_point!("restamp.after_ids");
+    a.region
+        .store(at + 8 * (STAMP_WORDS - 1), stamp[STAMP_WORDS - 1]);
 }
 
 fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
@@ -539,15 +657,7 @@ fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
         });
     }
     let info = parse_header(path, &buf)?;
-    let boot = [
-        word(&buf, offset_of!(FileHeader, boot_id)),
-        word(&buf, offset_of!(FileHeader, boot_id) + 8),
-    ];
-    if boot != boot_id() {
-        return Err(Error::OtherBoot {
-            path: path.to_path_buf(),
-        });
-    }
+    Origin::here().admit(path, Origin::of_header(&buf))?;
     if len < info.geo.total_size as u64 {
         return Err(Error::Truncated {
             path: path.to_path_buf(),
@@ -613,6 +723,7 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
         dev: st.st_dev,
         ino: st.st_ino,
         stats_slot: AtomicU64::new(0),
+        stats_claim: std::sync::Mutex::new(None),
         region,
         _map: map,
         _file: file,
@@ -719,7 +830,7 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
     rustix::rand::getrandom(&mut secret[..], rustix::rand::GetRandomFlags::empty())?;
     let kind = lock::native_kind()
         .map_err(|e| Error::Io(std::io::Error::other(format!("mutex init: {e:?}"))))?;
-    let header = build_header(&geo, kind, &secret);
+    let header = build_header(&geo, kind, &secret, &Origin::here());
     let info = HeaderInfo { geo, kind, secret };
     let attached = map(path, file, info, &st)?;
     init_locks(&attached)?;
@@ -749,9 +860,8 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
 /// Initialises every mutex of a file no one else can see (or holds).
 pub(crate) fn init_locks(a: &Attached) -> Result<()> {
     let g = &a.geo;
-    let offs = (0..STATS_SLOTS)
-        .map(|i| g.stats_slot(i))
-        .chain((0..FILL_SLOTS).map(|i| g.fill_slot(i)))
+    let offs = (0..FILL_SLOTS)
+        .map(|i| g.fill_slot(i))
         .chain((0..g.shard_count).map(|i| g.shard_base(i)));
     for off in offs {
         let kind = lock::init(&a.region, off)

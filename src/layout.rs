@@ -1,6 +1,6 @@
 //! The file format: header, statistics slots, fill slots, shards, records.
 //!
-//! # Byte map (format version 1)
+//! # Byte map (format version 2)
 //!
 //! Every field is a little-endian `u64` word unless it says otherwise, and every word is
 //! read and written with 8-byte atomic operations (see `region`).
@@ -21,6 +21,20 @@
 //!   + ghost                   small_cap       small log (S3-FIFO's small FIFO)
 //!   + small                   main_cap        main log (S3-FIFO's main FIFO)
 //! ```
+//!
+//! ## Stamp (header bytes 456..512, outside the header checksum)
+//! Where the file may be used: the boot id (2 words), the creator's pid namespace
+//! (`st_dev`, `st_ino` of `/proc/self/ns/pid`), its time namespace (the same of
+//! `/proc/self/ns/time`, 0 where the kernel has none), and an xxh3 checksum of those six
+//! words. Only an offline repair rewrites it (the six words, then the checksum), so a
+//! crash in between leaves a stamp whose checksum fails, which the next offline repair
+//! writes again; the checksummed header is never touched after creation.
+//!
+//! ## Statistics slot claims
+//! A process claims statistics slot `i` by holding an open file description lock
+//! (`F_OFD_SETLK`, write) on byte `i` of the file, through a description of its own;
+//! the kernel drops the lock when that description closes, however the process ends.
+//! The slot's words are plain counters.
 //!
 //! ## Slot word (index)
 //! `0` is empty. Otherwise bits 0..32 hold the record's location, `offset / 8 + 1`
@@ -50,7 +64,10 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"LARDERc\x01");
 
 /// Format versions, one per change to anything in this file:
 /// - 1: the first format.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// - 2: the boot id moves out of the checksummed header into the stamp, which also
+///   records the creator's pid and time namespaces; statistics slots lose their mutex
+///   (claimed with open file description locks instead).
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// Bytes of the header page.
 pub(crate) const HEADER_SIZE: usize = 4096;
@@ -105,18 +122,22 @@ pub(crate) struct FileHeader {
     pub mutex_size: u64,
     pub mutex_kind: u64,
     pub fingerprint: u64,
-    pub boot_id: [u64; 2],
-    pub reserved: [u64; 10],
+    pub reserved: [u64; 12],
     pub secret: [u64; SECRET_SIZE / 8],
     pub checksum: u64,
+    /// Not covered by `checksum`: see "Stamp" above.
+    pub stamp: [u64; STAMP_WORDS],
 }
+
+/// Words of the stamp: boot id (2), pid namespace (2), time namespace (2), checksum.
+pub(crate) const STAMP_WORDS: usize = 7;
 
 const _: () = assert!(offset_of!(FileHeader, magic) == 0);
 const _: () = assert!(offset_of!(FileHeader, version) == 8);
-const _: () = assert!(offset_of!(FileHeader, boot_id) == 160);
 const _: () = assert!(offset_of!(FileHeader, secret) == 256);
 const _: () = assert!(offset_of!(FileHeader, checksum) == 448);
-const _: () = assert!(core::mem::size_of::<FileHeader>() == 456);
+const _: () = assert!(offset_of!(FileHeader, stamp) == 456);
+const _: () = assert!(core::mem::size_of::<FileHeader>() == 512);
 const _: () = assert!(core::mem::size_of::<FileHeader>() <= HEADER_SIZE);
 
 /// One shard's header. The lock comes first and has its own cache line.
@@ -158,12 +179,13 @@ pub(crate) const SH_EXPIRATIONS: usize = offset_of!(ShardHeader, expirations);
 pub(crate) const SH_RECOVERIES: usize = offset_of!(ShardHeader, recoveries);
 pub(crate) const SH_DROPPED: usize = offset_of!(ShardHeader, dropped);
 
-/// One per-process statistics slot: a robust mutex that the owning process holds for as
-/// long as it is attached (so its death frees the slot), then its counters. A new owner
-/// keeps adding to the counters it finds, so a dead process's counts stay in the totals.
+/// One per-process statistics slot: its counters, then a cache line of padding (the
+/// adjacent-line prefetcher moves 64-byte lines in pairs, so two processes' slots never
+/// share a pair). The claim is an open file description lock on a byte of the file (see
+/// "Statistics slot claims"). A new owner keeps adding to the counters it finds, so a
+/// dead process's counts stay in the totals.
 #[repr(C)]
 pub(crate) struct StatsSlot {
-    pub lock: [u64; 8],
     pub hits: u64,
     pub misses: u64,
     pub stale_hits: u64,
@@ -172,6 +194,7 @@ pub(crate) struct StatsSlot {
     pub fill_timeouts: u64,
     pub locks: u64,
     pub fill_handovers: u64,
+    pub padding: [u64; 8],
 }
 
 pub(crate) const STATS_SLOT_SIZE: usize = 128;

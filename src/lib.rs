@@ -40,7 +40,10 @@
 //!   a magic number, the format version, every layout parameter, the lock ABI, the boot
 //!   id, a random hash secret and a checksum; a mismatch is an error that names what
 //!   differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
-//!   that its path still names its file, and moves to the new one if it was replaced.
+//!   that its path still names its file, and moves to the new one if it was replaced,
+//!   with that file's own parameters; the old mapping is unmapped once no operation is
+//!   inside it (`mapping`). A handle that cannot attach fails with [`Error::Detached`]
+//!   rather than answer from a file no other process sees.
 //! - **Shards** (`shard`, `evict`): the table is split into a power-of-two number of
 //!   shards (by default up to 256, each at least 512 KiB), each with its own
 //!   lock, index and memory. Keys hash with keyed xxh3 (the file's 192-byte secret) to
@@ -65,14 +68,19 @@
 //! - **Single flight** ([`Cache::get_or_insert_with`]): robust fill-slot mutexes, with
 //!   their own timeout.
 //! - **Statistics** (`stats`): per-shard counters under the shard lock, and per-process
-//!   slots for read counters, so gets share no cache line across processes.
+//!   slots for read counters, so gets share no cache line across processes. A slot is
+//!   claimed with an open file description lock, so larder starts no threads.
 //!
 //! # Limits
 //!
 //! Linux with glibc only. Processes sharing a file must run the same format version
 //! (the file name carries it). Peers that can write the file are trusted: larder checks
 //! everything it reads, but a peer can always destroy the data. Truncating the file
-//! makes every process that maps it die of SIGBUS. One host only.
+//! makes every process that maps it die of SIGBUS. One host, one pid namespace and one
+//! time namespace: the header's stamp records the creator's, and an opener from another
+//! is refused ([`Error::OtherPidNamespace`], [`Error::OtherTimeNamespace`]), because
+//! robust futexes name owners by thread ids of one pid namespace and TTLs are readings
+//! of one monotonic clock.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
@@ -93,6 +101,7 @@ mod evict;
 mod file;
 mod layout;
 mod lock;
+mod mapping;
 mod options;
 mod region;
 mod seqlock;

@@ -2,27 +2,30 @@
 //! slots for everything a lock-free read counts.
 //!
 //! A get must not write a cache line other processes write, so hits and misses go to a
-//! slot owned by the counting process. A process claims a slot by locking the slot's
-//! robust mutex and holding it for as long as it is attached; a small keeper thread owns
-//! those locks (a robust mutex belongs to a thread, and the thread that opened the cache
-//! may exit long before the process does). When the process dies the kernel marks the
-//! mutex owner-dead, and the next process to claim the slot keeps adding to the counters
-//! it finds, so a dead process's counts stay in the totals. A process that finds no free
-//! slot counts in slot 0, shared by all such processes.
+//! slot owned by the counting process. A process claims slot `i` with an open file
+//! description lock (`F_OFD_SETLK`) on byte `i` of the file, taken through a file
+//! description of its own (a fresh open of the mapped file), held for as long as its
+//! mapping lives. No thread is needed to hold it: the lock belongs to the description,
+//! not to a thread, and the kernel drops it when the description's last descriptor
+//! closes, whether the process closed the handle, exited, was killed or was stopped for
+//! ever and then killed. So a slot is never lost to a dead owner and never compared by
+//! pid (pids repeat, and differ across namespaces). The next process to claim the slot
+//! keeps adding to the counters it finds, so a dead process's counts stay in the totals.
+//! A process that finds no free slot counts in slot 0, shared by all such processes
+//! (atomic adds, so nothing is lost there either).
 //!
-//! After `fork` the child has no keeper thread and does not own its parent's slot: a
+//! After `fork` the child shares its parent's description, and so its parent's claim: a
 //! `pthread_atfork` child handler bumps a generation number, and the next counting
-//! operation in the child claims a slot of its own (one relaxed load per operation, no
-//! `getpid`).
+//! operation in the child claims a slot of its own through a new description and closes
+//! its copy of the parent's (one relaxed load per operation, no `getpid`). Claiming
+//! never waits: each slot is one non-blocking lock attempt.
 #![deny(unsafe_code)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::file::Attached;
-use crate::lock::{Acquired, RobustMutex};
 
 /// Counters of the whole cache, from [`Cache::stats`](crate::Cache::stats).
 ///
@@ -107,139 +110,75 @@ pub struct ShardStats {
 
 /// Fork generation: bumped in every child.
 static FORK_GEN: AtomicU64 = AtomicU64::new(1);
-static ATFORK: Once = Once::new();
+/// 0: the fork handler is not registered, 1: a thread is registering it, 2: registered.
+static ATFORK: AtomicU8 = AtomicU8::new(0);
 
 extern "C" fn after_fork_in_child() {
     // Async-signal-safe: one atomic add.
     FORK_GEN.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Registers the fork handler (once per process).
+/// Registers the fork handler (once per process). Never waits: a thread that finds
+/// another registering returns at once. (A `Once` here would hang a child forked while
+/// another thread was inside it. If a fork lands inside the registration, the child
+/// shares its parent's statistics slot, which its atomic adds keep exact.)
 pub(crate) fn register_atfork() {
-    ATFORK.call_once(|| {
+    if ATFORK.load(Ordering::Acquire) == 2 {
+        return;
+    }
+    if ATFORK
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        crash_point!("open.register_atfork");
         #[allow(unsafe_code)]
         // SAFETY: registering a handler that only performs an atomic add, which is
         // async-signal-safe and so allowed in a forked child.
         let _ = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-    });
+        ATFORK.store(2, Ordering::Release);
+    }
 }
 
 pub(crate) fn fork_gen() -> u64 {
     FORK_GEN.load(Ordering::Relaxed) & 0xffff_ffff
 }
 
-enum Cmd {
-    Claim(Arc<Attached>, mpsc::Sender<Option<usize>>),
-    Release(Arc<Attached>, usize, mpsc::Sender<()>),
+/// Takes the open file description lock on byte `slot` of `fd` without waiting.
+#[allow(unsafe_code)]
+fn ofd_try_lock(fd: &OwnedFd, slot: usize) -> bool {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { core::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = slot as libc::off_t;
+    fl.l_len = 1;
+    fl.l_pid = 0; // required to be 0 for OFD locks
+                  // SAFETY: `fd` is an open descriptor for the call's duration and `fl` a valid,
+                  // initialised struct that the kernel only reads (F_OFD_SETLK never blocks).
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    rc == 0
 }
 
-struct Keeper {
-    gen: u64,
-    tx: mpsc::Sender<Cmd>,
+/// A fresh description of the file `a` maps, with the lock of a free slot on it.
+fn claim_slot(a: &Attached) -> Option<(usize, OwnedFd)> {
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", a.file_fd()),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    (1..crate::layout::STATS_SLOTS)
+        .find(|&slot| ofd_try_lock(&fd, slot))
+        .map(|slot| (slot, fd))
 }
 
-static KEEPER: Mutex<Option<Keeper>> = Mutex::new(None);
-
-/// How long a caller waits for the keeper thread to answer.
-const KEEPER_WAIT: Duration = Duration::from_secs(2);
-
-fn keeper_loop(rx: mpsc::Receiver<Cmd>) {
-    let mut held: Vec<(Arc<Attached>, usize)> = Vec::new();
-    while let Ok(cmd) = rx.recv() {
-        match cmd {
-            Cmd::Claim(a, reply) => {
-                let mut got = None;
-                for slot in 1..crate::layout::STATS_SLOTS {
-                    let Ok(m) = RobustMutex::at(&a.region, a.geo.stats_slot(slot), a.kind) else {
-                        break;
-                    };
-                    match m.try_lock() {
-                        Ok(acq) => {
-                            if acq == Acquired::OwnerDied {
-                                // The slot's counters are plain totals: nothing to repair.
-                                m.mark_consistent();
-                            }
-                            got = Some(slot);
-                            break;
-                        }
-                        Err(_) => continue,
-                    }
-                }
-                match got {
-                    // The caller gave up waiting (it counts in the shared slot instead):
-                    // give the slot back at once rather than hold it, and the mapping,
-                    // for a handle that will never release it.
-                    Some(slot) if reply.send(got).is_err() => {
-                        if let Ok(m) = RobustMutex::at(&a.region, a.geo.stats_slot(slot), a.kind) {
-                            m.unlock();
-                        }
-                    }
-                    Some(slot) => held.push((a, slot)),
-                    // Unmap before answering, so a caller that closes right after holds
-                    // no mapping (and no flock) through this thread.
-                    None => {
-                        drop(a);
-                        let _ = reply.send(got);
-                    }
-                }
-            }
-            Cmd::Release(a, slot, reply) => {
-                if let Some(i) = held
-                    .iter()
-                    .position(|(h, s)| Arc::ptr_eq(h, &a) && *s == slot)
-                {
-                    let (h, s) = held.swap_remove(i);
-                    if let Ok(m) = RobustMutex::at(&h.region, h.geo.stats_slot(s), h.kind) {
-                        m.unlock();
-                    }
-                    drop(h);
-                }
-                // As above: the caller may be closing the file and expects it released.
-                drop(a);
-                let _ = reply.send(());
-            }
-        }
-    }
-}
-
-fn keeper_tx() -> Option<mpsc::Sender<Cmd>> {
-    let gen = fork_gen();
-    // In a forked child this mutex may have been copied locked from a parent thread that
-    // does not exist here: never wait for it without a deadline. A live holder keeps it
-    // for microseconds.
-    let deadline = std::time::Instant::now() + Duration::from_millis(200);
-    let mut guard = loop {
-        match KEEPER.try_lock() {
-            Ok(g) => break g,
-            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if std::time::Instant::now() >= deadline {
-                    return None;
-                }
-                std::thread::yield_now();
-            }
-        }
-    };
-    if let Some(k) = guard.as_ref() {
-        if k.gen == gen {
-            return Some(k.tx.clone());
-        }
-    }
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name("larder-keeper".into())
-        .spawn(move || keeper_loop(rx))
-        .ok()?;
-    *guard = Some(Keeper {
-        gen,
-        tx: tx.clone(),
-    });
-    Some(tx)
-}
+/// How long a claim waits for the handle's own claim record; it is held only for a
+/// swap, so only a child forked while a parent thread held it would wait that long.
+const CLAIM_WAIT: Duration = Duration::from_millis(100);
 
 /// The offset of this process's statistics slot in `a`, claiming one if needed.
 #[inline]
-pub(crate) fn slot_base(a: &Arc<Attached>) -> usize {
+pub(crate) fn slot_base(a: &Attached) -> usize {
     let v = a.stats_slot.load(Ordering::Relaxed);
     let gen = fork_gen();
     if v != 0 && v >> 32 == gen {
@@ -249,29 +188,27 @@ pub(crate) fn slot_base(a: &Arc<Attached>) -> usize {
 }
 
 #[cold]
-fn claim(a: &Arc<Attached>, old: u64, gen: u64) -> usize {
+fn claim(a: &Attached, old: u64, gen: u64) -> usize {
     register_atfork();
-    let slot = keeper_tx()
-        .and_then(|tx| {
-            let (rtx, rrx) = mpsc::channel();
-            tx.send(Cmd::Claim(a.clone(), rtx)).ok()?;
-            rrx.recv_timeout(KEEPER_WAIT).ok()?
-        })
-        .unwrap_or(0);
+    let (slot, fd) = match claim_slot(a) {
+        Some((slot, fd)) => (slot, Some(fd)),
+        None => (0, None),
+    };
     let new = (gen << 32) | (slot as u64 + 1);
     match a
         .stats_slot
         .compare_exchange(old, new, Ordering::Relaxed, Ordering::Relaxed)
     {
-        Ok(_) => a.geo.stats_slot(slot),
-        Err(current) => {
-            // Another thread claimed first: give ours back and use theirs.
-            if slot != 0 {
-                release_slot(a, slot);
+        Ok(_) => {
+            if let Some(fd) = fd {
+                keep_claim(a, fd);
             }
-            if current >> 32 == gen {
-                a.geo
-                    .stats_slot(((current & 0xffff_ffff).max(1) - 1) as usize)
+            a.geo.stats_slot(slot)
+        }
+        Err(current) => {
+            // Another thread claimed first: ours is given back as `fd` drops.
+            if current != 0 && current >> 32 == gen {
+                a.geo.stats_slot(((current & 0xffff_ffff) - 1) as usize)
             } else {
                 a.geo.stats_slot(0)
             }
@@ -279,26 +216,81 @@ fn claim(a: &Arc<Attached>, old: u64, gen: u64) -> usize {
     }
 }
 
-fn release_slot(a: &Arc<Attached>, slot: usize) {
-    if let Some(tx) = keeper_tx() {
-        let (rtx, rrx) = mpsc::channel();
-        if tx.send(Cmd::Release(a.clone(), slot, rtx)).is_ok() {
-            let _ = rrx.recv_timeout(KEEPER_WAIT);
+/// Keeps the claim's description open for the mapping's life, closing the previous one
+/// (in a forked child, its copy of the parent's: the parent's claim stays the parent's).
+fn keep_claim(a: &Attached, fd: OwnedFd) {
+    let deadline = Instant::now() + CLAIM_WAIT;
+    loop {
+        match a.stats_claim.try_lock() {
+            Ok(mut c) => {
+                *c = Some(fd);
+                return;
+            }
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                *p.into_inner() = Some(fd);
+                return;
+            }
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::yield_now();
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Held by a thread that does not exist in this forked child: keep the
+                // claim for the process's life rather than lose the slot's lock.
+                std::mem::forget(fd);
+                return;
+            }
         }
-    }
-}
-
-/// Gives back this process's slot in `a` (when the handle closes or reattaches).
-pub(crate) fn release(a: &Arc<Attached>) {
-    let v = a.stats_slot.swap(0, Ordering::Relaxed);
-    if v != 0 && v >> 32 == fork_gen() && v & 0xffff_ffff > 1 {
-        release_slot(a, ((v & 0xffff_ffff) - 1) as usize);
     }
 }
 
 /// Adds one to a counter of this process's slot.
 #[inline]
-pub(crate) fn bump(a: &Arc<Attached>, field: usize) {
+pub(crate) fn bump(a: &Attached, field: usize) {
     let base = slot_base(a);
     a.region.fetch_add(base + field, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::{self, OpenSpec};
+    use crate::layout::STATS_SLOTS;
+
+    /// A slot's claim is its description's lock: every slot but the shared one can be
+    /// claimed once, and closing a claim's description frees exactly that slot.
+    #[test]
+    fn a_slot_is_held_by_its_description_until_it_closes() {
+        let dir = std::env::temp_dir().join(format!(
+            "larder-unit-slots-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(dir.clone());
+        let opts = crate::Options::new().capacity(4 << 20);
+        let spec = OpenSpec {
+            params: Some(opts.params),
+            mode: 0o600,
+            allow_uids: Vec::new(),
+            lock_timeout: Duration::from_secs(1),
+        };
+        let a = file::open(&dir.join("cache"), &spec).expect("create");
+        let mut held = Vec::new();
+        while let Some(claim) = claim_slot(&a) {
+            held.push(claim);
+            assert!(held.len() < STATS_SLOTS, "more claims than slots");
+        }
+        let mut slots: Vec<usize> = held.iter().map(|(s, _)| *s).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (1..STATS_SLOTS).collect::<Vec<_>>());
+        let (freed, fd) = held.remove(17);
+        drop(fd);
+        assert_eq!(claim_slot(&a).map(|(s, _)| s), Some(freed));
+    }
 }

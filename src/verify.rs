@@ -17,7 +17,7 @@ use std::fmt;
 use crate::file::Attached;
 use crate::layout::{
     BUCKET_SLOTS, FILL_SLOTS, HEADER_SIZE, MAX_KEY_LIMIT, RECORD_HEADER, SH_ENTRIES, SH_INTENT,
-    SH_LIVE_BYTES, STATE_LIVE, STATS_SLOTS,
+    SH_LIVE_BYTES, STATE_LIVE,
 };
 use crate::lock::RobustMutex;
 use crate::shard::{LogId, Probe, Shard};
@@ -79,9 +79,8 @@ pub(crate) fn header(a: &Attached, report: &mut Report) {
         report.push(None, format!("header: {e}"));
     }
     let g = &a.geo;
-    let locks = (0..STATS_SLOTS)
-        .map(|i| ("statistics slot", i, g.stats_slot(i)))
-        .chain((0..FILL_SLOTS).map(|i| ("fill slot", i, g.fill_slot(i))))
+    let locks = (0..FILL_SLOTS)
+        .map(|i| ("fill slot", i, g.fill_slot(i)))
         .chain((0..g.shard_count).map(|i| ("shard lock", i, g.shard_base(i))));
     for (what, i, off) in locks {
         if let Ok(m) = RobustMutex::at(&a.region, off, a.kind) {

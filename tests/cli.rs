@@ -729,7 +729,7 @@ fn verify_exits_2_when_it_cannot_check() {
 #[test]
 fn repair_refuses_while_attached_unless_online_and_ls_counts_the_process() {
     let t = TempDir::new("repair");
-    let c = t.cache("auth.larder1");
+    let c = t.cache("auth.larder2");
     create(&c);
     larder(&["set", &c, "k", "v"]).ok();
     let holder = attached_process(&c);
@@ -796,15 +796,15 @@ fn rm_removes_caches_and_nothing_else() {
 fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     let t = TempDir::new("ls");
     let dir = t.0.to_str().unwrap();
-    let a = t.cache("alpha.larder1");
+    let a = t.cache("alpha.larder2");
     create(&a);
     larder(&["set", &a, "k1", "v"]).ok();
     larder(&["set", &a, "k2", "v"]).ok();
-    let junk = t.cache("junk.larder1");
+    let junk = t.cache("junk.larder2");
     write_not_a_cache(&junk);
     std::fs::write(t.cache("unrelated.txt"), b"x").unwrap();
     std::fs::write(t.cache("future.larder9"), b"x").unwrap();
-    let other = t.cache("other.larder1");
+    let other = t.cache("other.larder2");
     create(&other);
     let chowned = chown_other(&other);
 
@@ -821,7 +821,7 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
             .find(|l| l.starts_with(&t.cache(name)))
             .unwrap_or_else(|| panic!("no {name} in {out}"))
     };
-    let alpha: Vec<&str> = row("alpha.larder1").split_whitespace().collect();
+    let alpha: Vec<&str> = row("alpha.larder2").split_whitespace().collect();
     assert_eq!(alpha[3], "2", "entries: {out}");
     assert!(alpha[4].ends_with('%'), "fill: {out}");
     if std::fs::metadata(&a)
@@ -833,10 +833,10 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     }
     assert_eq!(alpha[6], "0600");
     assert_eq!(alpha[7], "0", "processes: {out}");
-    assert!(row("junk.larder1").ends_with("not a larder cache"), "{out}");
+    assert!(row("junk.larder2").ends_with("not a larder cache"), "{out}");
     assert!(row("future.larder9").ends_with("format version 9"), "{out}");
     if chowned {
-        let r = row("other.larder1");
+        let r = row("other.larder2");
         assert!(
             r.contains(" 12345 ") && r.contains("owned by uid 12345"),
             "{out}"
@@ -855,7 +855,7 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     larder(&["ls", "--dir", &t.cache("nope")]).fails(1, "cannot list");
 }
 
-/// Removes `/dev/shm/<name>.larder1` on drop.
+/// Removes `/dev/shm/<name>.larder2` on drop.
 struct ShmGuard(String);
 
 impl Drop for ShmGuard {
@@ -871,7 +871,7 @@ fn bare_names_live_in_dev_shm() {
     let name = format!("larder-cli-test-{}-{}", std::process::id(), nanos());
     let guard = ShmGuard(name.clone());
     let out = larder(&["create", &name, "--capacity", "1MiB", "--max-value", "1KiB"]).ok();
-    let path = format!("/dev/shm/{name}.larder1");
+    let path = format!("/dev/shm/{name}.larder2");
     assert!(out.contains(&path), "{out}");
     assert!(Path::new(&path).exists());
     larder(&["set", &name, "k", "v"]).ok();

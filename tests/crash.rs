@@ -547,6 +547,8 @@ mod points {
         Repair,
         /// Creating the file.
         Create,
+        /// An offline repair re-stamping a file whose stamp is not this process's.
+        Restamp,
     }
 
     pub const ALL: &[Scenario] = &[
@@ -564,6 +566,7 @@ mod points {
         Scenario::Fill,
         Scenario::Repair,
         Scenario::Create,
+        Scenario::Restamp,
     ];
 
     impl Scenario {
@@ -593,7 +596,10 @@ mod points {
                 "evict.after_pop" => vec![EvictSmall, EvictMain],
                 p if p.starts_with("move.") => vec![MoveToMain, MainReinsert],
                 "fill.holding_slot" => vec![Fill],
-                "create.after_init" => vec![Create],
+                "create.after_init" | "open.register_atfork" | "open.read_boot_id" => {
+                    vec![Create]
+                }
+                "restamp.after_ids" => vec![Restamp],
                 other => panic!("crash point {other} has no scenario here: add one"),
             }
         }
@@ -705,6 +711,10 @@ mod points {
             s.options().open(path).expect("create");
             return;
         }
+        if s == Scenario::Restamp {
+            larder::Cache::repair_offline(path, &s.options()).expect("repair offline");
+            return;
+        }
         let c = s.options().attach(path).expect("attach");
         let new = new_value(s, key);
         match s {
@@ -807,6 +817,8 @@ mod points {
         for scenario in Scenario::for_point(point) {
             if scenario == Scenario::Create {
                 survive_create(test, point, action);
+            } else if scenario == Scenario::Restamp {
+                survive_restamp(test, point, action);
             } else {
                 survive_scenario(test, point, action, scenario);
             }
@@ -981,6 +993,65 @@ mod points {
         assert_eq!(c.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
         let s = c.stats();
         assert_eq!((s.recoveries, s.entries), (0, 1), "{ctx}: {s:?}");
+    }
+
+    /// Offset of the stamp's checksum word in the header (see the byte map in the
+    /// crate's `layout` module: the stamp is words 456..512, its checksum last).
+    const STAMP_SUM_OFFSET: u64 = 504;
+
+    /// An offline repair that dies while re-stamping the file leaves a stamp no process
+    /// attaches to (never a file only `rm` recovers); the next offline repair writes it
+    /// whole, and every entry is still there.
+    fn survive_restamp(test: &str, point: &str, action: &str) {
+        use std::os::unix::fs::FileExt;
+        let ctx = format!("{point} (Restamp, {action})");
+        let t = TempCache::new("restamp");
+        let opts = Scenario::Restamp.options();
+        let mut acked = Vec::new();
+        {
+            let c = opts.open(t.name()).expect("create");
+            for i in 0..32u64 {
+                let key = format!("ack-{i}").into_bytes();
+                let v = make_value(&key, 1, 24);
+                c.set(&key, &v, None).expect("set");
+                acked.push((key, v));
+            }
+        }
+        // A stamp that is not this process's, as a file from another boot has: damage
+        // its checksum, which the offline repair then writes again.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&t.path)
+            .expect("open file");
+        let mut w = [0u8; 8];
+        f.read_exact_at(&mut w, STAMP_SUM_OFFSET).expect("read");
+        w[0] ^= 0xff;
+        f.write_all_at(&w, STAMP_SUM_OFFSET).expect("write");
+        drop(f);
+        assert!(
+            matches!(opts.attach(t.name()), Err(Error::Corrupt { .. })),
+            "{ctx}: attached to a file with a damaged stamp"
+        );
+        crash_child(test, &t, 0, point, action, Scenario::Restamp, b"unused");
+        assert!(
+            matches!(opts.attach(t.name()), Err(Error::Corrupt { .. })),
+            "{ctx}: attached to a file whose re-stamp was cut short"
+        );
+        larder::Cache::repair_offline(t.name(), &opts)
+            .unwrap_or_else(|e| panic!("{ctx}: offline repair after the crash: {e}"));
+        let c = opts
+            .attach(t.name())
+            .unwrap_or_else(|e| panic!("{ctx}: attach after the repair: {e}"));
+        let report = c.verify().expect("verify");
+        assert!(report.is_clean(), "{ctx}: {report}");
+        for (key, v) in &acked {
+            assert_eq!(
+                c.get(key).expect("get").as_ref(),
+                Some(v),
+                "{ctx}: entry lost by the re-stamp"
+            );
+        }
     }
 
     /// Sets a key whose shard lock the child stops holding (`lock.held` with `stop`),

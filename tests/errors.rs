@@ -22,9 +22,15 @@ const H_TOTAL_SIZE: usize = 16;
 const H_SHARD_COUNT: usize = 32;
 const H_SHARD_SIZE: usize = 40;
 const H_FINGERPRINT: usize = 152;
-const H_BOOT_ID: usize = 160;
 const H_RESERVED: usize = 176;
 const H_CHECKSUM: usize = 448;
+/// The stamp, outside the checksum: boot id (2 words), pid namespace (dev, ino), time
+/// namespace (dev, ino), then the xxh3 of those six words.
+const H_STAMP: usize = 456;
+const STAMP_BOOT: usize = H_STAMP;
+const STAMP_PID_NS_INO: usize = H_STAMP + 24;
+const STAMP_TIME_NS_INO: usize = H_STAMP + 40;
+const STAMP_SUM: usize = H_STAMP + 48;
 /// `__kind` inside glibc's `pthread_mutex_t` on 64-bit Linux; a shard's lock is the
 /// first thing in the shard.
 const MUTEX_KIND: usize = 16;
@@ -57,6 +63,13 @@ fn patch_word(path: &Path, off: usize, v: u64) {
 }
 
 /// Recomputes the header checksum after a patch, so that the check behind it is reached.
+/// Recomputes the stamp's checksum after a test changed its words.
+fn fix_stamp(path: &Path) {
+    let bytes = read_all(path);
+    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[H_STAMP..STAMP_SUM]);
+    patch_word(path, STAMP_SUM, sum);
+}
+
 fn fix_checksum(path: &Path) {
     let bytes = read_all(path);
     let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..H_CHECKSUM]);
@@ -128,20 +141,12 @@ fn expect_invalid_name(name: &str, reason_part: &str) {
     }
 }
 
-/// `Cache::repair_offline` once this process's last handle on the file has closed,
-/// polling (with a deadline) while it says `InUse`: the statistics keeper thread can
-/// still hold the closed handle's mapping, and so its shared flock, for a moment after
-/// `drop` returns (see `offline_repair_right_after_the_last_handle_closes_is_not_in_use`).
+/// `Cache::repair_offline` once this process's last handle on the file has closed: the
+/// handle holds nothing after `drop` returns (no thread of larder's keeps a mapping), so
+/// the repair never finds the file in use
+/// (`offline_repair_right_after_the_last_handle_closes_is_not_in_use`).
 fn repair_offline_after_close(name: &str) -> larder::RepairReport {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Cache::repair_offline(name, &Options::new()) {
-            Err(Error::InUse { .. }) if Instant::now() < end => {
-                std::thread::sleep(Duration::from_millis(1)) // poll interval; the deadline is checked in this loop
-            }
-            r => return r.expect("offline repair"),
-        }
-    }
+    Cache::repair_offline(name, &Options::new()).expect("offline repair")
 }
 
 /// The first key (of `key-0`, `key-1`, ...) that lives in shard `shard`.
@@ -458,7 +463,7 @@ fn other_format_version_is_refused() {
     let t = TempCache::new("err-version");
     make_cache(&t);
     let copy = copy_of(&t, "copy");
-    patch_word(&copy, H_VERSION, 2);
+    patch_word(&copy, H_VERSION, 1);
     fix_checksum(&copy);
     let before = read_all(&copy);
     for r in [
@@ -475,7 +480,7 @@ fn other_format_version_is_refused() {
                 else {
                     unreachable!()
                 };
-                assert_eq!((path, *found, *expected), (&copy, 2, 1));
+                assert_eq!((path, *found, *expected), (&copy, 1, 2));
                 let msg = e.to_string();
                 assert!(msg.contains("use a build of the same version"), "{msg}");
             }
@@ -792,9 +797,9 @@ fn file_from_another_boot_is_refused_until_repaired_offline() {
     let t = TempCache::new("err-boot");
     make_cache(&t);
     let bytes = read_all(&t.path);
-    patch_word(&t.path, H_BOOT_ID, word(&bytes, H_BOOT_ID) ^ 0x1234_5678);
-    patch_word(&t.path, H_BOOT_ID + 8, word(&bytes, H_BOOT_ID + 8) ^ 1);
-    fix_checksum(&t.path);
+    patch_word(&t.path, STAMP_BOOT, word(&bytes, STAMP_BOOT) ^ 0x1234_5678);
+    patch_word(&t.path, STAMP_BOOT + 8, word(&bytes, STAMP_BOOT + 8) ^ 1);
+    fix_stamp(&t.path);
     let before = read_all(&t.path);
     for r in [
         Cache::open(t.name()).map(|_| ()),
@@ -815,6 +820,62 @@ fn file_from_another_boot_is_refused_until_repaired_offline() {
     let c = t.open();
     assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
     assert!(c.verify().expect("verify").is_clean());
+}
+
+/// A file whose stamp names another pid or time namespace (forged here, so this runs
+/// where `unshare` is refused too; tests/boundaries.rs makes real namespaces) is
+/// refused by every opener with its own error, the file unchanged; an offline repair,
+/// which proves nobody is attached and re-initialises every lock, adopts it.
+#[test]
+fn file_from_another_namespace_is_refused_until_repaired_offline() {
+    for (at, what) in [(STAMP_PID_NS_INO, "pid"), (STAMP_TIME_NS_INO, "time")] {
+        let t = TempCache::new("err-ns");
+        make_cache(&t);
+        let bytes = read_all(&t.path);
+        patch_word(&t.path, at, word(&bytes, at) ^ 0x5a5a);
+        fix_stamp(&t.path);
+        let before = read_all(&t.path);
+        for r in [
+            Cache::open(t.name()).map(|_| ()),
+            t.options().open(t.name()).map(|_| ()),
+        ] {
+            match (what, r) {
+                ("pid", Err(e @ Error::OtherPidNamespace { .. })) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("--pid=container:NAME"), "{msg}");
+                    assert!(msg.contains("shareProcessNamespace: true"), "{msg}");
+                }
+                ("time", Err(e @ Error::OtherTimeNamespace { .. })) => {
+                    assert!(e.to_string().contains("time namespace"), "{e}");
+                }
+                (_, other) => panic!("{what}: expected its namespace error, got {other:?}"),
+            }
+        }
+        assert_unchanged(&t.path, &before);
+        repair_offline_after_close(t.name());
+        let c = t.open();
+        assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
+        assert!(c.verify().expect("verify").is_clean());
+    }
+}
+
+/// A stamp whose words do not match its checksum (an offline repair died re-stamping)
+/// is refused as corrupt, and the next offline repair writes it whole.
+#[test]
+fn torn_stamp_is_corrupt_until_repaired_offline() {
+    let t = TempCache::new("err-stamp");
+    make_cache(&t);
+    let bytes = read_all(&t.path);
+    patch_word(&t.path, STAMP_BOOT, word(&bytes, STAMP_BOOT) ^ 1);
+    let before = read_all(&t.path);
+    match Cache::open(t.name()) {
+        Err(Error::Corrupt { detail, .. }) => assert!(detail.contains("stamp"), "{detail}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_unchanged(&t.path, &before);
+    repair_offline_after_close(t.name());
+    let c = t.open();
+    assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
 }
 
 #[test]
@@ -1320,7 +1381,7 @@ fn writer_stopped_mid_write_makes_others_time_out_then_proceed() {
 /// Refusals name a remedy, not only the problem.
 #[test]
 fn refusal_messages_say_what_to_do() {
-    let p = PathBuf::from("/dev/shm/x.larder1");
+    let p = PathBuf::from("/dev/shm/x.larder2");
     let cases: [(Error, &[&str]); 5] = [
         (
             Error::NotACache { path: p.clone() },

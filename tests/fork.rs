@@ -380,3 +380,84 @@ fn forked_children_and_threads_share_one_cache() {
     let report = cache.verify().expect("verify");
     assert!(report.is_clean(), "{report}");
 }
+
+/// Exit code of a re-executed child whose forked grandchild hung inside an open.
+#[cfg(feature = "crash-points")]
+const EXIT_GRANDCHILD_HUNG: i32 = 20;
+
+/// The re-executed child of `fork_during_another_threads_first_open_never_hangs_the_child`:
+/// a thread of this fresh process is held inside its first open at the crash point named
+/// by the parent (`pause`); this thread forks meanwhile, and the forked grandchild opens
+/// a cache of its own. Exits 0 if the grandchild finished, [`EXIT_GRANDCHILD_HUNG`] if
+/// it was still inside its open at the deadline.
+#[cfg(feature = "crash-points")]
+fn first_open_fork_child() -> ! {
+    let dir = std::path::PathBuf::from(std::env::var("LARDER_TEST_DIR").expect("dir"));
+    let pause = std::path::PathBuf::from(std::env::var("LARDER_CRASH_PAUSE_FILE").expect("f"));
+    let first = dir.join("first");
+    let held = std::thread::spawn(move || options().open(first.to_str().unwrap()).is_ok());
+    assert!(
+        poll_until(deadline_in(30), || pause.exists()),
+        "the thread never reached the pause point"
+    );
+    let second = dir.join("second");
+    let mut child = Forked::spawn(move || {
+        let c = match options().open(second.to_str().unwrap()) {
+            Ok(c) => c,
+            Err(_) => return 2,
+        };
+        if c.set(b"k", b"v", None).is_err() || !value_is(&c, b"k", b"v") {
+            return 3;
+        }
+        0
+    });
+    let mut status = 0;
+    let done = poll_until(deadline_in(10), || {
+        // SAFETY: waitpid on our own unreaped child, writing into a local int.
+        unsafe { libc::waitpid(child.pid, &mut status, libc::WNOHANG) == child.pid }
+    });
+    let code = if done {
+        child.reaped = true;
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            1
+        }
+    } else {
+        EXIT_GRANDCHILD_HUNG
+    };
+    drop(child);
+    let _ = std::fs::remove_file(&pause);
+    let opened = held.join().unwrap_or(false);
+    std::process::exit(if code == 0 && !opened { 4 } else { code })
+}
+
+/// A child forked while another thread of its parent is inside its first open (reading
+/// the boot id, registering the fork handler) never waits for that thread, which does
+/// not exist in the child: the window is held open with a pause point, not by timing.
+#[cfg(feature = "crash-points")]
+#[test]
+fn fork_during_another_threads_first_open_never_hangs_the_child() {
+    if common::child_role().as_deref() == Some("first-open") {
+        first_open_fork_child();
+    }
+    const TEST: &str = "fork_during_another_threads_first_open_never_hangs_the_child";
+    for point in ["open.register_atfork", "open.read_boot_id"] {
+        let t = TempCache::new("fork-first-open");
+        let mut cmd = common::self_command(TEST, "first-open");
+        cmd.env("LARDER_TEST_DIR", &t.dir)
+            .env("LARDER_CRASH_AT", point)
+            .env("LARDER_CRASH_ACTION", "pause")
+            .env("LARDER_CRASH_PAUSE_FILE", t.dir.join("paused"))
+            .stderr(std::process::Stdio::inherit());
+        let mut kids = common::Children::new();
+        let i = kids.spawn(&mut cmd);
+        let status = kids.wait_or_fail(i, deadline_in(90), point);
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{point}: a child forked during another thread's first open: {status:?} \
+             ({EXIT_GRANDCHILD_HUNG}: it hung)"
+        );
+    }
+}

@@ -350,23 +350,11 @@ fn repair_and_check(c: &Cache) {
     assert!(c.verify().expect("verify").is_clean());
 }
 
-/// `Cache::repair_offline` once this process's last handle on the file has closed,
-/// polling (with a deadline) while it says `InUse`: the statistics keeper thread can
-/// still hold the closed handle's mapping, and so its shared flock, for a moment after
-/// `drop` returns (a library bug, demonstrated in tests/errors.rs).
+/// `Cache::repair_offline` once this process's last handle on the file has closed: the
+/// handle holds nothing after `drop` returns (no thread of larder's keeps a mapping), so
+/// the repair never finds the file in use.
 fn repair_offline_after_close(name: &str) {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Cache::repair_offline(name, &Options::new()) {
-            Err(Error::InUse { .. }) if std::time::Instant::now() < end => {
-                std::thread::sleep(std::time::Duration::from_millis(1)) // poll interval; the deadline is checked in this loop
-            }
-            r => {
-                r.expect("offline repair");
-                return;
-            }
-        }
-    }
+    Cache::repair_offline(name, &Options::new()).expect("offline repair");
 }
 
 // ----- 1. header ---------------------------------------------------------------------
@@ -437,31 +425,23 @@ fn header_layout_field_damage_is_found() {
 
 // ----- 2. locks ----------------------------------------------------------------------
 
-/// A mutex whose static field changed (a statistics slot and a fill slot): reported by
-/// verify; the online repair cannot re-initialise a lock others may hold, the offline
-/// repair (exclusive) can, and then the file verifies clean.
+/// A mutex whose static field changed (a fill slot): reported by verify; the online
+/// repair cannot re-initialise a lock others may hold, the offline repair (exclusive)
+/// can, and then the file verifies clean. (Statistics slots hold no mutex since format
+/// 2: their words are counters, which any value leaves valid.)
 #[test]
 fn changed_mutex_kind_of_a_slot_is_found() {
     let (t, _) = seeded_cache("v-lock");
     let fill_off = (STATS_OFF + 129 * STATS_SLOT_SIZE).div_ceil(PAGE) * PAGE;
     let mut img = read_all(&t.path);
-    let stats_kind = STATS_OFF + 7 * STATS_SLOT_SIZE + MUTEX_KIND;
     let fill_kind = fill_off + 5 * FILL_SLOT_SIZE + MUTEX_KIND;
     assert_eq!(fill_off + FILL_SLOTS_BYTES, Layout::read(&img).shards_off);
     assert_ne!(img[fill_kind..fill_kind + 4], [0, 0, 0, 0]);
-    img[stats_kind..stats_kind + 4].copy_from_slice(&0x1bad_u32.to_le_bytes());
     img[fill_kind..fill_kind + 4].copy_from_slice(&0x2bad_u32.to_le_bytes());
     write_all(&t.path, &img);
     let c = options().open(t.name()).expect("reopen");
     let report = c.verify().expect("verify");
-    assert!(
-        found(
-            &report,
-            None,
-            "statistics slot 7: mutex kind field is 0x1bad"
-        ),
-        "{report}"
-    );
+    assert_eq!(report.problems.len(), 1, "{report}");
     assert!(
         found(&report, None, "fill slot 5: mutex kind field is 0x2bad"),
         "{report}"

@@ -219,7 +219,7 @@ pub fn target(l: &Layout, w: &Write, door: Door, at: u32) -> Option<usize> {
         },
         Area::Stats => {
             let slot = at % STATS_SLOTS;
-            STATS_OFF + slot * STATS_SLOT_SIZE + 64 + (at / STATS_SLOTS % 8) * 8
+            STATS_OFF + slot * STATS_SLOT_SIZE + (at / STATS_SLOTS % (STATS_SLOT_SIZE / 8)) * 8
         }
         Area::ShardHeader => base + 64 + (at % ((SHARD_HEADER - 64) / 8)) * 8,
         Area::Index => base + SHARD_HEADER + (at % l.slots) * 8,

@@ -18,7 +18,8 @@ pub const CHECKSUM_OFF: usize = 448;
 /// The hash secret in the header.
 pub const SECRET_OFF: usize = 256;
 pub const SECRET_SIZE: usize = 192;
-/// Statistics slots: 129 of 128 bytes at 4096, each starting with a 64-byte mutex.
+/// Statistics slots: 129 of 128 bytes at 4096, counters only (claimed with file locks,
+/// not mutexes).
 pub const STATS_OFF: usize = 4096;
 pub const STATS_SLOTS: usize = 129;
 pub const STATS_SLOT_SIZE: usize = 128;
@@ -141,10 +142,6 @@ impl Layout {
     /// Whether the word at `off` belongs to a glibc mutex (shard lock, statistics slot
     /// lock, fill slot), which the harnesses never write.
     pub fn is_mutex(&self, off: usize) -> bool {
-        let stats_end = STATS_OFF + STATS_SLOTS * STATS_SLOT_SIZE;
-        if (STATS_OFF..stats_end).contains(&off) {
-            return (off - STATS_OFF) % STATS_SLOT_SIZE < MUTEX_SPACE;
-        }
         if (self.fill_off..self.fill_off + FILL_SLOTS * FILL_SLOT_SIZE).contains(&off) {
             return true;
         }

@@ -138,6 +138,8 @@ pub fn rm(g: &Global, name: &str, force: bool) -> Outcome {
             Ok(_) => {}
             Err(
                 Error::OtherBoot { .. }
+                | Error::OtherPidNamespace { .. }
+                | Error::OtherTimeNamespace { .. }
                 | Error::Version { .. }
                 | Error::Corrupt { .. }
                 | Error::Incompatible { .. }
