@@ -20,6 +20,7 @@ use crate::options::Options;
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, LogId, Probe, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, ShardStats, Stats};
+use crate::table::{Access, Owner, Table};
 use crate::verify::Report;
 
 /// Optimistic read attempts before a get takes the shard lock.
@@ -227,15 +228,11 @@ pub struct RepairReport {
     pub dropped: u64,
 }
 
-/// How a locked section ended.
-enum Exit<R> {
-    Done(R),
-    Damaged(Damaged),
-}
-
-/// Holds a shard lock; unlocks on drop. If dropped while the shard is mid-write (a
-/// panic unwinding), the sequence counter stays odd, so the next owner repairs the shard
-/// exactly as if this one had died.
+/// Holds a shard lock; unlocks on drop, marking an owner-dead mutex consistent first
+/// (the shard was repaired under it, or, if that repair was cut short by a panic, its
+/// sequence counter stays odd and the next owner repairs it). If dropped while the shard
+/// is mid-write (a panic unwinding), the sequence counter stays odd, so the next owner
+/// repairs the shard exactly as if this one had died.
 struct ShardGuard<'a> {
     m: RobustMutex<'a>,
     needs_consistent: bool,
@@ -465,22 +462,22 @@ impl Cache {
         }
     }
 
-    /// Runs `f` on shard `idx` under its lock. Repairs the shard first if its last owner
-    /// died or left it mid-write, and again (then retries `f` once) if `f` finds it
-    /// damaged. `write` makes the sequence counter odd around `f`.
+    /// Runs `f` on shard `idx` under its lock, through [`Table::section`]: the shard is
+    /// repaired first if its last owner died or left it mid-write, and again (then `f`
+    /// retried once) if `f` finds it damaged. `access` says whether `f` writes.
     fn locked<R>(
         &self,
         a: &Attached,
         idx: usize,
         wait: Wait,
-        write: bool,
-        mut f: impl FnMut(&Shard<'_>) -> std::result::Result<R, Damaged>,
+        access: Access,
+        f: impl FnMut(&Shard<'_>) -> std::result::Result<R, Damaged>,
     ) -> Result<R> {
-        let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
-        let m = RobustMutex::at(&a.region, shard.base, a.kind)
+        let table = Table::new(&a.region, &a.geo, &a.hasher);
+        let m = RobustMutex::at(&a.region, table.shard(idx).base, a.kind)
             .map_err(|e| lock_error(a, "a shard lock", e, Duration::ZERO, wait))?;
         // Counted before locking: claiming this process's statistics slot the first time
-        // talks to another thread, which must not happen inside the critical section.
+        // opens a file, which must not happen inside the critical section.
         stats::bump(a, SS_LOCKS);
         let acquired = if wait == Wait::Yes {
             m.lock(self.inner.lock_timeout)
@@ -502,57 +499,21 @@ impl Cache {
                 ));
             }
         };
-        let mut guard = ShardGuard {
+        let owner = match acquired {
+            Acquired::OwnerDied => Owner::Died,
+            Acquired::Clean => Owner::Clean,
+        };
+        let _guard = ShardGuard {
             m,
-            needs_consistent: acquired == Acquired::OwnerDied,
+            needs_consistent: owner == Owner::Died,
         };
         crash_point!("lock.held");
-        let seq = a
-            .region
-            .atomic(shard.seq_off())
-            .ok_or_else(|| Error::Corrupt {
+        table
+            .section(idx, owner, access, f)
+            .map_err(|d| Error::Corrupt {
                 path: a.path.clone(),
-                detail: "shard outside the file".into(),
-            })?;
-        if acquired == Acquired::OwnerDied || seqlock::is_dirty(seq) {
-            seqlock::write_begin(seq);
-            shard.repair();
-            seqlock::write_end(seq);
-        }
-        if guard.needs_consistent {
-            guard.m.mark_consistent();
-            guard.needs_consistent = false;
-        }
-        let mut attempt = 0;
-        loop {
-            if write {
-                seqlock::write_begin(seq);
-            }
-            let exit = match f(&shard) {
-                Ok(r) => Exit::Done(r),
-                Err(d) => Exit::Damaged(d),
-            };
-            match exit {
-                Exit::Done(r) => {
-                    if write {
-                        seqlock::write_end(seq);
-                    }
-                    return Ok(r);
-                }
-                Exit::Damaged(d) => {
-                    seqlock::write_begin(seq);
-                    shard.repair();
-                    seqlock::write_end(seq);
-                    attempt += 1;
-                    if attempt > 1 {
-                        return Err(Error::Corrupt {
-                            path: a.path.clone(),
-                            detail: format!("shard {idx}: {}", d.0),
-                        });
-                    }
-                }
-            }
-        }
+                detail: format!("shard {idx}: {}", d.0),
+            })
     }
 
     /// Looks `key` up, optimistically first. `Some(expired)` when found (value in
@@ -571,7 +532,7 @@ impl Cache {
         };
         let found = match result {
             Some(found) => found,
-            None => self.locked(&a, idx, wait, false, |s| match s.find(key, &kh) {
+            None => self.locked(&a, idx, wait, Access::Read, |s| match s.find(key, &kh) {
                 Probe::Hit { slot, rec } => {
                     s.read_value(&rec, out);
                     Ok(Some((slot, rec.expired(now))))
@@ -685,7 +646,7 @@ impl Cache {
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
-        self.locked(&a, idx, wait, true, |s| {
+        self.locked(&a, idx, wait, Access::Write, |s| {
             let kh = s.locate(h);
             s.set(key, &kh, value, expire, only_if_absent, now)
         })
@@ -718,7 +679,7 @@ impl Cache {
         let (a, now) = self.enter_at(Wait::Yes)?;
         Self::check_key(&a, key)?;
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), Wait::Yes, true, |s| {
+        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
             let kh = s.locate(h);
             s.remove(key, &kh, now)
         })
@@ -730,7 +691,7 @@ impl Cache {
         Self::check_key(&a, key)?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), Wait::Yes, true, |s| {
+        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
             let kh = s.locate(h);
             s.touch(key, &kh, expire, now)
         })
@@ -741,7 +702,7 @@ impl Cache {
         let a = self.enter(Wait::Yes)?;
         let mut n = 0;
         for idx in 0..a.geo.shard_count {
-            n += self.locked(&a, idx, Wait::Yes, true, |s| Ok(s.clear()))?;
+            n += self.locked(&a, idx, Wait::Yes, Access::Write, |s| Ok(s.clear()))?;
         }
         Ok(n)
     }
@@ -922,7 +883,7 @@ impl Cache {
         let mut report = Report::default();
         crate::verify::header(&a, &mut report);
         for idx in 0..a.geo.shard_count {
-            let problems = self.locked(&a, idx, Wait::Yes, false, |s| {
+            let problems = self.locked(&a, idx, Wait::Yes, Access::Read, |s| {
                 let mut p = Vec::new();
                 s.verify(&mut p);
                 Ok(p)
@@ -948,7 +909,7 @@ impl Cache {
         let a = self.enter(Wait::Yes)?;
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {
-            report.dropped += self.locked(&a, idx, Wait::Yes, true, |s| Ok(s.repair()))?;
+            report.dropped += self.locked(&a, idx, Wait::Yes, Access::Write, |s| Ok(s.repair()))?;
             report.shards += 1;
         }
         Ok(report)
@@ -973,7 +934,7 @@ impl Cache {
         let reserve = Shard::new(&a.region, &a.geo, idx, &a.hasher).counter(SH_ENTRIES) as usize;
         let mut list =
             Vec::with_capacity(reserve.min(a.geo.buckets * crate::layout::BUCKET_SLOTS) + 16);
-        self.locked(&a, idx, Wait::Yes, false, |s| {
+        self.locked(&a, idx, Wait::Yes, Access::Read, |s| {
             list.clear();
             s.for_each(|rec| {
                 let mut key = vec![0u8; rec.klen];

@@ -108,11 +108,13 @@ mod seqlock;
 mod shard;
 mod stats;
 mod sync;
+// The fuzz harness (fuzz/, built with `--cfg fuzzing`) drives the table's locked-section
+// protocol through this module; in every other build it is private.
+#[cfg(fuzzing)]
+pub mod table;
+#[cfg(not(fuzzing))]
+mod table;
 mod verify;
-pub mod workload;
-
-#[doc(hidden)]
-pub mod fuzzing;
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]

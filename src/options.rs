@@ -125,6 +125,19 @@ impl Options {
         self
     }
 
+    /// Bytes one entry with a key of `key_len` and a value of `value_len` bytes occupies
+    /// in a shard's log: a 16-byte record header, then key and value, each padded to a
+    /// multiple of 8. For sizing a cache's capacity and
+    /// [`expected_entry_size`](Options::expected_entry_size).
+    ///
+    /// ```
+    /// assert_eq!(larder::Options::entry_size(32, 256), 16 + 32 + 256);
+    /// assert_eq!(larder::Options::entry_size(5, 1), 16 + 8 + 8);
+    /// ```
+    pub fn entry_size(key_len: usize, value_len: usize) -> usize {
+        crate::layout::record_size(key_len, value_len)
+    }
+
     /// Typical bytes per entry, key + value + 16 (default 320): sizes the index so that
     /// a shard full of such entries uses 80% of its slots. Smaller entries than this
     /// fill the index before the logs.

@@ -1,4 +1,4 @@
-//! The `ops` and `scribble` harnesses: operation sequences on `larder::fuzzing::Table`
+//! The `ops` and `scribble` harnesses: operation sequences on `larder::table::HeapTable`
 //! (the whole table logic on a heap region) checked against a reference model.
 //!
 //! The model is a map from key to the last value stored. Eviction may drop any entry,
@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use larder::fuzzing::Table;
+use larder::table::HeapTable as Table;
 
 use super::image::{
     self, key, value, How, Layout, SH_DROPPED, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT,

@@ -1,4 +1,4 @@
-//! `larder bench`: the multi-process workload of the benchmarks (`larder::workload`,
+//! `larder bench`: the multi-process workload of the benchmarks (`larder_bench`,
 //! the same code, not a copy) against a scratch cache or a given one, with a progress
 //! line on stderr while it runs and the workload's summary table at the end.
 
@@ -6,8 +6,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use larder::workload::{self, BenchConfig, BenchReport};
 use larder::{Cache, Stats};
+use larder_bench::{self as workload, BenchConfig, BenchReport};
 
 use crate::args::{BenchArgs, Global};
 use crate::units::{bytes, human_duration, percent};

@@ -1,7 +1,7 @@
 //! Hit ratio and memory efficiency.
 //!
 //! Hit ratio: a Zipf(0.99) stream of 10,000,000 requests over 1,000,000 keys
-//! (`larder::workload`), replayed through larder sized to hold about 1%, 5% and 10% of
+//! (`larder_bench`), replayed through larder sized to hold about 1%, 5% and 10% of
 //! the key space (32-byte keys, 256-byte values; a miss is followed by a set), and
 //! through an exact LRU holding as many entries as larder held at the end. Both see the
 //! same stream.
@@ -15,15 +15,15 @@
 //! entries`), and the fraction of the file holding keys and values.
 //!
 //! ```text
-//! cargo bench --bench hit_ratio
-//! LARDER_BENCH_QUICK=1 cargo bench --bench hit_ratio    # 1,000,000 requests
+//! cargo bench -p larder-bench --bench hit_ratio
+//! LARDER_BENCH_QUICK=1 cargo bench -p larder-bench --bench hit_ratio    # 1,000,000 requests
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use larder::workload::{self, Distribution, KeySampler, Rng, KEY_LEN};
 use larder::{Cache, Options};
+use larder_bench::{self as workload, Distribution, KeySampler, Rng, KEY_LEN};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -1,12 +1,12 @@
 //! Multi-process throughput: N processes on one store running each mix of the workload
-//! (`larder::workload`), for larder and, beside it in the same run, LMDB (heed), Redis
+//! (`larder_bench`), for larder and, beside it in the same run, LMDB (heed), Redis
 //! over a unix socket, and the seed's design (benches/seed_cache.py, in Python).
 //!
 //! ```text
-//! cargo bench --bench multiprocess
-//! LARDER_BENCH_QUICK=1 cargo bench --bench multiprocess      # 0.5 s per run
+//! cargo bench -p larder-bench --bench multiprocess
+//! LARDER_BENCH_QUICK=1 cargo bench -p larder-bench --bench multiprocess      # 0.5 s per run
 //! LARDER_BENCH_SECS=5 LARDER_BENCH_PROCS=1,2,4,8,16 LARDER_BENCH_BACKENDS=larder \
-//!     cargo bench --bench multiprocess
+//!     cargo bench -p larder-bench --bench multiprocess
 //! ```
 //! `LARDER_BENCH_BACKENDS` picks among `larder,heed,redis,seed` (default all),
 //! `LARDER_BENCH_DISTS` among `uniform,zipf`, `LARDER_BENCH_MIXES` among
@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
-use larder::workload::{
-    self, BenchConfig, BenchReport, Distribution, Mix, Store, StoreError, KEY_LEN,
+use larder_bench::{
+    self as workload, BenchConfig, BenchReport, Distribution, Mix, Store, StoreError, KEY_LEN,
 };
 
 const HEED: &str = "heed";
@@ -504,10 +504,7 @@ fn run_redis(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
 /// under the current directory (a copied tree).
 fn seed_script() -> Option<PathBuf> {
     [
-        PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/benches/seed_cache.py"
-        )),
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/seed_cache.py")),
         PathBuf::from("benches/seed_cache.py"),
     ]
     .into_iter()

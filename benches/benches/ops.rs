@@ -1,15 +1,15 @@
 //! Single operations, each beside the same operation on the ceiling (an in-process
 //! `Mutex<HashMap<Box<[u8]>, Box<[u8]>>>` with std's default hasher, looked up by
 //! `&[u8]`) and on LMDB through heed (one read transaction per get, one write
-//! transaction per set, `NO_SYNC`), with the workload of `larder::workload`: 100,000
+//! transaction per set, `NO_SYNC`), with the workload of `larder_bench`: 100,000
 //! live keys of 32 bytes, 256-byte values, uniform and Zipf(0.99) access; and gets of
 //! 1,000 of those keys only (`get_into-hot`), whose lines all stay in the CPU caches,
 //! which compares the code paths without the memory latency.
 //!
 //! ```text
-//! cargo bench --bench ops
-//! LARDER_BENCH_QUICK=1 cargo bench --bench ops    # short measurements, for a smoke run
-//! LARDER_BENCH_CLOCK=cpu cargo bench --bench ops   # thread CPU time, on a shared machine
+//! cargo bench -p larder-bench --bench ops
+//! LARDER_BENCH_QUICK=1 cargo bench -p larder-bench --bench ops    # short measurements, for a smoke run
+//! LARDER_BENCH_CLOCK=cpu cargo bench -p larder-bench --bench ops   # thread CPU time, on a shared machine
 //! ```
 //! Figures are criterion's mean per operation over batches. At the end the bench prints
 //! the ratios (larder/ceiling, heed/larder) read back from criterion's estimates, and the
@@ -26,8 +26,8 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BatchSize, Criterion, Throughput};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
-use larder::workload::{self, Distribution, Histogram, KeySampler, Rng, KEY_LEN};
 use larder::Cache;
+use larder_bench::{self as workload, Distribution, Histogram, KeySampler, Rng, KEY_LEN};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 

@@ -5,7 +5,6 @@
 //! Every child process runs under a deadline and is killed if a test fails; every test
 //! works in its own temporary directory (paths with '/' never touch /dev/shm), except
 //! the bare-name test, which uses a unique name and removes it in a guard.
-#![cfg(feature = "cli")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};

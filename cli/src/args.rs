@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use larder::workload::{self, Distribution, Mix};
+use larder_bench::{self as workload, Distribution, Mix};
 
 use crate::codec::Encoding;
 use crate::units;

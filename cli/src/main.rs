@@ -221,7 +221,7 @@ fn usage_error(rendered: &str) -> String {
 fn main() -> ExitCode {
     // `larder bench` runs its workers by starting this binary again: in a worker this
     // runs the workload and exits, before any argument is parsed.
-    larder::workload::worker_main_if_requested();
+    larder_bench::worker_main_if_requested();
     // A bug must still end in one line, not a backtrace over the user's terminal.
     std::panic::set_hook(Box::new(|info| {
         let msg = info

@@ -2,10 +2,11 @@
 //! `larder bench` draw keys, values and operation mixes from here, so a figure from one
 //! is comparable with a figure from another.
 //!
-//! Why a module of the library rather than a file in `benches/`: the multi-process
-//! runner re-executes the running binary as its workers, so the code that a worker runs
-//! must be reachable from any binary that embeds larder (a bench, the CLI), and the
-//! definitions must not drift between them.
+//! Why a crate of its own rather than files in `benches/`: the multi-process runner
+//! re-executes the running binary as its workers, so the code that a worker runs must be
+//! reachable from any binary that runs it (a bench, the CLI), and the definitions must
+//! not drift between them. It depends on larder alone; the peers the benchmarks compare
+//! with (LMDB, Redis) are dev-dependencies of its benches, out of every other build.
 //!
 //! What it defines (the design brief's Performance section names these workloads):
 //! - a deterministic pseudo-random generator ([`Rng`], xoshiro256\*\* seeded through
@@ -40,7 +41,7 @@
 //! # Example
 //!
 //! ```
-//! use larder::workload::{self, KeySampler, Distribution, Mix, Rng};
+//! use larder_bench::{self as workload, KeySampler, Distribution, Mix, Rng};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut rng = Rng::new(42);
@@ -63,7 +64,7 @@
 //! A binary that benchmarks processes (this one is not run here: it re-executes itself):
 //!
 //! ```no_run
-//! use larder::workload::{self, BenchConfig, Mix, Distribution};
+//! use larder_bench::{self as workload, BenchConfig, Mix, Distribution};
 //! use std::time::Duration;
 //!
 //! fn main() -> Result<(), larder::Error> {
@@ -95,8 +96,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
-use crate::{Cache, Options};
+use larder::{Cache, Options};
+use larder::{Error, Result};
 
 // ----- the workload's constants ------------------------------------------------------
 
@@ -550,7 +551,7 @@ impl fmt::Display for Mix {
 
 /// Bytes of one entry in a log: record header, key and value, each padded to 8.
 pub fn record_size(value_len: usize) -> usize {
-    crate::layout::record_size(KEY_LEN, value_len)
+    Options::entry_size(KEY_LEN, value_len)
 }
 
 /// Options for a cache holding `keys` entries of `value_len`-byte values with room to
@@ -1434,7 +1435,7 @@ pub fn run_multiprocess(cfg: &BenchConfig) -> Result<BenchReport> {
         // own, without end.
         return Err(Error::InvalidOptions(format!(
             "run_multiprocess called inside a benchmark worker: the binary's main must call \
-             larder::workload::worker_main_if_requested() first ({WORKER_ENV} is set)"
+             larder_bench::worker_main_if_requested() first ({WORKER_ENV} is set)"
         )));
     }
     if cfg.backend == LARDER && cfg.prefill {

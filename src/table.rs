@@ -1,0 +1,276 @@
+//! The table of a cache file: its memory region, geometry and key hasher, and the
+//! locked-section protocol every mutation and locked read runs under.
+//!
+//! [`Table::section`] is what happens once a shard's lock is held: a shard whose last
+//! owner died, or whose sequence counter a writer left odd, is repaired before anything
+//! else touches it; then the operation runs (with the counter odd around it if it
+//! writes); if the operation finds the shard damaged, the shard is repaired again and
+//! the operation retried once. [`Cache`](crate::Cache) runs it under a shard's robust
+//! mutex; the fuzz harness (below, `cfg(fuzzing)`) runs the same code over a heap
+//! region, with its single caller standing in for the lock, so the fuzzer exercises
+//! the protocol that ships rather than a copy of it.
+
+use crate::layout::Geometry;
+use crate::region::Region;
+use crate::seqlock;
+use crate::shard::{Damaged, Hasher, Shard};
+
+/// Whether the shard's lock came back owner-dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// The last owner unlocked it.
+    Clean,
+    /// The last owner died holding it: the shard must be repaired first.
+    Died,
+}
+
+/// Whether an operation writes the shard (the sequence counter is odd around it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Read,
+    Write,
+}
+
+/// A view of a cache's table.
+#[derive(Clone, Copy)]
+pub(crate) struct Table<'a> {
+    pub region: &'a Region,
+    pub geo: &'a Geometry,
+    pub hasher: &'a Hasher,
+}
+
+impl<'a> Table<'a> {
+    pub(crate) fn new(region: &'a Region, geo: &'a Geometry, hasher: &'a Hasher) -> Table<'a> {
+        Table {
+            region,
+            geo,
+            hasher,
+        }
+    }
+
+    /// Shard `idx`.
+    #[inline]
+    pub(crate) fn shard(&self, idx: usize) -> Shard<'a> {
+        Shard::new(self.region, self.geo, idx, self.hasher)
+    }
+
+    /// Runs `f` on shard `idx`, whose lock the caller holds (see the module docs). An
+    /// error is the damage `f` found again after a repair; the shard is left repaired.
+    pub(crate) fn section<R>(
+        &self,
+        idx: usize,
+        owner: Owner,
+        access: Access,
+        mut f: impl FnMut(&Shard<'_>) -> Result<R, Damaged>,
+    ) -> Result<R, Damaged> {
+        let shard = self.shard(idx);
+        let seq = self
+            .region
+            .atomic(shard.seq_off())
+            .ok_or_else(|| Damaged("shard outside the file".into()))?;
+        if owner == Owner::Died || seqlock::is_dirty(seq) {
+            seqlock::write_begin(seq);
+            shard.repair();
+            seqlock::write_end(seq);
+        }
+        let mut retried = false;
+        loop {
+            if access == Access::Write {
+                seqlock::write_begin(seq);
+            }
+            match f(&shard) {
+                Ok(r) => {
+                    if access == Access::Write {
+                        seqlock::write_end(seq);
+                    }
+                    return Ok(r);
+                }
+                Err(d) => {
+                    seqlock::write_begin(seq);
+                    shard.repair();
+                    seqlock::write_end(seq);
+                    if retried {
+                        return Err(d);
+                    }
+                    retried = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(fuzzing)]
+pub use harness::HeapTable;
+
+/// The fuzz harness's table: a whole cache layout on the heap, driven through
+/// [`Table::section`] exactly as `Cache` drives a mapping. Not a stable API.
+#[cfg(fuzzing)]
+mod harness {
+    use super::{Access, Owner, Table};
+    use crate::error::{Error, Result};
+    use crate::layout::{Geometry, Params, SECRET_SIZE};
+    use crate::region::Region;
+    use crate::seqlock;
+    use crate::shard::{Damaged, Hasher, Probe, SetOutcome, Shard};
+
+    /// A heap region laid out as a cache file of the given limits.
+    pub struct HeapTable {
+        region: Region,
+        geo: Geometry,
+        hasher: Hasher,
+    }
+
+    impl HeapTable {
+        /// A table of `capacity` bytes with the given limits.
+        pub fn new(capacity: u64, max_key_len: usize, max_value_len: usize) -> Result<HeapTable> {
+            let geo = Geometry::compute(&Params {
+                capacity,
+                max_key_len,
+                max_value_len,
+                shards: 0,
+                expected_entry: crate::options::DEFAULT_EXPECTED_ENTRY,
+            })
+            .map_err(Error::InvalidOptions)?;
+            // A fixed secret, so an input replays the same way in every process.
+            let secret: Vec<u8> = (0..SECRET_SIZE as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
+            Ok(HeapTable {
+                region: Region::heap(geo.total_size),
+                hasher: Hasher::new(&secret),
+                geo,
+            })
+        }
+
+        fn table(&self) -> Table<'_> {
+            Table::new(&self.region, &self.geo, &self.hasher)
+        }
+
+        /// Bytes of the region.
+        pub fn size(&self) -> usize {
+            self.geo.total_size
+        }
+
+        /// `(offset, length)` of every shard, for targeted mutations.
+        pub fn shard_ranges(&self) -> Vec<(usize, usize)> {
+            (0..self.geo.shard_count)
+                .map(|i| (self.geo.shard_base(i), self.geo.shard_size))
+                .collect()
+        }
+
+        /// Writes one 8-byte word (the offset is aligned down and wrapped into the region).
+        pub fn poke(&self, off: usize, value: u64) {
+            let off = (off % self.geo.total_size) & !7;
+            self.region.store(off, value);
+        }
+
+        /// Reads one 8-byte word.
+        pub fn peek(&self, off: usize) -> u64 {
+            let off = (off % self.geo.total_size) & !7;
+            self.region.load(off)
+        }
+
+        fn with_shard<R>(
+            &self,
+            key: &[u8],
+            access: Access,
+            f: impl Fn(&Shard<'_>, u64) -> std::result::Result<R, Damaged>,
+        ) -> std::result::Result<R, String> {
+            let h = self.hasher.hash(key);
+            self.table()
+                .section(self.geo.shard_of(h), Owner::Clean, access, |s| f(s, h))
+                .map_err(|d| d.0)
+        }
+
+        fn check(&self, key: &[u8], value: usize) -> std::result::Result<(), String> {
+            if key.len() > self.geo.params.max_key_len || value > self.geo.params.max_value_len {
+                return Err("too large".into());
+            }
+            Ok(())
+        }
+
+        /// `set` (or `insert_if_absent`); true if it stored the value.
+        pub fn set(
+            &self,
+            key: &[u8],
+            value: &[u8],
+            expire: u64,
+            only_if_absent: bool,
+            now: u64,
+        ) -> std::result::Result<bool, String> {
+            self.check(key, value.len())?;
+            self.with_shard(key, Access::Write, |s, h| {
+                let kh = s.locate(h);
+                s.set(
+                    key,
+                    &kh,
+                    value,
+                    expire.min(crate::shard::MAX_EXPIRE),
+                    only_if_absent,
+                    now,
+                )
+                .map(|o| o != SetOutcome::Exists)
+            })
+        }
+
+        /// `get`: the value if present and not expired at `now` (the locked path).
+        pub fn get(&self, key: &[u8], now: u64) -> std::result::Result<Option<Vec<u8>>, String> {
+            self.check(key, 0)?;
+            self.with_shard(key, Access::Read, |s, h| {
+                let kh = s.locate(h);
+                match s.find(key, &kh) {
+                    Probe::Hit { rec, .. } if !rec.expired(now) => {
+                        let mut out = Vec::new();
+                        s.read_value(&rec, &mut out);
+                        Ok(Some(out))
+                    }
+                    Probe::Hit { .. } | Probe::Miss => Ok(None),
+                    Probe::Bad => Err(Damaged("bad slot".into())),
+                }
+            })
+        }
+
+        /// `remove`.
+        pub fn remove(&self, key: &[u8], now: u64) -> std::result::Result<bool, String> {
+            self.check(key, 0)?;
+            self.with_shard(key, Access::Write, |s, h| {
+                let kh = s.locate(h);
+                s.remove(key, &kh, now)
+            })
+        }
+
+        /// Rebuilds every shard, as an offline repair does; returns entries dropped.
+        pub fn repair_all(&self) -> u64 {
+            (0..self.geo.shard_count)
+                .map(|i| self.table().shard(i).repair())
+                .sum()
+        }
+
+        /// Marks a shard mid-write, as a writer that died would leave it.
+        pub fn mark_dirty(&self, shard: usize) {
+            let s = self.table().shard(shard % self.geo.shard_count);
+            if let Some(seq) = self.region.atomic(s.seq_off()) {
+                seqlock::write_begin(seq);
+            }
+        }
+
+        /// Every problem of every shard as it is now (a shard a writer left mid-write is
+        /// reported as such, not repaired first), for the harness's own checks.
+        pub fn verify(&self) -> Vec<String> {
+            let mut out = Vec::new();
+            for i in 0..self.geo.shard_count {
+                self.table().shard(i).verify(&mut out);
+            }
+            out
+        }
+    }
+
+    /// Parses and checks a header page as `open` does (everything but the stamp and
+    /// the file size).
+    pub fn check_header(bytes: &[u8]) -> Result<()> {
+        crate::file::parse_header(std::path::Path::new("<fuzz>"), bytes).map(|_| ())
+    }
+}
+
+#[cfg(fuzzing)]
+pub use harness::check_header;
