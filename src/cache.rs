@@ -15,7 +15,7 @@ use crate::layout::{
     SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
 };
 use crate::lock::{Acquired, LockError, RobustMutex};
-use crate::mapping::{Entered, Mappings};
+use crate::mapping::{Claim, Entered, Mappings};
 use crate::options::Options;
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, LogId, Probe, SetOutcome, Shard, MAX_EXPIRE};
@@ -75,6 +75,9 @@ struct Inner {
     /// While detached: when the next attempt to attach is due.
     retry_at: AtomicU64,
     detached: AtomicBool,
+    /// Held by the thread checking the path (and moving to a replacement), with when it
+    /// began: one check at a time, and the others can tell a move that is taking long.
+    checking: Claim,
     /// Why the last attempt to attach failed.
     cause: Mutex<String>,
 }
@@ -86,6 +89,15 @@ enum Wait {
     Yes,
     /// A `try_` operation: at most non-blocking attempts.
     No,
+}
+
+/// Releases a [`Claim`] when dropped, even by a panic.
+struct ReleaseOnDrop<'a>(&'a Claim);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// How following the path ended.
@@ -107,6 +119,7 @@ impl Inner {
             next_check: AtomicU64::new(coarse_ms() + RECHECK_MS),
             retry_at: AtomicU64::new(0),
             detached: AtomicBool::new(false),
+            checking: Claim::new(),
             cause: Mutex::new(String::new()),
         }
     }
@@ -124,18 +137,12 @@ impl Inner {
     }
 
     fn set_cause(&self, text: String) {
-        let deadline = std::time::Instant::now() + Duration::from_millis(10);
-        loop {
-            match self.cause.try_lock() {
-                Ok(mut c) => return *c = text,
-                Err(std::sync::TryLockError::Poisoned(p)) => return *p.into_inner() = text,
-                Err(std::sync::TryLockError::WouldBlock)
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::yield_now()
-                }
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            }
+        // One attempt: the lock is held only for a clone or a store, so it is busy only
+        // in a child forked while a parent thread held it (the older cause then stays).
+        match self.cause.try_lock() {
+            Ok(mut c) => *c = text,
+            Err(std::sync::TryLockError::Poisoned(p)) => *p.into_inner() = text,
+            Err(std::sync::TryLockError::WouldBlock) => {}
         }
     }
 
@@ -169,7 +176,21 @@ impl Inner {
             },
             ..spec
         };
-        match file::open(&self.path, &spec) {
+        let opened = match file::open(&self.path, &spec) {
+            // Replaced, then removed before it could be opened: create it again.
+            Err(Error::NotFound { .. }) if spec.params.is_none() => match wait {
+                Wait::Yes => file::open(
+                    &self.path,
+                    &OpenSpec {
+                        params: Some(params),
+                        ..spec
+                    },
+                ),
+                Wait::No => return Follow::WouldBlock,
+            },
+            other => other,
+        };
+        match opened {
             Ok(fresh) => match self.maps.publish(Box::new(fresh)) {
                 Ok(()) => {
                     self.maps.retire_idle();
@@ -406,18 +427,35 @@ impl Cache {
             &inner.next_check
         };
         let due = due_at.load(Ordering::Relaxed);
-        if now < due
-            || due_at
-                .compare_exchange(due, now + RECHECK_MS, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            // Not due yet, or another thread is checking now.
+        if now < due {
             return if detached {
                 Err(inner.detached_error())
             } else {
                 Ok(())
             };
         }
+        if let Err(since) = inner.checking.take(now) {
+            // Another thread is checking. If it has been at it for a whole check
+            // period (waiting for a replacement's file lock, or creating it), this
+            // handle's file may be one nobody else sees any more: fail rather than
+            // answer from it.
+            return if detached {
+                Err(inner.detached_error())
+            } else if now.saturating_sub(since) < RECHECK_MS {
+                Ok(())
+            } else if wait == Wait::No {
+                Err(Error::WouldBlock)
+            } else {
+                Err(Error::Detached {
+                    path: inner.path.clone(),
+                    cause: "another thread is still moving it to the file that replaced \
+                            its own"
+                        .into(),
+                })
+            };
+        }
+        let _checking = ReleaseOnDrop(&inner.checking);
+        due_at.store(now + RECHECK_MS, Ordering::Relaxed);
         match inner.follow(wait) {
             Follow::Current => {
                 if detached {

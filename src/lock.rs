@@ -11,8 +11,11 @@
 //!   RECURSIVE mutexes compare the owner's thread id with the caller's, and thread ids
 //!   collide across pid namespaces (containers sharing /dev/shm), so a waiter in another
 //!   container could be told `EDEADLK` or take a recursive lock it does not own. A NORMAL
-//!   robust mutex only uses the id for the kernel's owner-died marking, which is
-//!   namespace-safe because the kernel walks the dying thread's own list.
+//!   robust mutex uses the id only for the kernel's owner-died marking, and even that is
+//!   not safe across pid namespaces: a thread that dies while *waiting* has the mutex in
+//!   its `list_op_pending`, and the kernel marks it owner-dead if the owner field equals
+//!   the dying thread's id in its own namespace. So a file is shared by one pid
+//!   namespace only (the header's stamp; see `file`).
 //!
 //! The mutex words are outside the "every value read is checked" promise: glibc follows
 //! pointers stored in them. So before each lock call the mutex's static field (`__kind`,
@@ -217,7 +220,18 @@ impl<'a> RobustMutex<'a> {
         // SAFETY: as in `try_lock`; `abstime` is a valid timespec for the call's duration.
         let rc =
             unsafe { pthread_mutex_clocklock(self.ptr.as_ptr(), libc::CLOCK_MONOTONIC, &abstime) };
-        Self::outcome(rc)
+        match Self::outcome(rc) {
+            // glibc returns from a failed robust lock (a timeout above all) with the mutex
+            // still in the thread's `list_op_pending`, which the kernel follows if the
+            // thread dies: the mapping could then not be unmapped safely. A `trylock`
+            // clears it whatever it returns (and if the owner let go meanwhile, it
+            // simply acquires).
+            Err(e) => match self.try_lock() {
+                Ok(acquired) => Ok(acquired),
+                Err(_) => Err(e),
+            },
+            ok => ok,
+        }
     }
 
     /// Marks the state the mutex guards as repaired after `EOWNERDEAD`.
@@ -270,5 +284,59 @@ mod tests {
         m.unlock();
         assert_eq!(m.lock(Duration::from_secs(5)), Ok(Acquired::Clean));
         m.unlock();
+    }
+
+    /// The calling thread's robust-list `list_op_pending`: the mutex the kernel treats as
+    /// being acquired if the thread dies now.
+    fn list_op_pending() -> usize {
+        let mut head: *mut libc::c_void = core::ptr::null_mut();
+        let mut len: libc::size_t = 0;
+        // SAFETY: get_robust_list(0, ..) writes the caller's head pointer and its length
+        // into the two locals.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_get_robust_list,
+                0,
+                &mut head as *mut *mut libc::c_void,
+                &mut len as *mut libc::size_t,
+            )
+        };
+        assert_eq!(rc, 0, "get_robust_list");
+        assert!(!head.is_null() && len >= 3 * core::mem::size_of::<usize>());
+        // `struct robust_list_head { list; long futex_offset; list_op_pending; }`: the
+        // third word.
+        let pending = head.cast::<usize>().wrapping_add(2);
+        // SAFETY: `head` is this thread's glibc-owned robust list head, alive while the
+        // thread runs and at least `len` bytes long, so its third word is in bounds.
+        unsafe { core::ptr::read(pending) }
+    }
+
+    /// A lock call that gives up at its deadline leaves nothing on the thread's robust
+    /// list pointing at the mutex: otherwise the mutex's mapping could not be unmapped
+    /// safely (the kernel follows that pointer when the thread dies).
+    #[test]
+    fn a_timed_out_lock_leaves_no_pending_robust_entry() {
+        let r = std::sync::Arc::new(Region::heap(MUTEX_SPACE));
+        let kind = init(&r, 0).expect("init");
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let r2 = r.clone();
+        let holder = std::thread::spawn(move || {
+            let m = RobustMutex::at(&r2, 0, kind).expect("mutex");
+            assert_eq!(m.try_lock(), Ok(Acquired::Clean));
+            held_tx.send(()).expect("send");
+            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+            m.unlock();
+        });
+        held_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("holder locked");
+        let m = RobustMutex::at(&r, 0, kind).expect("mutex");
+        assert_eq!(m.lock(Duration::from_millis(20)), Err(LockError::Busy));
+        assert_eq!(list_op_pending(), 0, "after a timed-out lock");
+        assert_eq!(m.try_lock(), Err(LockError::Busy));
+        assert_eq!(list_op_pending(), 0, "after a busy try_lock");
+        done_tx.send(()).expect("send");
+        holder.join().expect("holder");
     }
 }

@@ -33,10 +33,46 @@ use crate::file::Attached;
 const CELLS: usize = 8;
 /// In-flight counters per cell.
 const STRIPES: usize = 8;
-/// How long a publish waits for another thread's publish or retire, which does no more
-/// than scan the cells: only a child forked while a parent thread was inside one finds
-/// it held for longer, and then gives up rather than wait for a thread that is not there.
-const BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A flag that one thread of a process holds at a time, and that a forked child can take
+/// over: the word records its holder's fork generation (and when it was taken), so a
+/// holder that a fork left behind (a parent thread, absent in the child) never blocks
+/// the child. Taking it never waits.
+pub(crate) struct Claim(AtomicU64);
+
+const HELD: u64 = 1 << 63;
+const GEN_SHIFT: u32 = 40;
+const GEN_MASK: u64 = (1 << 23) - 1;
+const TIME_MASK: u64 = (1 << GEN_SHIFT) - 1;
+
+impl Claim {
+    pub(crate) const fn new() -> Claim {
+        Claim(AtomicU64::new(0))
+    }
+
+    /// Takes the flag at `now_ms`; if a thread of this process holds it, gives back when
+    /// that thread took it.
+    pub(crate) fn take(&self, now_ms: u64) -> Result<(), u64> {
+        self.take_as(crate::stats::fork_gen(), now_ms)
+    }
+
+    fn take_as(&self, gen: u64, now_ms: u64) -> Result<(), u64> {
+        let gen = gen & GEN_MASK;
+        let cur = self.0.load(Ordering::Acquire);
+        if cur & HELD != 0 && (cur >> GEN_SHIFT) & GEN_MASK == gen {
+            return Err(cur & TIME_MASK);
+        }
+        let mine = HELD | (gen << GEN_SHIFT) | (now_ms & TIME_MASK);
+        self.0
+            .compare_exchange(cur, mine, Ordering::Acquire, Ordering::Relaxed)
+            .map(|_| ())
+            .map_err(|v| v & TIME_MASK)
+    }
+
+    pub(crate) fn release(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
 
 #[repr(align(64))]
 struct Stripe(AtomicU64);
@@ -66,9 +102,8 @@ impl Cell {
 pub(crate) struct Mappings {
     cells: [Cell; CELLS],
     current: AtomicUsize,
-    /// Held (by a compare-exchange, never waited for) by the thread that publishes or
-    /// retires, so those two never run at once.
-    busy: AtomicUsize,
+    /// Held by the thread that publishes or retires, so those two never run at once.
+    busy: Claim,
 }
 
 // The cells hold `Box<Attached>`es shared by reference between threads.
@@ -119,7 +154,7 @@ impl Mappings {
         let m = Mappings {
             cells: std::array::from_fn(|_| Cell::empty()),
             current: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            busy: Claim::new(),
         };
         m.cells[0]
             .attached
@@ -153,19 +188,11 @@ impl Mappings {
 
     /// Makes `fresh` the mapping operations use. The replaced one stays until no
     /// operation is inside it (see [`Mappings::retire_idle`]). Gives `fresh` back if no
-    /// cell is free, or if another thread's publish or retire does not end within
-    /// [`BUSY_WAIT`].
+    /// cell is free, or if another thread is publishing or retiring (the handle's
+    /// callers serialise those, so that is a caller's bug, not a wait).
     pub(crate) fn publish(&self, fresh: Box<Attached>) -> Result<(), Box<Attached>> {
-        let deadline = std::time::Instant::now() + BUSY_WAIT;
-        while self
-            .busy
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            if std::time::Instant::now() >= deadline {
-                return Err(fresh);
-            }
-            std::thread::yield_now();
+        if self.busy.take(0).is_err() {
+            return Err(fresh);
         }
         let cur = self.current.load(Ordering::SeqCst);
         let free = (1..CELLS)
@@ -181,18 +208,14 @@ impl Mappings {
             }
             None => Err(fresh),
         };
-        self.busy.store(0, Ordering::Release);
+        self.busy.release();
         result
     }
 
     /// Unmaps every replaced mapping that no operation is inside; returns how many are
     /// left mapped besides the current one.
     pub(crate) fn retire_idle(&self) -> usize {
-        if self
-            .busy
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        if self.busy.take(0).is_err() {
             return 0;
         }
         let cur = self.current.load(Ordering::SeqCst);
@@ -215,7 +238,7 @@ impl Mappings {
                 drop(unsafe { Box::from_raw(p) });
             }
         }
-        self.busy.store(0, Ordering::Release);
+        self.busy.release();
         left
     }
 }
@@ -236,6 +259,23 @@ impl Drop for Mappings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A claim is exclusive within one fork generation, and a child (the next
+    /// generation) takes over one its parent's thread left held.
+    #[test]
+    fn a_claim_left_held_by_a_parent_thread_is_taken_over_by_the_child() {
+        let c = Claim::new();
+        assert_eq!(c.take_as(7, 100), Ok(()));
+        assert_eq!(
+            c.take_as(7, 200),
+            Err(100),
+            "held by a thread of this process"
+        );
+        assert_eq!(c.take_as(8, 300), Ok(()), "the holder is a parent's thread");
+        assert_eq!(c.take_as(8, 400), Err(300));
+        c.release();
+        assert_eq!(c.take_as(8, 500), Ok(()));
+    }
 
     #[test]
     fn stripes_are_a_cache_line_each() {

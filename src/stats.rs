@@ -23,7 +23,6 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
 
 use crate::file::Attached;
 
@@ -172,10 +171,6 @@ fn claim_slot(a: &Attached) -> Option<(usize, OwnedFd)> {
         .map(|slot| (slot, fd))
 }
 
-/// How long a claim waits for the handle's own claim record; it is held only for a
-/// swap, so only a child forked while a parent thread held it would wait that long.
-const CLAIM_WAIT: Duration = Duration::from_millis(100);
-
 /// The offset of this process's statistics slot in `a`, claiming one if needed.
 #[inline]
 pub(crate) fn slot_base(a: &Attached) -> usize {
@@ -218,28 +213,14 @@ fn claim(a: &Attached, old: u64, gen: u64) -> usize {
 
 /// Keeps the claim's description open for the mapping's life, closing the previous one
 /// (in a forked child, its copy of the parent's: the parent's claim stays the parent's).
+/// Never waits: the record is locked only for this swap and by the mapping's drop, so it
+/// is busy only in a child forked while a parent thread held it.
 fn keep_claim(a: &Attached, fd: OwnedFd) {
-    let deadline = Instant::now() + CLAIM_WAIT;
-    loop {
-        match a.stats_claim.try_lock() {
-            Ok(mut c) => {
-                *c = Some(fd);
-                return;
-            }
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                *p.into_inner() = Some(fd);
-                return;
-            }
-            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::yield_now();
-            }
-            Err(std::sync::TryLockError::WouldBlock) => {
-                // Held by a thread that does not exist in this forked child: keep the
-                // claim for the process's life rather than lose the slot's lock.
-                std::mem::forget(fd);
-                return;
-            }
-        }
+    match a.stats_claim.try_lock() {
+        Ok(mut c) => *c = Some(fd),
+        Err(std::sync::TryLockError::Poisoned(p)) => *p.into_inner() = Some(fd),
+        // Keep the claim for the process's life rather than lose the slot's lock.
+        Err(std::sync::TryLockError::WouldBlock) => std::mem::forget(fd),
     }
 }
 
@@ -255,6 +236,7 @@ mod tests {
     use super::*;
     use crate::file::{self, OpenSpec};
     use crate::layout::STATS_SLOTS;
+    use std::time::Duration;
 
     /// A slot's claim is its description's lock: every slot but the shared one can be
     /// claimed once, and closing a claim's description frees exactly that slot.

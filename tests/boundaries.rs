@@ -312,15 +312,16 @@ fn a_handle_that_cannot_attach_fails_instead_of_answering() {
     assert!(t.path.exists(), "the handle re-created its file");
 }
 
-/// Distinct inodes of this process's mappings of files whose path starts with `path`.
-fn mapped_inodes(path: &Path) -> Vec<u64> {
+/// Distinct inodes of this process's mappings of files in `dir`: by the file's name, or
+/// (a file created unnamed with `O_TMPFILE`, then removed) as `dir/#<inode> (deleted)`.
+fn mapped_inodes(dir: &Path) -> Vec<u64> {
     let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
-    let want = path.to_str().expect("utf-8");
+    let want = format!("{}/", dir.to_str().expect("utf-8"));
     let mut inodes: Vec<u64> = maps
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 6 && f[5] == want).then(|| f[4].parse().ok())?
+            (f.len() >= 6 && f[5].starts_with(&want)).then(|| f[4].parse().ok())?
         })
         .collect();
     inodes.sort_unstable();
@@ -350,7 +351,7 @@ fn replaced_files_are_unmapped_once_no_operation_is_inside() {
     let mut seen = Vec::new();
     let unmapped = poll_until(notice_deadline(), || {
         h.get(b"k").expect("get");
-        seen = mapped_inodes(&t.path);
+        seen = mapped_inodes(&t.dir);
         seen == [current]
     });
     assert!(

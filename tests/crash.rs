@@ -995,8 +995,9 @@ mod points {
         assert_eq!((s.recoveries, s.entries), (0, 1), "{ctx}: {s:?}");
     }
 
-    /// Offset of the stamp's checksum word in the header (see the byte map in the
-    /// crate's `layout` module: the stamp is words 456..512, its checksum last).
+    /// The stamp in the header (see the byte map in the crate's `layout` module): six
+    /// words at 456 (boot id first), then their xxh3 checksum at 504.
+    const STAMP_OFFSET: u64 = 456;
     const STAMP_SUM_OFFSET: u64 = 504;
 
     /// An offline repair that dies while re-stamping the file leaves a stamp no process
@@ -1017,21 +1018,25 @@ mod points {
                 acked.push((key, v));
             }
         }
-        // A stamp that is not this process's, as a file from another boot has: damage
-        // its checksum, which the offline repair then writes again.
+        // The stamp of a file from another boot (whole, its checksum right), so the
+        // offline repair writes other words: a crash between them and the checksum
+        // leaves new words under the old checksum.
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&t.path)
             .expect("open file");
-        let mut w = [0u8; 8];
-        f.read_exact_at(&mut w, STAMP_SUM_OFFSET).expect("read");
-        w[0] ^= 0xff;
-        f.write_all_at(&w, STAMP_SUM_OFFSET).expect("write");
+        let mut words = [0u8; 48];
+        f.read_exact_at(&mut words, STAMP_OFFSET).expect("read");
+        words[0] ^= 0xff;
+        f.write_all_at(&words, STAMP_OFFSET).expect("write");
+        let sum = xxhash_rust::xxh3::xxh3_64(&words);
+        f.write_all_at(&sum.to_le_bytes(), STAMP_SUM_OFFSET)
+            .expect("write");
         drop(f);
         assert!(
-            matches!(opts.attach(t.name()), Err(Error::Corrupt { .. })),
-            "{ctx}: attached to a file with a damaged stamp"
+            matches!(opts.attach(t.name()), Err(Error::OtherBoot { .. })),
+            "{ctx}: attached to a file of another boot"
         );
         crash_child(test, &t, 0, point, action, Scenario::Restamp, b"unused");
         assert!(
