@@ -13,7 +13,7 @@ use crate::shard::{Damaged, Hasher, Probe, SetOutcome, Shard};
 
 /// Parses and checks a header page as `open` does (everything but boot id and size).
 pub fn check_header(bytes: &[u8]) -> Result<()> {
-    crate::file::parse_header(Path::new("<fuzz>"), bytes).map(|_| ())
+    crate::header::parse_header(Path::new("<fuzz>"), bytes).map(|_| ())
 }
 
 /// A whole cache layout on the heap, driven like `Cache` drives a mapping, with a

@@ -34,12 +34,12 @@
 //!
 //! # How it works
 //!
-//! - **The file** (`file`, `layout`): fixed size and layout, chosen at creation and
-//!   reserved with `posix_fallocate`; built under no name and linked into place, so
-//!   concurrent openers race safely and a dying creator leaves nothing. The header holds
-//!   a magic number, the format version, every layout parameter, the lock ABI, the boot
-//!   id, a random hash secret and a checksum; a mismatch is an error that names what
-//!   differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
+//! - **The file** (`file`, `header`, `layout`): fixed size and layout, chosen at
+//!   creation and reserved with `posix_fallocate`; built under no name and linked into
+//!   place, so concurrent openers race safely and a dying creator leaves nothing. The
+//!   header holds a magic number, the format version, every layout parameter, the lock
+//!   ABI, the boot id, a random hash secret and a checksum; a mismatch is an error that
+//!   names what differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
 //!   that its path still names its file, and moves to the new one if it was replaced,
 //!   with that file's own parameters; the old mapping is unmapped once no operation is
 //!   inside it (`mapping`). A handle that cannot attach fails with [`Error::Detached`]
@@ -99,6 +99,7 @@ mod clock;
 mod error;
 mod evict;
 mod file;
+mod header;
 mod layout;
 mod lock;
 mod mapping;

@@ -86,6 +86,12 @@ pub(crate) fn native_kind() -> Result<u32, LockError> {
     init(&r, 0)
 }
 
+/// The error for a mutex that could not be initialised (in the file, or the probe of
+/// [`native_kind`]).
+pub(crate) fn init_error(e: LockError) -> crate::error::Error {
+    crate::error::Error::Io(std::io::Error::other(format!("mutex init: {e:?}")))
+}
+
 /// Initialises a mutex at `off` with larder's attributes and returns its `__kind`.
 pub(crate) fn init(region: &Region, off: usize) -> Result<u32, LockError> {
     let ptr = region

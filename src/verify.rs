@@ -75,7 +75,7 @@ impl fmt::Display for Report {
 pub(crate) fn header(a: &Attached, report: &mut Report) {
     let mut buf = vec![0u8; HEADER_SIZE];
     a.region.read_bytes(0, &mut buf);
-    if let Err(e) = crate::file::parse_header(&a.path, &buf) {
+    if let Err(e) = crate::header::parse_header(&a.path, &buf) {
         report.push(None, format!("header: {e}"));
     }
     let g = &a.geo;
