@@ -129,48 +129,81 @@ pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Attached> {
     // A racing creator can win between our failed open and our link; the loop attaches
     // to its file then. Bounded: each turn either returns or saw another process create.
     for _ in 0..16 {
-        match rustix::fs::open(
-            path,
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        match open_existing(path) {
             Ok(fd) => return attach(path, fd, spec),
-            Err(Errno::NOENT) => match &spec.params {
+            Err(missing @ Error::NotFound { .. }) => match &spec.params {
                 Some(params) => match create(path, params, spec)? {
                     Some(a) => return Ok(a),
                     None => continue,
                 },
-                None => {
-                    return Err(Error::NotFound {
-                        path: path.to_path_buf(),
-                    })
-                }
+                None => return Err(missing),
             },
-            Err(Errno::LOOP) => {
-                return Err(Error::UnsafeFile {
-                    path: path.to_path_buf(),
-                    reason: "it is a symbolic link".into(),
-                })
-            }
-            Err(Errno::ISDIR) => {
-                return Err(Error::UnsafeFile {
-                    path: path.to_path_buf(),
-                    reason: "it is not a regular file".into(),
-                })
-            }
-            Err(Errno::ACCESS) | Err(Errno::PERM) => {
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("permission denied opening {}", path.display()),
-                )))
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Err(Error::Io(std::io::Error::other(format!(
         "{} keeps appearing and disappearing",
         path.display()
     ))))
+}
+
+/// Opens the existing file at `path` for reading and writing, refusing a symbolic link
+/// or a directory.
+fn open_existing(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT => Error::NotFound {
+            path: path.to_path_buf(),
+        },
+        Errno::LOOP => Error::UnsafeFile {
+            path: path.to_path_buf(),
+            reason: "it is a symbolic link".into(),
+        },
+        Errno::ISDIR => Error::UnsafeFile {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".into(),
+        },
+        Errno::ACCESS | Errno::PERM => Error::Io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("permission denied opening {}", path.display()),
+        )),
+        e => e.into(),
+    })
+}
+
+fn truncated(path: &Path, len: u64, expected: usize) -> Error {
+    Error::Truncated {
+        path: path.to_path_buf(),
+        len,
+        expected: expected as u64,
+    }
+}
+
+/// The status and header page of an opened file, read once its lock is held (a reset
+/// holds the file exclusively while the header is rewritten); [`Error::Truncated`] if
+/// the file is shorter than the page.
+fn read_header_page(path: &Path, fd: OwnedFd) -> Result<(File, rustix::fs::Stat, Vec<u8>)> {
+    let st = rustix::fs::fstat(&fd)?;
+    let file = File::from(fd);
+    let len = st.st_size as u64;
+    let mut page = vec![0u8; HEADER_SIZE];
+    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut page, 0).is_err() {
+        return Err(truncated(path, len, HEADER_SIZE));
+    }
+    Ok((file, st, page))
+}
+
+/// [`Error::Truncated`] if the file is shorter than its header's layout.
+fn check_size(path: &Path, st: &rustix::fs::Stat, info: &HeaderInfo) -> Result<()> {
+    let len = st.st_size as u64;
+    if len < info.geo.total_size as u64 {
+        return Err(truncated(path, len, info.geo.total_size));
+    }
+    Ok(())
 }
 
 fn shared_lock(path: &Path, fd: &OwnedFd, timeout: Duration) -> Result<()> {
@@ -231,31 +264,7 @@ fn check_owner(path: &Path, fd: &OwnedFd, allow: &[u32]) -> Result<rustix::fs::S
 /// process's (another boot, another pid or time namespace, or a stamp torn by an
 /// interrupted repair). The header must be intact (its checksum and layout are checked).
 pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, bool)> {
-    let fd = match rustix::fs::open(
-        path,
-        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => {
-            return Err(Error::NotFound {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(Errno::LOOP) => {
-            return Err(Error::UnsafeFile {
-                path: path.to_path_buf(),
-                reason: "it is a symbolic link".into(),
-            })
-        }
-        Err(Errno::ISDIR) => {
-            return Err(Error::UnsafeFile {
-                path: path.to_path_buf(),
-                reason: "it is not a regular file".into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let fd = open_existing(path)?;
     check_owner(path, &fd, &spec.allow_uids)?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
@@ -266,26 +275,10 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
         }
         Err(e) => return Err(e.into()),
     }
-    let st = rustix::fs::fstat(&fd)?;
-    let file = File::from(fd);
-    let len = st.st_size as u64;
-    let mut buf = vec![0u8; HEADER_SIZE];
-    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut buf, 0).is_err() {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: HEADER_SIZE as u64,
-        });
-    }
-    let info = header::parse_header(path, &buf)?;
-    let other_boot = Origin::of_header(&buf) != Some(Origin::here());
-    if len < info.geo.total_size as u64 {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: info.geo.total_size as u64,
-        });
-    }
+    let (file, st, page) = read_header_page(path, fd)?;
+    let info = header::parse_header(path, &page)?;
+    let other_boot = Origin::of_header(&page) != Some(Origin::here());
+    check_size(path, &st, &info)?;
     let a = map(path, file, info, &st)?;
     Ok((a, other_boot))
 }
@@ -295,26 +288,10 @@ fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
     shared_lock(path, &fd, spec.lock_timeout)?;
     // Size and header are read after the shared lock: a reset holds the file exclusively
     // while the header is rewritten.
-    let st = rustix::fs::fstat(&fd)?;
-    let file = File::from(fd);
-    let len = st.st_size as u64;
-    let mut buf = vec![0u8; HEADER_SIZE];
-    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut buf, 0).is_err() {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: HEADER_SIZE as u64,
-        });
-    }
-    let info = header::parse_header(path, &buf)?;
-    Origin::here().admit(path, Origin::of_header(&buf))?;
-    if len < info.geo.total_size as u64 {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: info.geo.total_size as u64,
-        });
-    }
+    let (file, st, page) = read_header_page(path, fd)?;
+    let info = header::parse_header(path, &page)?;
+    Origin::here().admit(path, Origin::of_header(&page))?;
+    check_size(path, &st, &info)?;
     if let Some(want) = &spec.params {
         let have = &info.geo.params;
         let mut diffs = Vec::new();
