@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use memmap2::MmapRaw;
 use rustix::fs::{AtFlags, FallocateFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -101,10 +100,10 @@ pub(crate) struct Attached {
     /// The file description whose lock claims that slot (see `stats`); closing it gives
     /// the slot back.
     pub stats_claim: std::sync::Mutex<Option<OwnedFd>>,
+    /// The mapping of the file (the region owns it and unmaps it when dropped).
     pub region: Region,
-    // Field order matters: the region points into the map, which is dropped after it,
-    // and the file (holding the shared flock) last.
-    _map: MmapRaw,
+    // Dropped after the region: the file holds the shared flock for as long as the
+    // mapping lives.
     _file: File,
 }
 
@@ -339,9 +338,7 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
     let map = memmap2::MmapOptions::new()
         .len(info.geo.total_size)
         .map_raw(&file)?;
-    let base = core::ptr::NonNull::new(map.as_mut_ptr())
-        .ok_or_else(|| Error::Io(std::io::Error::other("mmap returned a null pointer")))?;
-    let region = region_over(base, info.geo.total_size);
+    let region = Region::mapped(map)?;
     Ok(Attached {
         path: path.to_path_buf(),
         hasher: Hasher::new(&info.secret),
@@ -352,18 +349,8 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
         stats_slot: AtomicU64::new(0),
         stats_claim: std::sync::Mutex::new(None),
         region,
-        _map: map,
         _file: file,
     })
-}
-
-#[allow(unsafe_code)]
-fn region_over(base: core::ptr::NonNull<u8>, len: usize) -> Region {
-    // `base` starts a fresh shared mapping of `len` bytes (page aligned); the `Attached`
-    // owning the region also owns the map and drops it after the region.
-    // SAFETY: so the memory outlives the region; peers (trusted to run this code) touch
-    // it only atomically or through glibc's mutex calls, which is `from_raw`'s contract.
-    unsafe { Region::from_raw(base, len) }
 }
 
 /// The mount point holding `dir`, for error messages.
