@@ -1,5 +1,4 @@
 //! The public handle.
-#![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

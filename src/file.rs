@@ -13,7 +13,6 @@
 //! Every attached process holds a shared `flock` on the file; anything that
 //! re-initialises a file first takes it exclusively without blocking, which proves that
 //! nobody is attached.
-#![deny(unsafe_code)]
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};

@@ -1,7 +1,6 @@
 //! Entry points for the fuzz targets (`fuzz/`): the header parser on arbitrary bytes,
 //! and the table logic on an in-memory region that the fuzzer may scribble over. Not a
 //! stable API.
-#![deny(unsafe_code)]
 
 use std::path::Path;
 

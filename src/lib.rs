@@ -81,6 +81,11 @@
 //! is refused ([`Error::OtherPidNamespace`], [`Error::OtherTimeNamespace`]), because
 //! robust futexes name owners by thread ids of one pid namespace and TTLs are readings
 //! of one monotonic clock.
+// `unsafe` is allowed only in `region` (the memory the table lives in), `lock` (glibc's
+// mutexes, the statistics slot's file lock and the fork handler) and `mapping` (the
+// cells' pointers to attached files), plus one signal call of the crash-point test
+// machinery (`crashpoint`).
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]

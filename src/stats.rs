@@ -19,7 +19,6 @@
 //! operation in the child claims a slot of its own through a new description and closes
 //! its copy of the parent's (one relaxed load per operation, no `getpid`). Claiming
 //! never waits: each slot is one non-blocking lock attempt.
-#![deny(unsafe_code)]
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

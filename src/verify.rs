@@ -10,7 +10,6 @@
 //!    reference is that slot, whose key hashes to that slot's buckets and tag;
 //! 7. records to index: every live record is named by its slot, and no key is live twice;
 //! 8. counters: entries and live bytes match the records.
-#![deny(unsafe_code)]
 
 use std::fmt;
 

@@ -83,7 +83,6 @@
 //!     Ok(())
 //! }
 //! ```
-#![deny(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fmt;
