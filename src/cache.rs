@@ -1,5 +1,4 @@
 //! The public handle.
-#![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +8,7 @@ use std::time::Duration;
 use crate::clock::{coarse_ms, Clock};
 use crate::error::{Error, Result};
 use crate::file::{self, Attached, OpenSpec};
+use crate::header;
 use crate::layout::{
     Params, FILL_SLOTS, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INSERTS,
     SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS,
@@ -335,7 +335,7 @@ impl Cache {
         // process: re-initialising them is safe, and resets any a dead peer left behind.
         file::init_locks(&a)?;
         if other_boot {
-            file::restamp(&a);
+            header::restamp(&a.region);
         }
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {

@@ -73,6 +73,10 @@ mod imp {
             .as_ref()
     }
 
+    // The crate denies `unsafe` outside `region`, `lock` and `mapping`; this one call is
+    // allowed here because it is test machinery, compiled only with the `crash-points`
+    // feature, and does not belong among `lock`'s production calls. (rustix's safe
+    // `kill_process` would signal the process, not this thread; see `hit`.)
     #[allow(unsafe_code)]
     fn raise(sig: i32) {
         // SAFETY: raise has no memory-safety preconditions; it only sends a signal to the

@@ -1,5 +1,6 @@
 //! The cache file's lifecycle: names, race-free creation, the checks on open, the
-//! shared `flock`, the mapping.
+//! shared `flock`, the mapping. What the header page says, and how it is encoded, is
+//! `header`'s.
 //!
 //! Creation: the file is built complete under no name (`O_TMPFILE`), then given its name
 //! with `linkat`, which never replaces an existing file. Any number of processes may race
@@ -12,7 +13,6 @@
 //! Every attached process holds a shared `flock` on the file; anything that
 //! re-initialises a file first takes it exclusively without blocking, which proves that
 //! nobody is attached.
-#![deny(unsafe_code)]
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -21,19 +21,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use memmap2::MmapRaw;
 use rustix::fs::{AtFlags, FallocateFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
-use crate::layout::{
-    arch_tag, fingerprint, libc_tag, tag_text, FileHeader, Geometry, Params, FILL_SLOTS,
-    FORMAT_VERSION, HEADER_SIZE, MAGIC, SECRET_SIZE, STAMP_WORDS, STATS_SLOTS,
-};
+use crate::header::{self, HeaderInfo, Origin};
+use crate::layout::{Geometry, Params, FILL_SLOTS, FORMAT_VERSION, HEADER_SIZE, SECRET_SIZE};
 use crate::lock;
 use crate::region::Region;
 use crate::shard::Hasher;
-use core::mem::offset_of;
 
 /// Directory of bare cache names.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
@@ -103,10 +99,10 @@ pub(crate) struct Attached {
     /// The file description whose lock claims that slot (see `stats`); closing it gives
     /// the slot back.
     pub stats_claim: std::sync::Mutex<Option<OwnedFd>>,
+    /// The mapping of the file (the region owns it and unmaps it when dropped).
     pub region: Region,
-    // Field order matters: the region points into the map, which is dropped after it,
-    // and the file (holding the shared flock) last.
-    _map: MmapRaw,
+    // Dropped after the region: the file holds the shared flock for as long as the
+    // mapping lives.
     _file: File,
 }
 
@@ -126,173 +122,86 @@ impl std::fmt::Debug for Attached {
     }
 }
 
-/// The current boot's id, from the kernel. Read afresh on every call (opens are rare):
-/// a value cached behind a `Once` would hang a child forked while another thread was
-/// inside the initialiser, since the child inherits the `Once` half-run.
-pub(crate) fn boot_id() -> [u64; 2] {
-    crash_point!("open.read_boot_id");
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let a = u64::from_str_radix(hex.get(0..16).unwrap_or("0"), 16).unwrap_or(0);
-    let b = u64::from_str_radix(hex.get(16..32).unwrap_or("0"), 16).unwrap_or(0);
-    [a, b]
-}
-
-/// `(st_dev, st_ino)` of one of this process's namespaces, `(0, 0)` where the kernel
-/// has no such namespace (time namespaces are Linux 5.6+) or /proc is not mounted.
-fn namespace(which: &str) -> (u64, u64) {
-    rustix::fs::stat(format!("/proc/self/ns/{which}"))
-        .map(|st| (st.st_dev, st.st_ino))
-        .unwrap_or((0, 0))
-}
-
-/// Where a file may be used: the boot, the pid namespace and the time namespace it was
-/// created in (the header's stamp; see `layout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Origin {
-    pub boot: [u64; 2],
-    pub pid_ns: (u64, u64),
-    pub time_ns: (u64, u64),
-}
-
-impl Origin {
-    /// This process's.
-    pub(crate) fn here() -> Origin {
-        Origin {
-            boot: boot_id(),
-            pid_ns: namespace("pid"),
-            time_ns: namespace("time"),
-        }
-    }
-
-    fn words(&self) -> [u64; STAMP_WORDS - 1] {
-        [
-            self.boot[0],
-            self.boot[1],
-            self.pid_ns.0,
-            self.pid_ns.1,
-            self.time_ns.0,
-            self.time_ns.1,
-        ]
-    }
-
-    /// The stamp's words, checksum last.
-    pub(crate) fn stamp(&self) -> [u64; STAMP_WORDS] {
-        let w = self.words();
-        let mut out = [0u64; STAMP_WORDS];
-        out[..STAMP_WORDS - 1].copy_from_slice(&w);
-        out[STAMP_WORDS - 1] = stamp_sum(&w);
-        out
-    }
-
-    /// The origin a header page records; `None` if its stamp's checksum fails (an
-    /// offline repair died while writing it, or the bytes were damaged).
-    pub(crate) fn of_header(buf: &[u8]) -> Option<Origin> {
-        let at = offset_of!(FileHeader, stamp);
-        let w: Vec<u64> = (0..STAMP_WORDS).map(|i| word(buf, at + 8 * i)).collect();
-        if stamp_sum(&w[..STAMP_WORDS - 1]) != w[STAMP_WORDS - 1] {
-            return None;
-        }
-        Some(Origin {
-            boot: [w[0], w[1]],
-            pid_ns: (w[2], w[3]),
-            time_ns: (w[4], w[5]),
-        })
-    }
-
-    /// Whether a process here may attach to a file of origin `file`; the error says why
-    /// not.
-    fn admit(&self, path: &Path, file: Option<Origin>) -> Result<()> {
-        let Some(file) = file else {
-            return Err(Error::Corrupt {
-                path: path.to_path_buf(),
-                detail: "its boot and namespace stamp does not match its checksum (an offline \
-                         repair was interrupted, or the header was damaged)"
-                    .into(),
-            });
-        };
-        if file.boot != self.boot {
-            return Err(Error::OtherBoot {
-                path: path.to_path_buf(),
-            });
-        }
-        // A robust futex records its owner's thread id as the owner's pid namespace sees
-        // it, and the kernel marks a futex owner-dead when a thread dies while waiting on
-        // it (glibc's `list_op_pending`) if the owner field equals the dying thread's own
-        // id. Across pid namespaces equal small tids are common, so a waiter's death in
-        // one namespace could hand a lock held in another to a third process: two
-        // owners of one shard. Sharing a file is therefore confined to one namespace.
-        if file.pid_ns != self.pid_ns {
-            return Err(Error::OtherPidNamespace {
-                path: path.to_path_buf(),
-            });
-        }
-        // Expiry times are CLOCK_MONOTONIC readings, which a time namespace offsets: a
-        // TTL written in one would be wrong by the offset in another.
-        if file.time_ns != self.time_ns {
-            return Err(Error::OtherTimeNamespace {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(())
-    }
-}
-
-fn stamp_sum(words: &[u64]) -> u64 {
-    let mut bytes = Vec::with_capacity(words.len() * 8);
-    for w in words {
-        bytes.extend_from_slice(&w.to_le_bytes());
-    }
-    xxhash_rust::xxh3::xxh3_64(&bytes)
-}
-
 /// Opens (and, with parameters, creates if missing) the cache at `path`.
 pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Attached> {
     // A racing creator can win between our failed open and our link; the loop attaches
     // to its file then. Bounded: each turn either returns or saw another process create.
     for _ in 0..16 {
-        match rustix::fs::open(
-            path,
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        match open_existing(path) {
             Ok(fd) => return attach(path, fd, spec),
-            Err(Errno::NOENT) => match &spec.params {
+            Err(missing @ Error::NotFound { .. }) => match &spec.params {
                 Some(params) => match create(path, params, spec)? {
                     Some(a) => return Ok(a),
                     None => continue,
                 },
-                None => {
-                    return Err(Error::NotFound {
-                        path: path.to_path_buf(),
-                    })
-                }
+                None => return Err(missing),
             },
-            Err(Errno::LOOP) => {
-                return Err(Error::UnsafeFile {
-                    path: path.to_path_buf(),
-                    reason: "it is a symbolic link".into(),
-                })
-            }
-            Err(Errno::ISDIR) => {
-                return Err(Error::UnsafeFile {
-                    path: path.to_path_buf(),
-                    reason: "it is not a regular file".into(),
-                })
-            }
-            Err(Errno::ACCESS) | Err(Errno::PERM) => {
-                return Err(Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("permission denied opening {}", path.display()),
-                )))
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Err(Error::Io(std::io::Error::other(format!(
         "{} keeps appearing and disappearing",
         path.display()
     ))))
+}
+
+/// Opens the existing file at `path` for reading and writing, refusing a symbolic link
+/// or a directory.
+fn open_existing(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT => Error::NotFound {
+            path: path.to_path_buf(),
+        },
+        Errno::LOOP => Error::UnsafeFile {
+            path: path.to_path_buf(),
+            reason: "it is a symbolic link".into(),
+        },
+        Errno::ISDIR => Error::UnsafeFile {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file".into(),
+        },
+        Errno::ACCESS | Errno::PERM => Error::Io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("permission denied opening {}", path.display()),
+        )),
+        e => e.into(),
+    })
+}
+
+fn truncated(path: &Path, len: u64, expected: usize) -> Error {
+    Error::Truncated {
+        path: path.to_path_buf(),
+        len,
+        expected: expected as u64,
+    }
+}
+
+/// The status and header page of an opened file, read once its lock is held (a reset
+/// holds the file exclusively while the header is rewritten); [`Error::Truncated`] if
+/// the file is shorter than the page.
+fn read_header_page(path: &Path, fd: OwnedFd) -> Result<(File, rustix::fs::Stat, Vec<u8>)> {
+    let st = rustix::fs::fstat(&fd)?;
+    let file = File::from(fd);
+    let len = st.st_size as u64;
+    let mut page = vec![0u8; HEADER_SIZE];
+    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut page, 0).is_err() {
+        return Err(truncated(path, len, HEADER_SIZE));
+    }
+    Ok((file, st, page))
+}
+
+/// [`Error::Truncated`] if the file is shorter than its header's layout.
+fn check_size(path: &Path, st: &rustix::fs::Stat, info: &HeaderInfo) -> Result<()> {
+    let len = st.st_size as u64;
+    if len < info.geo.total_size as u64 {
+        return Err(truncated(path, len, info.geo.total_size));
+    }
+    Ok(())
 }
 
 fn shared_lock(path: &Path, fd: &OwnedFd, timeout: Duration) -> Result<()> {
@@ -348,249 +257,12 @@ fn check_owner(path: &Path, fd: &OwnedFd, allow: &[u32]) -> Result<rustix::fs::S
     Ok(st)
 }
 
-fn word(buf: &[u8], off: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&buf[off..off + 8]);
-    u64::from_le_bytes(w)
-}
-
-/// The checked contents of a header.
-pub(crate) struct HeaderInfo {
-    pub geo: Geometry,
-    pub kind: u32,
-    pub secret: Vec<u8>,
-}
-
-const CHECKSUM_OFF: usize = offset_of!(FileHeader, checksum);
-
-/// Parses and checks a header page: everything but the boot id and the file size.
-pub(crate) fn parse_header(path: &Path, buf: &[u8]) -> Result<HeaderInfo> {
-    let path = path.to_path_buf();
-    if buf.len() < HEADER_SIZE {
-        return Err(Error::Truncated {
-            path,
-            len: buf.len() as u64,
-            expected: HEADER_SIZE as u64,
-        });
-    }
-    let f = |field: usize| word(buf, field);
-    if f(offset_of!(FileHeader, magic)) != MAGIC {
-        return Err(Error::NotACache { path });
-    }
-    let version = f(offset_of!(FileHeader, version));
-    if version != FORMAT_VERSION as u64 {
-        return Err(Error::Version {
-            path,
-            found: version.min(u32::MAX as u64) as u32,
-            expected: FORMAT_VERSION,
-        });
-    }
-    let sum = xxhash_rust::xxh3::xxh3_64(&buf[..CHECKSUM_OFF]);
-    if f(CHECKSUM_OFF) != sum {
-        return Err(Error::Corrupt {
-            path,
-            detail: "the header checksum does not match".into(),
-        });
-    }
-    let native =
-        lock::native_kind().map_err(|e| Error::Io(std::io::Error::other(format!("{e:?}"))))?;
-    let mut diffs = Vec::new();
-    let mut cmp = |name: &str, found: u64, want: u64, text: &dyn Fn(u64) -> String| {
-        if found != want {
-            diffs.push(format!(
-                "{name}: file {}, this build {}",
-                text(found),
-                text(want)
-            ));
-        }
-    };
-    let num = |v: u64| v.to_string();
-    cmp(
-        "architecture",
-        f(offset_of!(FileHeader, arch)),
-        arch_tag(),
-        &tag_text,
-    );
-    cmp(
-        "libc",
-        f(offset_of!(FileHeader, libc)),
-        libc_tag(),
-        &tag_text,
-    );
-    cmp(
-        "sizeof(pthread_mutex_t)",
-        f(offset_of!(FileHeader, mutex_size)),
-        core::mem::size_of::<libc::pthread_mutex_t>() as u64,
-        &num,
-    );
-    cmp(
-        "mutex kind",
-        f(offset_of!(FileHeader, mutex_kind)),
-        native as u64,
-        &|v| format!("{v:#x}"),
-    );
-    cmp(
-        "layout fingerprint",
-        f(offset_of!(FileHeader, fingerprint)),
-        fingerprint(),
-        &|v| format!("{v:#018x}"),
-    );
-    cmp(
-        "stats slots",
-        f(offset_of!(FileHeader, stats_slots)),
-        STATS_SLOTS as u64,
-        &num,
-    );
-    cmp(
-        "fill slots",
-        f(offset_of!(FileHeader, fill_slots)),
-        FILL_SLOTS as u64,
-        &num,
-    );
-    if !diffs.is_empty() {
-        return Err(Error::Incompatible {
-            path,
-            differences: diffs,
-        });
-    }
-    let usize_of = |field: usize| usize::try_from(f(field)).unwrap_or(usize::MAX);
-    let params = Params {
-        capacity: f(offset_of!(FileHeader, capacity)),
-        max_key_len: usize_of(offset_of!(FileHeader, max_key_len)),
-        max_value_len: usize_of(offset_of!(FileHeader, max_value_len)),
-        shards: usize_of(offset_of!(FileHeader, shard_count)),
-        expected_entry: usize_of(offset_of!(FileHeader, expected_entry)),
-    };
-    let geo = Geometry::compute(&params).map_err(|e| Error::Corrupt {
-        path: path.clone(),
-        detail: format!("the header's parameters do not make a layout: {e}"),
-    })?;
-    let derived = [
-        (
-            "total size",
-            geo.total_size as u64,
-            f(offset_of!(FileHeader, total_size)),
-        ),
-        (
-            "shard size",
-            geo.shard_size as u64,
-            f(offset_of!(FileHeader, shard_size)),
-        ),
-        (
-            "buckets",
-            geo.buckets as u64,
-            f(offset_of!(FileHeader, buckets)),
-        ),
-        (
-            "small log",
-            geo.small_cap as u64,
-            f(offset_of!(FileHeader, small_cap)),
-        ),
-        (
-            "main log",
-            geo.main_cap as u64,
-            f(offset_of!(FileHeader, main_cap)),
-        ),
-        (
-            "ghost",
-            geo.ghost_len as u64,
-            f(offset_of!(FileHeader, ghost_len)),
-        ),
-    ];
-    for (name, want, found) in derived {
-        if want != found {
-            return Err(Error::Corrupt {
-                path,
-                detail: format!("header field {name} is {found}, its parameters give {want}"),
-            });
-        }
-    }
-    let secret =
-        buf[offset_of!(FileHeader, secret)..offset_of!(FileHeader, secret) + SECRET_SIZE].to_vec();
-    Ok(HeaderInfo {
-        geo,
-        kind: native,
-        secret,
-    })
-}
-
-/// Builds a header page for `geo`.
-pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8], origin: &Origin) -> Vec<u8> {
-    let mut buf = vec![0u8; HEADER_SIZE];
-    let mut put = |field: usize, v: u64| buf[field..field + 8].copy_from_slice(&v.to_le_bytes());
-    put(offset_of!(FileHeader, magic), MAGIC);
-    put(offset_of!(FileHeader, version), FORMAT_VERSION as u64);
-    put(offset_of!(FileHeader, total_size), geo.total_size as u64);
-    put(offset_of!(FileHeader, capacity), geo.params.capacity);
-    put(offset_of!(FileHeader, shard_count), geo.shard_count as u64);
-    put(offset_of!(FileHeader, shard_size), geo.shard_size as u64);
-    put(
-        offset_of!(FileHeader, max_key_len),
-        geo.params.max_key_len as u64,
-    );
-    put(
-        offset_of!(FileHeader, max_value_len),
-        geo.params.max_value_len as u64,
-    );
-    put(offset_of!(FileHeader, buckets), geo.buckets as u64);
-    put(offset_of!(FileHeader, small_cap), geo.small_cap as u64);
-    put(offset_of!(FileHeader, main_cap), geo.main_cap as u64);
-    put(offset_of!(FileHeader, ghost_len), geo.ghost_len as u64);
-    put(
-        offset_of!(FileHeader, expected_entry),
-        geo.params.expected_entry as u64,
-    );
-    put(offset_of!(FileHeader, stats_slots), STATS_SLOTS as u64);
-    put(offset_of!(FileHeader, fill_slots), FILL_SLOTS as u64);
-    put(offset_of!(FileHeader, arch), arch_tag());
-    put(offset_of!(FileHeader, libc), libc_tag());
-    put(
-        offset_of!(FileHeader, mutex_size),
-        core::mem::size_of::<libc::pthread_mutex_t>() as u64,
-    );
-    put(offset_of!(FileHeader, mutex_kind), kind as u64);
-    put(offset_of!(FileHeader, fingerprint), fingerprint());
-    let s = offset_of!(FileHeader, secret);
-    buf[s..s + SECRET_SIZE].copy_from_slice(&secret[..SECRET_SIZE]);
-    let sum = xxhash_rust::xxh3::xxh3_64(&buf[..CHECKSUM_OFF]);
-    buf[CHECKSUM_OFF..CHECKSUM_OFF + 8].copy_from_slice(&sum.to_le_bytes());
-    let at = offset_of!(FileHeader, stamp);
-    for (i, w) in origin.stamp().iter().enumerate() {
-        buf[at + 8 * i..at + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    buf
-}
-
 /// Opens an existing file holding its `flock` exclusively (without waiting): proof that
 /// no process is attached. Returns the mapping and whether its stamp is not this
 /// process's (another boot, another pid or time namespace, or a stamp torn by an
 /// interrupted repair). The header must be intact (its checksum and layout are checked).
 pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, bool)> {
-    let fd = match rustix::fs::open(
-        path,
-        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => {
-            return Err(Error::NotFound {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(Errno::LOOP) => {
-            return Err(Error::UnsafeFile {
-                path: path.to_path_buf(),
-                reason: "it is a symbolic link".into(),
-            })
-        }
-        Err(Errno::ISDIR) => {
-            return Err(Error::UnsafeFile {
-                path: path.to_path_buf(),
-                reason: "it is not a regular file".into(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let fd = open_existing(path)?;
     check_owner(path, &fd, &spec.allow_uids)?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
@@ -601,43 +273,12 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
         }
         Err(e) => return Err(e.into()),
     }
-    let st = rustix::fs::fstat(&fd)?;
-    let file = File::from(fd);
-    let len = st.st_size as u64;
-    let mut buf = vec![0u8; HEADER_SIZE];
-    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut buf, 0).is_err() {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: HEADER_SIZE as u64,
-        });
-    }
-    let info = parse_header(path, &buf)?;
-    let other_boot = Origin::of_header(&buf) != Some(Origin::here());
-    if len < info.geo.total_size as u64 {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: info.geo.total_size as u64,
-        });
-    }
+    let (file, st, page) = read_header_page(path, fd)?;
+    let info = header::parse_header(path, &page)?;
+    let other_boot = Origin::of_header(&page) != Some(Origin::here());
+    check_size(path, &st, &info)?;
     let a = map(path, file, info, &st)?;
     Ok((a, other_boot))
-}
-
-/// Re-stamps the header with this process's boot and namespaces. Only for a file held
-/// exclusively, whose locks were just re-initialised. The six words go first and their
-/// checksum last, so a crash in between leaves a stamp that fails its checksum: no
-/// process attaches to it, and the next offline repair writes it again.
-pub(crate) fn restamp(a: &Attached) {
-    let stamp = Origin::here().stamp();
-    let at = offset_of!(FileHeader, stamp);
-    for (i, w) in stamp[..STAMP_WORDS - 1].iter().enumerate() {
-        a.region.store(at + 8 * i, *w);
-    }
-    crash_point!("restamp.after_ids");
-    a.region
-        .store(at + 8 * (STAMP_WORDS - 1), stamp[STAMP_WORDS - 1]);
 }
 
 fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
@@ -645,26 +286,10 @@ fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
     shared_lock(path, &fd, spec.lock_timeout)?;
     // Size and header are read after the shared lock: a reset holds the file exclusively
     // while the header is rewritten.
-    let st = rustix::fs::fstat(&fd)?;
-    let file = File::from(fd);
-    let len = st.st_size as u64;
-    let mut buf = vec![0u8; HEADER_SIZE];
-    if len < HEADER_SIZE as u64 || file.read_exact_at(&mut buf, 0).is_err() {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: HEADER_SIZE as u64,
-        });
-    }
-    let info = parse_header(path, &buf)?;
-    Origin::here().admit(path, Origin::of_header(&buf))?;
-    if len < info.geo.total_size as u64 {
-        return Err(Error::Truncated {
-            path: path.to_path_buf(),
-            len,
-            expected: info.geo.total_size as u64,
-        });
-    }
+    let (file, st, page) = read_header_page(path, fd)?;
+    let info = header::parse_header(path, &page)?;
+    Origin::here().admit(path, Origin::of_header(&page))?;
+    check_size(path, &st, &info)?;
     if let Some(want) = &spec.params {
         let have = &info.geo.params;
         let mut diffs = Vec::new();
@@ -712,9 +337,7 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
     let map = memmap2::MmapOptions::new()
         .len(info.geo.total_size)
         .map_raw(&file)?;
-    let base = core::ptr::NonNull::new(map.as_mut_ptr())
-        .ok_or_else(|| Error::Io(std::io::Error::other("mmap returned a null pointer")))?;
-    let region = region_over(base, info.geo.total_size);
+    let region = Region::mapped(map)?;
     Ok(Attached {
         path: path.to_path_buf(),
         hasher: Hasher::new(&info.secret),
@@ -725,18 +348,8 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
         stats_slot: AtomicU64::new(0),
         stats_claim: std::sync::Mutex::new(None),
         region,
-        _map: map,
         _file: file,
     })
-}
-
-#[allow(unsafe_code)]
-fn region_over(base: core::ptr::NonNull<u8>, len: usize) -> Region {
-    // `base` starts a fresh shared mapping of `len` bytes (page aligned); the `Attached`
-    // owning the region also owns the map and drops it after the region.
-    // SAFETY: so the memory outlives the region; peers (trusted to run this code) touch
-    // it only atomically or through glibc's mutex calls, which is `from_raw`'s contract.
-    unsafe { Region::from_raw(base, len) }
 }
 
 /// The mount point holding `dir`, for error messages.
@@ -828,13 +441,12 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
     let file = File::from(fd);
     let mut secret = vec![0u8; SECRET_SIZE];
     rustix::rand::getrandom(&mut secret[..], rustix::rand::GetRandomFlags::empty())?;
-    let kind = lock::native_kind()
-        .map_err(|e| Error::Io(std::io::Error::other(format!("mutex init: {e:?}"))))?;
-    let header = build_header(&geo, kind, &secret, &Origin::here());
+    let kind = lock::native_kind().map_err(lock::init_error)?;
+    let page = header::build_header(&geo, kind, &secret, &Origin::here());
     let info = HeaderInfo { geo, kind, secret };
     let attached = map(path, file, info, &st)?;
     init_locks(&attached)?;
-    attached.region.write_bytes(0, &header);
+    attached.region.write_bytes(0, &page);
     crash_point!("create.after_init");
     let linked = match &temp_name {
         None => rustix::fs::linkat(
@@ -864,8 +476,7 @@ pub(crate) fn init_locks(a: &Attached) -> Result<()> {
         .map(|i| g.fill_slot(i))
         .chain((0..g.shard_count).map(|i| g.shard_base(i)));
     for off in offs {
-        let kind = lock::init(&a.region, off)
-            .map_err(|e| Error::Io(std::io::Error::other(format!("mutex init: {e:?}"))))?;
+        let kind = lock::init(&a.region, off).map_err(lock::init_error)?;
         if kind != a.kind {
             return Err(Error::Io(std::io::Error::other(
                 "mutex kind changed between inits",

@@ -34,12 +34,12 @@
 //!
 //! # How it works
 //!
-//! - **The file** (`file`, `layout`): fixed size and layout, chosen at creation and
-//!   reserved with `posix_fallocate`; built under no name and linked into place, so
-//!   concurrent openers race safely and a dying creator leaves nothing. The header holds
-//!   a magic number, the format version, every layout parameter, the lock ABI, the boot
-//!   id, a random hash secret and a checksum; a mismatch is an error that names what
-//!   differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
+//! - **The file** (`file`, `header`, `layout`): fixed size and layout, chosen at
+//!   creation and reserved with `posix_fallocate`; built under no name and linked into
+//!   place, so concurrent openers race safely and a dying creator leaves nothing. The
+//!   header holds a magic number, the format version, every layout parameter, the lock
+//!   ABI, the boot id, a random hash secret and a checksum; a mismatch is an error that
+//!   names what differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
 //!   that its path still names its file, and moves to the new one if it was replaced,
 //!   with that file's own parameters; the old mapping is unmapped once no operation is
 //!   inside it (`mapping`). A handle that cannot attach fails with [`Error::Detached`]
@@ -81,6 +81,11 @@
 //! is refused ([`Error::OtherPidNamespace`], [`Error::OtherTimeNamespace`]), because
 //! robust futexes name owners by thread ids of one pid namespace and TTLs are readings
 //! of one monotonic clock.
+// `unsafe` is allowed only in `region` (the memory the table lives in), `lock` (glibc's
+// mutexes, the statistics slot's file lock and the fork handler) and `mapping` (the
+// cells' pointers to attached files), plus one signal call of the crash-point test
+// machinery (`crashpoint`).
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::multiple_unsafe_ops_per_block)]
@@ -99,6 +104,7 @@ mod clock;
 mod error;
 mod evict;
 mod file;
+mod header;
 mod layout;
 mod lock;
 mod mapping;

@@ -22,9 +22,15 @@
 //! written once by `pthread_mutex_init`) is compared with the value recorded in the file
 //! header at creation, and a mismatch is reported as corruption instead of handed to
 //! glibc.
+//!
+//! The module also makes larder's two other lock-related libc calls, for `stats`: the
+//! open file description lock that claims a statistics slot, and the registration of
+//! the fork handler that makes a forked child claim its own. Together with `region` and
+//! `mapping`, this is where the crate's `unsafe` code lives.
 #![allow(unsafe_code)]
 
 use core::ptr::NonNull;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use crate::region::Region;
@@ -87,6 +93,12 @@ pub(crate) struct RobustMutex<'a> {
 pub(crate) fn native_kind() -> Result<u32, LockError> {
     let r = Region::heap(MUTEX_SPACE);
     init(&r, 0)
+}
+
+/// The error for a mutex that could not be initialised (in the file, or the probe of
+/// [`native_kind`]).
+pub(crate) fn init_error(e: LockError) -> crate::error::Error {
+    crate::error::Error::Io(std::io::Error::other(format!("mutex init: {e:?}")))
 }
 
 /// Initialises a mutex at `off` with larder's attributes and returns its `__kind`.
@@ -247,6 +259,36 @@ impl<'a> RobustMutex<'a> {
         // glibc returns EPERM without side effects otherwise.
         let _ = unsafe { libc::pthread_mutex_unlock(self.ptr.as_ptr()) };
     }
+}
+
+/// Takes the open file description lock (`F_OFD_SETLK`, write) on byte `byte` of `fd`
+/// without waiting; whether it was taken. The lock belongs to the file description: it
+/// is dropped when the description's last descriptor closes.
+pub(crate) fn ofd_try_lock(fd: impl AsFd, byte: usize) -> bool {
+    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
+    let mut fl: libc::flock = unsafe { core::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = byte as libc::off_t;
+    fl.l_len = 1;
+    // Required to be 0 for OFD locks.
+    fl.l_pid = 0;
+    let fd = fd.as_fd();
+    // SAFETY: `fd` is an open descriptor for the call's duration and `fl` a valid,
+    // initialised struct that the kernel only reads (F_OFD_SETLK never blocks).
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    rc == 0
+}
+
+/// Registers `handler` to run in the child after every `fork` (`pthread_atfork`);
+/// whether it was registered. The handler runs in the child of a possibly
+/// multi-threaded process, where only async-signal-safe work is allowed: larder's one
+/// handler does an atomic add.
+pub(crate) fn register_atfork_child(handler: extern "C" fn()) -> bool {
+    // SAFETY: `pthread_atfork` only records the function pointers, and a function lives
+    // for the whole program; the null prepare and parent handlers are allowed.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(handler)) };
+    rc == 0
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
 //! The builder that creates or attaches to a cache.
-#![deny(unsafe_code)]
 
 use std::time::Duration;
 

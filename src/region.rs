@@ -22,16 +22,29 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use memmap2::MmapRaw;
+
 /// Bytes per word: the one access width of the region.
 pub(crate) const WORD: usize = 8;
 
 /// A region of memory that other processes may read and write concurrently.
 pub(crate) struct Region {
+    // `base` and `len` are all the accessors read (none looks at the backing); the
+    // backing only keeps the memory alive for as long as the region.
     base: NonNull<AtomicU64>,
     len: usize,
-    /// Keeps a heap-backed region's memory alive (tests and Miri); `None` for a mapping,
-    /// whose owner outlives the region.
-    _heap: Option<Vec<AtomicU64>>,
+    _backing: Backing,
+}
+
+/// What a region's memory is, held for as long as the region lives.
+enum Backing {
+    /// Zeroed words on the heap, for tests and Miri. A `Vec`, not a `Box`: moving a
+    /// `Box` into the struct would retag it as unique and invalidate `base` under Miri's
+    /// aliasing models; moving a `Vec` does not.
+    Heap { _words: Vec<AtomicU64> },
+    /// A shared mapping of the cache file, unmapped (by `MmapRaw`'s `Drop`) when the
+    /// region drops.
+    Map { _map: MmapRaw },
 }
 
 // SAFETY: the region is only ever accessed through atomic operations (and the pthread
@@ -46,29 +59,38 @@ impl Region {
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn heap(len: usize) -> Region {
         let words = len.div_ceil(WORD);
-        // A `Vec`, not a `Box`: moving a `Box` into the struct would retag it as unique
-        // and invalidate `base` under Miri's aliasing models; moving a `Vec` does not.
         let heap: Vec<AtomicU64> = (0..words).map(|_| AtomicU64::new(0)).collect();
         let base = NonNull::new(heap.as_ptr().cast_mut()).unwrap_or(NonNull::dangling());
         Region {
             base,
             len: words * WORD,
-            _heap: Some(heap),
+            _backing: Backing::Heap { _words: heap },
         }
     }
 
-    /// A region over `len` bytes at `base`.
+    /// A region over the whole of `map` (a shared mapping of the cache file), which it
+    /// keeps and unmaps when dropped. Fails if the mapping's address is null or not
+    /// 8-aligned (a fresh mapping is page aligned).
     ///
-    /// # Safety
-    /// `base` must be 8-aligned and valid for reads and writes of `len` bytes for as long
-    /// as the returned region lives, and every other access to those bytes (by this or
-    /// other processes) must be atomic or through the pthread calls of `lock`.
-    pub(crate) unsafe fn from_raw(base: NonNull<u8>, len: usize) -> Region {
-        Region {
-            base: base.cast(),
-            len: len - len % WORD,
-            _heap: None,
+    /// Safe code can make one: the region takes the mapping by value, so nothing else in
+    /// this process reaches those bytes except `unsafe` code over some other mapping;
+    /// the other processes mapping the file are peers running this code, trusted to touch
+    /// the bytes only atomically or through the pthread calls of `lock` (the crate's
+    /// stated limits).
+    pub(crate) fn mapped(map: MmapRaw) -> std::io::Result<Region> {
+        let base = NonNull::new(map.as_mut_ptr().cast::<AtomicU64>())
+            .ok_or_else(|| std::io::Error::other("mmap returned a null pointer"))?;
+        if !base.as_ptr().is_aligned() {
+            return Err(std::io::Error::other(
+                "mmap returned an address that is not 8-aligned",
+            ));
         }
+        let len = map.len();
+        Ok(Region {
+            base,
+            len: len - len % WORD,
+            _backing: Backing::Map { _map: map },
+        })
     }
 
     /// Whether `[off, off + len)` lies inside the region.
@@ -82,8 +104,8 @@ impl Region {
             return None;
         }
         let p = self.base.as_ptr().wrapping_add(off / WORD);
-        // `off` is 8-aligned and `off + 8 <= len`: `p` lies inside the region, which
-        // `from_raw`'s contract (or the heap vector) keeps valid.
+        // `off` is 8-aligned and `off + 8 <= len`: `p` lies inside the region, whose
+        // backing (the heap vector or the mapping) it keeps alive.
         // SAFETY: in bounds and aligned; `AtomicU64` has `u64`'s layout and every access
         // to these bytes is atomic, so a shared reference is sound while others write.
         Some(unsafe { &*p })
@@ -125,7 +147,7 @@ impl Region {
         // As in `word`, `AtomicU64` has `u64`'s layout and every access to these bytes is
         // atomic, so a shared slice of them is sound while others write.
         // SAFETY: `off` is 8-aligned and `off + 8 * n <= len`: the `n` words lie inside
-        // the region, which `from_raw`'s contract (or the heap vector) keeps valid.
+        // the region, whose backing (the heap vector or the mapping) it keeps alive.
         Some(unsafe { core::slice::from_raw_parts(p, n) })
     }
 

@@ -17,7 +17,6 @@
 //!   crate's code makes its stores, and stop at one of its crash points
 //!   (`crashpoint::POINTS`), leaving the region exactly as a killed writer would: the
 //!   sequence counter odd, the intent record set. Real kills are the crash suite's.
-#![deny(unsafe_code)]
 
 use core::sync::atomic::AtomicU64;
 use std::collections::BTreeMap;

@@ -19,9 +19,8 @@
 //! operation in the child claims a slot of its own through a new description and closes
 //! its copy of the parent's (one relaxed load per operation, no `getpid`). Claiming
 //! never waits: each slot is one non-blocking lock attempt.
-#![deny(unsafe_code)]
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use crate::file::Attached;
@@ -130,32 +129,13 @@ pub(crate) fn register_atfork() {
         .is_ok()
     {
         crash_point!("open.register_atfork");
-        #[allow(unsafe_code)]
-        // SAFETY: registering a handler that only performs an atomic add, which is
-        // async-signal-safe and so allowed in a forked child.
-        let _ = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        let _ = crate::lock::register_atfork_child(after_fork_in_child);
         ATFORK.store(2, Ordering::Release);
     }
 }
 
 pub(crate) fn fork_gen() -> u64 {
     FORK_GEN.load(Ordering::Relaxed) & 0xffff_ffff
-}
-
-/// Takes the open file description lock on byte `slot` of `fd` without waiting.
-#[allow(unsafe_code)]
-fn ofd_try_lock(fd: &OwnedFd, slot: usize) -> bool {
-    // SAFETY: `flock` is a plain C struct for which all-zero bytes are a valid value.
-    let mut fl: libc::flock = unsafe { core::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = slot as libc::off_t;
-    fl.l_len = 1;
-    fl.l_pid = 0; // required to be 0 for OFD locks
-                  // SAFETY: `fd` is an open descriptor for the call's duration and `fl` a valid,
-                  // initialised struct that the kernel only reads (F_OFD_SETLK never blocks).
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    rc == 0
 }
 
 /// A fresh description of the file `a` maps, with the lock of a free slot on it.
@@ -167,7 +147,7 @@ fn claim_slot(a: &Attached) -> Option<(usize, OwnedFd)> {
     )
     .ok()?;
     (1..crate::layout::STATS_SLOTS)
-        .find(|&slot| ofd_try_lock(&fd, slot))
+        .find(|&slot| crate::lock::ofd_try_lock(&fd, slot))
         .map(|slot| (slot, fd))
 }
 

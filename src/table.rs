@@ -268,7 +268,7 @@ mod harness {
     /// Parses and checks a header page as `open` does (everything but the stamp and
     /// the file size).
     pub fn check_header(bytes: &[u8]) -> Result<()> {
-        crate::file::parse_header(std::path::Path::new("<fuzz>"), bytes).map(|_| ())
+        crate::header::parse_header(std::path::Path::new("<fuzz>"), bytes).map(|_| ())
     }
 }
 

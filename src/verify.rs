@@ -10,7 +10,6 @@
 //!    reference is that slot, whose key hashes to that slot's buckets and tag;
 //! 7. records to index: every live record is named by its slot, and no key is live twice;
 //! 8. counters: entries and live bytes match the records.
-#![deny(unsafe_code)]
 
 use std::fmt;
 
@@ -75,7 +74,7 @@ impl fmt::Display for Report {
 pub(crate) fn header(a: &Attached, report: &mut Report) {
     let mut buf = vec![0u8; HEADER_SIZE];
     a.region.read_bytes(0, &mut buf);
-    if let Err(e) = crate::file::parse_header(&a.path, &buf) {
+    if let Err(e) = crate::header::parse_header(&a.path, &buf) {
         report.push(None, format!("header: {e}"));
     }
     let g = &a.geo;
