@@ -14,7 +14,9 @@ use crate::layout::{
     SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS,
     SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
 };
-use crate::lock::{Acquired, LockError, RobustMutex};
+// `Wait` also says whether an operation may wait for a replacement's file lock, and
+// create a missing file.
+use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::{Claim, Entered, Mappings};
 use crate::options::Options;
 use crate::seqlock;
@@ -80,15 +82,6 @@ struct Inner {
     checking: Claim,
     /// Why the last attempt to attach failed.
     cause: Mutex<String>,
-}
-
-/// Whether an operation may wait (for a lock, for the file lock of a replacement) and
-/// create a missing file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    Yes,
-    /// A `try_` operation: at most non-blocking attempts.
-    No,
 }
 
 /// Releases a [`Claim`] when dropped, even by a panic.
@@ -216,6 +209,23 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// The parameters of a cache file, fixed at its creation: see [`Cache::limits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Bytes of the file's capacity, as asked at creation.
+    pub capacity: u64,
+    /// The longest key, in bytes.
+    pub max_key_len: usize,
+    /// The longest value, in bytes.
+    pub max_value_len: usize,
+    /// Shards (each with its own lock and memory).
+    pub shards: usize,
+    /// The typical entry size the index was sized for
+    /// ([`Options::expected_entry_size`]).
+    pub expected_entry_size: usize,
+}
+
 /// An entry read by [`Cache::get_stale`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleValue {
@@ -227,6 +237,7 @@ pub struct StaleValue {
 
 /// One entry, as listed by [`Cache::entries`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EntryInfo {
     /// The shard it lives in.
     pub shard: usize,
@@ -249,72 +260,18 @@ pub struct RepairReport {
     pub dropped: u64,
 }
 
-/// Holds a shard lock; unlocks on drop, marking an owner-dead mutex consistent first
-/// (the shard was repaired under it, or, if that repair was cut short by a panic, its
-/// sequence counter stays odd and the next owner repairs it). If dropped while the shard
-/// is mid-write (a panic unwinding), the sequence counter stays odd, so the next owner
-/// repairs the shard exactly as if this one had died.
-struct ShardGuard<'a> {
-    m: RobustMutex<'a>,
-    needs_consistent: bool,
-}
-
-impl Drop for ShardGuard<'_> {
-    fn drop(&mut self) {
-        if self.needs_consistent {
-            // Unlocking an owner-dead mutex without this would make it unrecoverable; the
-            // shard stays marked dirty (odd counter) if its repair did not finish.
-            self.m.mark_consistent();
-        }
-        self.m.unlock();
-    }
-}
-
-struct FillGuard<'a>(RobustMutex<'a>);
-
-impl Drop for FillGuard<'_> {
-    fn drop(&mut self) {
-        self.0.unlock();
-    }
-}
-
-fn lock_error(
-    a: &Attached,
-    what: &'static str,
-    e: LockError,
-    waited: Duration,
-    wait: Wait,
-) -> Error {
-    match e {
-        LockError::Busy if wait == Wait::Yes => Error::Timeout { what, waited },
-        LockError::Busy => Error::WouldBlock,
-        LockError::Corrupt(detail) => Error::Corrupt {
-            path: a.path.clone(),
-            detail,
-        },
-        LockError::NotRecoverable => Error::Corrupt {
-            path: a.path.clone(),
-            detail: format!(
-                "{what} is not recoverable (a process unlocked it after its owner died \
-                 without repairing)"
-            ),
-        },
-        LockError::Other(code) => Error::Io(std::io::Error::from_raw_os_error(code)),
-    }
-}
-
 impl Cache {
     /// Attaches to an existing cache with the file's own parameters and default runtime
     /// settings. Fails with [`Error::NotFound`] if there is none.
-    pub fn open(name: &str) -> Result<Cache> {
-        Cache::open_with(name, &Options::new(), false)
+    pub fn open(name: impl AsRef<Path>) -> Result<Cache> {
+        Cache::open_with(name.as_ref(), &Options::new(), false)
     }
 
     /// Removes a cache file. Attached handles notice within a few hundred milliseconds
     /// and move to a new file when one is created (or create it themselves on their next
     /// check).
-    pub fn unlink(name: &str) -> Result<()> {
-        file::unlink(&file::resolve(name)?)
+    pub fn unlink(name: impl AsRef<Path>) -> Result<()> {
+        file::unlink(&file::resolve(name.as_ref())?)
     }
 
     /// Repairs a cache that no process is attached to: takes the file's `flock`
@@ -322,8 +279,8 @@ impl Cache {
     /// re-initialises every lock (which also recovers a file from another boot, whose lock
     /// words name owners the kernel will never mark dead) and rebuilds every shard from
     /// its logs. For a cache in use, [`Cache::repair`] works online, shard by shard.
-    pub fn repair_offline(name: &str, opts: &Options) -> Result<RepairReport> {
-        let path = file::resolve(name)?;
+    pub fn repair_offline(name: impl AsRef<Path>, opts: &Options) -> Result<RepairReport> {
+        let path = file::resolve(name.as_ref())?;
         let spec = OpenSpec {
             params: None,
             mode: opts.mode,
@@ -351,11 +308,11 @@ impl Cache {
     }
 
     /// The path a name resolves to (a bare name lives in /dev/shm).
-    pub fn path_of(name: &str) -> Result<PathBuf> {
-        file::resolve(name)
+    pub fn path_of(name: impl AsRef<Path>) -> Result<PathBuf> {
+        file::resolve(name.as_ref())
     }
 
-    pub(crate) fn open_with(name: &str, opts: &Options, create: bool) -> Result<Cache> {
+    pub(crate) fn open_with(name: &Path, opts: &Options, create: bool) -> Result<Cache> {
         if opts.mode & !0o777 != 0 || opts.mode & 0o002 != 0 {
             return Err(Error::InvalidOptions(format!(
                 "mode {:o} must be within 0777 and not world-writable",
@@ -386,17 +343,33 @@ impl Cache {
         &self.inner.path
     }
 
-    /// The parameters the file was created with: `(capacity, max_key_len,
-    /// max_value_len, shards)`.
-    pub fn limits(&self) -> (u64, usize, usize, usize) {
+    /// The parameters the file this handle maps was created with.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-limits-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cache = larder::Options::new()
+    ///     .capacity(4 << 20)
+    ///     .max_value_len(2048)
+    ///     .open(dir.join("limits"))?;
+    /// let limits = cache.limits();
+    /// assert_eq!((limits.capacity, limits.max_value_len), (4 << 20, 2048));
+    /// assert!(limits.shards.is_power_of_two());
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn limits(&self) -> Limits {
         let a = self.inner.maps.enter();
         let p: Params = a.geo.params;
-        (
-            p.capacity,
-            p.max_key_len,
-            p.max_value_len,
-            a.geo.shard_count,
-        )
+        Limits {
+            capacity: p.capacity,
+            max_key_len: p.max_key_len,
+            max_value_len: p.max_value_len,
+            shards: a.geo.shard_count,
+            expected_entry_size: p.expected_entry,
+        }
     }
 
     /// Enters the current mapping, after the periodic check that the path still names
@@ -503,6 +476,10 @@ impl Cache {
     /// Runs `f` on shard `idx` under its lock, through [`Table::section`]: the shard is
     /// repaired first if its last owner died or left it mid-write, and again (then `f`
     /// retried once) if `f` finds it damaged. `access` says whether `f` writes.
+    ///
+    /// A panic in `f` unwinds through the lock's guard, which unlocks (marking an
+    /// owner-dead mutex consistent): the shard's sequence counter stays odd, so the next
+    /// owner repairs it exactly as if this one had died.
     fn locked<R>(
         &self,
         a: &Attached,
@@ -511,47 +488,34 @@ impl Cache {
         access: Access,
         f: impl FnMut(&Shard<'_>) -> std::result::Result<R, Damaged>,
     ) -> Result<R> {
+        const WHAT: &str = "a shard lock";
         let table = Table::new(&a.region, &a.geo, &a.hasher);
         let m = RobustMutex::at(&a.region, table.shard(idx).base, a.kind)
-            .map_err(|e| lock_error(a, "a shard lock", e, Duration::ZERO, wait))?;
+            .map_err(|e| e.into_error(&a.path, WHAT, Duration::ZERO, wait))?;
         // Counted before locking: claiming this process's statistics slot the first time
         // opens a file, which must not happen inside the critical section.
         stats::bump(a, SS_LOCKS);
-        let acquired = if wait == Wait::Yes {
-            m.lock(self.inner.lock_timeout)
-        } else {
-            m.try_lock()
-        };
-        let acquired = match acquired {
-            Ok(acq) => acq,
+        let guard = match m.acquire(wait, self.inner.lock_timeout) {
+            Ok(guard) => guard,
             Err(e) => {
                 if wait == Wait::Yes && e == LockError::Busy {
                     stats::bump(a, SS_LOCK_TIMEOUTS);
                 }
-                return Err(lock_error(
-                    a,
-                    "a shard lock",
-                    e,
-                    self.inner.lock_timeout,
-                    wait,
-                ));
+                return Err(e.into_error(&a.path, WHAT, self.inner.lock_timeout, wait));
             }
         };
-        let owner = match acquired {
-            Acquired::OwnerDied => Owner::Died,
-            Acquired::Clean => Owner::Clean,
-        };
-        let _guard = ShardGuard {
-            m,
-            needs_consistent: owner == Owner::Died,
+        let owner = if guard.owner_died() {
+            Owner::Died
+        } else {
+            Owner::Clean
         };
         crash_point!("lock.held");
-        table
-            .section(idx, owner, access, f)
-            .map_err(|d| Error::Corrupt {
-                path: a.path.clone(),
-                detail: format!("shard {idx}: {}", d.0),
-            })
+        let result = table.section(idx, owner, access, f);
+        drop(guard);
+        result.map_err(|d| Error::Corrupt {
+            path: a.path.clone(),
+            detail: format!("shard {idx}: {}", d.0),
+        })
     }
 
     /// Looks `key` up, optimistically first. `Some(expired)` when found (value in
@@ -791,17 +755,18 @@ impl Cache {
         };
         let a = self.enter(Wait::Yes)?;
         let slot = (a.hasher.hash(key) % FILL_SLOTS as u64) as usize;
+        const WHAT: &str = "a fill slot";
         let m = RobustMutex::at(&a.region, a.geo.fill_slot(slot), a.kind)
-            .map_err(|e| lock_error(&a, "a fill slot", e, Duration::ZERO, Wait::Yes))?;
-        let acquired = match m.try_lock() {
-            Ok(acq) => acq,
+            .map_err(|e| e.into_error(&a.path, WHAT, Duration::ZERO, Wait::Yes))?;
+        let mut guard = match m.try_lock() {
+            Ok(guard) => guard,
             Err(LockError::Busy) => {
                 if let Some(v) = stale {
                     // Another process is refreshing it: serve the stale value meanwhile.
                     return Ok(v);
                 }
                 match m.lock(self.inner.fill_timeout) {
-                    Ok(acq) => acq,
+                    Ok(guard) => guard,
                     Err(LockError::Busy) => {
                         stats::bump(&a, SS_FILL_TIMEOUTS);
                         return Err(Error::Timeout {
@@ -811,28 +776,23 @@ impl Cache {
                         .into());
                     }
                     Err(e) => {
-                        return Err(lock_error(
-                            &a,
-                            "a fill slot",
-                            e,
-                            self.inner.fill_timeout,
-                            Wait::Yes,
-                        )
-                        .into())
+                        let waited = self.inner.fill_timeout;
+                        return Err(e.into_error(&a.path, WHAT, waited, Wait::Yes).into());
                     }
                 }
             }
             Err(e) => {
-                return Err(lock_error(&a, "a fill slot", e, Duration::ZERO, Wait::Yes).into())
+                return Err(e
+                    .into_error(&a.path, WHAT, Duration::ZERO, Wait::Yes)
+                    .into())
             }
         };
-        if acquired == Acquired::OwnerDied {
+        if guard.owner_died() {
             // The filler died: the slot guards no shared data, so there is nothing to
             // repair; this caller computes instead.
-            m.mark_consistent();
+            guard.mark_consistent();
             stats::bump(&a, SS_FILL_HANDOVERS);
         }
-        let _guard = FillGuard(m);
         // Someone may have filled it while this caller waited.
         let mut out = Vec::new();
         if self.read(key, &mut out, false, Wait::Yes)? == Some(false) {
@@ -842,6 +802,7 @@ impl Cache {
         let value = f()?;
         self.set(key, &value, ttl)?;
         stats::bump(&a, SS_FILLS);
+        drop(guard);
         Ok(value)
     }
 
@@ -990,12 +951,29 @@ impl Cache {
         Ok(Some(list))
     }
 
-    /// A handle's view for tests and tools: the number of shards.
+    /// The number of shards of the file (the same as [`Limits::shards`]). Each has its
+    /// own lock and memory; [`Stats::shards`] reports them one by one.
     pub fn shard_count(&self) -> usize {
         self.inner.maps.enter().geo.shard_count
     }
 
-    /// The shard a key lives in.
+    /// The shard `key` lives in (`0..shard_count()`): writers of keys in different
+    /// shards never contend, and a shard that fills evicts only its own entries. For
+    /// spreading keys, or reading a hot shard's line in [`Stats::shards`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-shard-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("shards"))?;
+    /// cache.set(b"k", b"v", None)?;
+    /// let shard = cache.shard_of(b"k");
+    /// assert!(shard < cache.shard_count());
+    /// assert_eq!(cache.stats().shards[shard].entries, 1);
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     pub fn shard_of(&self, key: &[u8]) -> usize {
         let a = self.inner.maps.enter();
         a.geo.shard_of(a.hasher.hash(key))

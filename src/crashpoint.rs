@@ -9,6 +9,7 @@
 
 /// Every point, in the order the code reaches them. A unit test checks that this list
 /// and the points in the source agree, so a new step without a point is noticed.
+#[cfg_attr(not(any(test, feature = "crash-points")), allow(dead_code))]
 pub const POINTS: &[&str] = &[
     "overwrite.after_intent",
     "overwrite.mid_value",

@@ -160,7 +160,7 @@ impl fmt::Display for Error {
             Error::Incompatible { path, differences } => write!(
                 f,
                 "{} was created with other parameters ({}); open it with Cache::open to use \
-                 its own, or remove it (larder rm) to recreate it",
+                 its own, or remove it (Cache::unlink) to recreate it",
                 path.display(),
                 differences.join("; ")
             ),
@@ -182,9 +182,10 @@ impl fmt::Display for Error {
             ),
             Error::Corrupt { path, detail } => write!(
                 f,
-                "{} is corrupt: {detail}; run `larder repair` (offline it takes the file's \
-                 exclusive lock and re-initialises the locks), or remove the file (`larder \
-                 rm`) if its header is damaged",
+                "{} is corrupt: {detail}; repair it (Cache::repair online, shard by shard; \
+                 Cache::repair_offline with no process attached, which also re-initialises \
+                 the locks; or `larder repair`, from `cargo install larder-cli`), or remove \
+                 the file (Cache::unlink) if its header is damaged",
                 path.display()
             ),
             Error::UnsafeFile { path, reason } => write!(
@@ -205,8 +206,9 @@ impl fmt::Display for Error {
             ),
             Error::OtherBoot { path } => write!(
                 f,
-                "{} was created during another boot; its locks cannot be trusted: run \
-                 `larder repair` with no process attached, or remove the file",
+                "{} was created during another boot; its locks cannot be trusted: repair it \
+                 offline with no process attached (Cache::repair_offline, or `larder repair` \
+                 from `cargo install larder-cli`), or remove the file",
                 path.display()
             ),
             Error::OtherPidNamespace { path } => write!(
@@ -259,7 +261,7 @@ impl fmt::Display for Error {
             ),
             Error::NotFound { path } => write!(
                 f,
-                "no cache at {}; create it with Options::open or `larder create`",
+                "no cache at {}; create it with Options::open",
                 path.display()
             ),
             Error::Io(e) => write!(f, "I/O error: {e}"),
@@ -282,10 +284,10 @@ impl From<io::Error> for Error {
     }
 }
 
-impl From<rustix::io::Errno> for Error {
-    fn from(e: rustix::io::Errno) -> Self {
-        Error::Io(e.into())
-    }
+/// An OS error from rustix as an [`Error::Io`] (rustix's type stays out of the public
+/// API, so this is a function rather than a `From`).
+pub(crate) fn os(e: rustix::io::Errno) -> Error {
+    Error::Io(e.into())
 }
 
 /// The crate's result type.

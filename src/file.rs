@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rustix::fs::{AtFlags, FallocateFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::error::{Error, Result};
+use crate::error::{os, Error, Result};
 use crate::header::{self, HeaderInfo, Origin};
 use crate::layout::{Geometry, Params, FILL_SLOTS, FORMAT_VERSION, HEADER_SIZE, SECRET_SIZE};
 use crate::lock;
@@ -50,39 +50,38 @@ pub(crate) fn file_name(name: &str) -> String {
     format!("{name}.larder{FORMAT_VERSION}")
 }
 
-/// Resolves a cache name: a bare name lives in /dev/shm, a path (anything with a `/`)
-/// is used as given.
-pub(crate) fn resolve(name: &str) -> Result<PathBuf> {
-    if name.contains('/') {
-        if name.ends_with('/') {
-            return Err(Error::InvalidName {
-                name: name.into(),
-                reason: "a path must name a file, not a directory",
-            });
-        }
-        return Ok(PathBuf::from(name));
-    }
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > 200 {
-        Some("it is longer than 200 bytes")
-    } else if name.starts_with('.') {
-        Some("it starts with '.'")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        Some("it has a character outside [A-Za-z0-9._-]")
-    } else {
-        None
+/// Resolves a cache name: a bare name (no `/`) lives in /dev/shm, a path (anything with
+/// a `/`) is used as given.
+pub(crate) fn resolve(name: &Path) -> Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = name.as_os_str().as_bytes();
+    let invalid = |reason| Error::InvalidName {
+        name: name.to_string_lossy().into_owned(),
+        reason,
     };
-    match reason {
-        Some(reason) => Err(Error::InvalidName {
-            name: name.into(),
-            reason,
-        }),
-        None => Ok(Path::new(SHM_DIR).join(file_name(name))),
+    if bytes.contains(&b'/') {
+        if bytes.ends_with(b"/") {
+            return Err(invalid("a path must name a file, not a directory"));
+        }
+        return Ok(name.to_path_buf());
     }
+    if bytes.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if bytes.len() > 200 {
+        return Err(invalid("it is longer than 200 bytes"));
+    }
+    if bytes.starts_with(b".") {
+        return Err(invalid("it starts with '.'"));
+    }
+    if !bytes
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(invalid("it has a character outside [A-Za-z0-9._-]"));
+    }
+    // Only ASCII remains, so the name is UTF-8.
+    Ok(Path::new(SHM_DIR).join(file_name(&name.to_string_lossy())))
 }
 
 /// A mapped, checked cache file this process is attached to.
@@ -169,7 +168,7 @@ fn open_existing(path: &Path) -> Result<OwnedFd> {
             std::io::ErrorKind::PermissionDenied,
             format!("permission denied opening {}", path.display()),
         )),
-        e => e.into(),
+        e => os(e),
     })
 }
 
@@ -185,7 +184,7 @@ fn truncated(path: &Path, len: u64, expected: usize) -> Error {
 /// holds the file exclusively while the header is rewritten); [`Error::Truncated`] if
 /// the file is shorter than the page.
 fn read_header_page(path: &Path, fd: OwnedFd) -> Result<(File, rustix::fs::Stat, Vec<u8>)> {
-    let st = rustix::fs::fstat(&fd)?;
+    let st = rustix::fs::fstat(&fd).map_err(os)?;
     let file = File::from(fd);
     let len = st.st_size as u64;
     let mut page = vec![0u8; HEADER_SIZE];
@@ -232,7 +231,7 @@ fn shared_lock(path: &Path, fd: &OwnedFd, timeout: Duration) -> Result<()> {
 }
 
 fn check_owner(path: &Path, fd: &OwnedFd, allow: &[u32]) -> Result<rustix::fs::Stat> {
-    let st = rustix::fs::fstat(fd)?;
+    let st = rustix::fs::fstat(fd).map_err(os)?;
     let unsafe_file = |reason: String| Error::UnsafeFile {
         path: path.to_path_buf(),
         reason,
@@ -271,7 +270,7 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
                 path: path.to_path_buf(),
             })
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(os(e)),
     }
     let (file, st, page) = read_header_page(path, fd)?;
     let info = header::parse_header(path, &page)?;
@@ -416,7 +415,8 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
                     mode,
-                )?;
+                )
+                .map_err(os)?;
                 (fd, Some(tmp))
             }
             Err(Errno::NOENT) => {
@@ -425,22 +425,22 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
                     format!("directory {} does not exist", dir.display()),
                 )))
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(os(e)),
         };
     let cleanup = TempGuard(temp_name.clone());
     // The umask would narrow the mode given at open: set it exactly.
-    rustix::fs::fchmod(&fd, mode)?;
+    rustix::fs::fchmod(&fd, mode).map_err(os)?;
     match rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, total) {
         Ok(()) => {}
         Err(Errno::NOSPC) => return Err(no_space(&dir, total)),
-        Err(Errno::OPNOTSUPP) => rustix::fs::ftruncate(&fd, total)?,
-        Err(e) => return Err(e.into()),
+        Err(Errno::OPNOTSUPP) => rustix::fs::ftruncate(&fd, total).map_err(os)?,
+        Err(e) => return Err(os(e)),
     }
-    rustix::fs::flock(&fd, FlockOperation::LockShared)?;
-    let st = rustix::fs::fstat(&fd)?;
+    rustix::fs::flock(&fd, FlockOperation::LockShared).map_err(os)?;
+    let st = rustix::fs::fstat(&fd).map_err(os)?;
     let file = File::from(fd);
     let mut secret = vec![0u8; SECRET_SIZE];
-    rustix::rand::getrandom(&mut secret[..], rustix::rand::GetRandomFlags::empty())?;
+    rustix::rand::getrandom(&mut secret[..], rustix::rand::GetRandomFlags::empty()).map_err(os)?;
     let kind = lock::native_kind().map_err(lock::init_error)?;
     let page = header::build_header(&geo, kind, &secret, &Origin::here());
     let info = HeaderInfo { geo, kind, secret };
@@ -465,7 +465,7 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
     match linked {
         Ok(()) => Ok(Some(attached)),
         Err(Errno::EXIST) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(os(e)),
     }
 }
 
@@ -519,6 +519,6 @@ pub(crate) fn unlink(path: &Path) -> Result<()> {
         Err(Errno::NOENT) => Err(Error::NotFound {
             path: path.to_path_buf(),
         }),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(os(e)),
     }
 }

@@ -95,9 +95,14 @@
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 compile_error!("larder needs Linux with glibc (robust process-shared pthread mutexes)");
 
+// The numbered crash points: public with the `crash-points` feature (for crash test
+// suites, which list them), private otherwise, where each point compiles to nothing.
+#[cfg(feature = "crash-points")]
 #[macro_use]
-#[doc(hidden)]
 pub mod crashpoint;
+#[cfg(not(feature = "crash-points"))]
+#[macro_use]
+mod crashpoint;
 
 mod cache;
 mod clock;
@@ -126,7 +131,7 @@ mod verify;
 #[path = "shard_tests.rs"]
 mod shard_tests;
 
-pub use cache::{Cache, Entries, EntryInfo, RepairReport, StaleValue};
+pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue};
 pub use clock::Clock;
 pub use error::{Error, Result};
 pub use options::{

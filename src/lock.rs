@@ -62,7 +62,7 @@ pub(crate) enum Acquired {
     /// The previous owner unlocked it.
     Clean,
     /// The previous owner died holding it: what it guards must be repaired, then
-    /// [`RobustMutex::mark_consistent`] called before unlocking.
+    /// [`Guard::mark_consistent`] called before unlocking.
     OwnerDied,
 }
 
@@ -205,7 +205,29 @@ impl<'a> RobustMutex<'a> {
     }
 
     /// Acquires without waiting.
-    pub(crate) fn try_lock(&self) -> Result<Acquired, LockError> {
+    pub(crate) fn try_lock(&self) -> Result<Guard<'_, 'a>, LockError> {
+        self.raw_try_lock().map(|acq| Guard::new(self, acq))
+    }
+
+    /// Acquires, waiting at most `timeout` (on `CLOCK_MONOTONIC`).
+    pub(crate) fn lock(&self, timeout: Duration) -> Result<Guard<'_, 'a>, LockError> {
+        self.raw_lock(timeout).map(|acq| Guard::new(self, acq))
+    }
+
+    /// Acquires, as [`RobustMutex::lock`] for [`Wait::Yes`] and [`RobustMutex::try_lock`]
+    /// for [`Wait::No`].
+    pub(crate) fn acquire(
+        &self,
+        wait: Wait,
+        timeout: Duration,
+    ) -> Result<Guard<'_, 'a>, LockError> {
+        match wait {
+            Wait::Yes => self.lock(timeout),
+            Wait::No => self.try_lock(),
+        }
+    }
+
+    fn raw_try_lock(&self) -> Result<Acquired, LockError> {
         self.check()?;
         // SAFETY: the mutex was initialised with larder's attributes (its kind field was
         // just checked against the header), lives in the mapped region for 'a, and glibc's
@@ -214,9 +236,8 @@ impl<'a> RobustMutex<'a> {
         Self::outcome(rc)
     }
 
-    /// Acquires, waiting at most `timeout` (on `CLOCK_MONOTONIC`).
-    pub(crate) fn lock(&self, timeout: Duration) -> Result<Acquired, LockError> {
-        match self.try_lock() {
+    fn raw_lock(&self, timeout: Duration) -> Result<Acquired, LockError> {
+        match self.raw_try_lock() {
             Err(LockError::Busy) => {}
             other => return other,
         }
@@ -238,7 +259,7 @@ impl<'a> RobustMutex<'a> {
             // thread dies: the mapping could then not be unmapped safely. A `trylock`
             // clears it whatever it returns (and if the owner let go meanwhile, it
             // simply acquires).
-            Err(e) => match self.try_lock() {
+            Err(e) => match self.raw_try_lock() {
                 Ok(acquired) => Ok(acquired),
                 Err(_) => Err(e),
             },
@@ -247,14 +268,14 @@ impl<'a> RobustMutex<'a> {
     }
 
     /// Marks the state the mutex guards as repaired after `EOWNERDEAD`.
-    pub(crate) fn mark_consistent(&self) {
+    fn mark_consistent(&self) {
         // SAFETY: called only by the owner after an `OwnerDied` acquisition, as glibc
         // requires; otherwise glibc returns EINVAL and nothing changes.
         let _ = unsafe { libc::pthread_mutex_consistent(self.ptr.as_ptr()) };
     }
 
     /// Releases a lock held by the calling thread.
-    pub(crate) fn unlock(&self) {
+    fn unlock(&self) {
         // SAFETY: called only by the thread that acquired the lock (guards are !Send);
         // glibc returns EPERM without side effects otherwise.
         let _ = unsafe { libc::pthread_mutex_unlock(self.ptr.as_ptr()) };
@@ -291,6 +312,99 @@ pub(crate) fn register_atfork_child(handler: extern "C" fn()) -> bool {
     rc == 0
 }
 
+/// Whether a lock call may wait (up to its deadline) or makes one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    Yes,
+    /// A `try_` operation: at most non-blocking attempts.
+    No,
+}
+
+/// A lock held by the calling thread, unlocked when the guard drops (as lock_api's
+/// `MutexGuard`).
+///
+/// If [`Guard::owner_died`], what the mutex guards must be repaired, then
+/// [`Guard::mark_consistent`] called. A guard dropped before that (a panic cut the
+/// repair short) marks the mutex consistent anyway before unlocking: unlocking an
+/// owner-dead mutex unmarked would make it unrecoverable for everyone, while what it
+/// guards stays marked unfinished by its own means (a shard's odd sequence counter), so
+/// the next owner repairs it again.
+#[must_use = "the lock is released when the guard drops"]
+pub(crate) struct Guard<'m, 'a> {
+    m: &'m RobustMutex<'a>,
+    owner_died: bool,
+    /// A robust mutex belongs to the thread that locked it.
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl<'m, 'a> Guard<'m, 'a> {
+    fn new(m: &'m RobustMutex<'a>, acquired: Acquired) -> Guard<'m, 'a> {
+        Guard {
+            m,
+            owner_died: acquired == Acquired::OwnerDied,
+            _not_send: core::marker::PhantomData,
+        }
+    }
+
+    /// Whether the previous owner died holding the lock.
+    pub(crate) fn owner_died(&self) -> bool {
+        self.owner_died
+    }
+
+    /// Marks what the mutex guards as repaired after its owner died (nothing if it did
+    /// not).
+    pub(crate) fn mark_consistent(&mut self) {
+        if self.owner_died {
+            self.m.mark_consistent();
+            self.owner_died = false;
+        }
+    }
+}
+
+impl Drop for Guard<'_, '_> {
+    fn drop(&mut self) {
+        self.mark_consistent();
+        self.m.unlock();
+    }
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Busy => f.write_str("held by another thread or process"),
+            LockError::Corrupt(detail) => f.write_str(detail),
+            LockError::NotRecoverable => f.write_str(
+                "not recoverable (a process unlocked it after its owner died without \
+                 repairing)",
+            ),
+            LockError::Other(code) => write!(f, "{}", std::io::Error::from_raw_os_error(*code)),
+        }
+    }
+}
+
+impl LockError {
+    /// The crate's error for a lock on `what` (a shard lock, a fill slot) of the file at
+    /// `path`, after waiting `waited` (or, with [`Wait::No`], not at all).
+    pub(crate) fn into_error(
+        self,
+        path: &std::path::Path,
+        what: &'static str,
+        waited: Duration,
+        wait: Wait,
+    ) -> crate::error::Error {
+        use crate::error::Error;
+        match self {
+            LockError::Busy if wait == Wait::Yes => Error::Timeout { what, waited },
+            LockError::Busy => Error::WouldBlock,
+            LockError::Corrupt(_) | LockError::NotRecoverable => Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("{what}: {self}"),
+            },
+            LockError::Other(code) => Error::Io(std::io::Error::from_raw_os_error(code)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,9 +415,11 @@ mod tests {
         let kind = init(&r, 0).expect("init");
         assert_eq!(kind, native_kind().expect("native"));
         let m = RobustMutex::at(&r, 0, kind).expect("mutex");
-        assert_eq!(m.lock(Duration::from_millis(10)), Ok(Acquired::Clean));
-        assert_eq!(m.try_lock(), Err(LockError::Busy));
-        m.unlock();
+        let g = m.lock(Duration::from_millis(10)).expect("lock");
+        assert!(!g.owner_died());
+        assert!(matches!(m.try_lock(), Err(LockError::Busy)));
+        drop(g);
+        drop(m.try_lock().expect("unlocked by the guard"));
         let wrong = RobustMutex::at(&r, 0, kind ^ 1).expect("mutex");
         assert!(matches!(wrong.try_lock(), Err(LockError::Corrupt(_))));
     }
@@ -315,17 +431,41 @@ mod tests {
         let r2 = r.clone();
         std::thread::spawn(move || {
             let m = RobustMutex::at(&r2, 0, kind).expect("mutex");
-            assert_eq!(m.try_lock(), Ok(Acquired::Clean));
+            let g = m.try_lock().expect("lock");
+            assert!(!g.owner_died());
             // The thread exits holding the lock: glibc's robust list marks it dead.
+            std::mem::forget(g);
         })
         .join()
         .expect("thread");
         let m = RobustMutex::at(&r, 0, kind).expect("mutex");
-        assert_eq!(m.lock(Duration::from_secs(5)), Ok(Acquired::OwnerDied));
-        m.mark_consistent();
-        m.unlock();
-        assert_eq!(m.lock(Duration::from_secs(5)), Ok(Acquired::Clean));
-        m.unlock();
+        let mut g = m.lock(Duration::from_secs(5)).expect("lock");
+        assert!(g.owner_died());
+        g.mark_consistent();
+        drop(g);
+        let g = m.lock(Duration::from_secs(5)).expect("lock");
+        assert!(!g.owner_died());
+    }
+
+    /// A guard dropped before its owner-dead mutex was marked consistent (a repair cut
+    /// short by a panic) marks it anyway: the mutex stays recoverable.
+    #[test]
+    fn an_unmarked_owner_dead_guard_leaves_the_mutex_recoverable() {
+        let r = std::sync::Arc::new(Region::heap(MUTEX_SPACE));
+        let kind = init(&r, 0).expect("init");
+        let r2 = r.clone();
+        std::thread::spawn(move || {
+            let m = RobustMutex::at(&r2, 0, kind).expect("mutex");
+            std::mem::forget(m.try_lock().expect("lock"));
+        })
+        .join()
+        .expect("thread");
+        let m = RobustMutex::at(&r, 0, kind).expect("mutex");
+        let g = m.lock(Duration::from_secs(5)).expect("lock");
+        assert!(g.owner_died());
+        drop(g);
+        let g = m.lock(Duration::from_secs(5)).expect("still recoverable");
+        assert!(!g.owner_died());
     }
 
     /// The calling thread's robust-list `list_op_pending`: the mutex the kernel treats as
@@ -365,18 +505,21 @@ mod tests {
         let r2 = r.clone();
         let holder = std::thread::spawn(move || {
             let m = RobustMutex::at(&r2, 0, kind).expect("mutex");
-            assert_eq!(m.try_lock(), Ok(Acquired::Clean));
+            let g = m.try_lock().expect("lock");
             held_tx.send(()).expect("send");
             let _ = done_rx.recv_timeout(Duration::from_secs(10));
-            m.unlock();
+            drop(g);
         });
         held_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("holder locked");
         let m = RobustMutex::at(&r, 0, kind).expect("mutex");
-        assert_eq!(m.lock(Duration::from_millis(20)), Err(LockError::Busy));
+        assert!(matches!(
+            m.lock(Duration::from_millis(20)),
+            Err(LockError::Busy)
+        ));
         assert_eq!(list_op_pending(), 0, "after a timed-out lock");
-        assert_eq!(m.try_lock(), Err(LockError::Busy));
+        assert!(matches!(m.try_lock(), Err(LockError::Busy)));
         assert_eq!(list_op_pending(), 0, "after a busy try_lock");
         done_tx.send(()).expect("send");
         holder.join().expect("holder");

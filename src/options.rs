@@ -1,5 +1,6 @@
 //! The builder that creates or attaches to a cache.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::cache::Cache;
@@ -208,13 +209,13 @@ impl Options {
     ///
     /// A bare name (`[A-Za-z0-9._-]`, 1 to 200 bytes, not starting with `.`) lives in
     /// /dev/shm (as `<name>.larder2`); anything with a `/` is a path used as given.
-    pub fn open(&self, name: &str) -> Result<Cache> {
-        Cache::open_with(name, self, true)
+    pub fn open(&self, name: impl AsRef<Path>) -> Result<Cache> {
+        Cache::open_with(name.as_ref(), self, true)
     }
 
     /// Attaches to an existing cache with its own parameters, using this builder's
     /// runtime settings (timeouts, clock, allowed uids).
-    pub fn attach(&self, name: &str) -> Result<Cache> {
-        Cache::open_with(name, self, false)
+    pub fn attach(&self, name: impl AsRef<Path>) -> Result<Cache> {
+        Cache::open_with(name.as_ref(), self, false)
     }
 }

@@ -23,6 +23,7 @@ use crate::shard::{LogId, Probe, Shard};
 
 /// One problem found by [`Cache::verify`](crate::Cache::verify).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Problem {
     /// The shard, or `None` for the file's header and shared areas.
     pub shard: Option<usize>,
@@ -38,6 +39,7 @@ pub struct Problem {
 /// assert_eq!(report.to_string(), "clean");
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Report {
     /// Every problem, in file order.
     pub problems: Vec<Problem>,

@@ -40,3 +40,29 @@ fn many_keys_with_eviction_stay_consistent() {
     assert_eq!(last.as_deref(), Some(&value[..]));
     let _ = Duration::ZERO;
 }
+
+/// Every entry point takes a path the way std and redb do (`impl AsRef<Path>`): a
+/// `&str`, a `PathBuf`, a path that is not UTF-8; a bare name means /dev/shm.
+#[test]
+fn names_and_paths_are_accepted_as_any_as_ref_path() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = common::TempCache::new("paths");
+    let odd = t.dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    let c = t.options().open(&odd).expect("open a non-UTF-8 path");
+    c.set(b"k", b"v", None).expect("set");
+    let again = larder::Cache::open(odd.clone()).expect("attach by PathBuf");
+    assert_eq!(again.get(b"k").expect("get"), Some(b"v".to_vec()));
+    assert_eq!(larder::Cache::path_of(&odd).expect("path"), odd);
+    assert_eq!(
+        larder::Cache::path_of(std::path::Path::new("authz")).expect("bare"),
+        std::path::Path::new("/dev/shm/authz.larder2")
+    );
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    assert!(matches!(
+        larder::Cache::path_of(bad),
+        Err(larder::Error::InvalidName { .. })
+    ));
+    drop((c, again));
+    larder::Cache::unlink(&odd).expect("unlink");
+    assert!(!odd.exists());
+}

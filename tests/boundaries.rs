@@ -263,7 +263,11 @@ fn a_handle_follows_a_replacement_with_other_parameters() {
         old.get(b"marker").expect("get") == Some(b"new".to_vec())
     });
     assert!(followed, "the old handle never moved to the new file");
-    assert_eq!(old.limits().0, 8 << 20, "the new file's own parameters");
+    assert_eq!(
+        old.limits().capacity,
+        8 << 20,
+        "the new file's own parameters"
+    );
     for _ in 0..100 {
         assert_eq!(
             old.get(b"token").expect("get"),

@@ -168,7 +168,7 @@ fn empty_name_is_invalid() {
 fn name_over_200_bytes_is_invalid() {
     expect_invalid_name(&"a".repeat(201), "longer than 200");
     // The limit itself is fine (only resolved: nothing is created in /dev/shm).
-    let p = Cache::path_of(&"a".repeat(200)).expect("200 bytes is allowed");
+    let p = Cache::path_of("a".repeat(200)).expect("200 bytes is allowed");
     assert!(p.starts_with("/dev/shm"), "{}", p.display());
 }
 
@@ -204,7 +204,7 @@ fn path_ending_in_slash_is_invalid() {
 fn key_over_limit_is_too_large_and_nothing_is_stored() {
     let t = TempCache::new("err-key");
     let c = t.open();
-    let (_, max_key, _, _) = c.limits();
+    let max_key = c.limits().max_key_len;
     let at_limit = vec![b'k'; max_key];
     let over = vec![b'k'; max_key + 1];
     c.set(&at_limit, b"ok", None).expect("a key at the limit");
@@ -256,7 +256,7 @@ fn key_over_limit_is_too_large_and_nothing_is_stored() {
 fn value_over_limit_is_too_large_and_nothing_is_stored() {
     let t = TempCache::new("err-value");
     let c = t.open();
-    let (_, _, max_value, _) = c.limits();
+    let max_value = c.limits().max_value_len;
     let at_limit = vec![7u8; max_value];
     let over = vec![9u8; max_value + 1];
     c.set(b"big", &at_limit, None)
@@ -424,7 +424,7 @@ fn other_parameters_are_incompatible_and_name_the_field() {
     }
     // What the message suggests works, with the file's own parameters.
     let c = Cache::open(t.name()).expect("Cache::open uses the file's parameters");
-    assert_eq!(c.limits().2, 1024);
+    assert_eq!(c.limits().max_value_len, 1024);
     assert_eq!(c.get(b"key-3").expect("get"), Some(b"value".to_vec()));
 }
 

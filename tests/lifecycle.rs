@@ -469,7 +469,7 @@ fn handle_recreates_a_removed_file_with_its_parameters() {
     a.set(b"k", b"new", None).expect("set");
     let b = Cache::open(t.name()).expect("attach");
     assert_eq!(b.limits(), a.limits());
-    assert_eq!(b.limits().3, 4);
+    assert_eq!(b.limits().shards, 4);
     assert_eq!(b.get(b"k").expect("get"), Some(b"new".to_vec()));
 }
 
@@ -507,7 +507,11 @@ fn reopen_uses_the_files_parameters() {
         .shards(8)
         .open(t.name())
         .expect("create");
-    assert_eq!(creator.limits(), (2 << 20, 100, 2000, 8));
+    let l = creator.limits();
+    assert_eq!(
+        (l.capacity, l.max_key_len, l.max_value_len, l.shards),
+        (2 << 20, 100, 2000, 8)
+    );
     creator.set(b"k", b"v", None).expect("set");
     let reopened = Cache::open(t.name()).expect("Cache::open");
     assert_eq!(reopened.limits(), creator.limits());

@@ -39,7 +39,13 @@ pub fn create(g: &Global, name: &str, a: CreateArgs) -> Outcome {
     // Creates the file, or attaches to an existing one if (and only if) it has these
     // parameters: running `create` twice is harmless.
     let cache = o.open(name)?;
-    let (capacity, max_key, max_value, shards) = cache.limits();
+    let limits = cache.limits();
+    let (capacity, max_key, max_value, shards) = (
+        limits.capacity,
+        limits.max_key_len,
+        limits.max_value_len,
+        limits.shards,
+    );
     let mut out = stdout();
     writeln!(
         out,

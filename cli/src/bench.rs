@@ -89,7 +89,8 @@ pub fn run(g: &Global, a: BenchArgs) -> Outcome {
         // An existing cache keeps its own parameters: the runner would refuse to open it
         // with the workload's, so it is prefilled here, through the same code.
         let mut cache = options(g).attach(&target)?;
-        let (_, max_key, max_value, _) = cache.limits();
+        let limits = cache.limits();
+        let (max_key, max_value) = (limits.max_key_len, limits.max_value_len);
         if max_key < workload::KEY_LEN || max_value < value_len {
             return Err(Failure::new(format!(
                 "{} holds keys up to {max_key} bytes and values up to {max_value}; the \

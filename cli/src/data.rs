@@ -72,7 +72,7 @@ pub fn set(
     let key = decode(key_enc, "the key", key)?;
     let cache = attach(g, name)?;
     let value = if value == "-" {
-        value_from_stdin(value_enc, cache.limits().2)?
+        value_from_stdin(value_enc, cache.limits().max_value_len)?
     } else {
         decode(value_enc, "the value", value)?
     };

@@ -268,7 +268,8 @@ pub fn run_hostile(input: &HostileInput, door: Door) {
     let Ok(cache) = opts.attach(scratch.name()) else {
         return; // a clean error at the door
     };
-    let (_, max_key, max_value, _) = cache.limits();
+    let limits = cache.limits();
+    let (max_key, max_value) = (limits.max_key_len, limits.max_value_len);
     for op in input.ops.iter().take(MAX_OPS) {
         run_op(&cache, &clock, &file, l, op, door, max_key, max_value);
     }
