@@ -10,9 +10,8 @@ use crate::error::{Error, Result};
 use crate::file::{self, Attached, OpenSpec};
 use crate::header;
 use crate::layout::{
-    Params, FILL_SLOTS, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INSERTS,
-    SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS,
-    SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
+    Params, FILL_SLOTS, SH_ENTRIES, SS_FILLS, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS,
+    SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS,
 };
 // `Wait` also says whether an operation may wait for a replacement's file lock, and
 // create a missing file.
@@ -20,8 +19,8 @@ use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::{Claim, Entered, Mappings};
 use crate::options::Options;
 use crate::seqlock;
-use crate::shard::{Damaged, KeyHash, LogId, Probe, SetOutcome, Shard, MAX_EXPIRE};
-use crate::stats::{self, ShardStats, Stats};
+use crate::shard::{Damaged, KeyHash, Probe, SetOutcome, Shard, MAX_EXPIRE};
+use crate::stats::{self, Stats};
 use crate::table::{Access, Owner, Table};
 use crate::verify::Report;
 
@@ -82,6 +81,33 @@ struct Inner {
     checking: Claim,
     /// Why the last attempt to attach failed.
     cause: Mutex<String>,
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Fresh,
+    /// An expired entry, returned only when the read asked for [`Expired::Serve`].
+    Expired,
+    Nothing,
+}
+
+/// What a read does with an expired entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    /// A miss, as for `get`.
+    Hide,
+    /// Return it, flagged, as for `get_stale`.
+    Serve,
+}
+
+/// When a set stores its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    /// Over any entry (`set`).
+    Always,
+    /// Only over nothing or an expired entry (`insert_if_absent`).
+    IfAbsent,
 }
 
 /// Releases a [`Claim`] when dropped, even by a panic.
@@ -518,9 +544,10 @@ impl Cache {
         })
     }
 
-    /// Looks `key` up, optimistically first. `Some(expired)` when found (value in
-    /// `out`); expired entries count as misses unless `stale` is set.
-    fn read(&self, key: &[u8], out: &mut Vec<u8>, stale: bool, wait: Wait) -> Result<Option<bool>> {
+    /// Looks `key` up, optimistically first; the value goes to `out` unless the result
+    /// is [`Found::Nothing`]. An expired entry counts as a miss unless `expired` is
+    /// [`Expired::Serve`].
+    fn read(&self, key: &[u8], out: &mut Vec<u8>, expired: Expired, wait: Wait) -> Result<Found> {
         let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         let h = a.hasher.hash(key);
@@ -544,22 +571,18 @@ impl Cache {
             })?,
         };
         Ok(match found {
-            Some((slot, expired)) => {
-                if !expired {
-                    shard.mark_visited(slot);
-                    stats::bump(&a, SS_HITS);
-                    Some(false)
-                } else if stale {
-                    stats::bump(&a, SS_STALE_HITS);
-                    Some(true)
-                } else {
-                    stats::bump(&a, SS_MISSES);
-                    None
-                }
+            Some((slot, false)) => {
+                shard.mark_visited(slot);
+                stats::bump(&a, SS_HITS);
+                Found::Fresh
             }
-            None => {
+            Some((_, true)) if expired == Expired::Serve => {
+                stats::bump(&a, SS_STALE_HITS);
+                Found::Expired
+            }
+            Some((_, true)) | None => {
                 stats::bump(&a, SS_MISSES);
-                None
+                Found::Nothing
             }
         })
     }
@@ -605,26 +628,31 @@ impl Cache {
     /// true; false and `buf` unspecified if there is none. Allocates only if `buf`'s
     /// capacity is too small.
     pub fn get_into(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
-        Ok(self.read(key, buf, false, Wait::Yes)? == Some(false))
+        Ok(self.read(key, buf, Expired::Hide, Wait::Yes)? == Found::Fresh)
     }
 
     /// Like [`Cache::get`], but returns an expired value too, flagged, for
     /// serve-stale-on-error.
     pub fn get_stale(&self, key: &[u8]) -> Result<Option<StaleValue>> {
         let mut out = Vec::new();
-        Ok(self
-            .read(key, &mut out, true, Wait::Yes)?
-            .map(|expired| StaleValue {
+        Ok(match self.read(key, &mut out, Expired::Serve, Wait::Yes)? {
+            Found::Fresh => Some(StaleValue {
                 value: out,
-                expired,
-            }))
+                expired: false,
+            }),
+            Found::Expired => Some(StaleValue {
+                value: out,
+                expired: true,
+            }),
+            Found::Nothing => None,
+        })
     }
 
     /// Like [`Cache::get`], but never waits for a lock: [`Error::WouldBlock`] if the read
     /// needs the shard lock and another process holds it.
     pub fn try_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let mut out = Vec::new();
-        Ok((self.read(key, &mut out, false, Wait::No)? == Some(false)).then_some(out))
+        Ok((self.read(key, &mut out, Expired::Hide, Wait::No)? == Found::Fresh).then_some(out))
     }
 
     fn write_set(
@@ -632,7 +660,7 @@ impl Cache {
         key: &[u8],
         value: &[u8],
         ttl: Option<Duration>,
-        only_if_absent: bool,
+        when: Store,
         wait: Wait,
     ) -> Result<SetOutcome> {
         let (a, now) = self.enter_at(wait)?;
@@ -650,20 +678,21 @@ impl Cache {
         let idx = a.geo.shard_of(h);
         self.locked(&a, idx, wait, Access::Write, |s| {
             let kh = s.locate(h);
-            s.set(key, &kh, value, expire, only_if_absent, now)
+            s.set(key, &kh, value, expire, when == Store::IfAbsent, now)
         })
     }
 
     /// Stores `value` under `key`, replacing any entry, with an optional TTL. Evicts
     /// older entries if the shard is full.
     pub fn set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.write_set(key, value, ttl, false, Wait::Yes)
+        self.write_set(key, value, ttl, Store::Always, Wait::Yes)
             .map(|_| ())
     }
 
     /// Like [`Cache::set`], but never waits for a lock ([`Error::WouldBlock`]).
     pub fn try_set(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.write_set(key, value, ttl, false, Wait::No).map(|_| ())
+        self.write_set(key, value, ttl, Store::Always, Wait::No)
+            .map(|_| ())
     }
 
     /// Stores `value` only if `key` has no fresh entry; true if it stored it.
@@ -673,7 +702,7 @@ impl Cache {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        Ok(self.write_set(key, value, ttl, true, Wait::Yes)? != SetOutcome::Exists)
+        Ok(self.write_set(key, value, ttl, Store::IfAbsent, Wait::Yes)? != SetOutcome::Exists)
     }
 
     /// Removes `key`; true if a fresh entry was removed.
@@ -748,10 +777,10 @@ impl Cache {
         E: From<Error>,
     {
         let mut out = Vec::new();
-        let stale = match self.read(key, &mut out, true, Wait::Yes)? {
-            Some(false) => return Ok(out),
-            Some(true) => Some(out.clone()),
-            None => None,
+        let stale = match self.read(key, &mut out, Expired::Serve, Wait::Yes)? {
+            Found::Fresh => return Ok(out),
+            Found::Expired => Some(out.clone()),
+            Found::Nothing => None,
         };
         let a = self.enter(Wait::Yes)?;
         let slot = (a.hasher.hash(key) % FILL_SLOTS as u64) as usize;
@@ -795,7 +824,7 @@ impl Cache {
         }
         // Someone may have filled it while this caller waited.
         let mut out = Vec::new();
-        if self.read(key, &mut out, false, Wait::Yes)? == Some(false) {
+        if self.read(key, &mut out, Expired::Hide, Wait::Yes)? == Found::Fresh {
             return Ok(out);
         }
         crash_point!("fill.holding_slot");
@@ -810,68 +839,7 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         // The file this handle maps now, even if it is due for a check: counters of
         // the file it last used are still the truth about that file.
-        let a = self.inner.maps.enter();
-        let r = &a.region;
-        let mut s = Stats {
-            file_size: a.geo.total_size as u64,
-            shard_count: a.geo.shard_count as u64,
-            ..Stats::default()
-        };
-        for idx in 0..a.geo.shard_count {
-            let sh = Shard::new(r, &a.geo, idx, &a.hasher);
-            let mut used = 0u64;
-            let mut cap = 0u64;
-            for which in [LogId::Small, LogId::Main] {
-                let (_, c, _) = sh.log_bounds(which);
-                cap = cap.wrapping_add(c as u64);
-                if let Ok((head, tail)) = sh.state(which) {
-                    used = used.wrapping_add(Shard::used(c, head, tail) as u64);
-                }
-            }
-            let ss = ShardStats {
-                entries: sh.counter(SH_ENTRIES),
-                bytes_live: sh.counter(SH_LIVE_BYTES),
-                bytes_used: used,
-                bytes_free: cap.saturating_sub(used),
-                inserts: sh.counter(SH_INSERTS),
-                updates: sh.counter(SH_UPDATES),
-                removals: sh.counter(SH_REMOVALS),
-                evictions: sh.counter(SH_EVICTIONS),
-                expirations: sh.counter(SH_EXPIRATIONS),
-                recoveries: sh.counter(SH_RECOVERIES),
-                repair_dropped: sh.counter(SH_DROPPED),
-            };
-            s.entries = s.entries.wrapping_add(ss.entries);
-            s.bytes_live = s.bytes_live.wrapping_add(ss.bytes_live);
-            s.bytes_used = s.bytes_used.wrapping_add(ss.bytes_used);
-            s.bytes_free = s.bytes_free.wrapping_add(ss.bytes_free);
-            s.inserts = s.inserts.wrapping_add(ss.inserts);
-            s.updates = s.updates.wrapping_add(ss.updates);
-            s.removals = s.removals.wrapping_add(ss.removals);
-            s.evictions = s.evictions.wrapping_add(ss.evictions);
-            s.expirations = s.expirations.wrapping_add(ss.expirations);
-            s.recoveries = s.recoveries.wrapping_add(ss.recoveries);
-            s.repair_dropped = s.repair_dropped.wrapping_add(ss.repair_dropped);
-            s.shards.push(ss);
-        }
-        for slot in 0..STATS_SLOTS {
-            let base = a.geo.stats_slot(slot);
-            s.hits = s.hits.wrapping_add(r.load(base + SS_HITS));
-            s.misses = s.misses.wrapping_add(r.load(base + SS_MISSES));
-            s.stale_hits = s.stale_hits.wrapping_add(r.load(base + SS_STALE_HITS));
-            s.lock_timeouts = s
-                .lock_timeouts
-                .wrapping_add(r.load(base + SS_LOCK_TIMEOUTS));
-            s.fills = s.fills.wrapping_add(r.load(base + SS_FILLS));
-            s.fill_timeouts = s
-                .fill_timeouts
-                .wrapping_add(r.load(base + SS_FILL_TIMEOUTS));
-            s.locks = s.locks.wrapping_add(r.load(base + SS_LOCKS));
-            s.fill_handovers = s
-                .fill_handovers
-                .wrapping_add(r.load(base + SS_FILL_HANDOVERS));
-        }
-        s
+        stats::gather(&self.inner.maps.enter())
     }
 
     /// Checks every invariant of the file, shard by shard under each shard's lock, and

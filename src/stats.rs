@@ -106,6 +106,82 @@ pub struct ShardStats {
     pub repair_dropped: u64,
 }
 
+/// Reads every counter of `a`: each shard's (a moment old under writes: no lock is
+/// taken) and every statistics slot's, summed with wrapping arithmetic (the counters
+/// come from the file, so any value must be summable).
+pub(crate) fn gather(a: &Attached) -> Stats {
+    use crate::layout::{
+        SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INSERTS, SH_LIVE_BYTES,
+        SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS,
+        SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
+    };
+    use crate::shard::{LogId, Shard};
+    let r = &a.region;
+    let mut s = Stats {
+        file_size: a.geo.total_size as u64,
+        shard_count: a.geo.shard_count as u64,
+        ..Stats::default()
+    };
+    for idx in 0..a.geo.shard_count {
+        let sh = Shard::new(r, &a.geo, idx, &a.hasher);
+        let mut used = 0u64;
+        let mut cap = 0u64;
+        for which in [LogId::Small, LogId::Main] {
+            let (_, c, _) = sh.log_bounds(which);
+            cap = cap.wrapping_add(c as u64);
+            if let Ok((head, tail)) = sh.state(which) {
+                used = used.wrapping_add(Shard::used(c, head, tail) as u64);
+            }
+        }
+        let ss = ShardStats {
+            entries: sh.counter(SH_ENTRIES),
+            bytes_live: sh.counter(SH_LIVE_BYTES),
+            bytes_used: used,
+            bytes_free: cap.saturating_sub(used),
+            inserts: sh.counter(SH_INSERTS),
+            updates: sh.counter(SH_UPDATES),
+            removals: sh.counter(SH_REMOVALS),
+            evictions: sh.counter(SH_EVICTIONS),
+            expirations: sh.counter(SH_EXPIRATIONS),
+            recoveries: sh.counter(SH_RECOVERIES),
+            repair_dropped: sh.counter(SH_DROPPED),
+        };
+        ss.add_to(&mut s);
+        s.shards.push(ss);
+    }
+    for slot in 0..STATS_SLOTS {
+        let base = a.geo.stats_slot(slot);
+        let add = |total: &mut u64, field: usize| *total = total.wrapping_add(r.load(base + field));
+        add(&mut s.hits, SS_HITS);
+        add(&mut s.misses, SS_MISSES);
+        add(&mut s.stale_hits, SS_STALE_HITS);
+        add(&mut s.lock_timeouts, SS_LOCK_TIMEOUTS);
+        add(&mut s.fills, SS_FILLS);
+        add(&mut s.fill_timeouts, SS_FILL_TIMEOUTS);
+        add(&mut s.locks, SS_LOCKS);
+        add(&mut s.fill_handovers, SS_FILL_HANDOVERS);
+    }
+    s
+}
+
+impl ShardStats {
+    /// Adds this shard's counters to the totals.
+    fn add_to(&self, s: &mut Stats) {
+        let add = |total: &mut u64, v: u64| *total = total.wrapping_add(v);
+        add(&mut s.entries, self.entries);
+        add(&mut s.bytes_live, self.bytes_live);
+        add(&mut s.bytes_used, self.bytes_used);
+        add(&mut s.bytes_free, self.bytes_free);
+        add(&mut s.inserts, self.inserts);
+        add(&mut s.updates, self.updates);
+        add(&mut s.removals, self.removals);
+        add(&mut s.evictions, self.evictions);
+        add(&mut s.expirations, self.expirations);
+        add(&mut s.recoveries, self.recoveries);
+        add(&mut s.repair_dropped, self.repair_dropped);
+    }
+}
+
 /// Fork generation: bumped in every child.
 static FORK_GEN: AtomicU64 = AtomicU64::new(1);
 /// 0: the fork handler is not registered, 1: a thread is registering it, 2: registered.
