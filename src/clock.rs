@@ -1,5 +1,6 @@
-//! Time for TTLs: milliseconds on `CLOCK_MONOTONIC`, which every process of one boot
-//! shares (the boot id in the header guarantees one boot), behind a clock tests control.
+//! Time for TTLs: milliseconds on `CLOCK_MONOTONIC`, which every process of one boot and
+//! one time namespace shares (the header's stamp guarantees both), behind a clock tests
+//! control.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -38,9 +38,10 @@
 //!   creation and reserved with `posix_fallocate`; built under no name and linked into
 //!   place, so concurrent openers race safely and a dying creator leaves nothing. The
 //!   header holds a magic number, the format version, every layout parameter, the lock
-//!   ABI, the boot id, a random hash secret and a checksum; a mismatch is an error that
-//!   names what differs. Attached processes hold a shared `flock`. A handle checks every 250 ms
-//!   that its path still names its file, and moves to the new one if it was replaced,
+//!   ABI, a random hash secret and a checksum; a mismatch is an error that names what
+//!   differs. Beside it, outside the checksum, a stamp records the boot, pid namespace
+//!   and time namespace the file may be used in. Attached processes hold a shared
+//!   `flock`. A handle checks every 250 ms that its path still names its file, and moves to the new one if it was replaced,
 //!   with that file's own parameters; the old mapping is unmapped once no operation is
 //!   inside it (`mapping`). A handle that cannot attach fails with [`Error::Detached`]
 //!   rather than answer from a file no other process sees.

@@ -28,7 +28,7 @@ const H_GHOST_LEN: usize = 88;
 const H_RESERVED: usize = 176;
 const H_SECRET: usize = 256;
 const H_CHECKSUM: usize = 448;
-// Statistics slots and fill slots: a robust mutex first in each.
+// Statistics slots (counters only) and fill slots (a robust mutex each).
 const STATS_OFF: usize = 4096;
 const STATS_SLOT_SIZE: usize = 128;
 const FILL_SLOT_SIZE: usize = 64;

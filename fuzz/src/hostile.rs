@@ -9,8 +9,8 @@
 //! (libFuzzer's -timeout), unbounded memory. After a successful `repair()`, `verify()`
 //! must find every shard consistent and a set must read back.
 //!
-//! The glibc mutex words (each shard's first 64 bytes, each statistics slot's first 64
-//! bytes, the fill slots) are never written: glibc follows pointers stored in them, which
+//! The glibc mutex words (each shard's first 64 bytes, the fill slots) are never
+//! written: glibc follows pointers stored in them, which
 //! is outside larder's promise.
 
 use std::os::unix::fs::FileExt;

@@ -139,8 +139,8 @@ impl Layout {
         self.shards_off + (i % self.shard_count) * self.shard_size
     }
 
-    /// Whether the word at `off` belongs to a glibc mutex (shard lock, statistics slot
-    /// lock, fill slot), which the harnesses never write.
+    /// Whether the word at `off` belongs to a glibc mutex (shard lock, fill slot), which
+    /// the harnesses never write.
     pub fn is_mutex(&self, off: usize) -> bool {
         if (self.fill_off..self.fill_off + FILL_SLOTS * FILL_SLOT_SIZE).contains(&off) {
             return true;
