@@ -101,6 +101,18 @@ enum Expired {
     Serve,
 }
 
+/// Bytes of a counter's value (`Cache::incr`): a little-endian `i64`.
+const COUNTER_LEN: usize = 8;
+/// Keys of a `get_many_into` whose index lines are fetched together.
+const MANY_GROUP: usize = 8;
+
+/// How an increment ended inside its locked section.
+enum Counted {
+    To(i64),
+    NotACounter(usize),
+    Overflow(i64),
+}
+
 /// When a set stores its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Store {
@@ -490,6 +502,18 @@ impl Cache {
         Ok(())
     }
 
+    fn check_value(a: &Attached, len: usize) -> Result<()> {
+        let max = a.geo.params.max_value_len;
+        if len > max {
+            return Err(Error::TooLarge {
+                what: "value",
+                len,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
         match ttl {
             None => 0,
@@ -555,13 +579,30 @@ impl Cache {
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
         let kh = shard.locate(h);
         shard.prefetch_buckets(&kh);
+        self.read_located(&a, now, key, (idx, kh), out, expired, wait)
+    }
+
+    /// The rest of [`Cache::read`], for a key whose shard and buckets are known.
+    #[allow(clippy::too_many_arguments)] // one call site each in read and get_many_into
+    #[inline]
+    fn read_located(
+        &self,
+        a: &Attached,
+        now: u64,
+        key: &[u8],
+        (idx, kh): (usize, KeyHash),
+        out: &mut Vec<u8>,
+        expired: Expired,
+        wait: Wait,
+    ) -> Result<Found> {
+        let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
         let result = match a.region.atomic(shard.seq_off()) {
             Some(seq) => Self::read_optimistic(&shard, seq, key, &kh, out, now),
             None => None,
         };
         let found = match result {
             Some(found) => found,
-            None => self.locked(&a, idx, wait, Access::Read, |s| match s.find(key, &kh) {
+            None => self.locked(a, idx, wait, Access::Read, |s| match s.find(key, &kh) {
                 Probe::Hit { slot, rec } => {
                     s.read_value(&rec, out);
                     Ok(Some((slot, rec.expired(now))))
@@ -573,15 +614,15 @@ impl Cache {
         Ok(match found {
             Some((slot, false)) => {
                 shard.mark_visited(slot);
-                stats::bump(&a, SS_HITS);
+                stats::bump(a, SS_HITS);
                 Found::Fresh
             }
             Some((_, true)) if expired == Expired::Serve => {
-                stats::bump(&a, SS_STALE_HITS);
+                stats::bump(a, SS_STALE_HITS);
                 Found::Expired
             }
             Some((_, true)) | None => {
-                stats::bump(&a, SS_MISSES);
+                stats::bump(a, SS_MISSES);
                 Found::Nothing
             }
         })
@@ -665,14 +706,7 @@ impl Cache {
     ) -> Result<SetOutcome> {
         let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
-        let max = a.geo.params.max_value_len;
-        if value.len() > max {
-            return Err(Error::TooLarge {
-                what: "value",
-                len: value.len(),
-                max,
-            });
-        }
+        Self::check_value(&a, value.len())?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
@@ -703,6 +737,208 @@ impl Cache {
         ttl: Option<Duration>,
     ) -> Result<bool> {
         Ok(self.write_set(key, value, ttl, Store::IfAbsent, Wait::Yes)? != SetOutcome::Exists)
+    }
+
+    /// Adds `delta` to the counter at `key` and returns its new value, atomically for
+    /// every process sharing the file (failed-login counters, rate limits).
+    ///
+    /// An absent or expired key is created as `init + delta` with `ttl`; later
+    /// increments keep the entry's expiry, so a fixed-window limit ends on time. A
+    /// counter is stored as exactly 8 bytes, a little-endian two's-complement `i64`
+    /// ([`Cache::get`] returns those bytes); any other value is
+    /// [`Error::NotACounter`], and a result outside `i64` is [`Error::Overflow`]: both
+    /// change nothing. An increment is one locked step, so concurrent increments from
+    /// any number of processes are never lost, and a crash in the middle of one leaves
+    /// the counter before or after it, never torn.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-incr-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// use std::time::Duration;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("limits"))?;
+    /// // Five failed logins a minute per user, counted across every worker.
+    /// let window = Some(Duration::from_secs(60));
+    /// assert_eq!(cache.incr(b"fail:alice", 1, 0, window)?, 1);
+    /// assert_eq!(cache.incr(b"fail:alice", 1, 0, window)?, 2);
+    /// assert_eq!(cache.get(b"fail:alice")?, Some(2i64.to_le_bytes().to_vec()));
+    /// cache.set(b"name", b"alice", None)?;
+    /// assert!(matches!(
+    ///     cache.incr(b"name", 1, 0, None),
+    ///     Err(larder::Error::NotACounter { len: 5 })
+    /// ));
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn incr(&self, key: &[u8], delta: i64, init: i64, ttl: Option<Duration>) -> Result<i64> {
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        Self::check_value(&a, COUNTER_LEN)?;
+        let new_expire = Self::expiry(now, ttl);
+        let h = a.hasher.hash(key);
+        // Allocated before the critical section, which must not allocate.
+        let mut buf = Vec::with_capacity(COUNTER_LEN);
+        let counted = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+            let kh = s.locate(h);
+            match s.find(key, &kh) {
+                Probe::Hit { rec, .. } if !rec.expired(now) => {
+                    if rec.vlen != COUNTER_LEN {
+                        return Ok(Counted::NotACounter(rec.vlen));
+                    }
+                    s.read_value(&rec, &mut buf);
+                    let mut word = [0u8; COUNTER_LEN];
+                    word.copy_from_slice(&buf[..COUNTER_LEN]);
+                    let value = i64::from_le_bytes(word);
+                    let Some(next) = value.checked_add(delta) else {
+                        return Ok(Counted::Overflow(value));
+                    };
+                    // In place, one atomic store: a crash here never drops the counter.
+                    s.store_counter(&rec, next);
+                    Ok(Counted::To(next))
+                }
+                Probe::Hit { .. } | Probe::Miss => {
+                    let Some(next) = init.checked_add(delta) else {
+                        return Ok(Counted::Overflow(init));
+                    };
+                    // A new counter: a crash may drop it, but nothing was counted in it.
+                    s.set(key, &kh, &next.to_le_bytes(), new_expire, false, now)?;
+                    Ok(Counted::To(next))
+                }
+                Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+            }
+        })?;
+        match counted {
+            Counted::To(v) => Ok(v),
+            Counted::NotACounter(len) => Err(Error::NotACounter { len }),
+            Counted::Overflow(value) => Err(Error::Overflow { value, delta }),
+        }
+    }
+
+    /// Stores `value` only if `key` has a fresh entry (memcached's `replace`); true if
+    /// it stored it. Never creates an entry, so it cannot bring back one that was just
+    /// removed.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-replace-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("sessions"))?;
+    /// assert!(!cache.replace(b"session:1", b"v2", None)?); // nothing to replace
+    /// cache.set(b"session:1", b"v1", None)?;
+    /// assert!(cache.replace(b"session:1", b"v2", None)?);
+    /// assert_eq!(cache.get(b"session:1")?.as_deref(), Some(&b"v2"[..]));
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replace(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        Self::check_value(&a, value.len())?;
+        let expire = Self::expiry(now, ttl);
+        let h = a.hasher.hash(key);
+        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+            let kh = s.locate(h);
+            match s.find(key, &kh) {
+                Probe::Hit { rec, .. } if !rec.expired(now) => {
+                    s.set(key, &kh, value, expire, false, now)?;
+                    Ok(true)
+                }
+                Probe::Hit { .. } | Probe::Miss => Ok(false),
+                Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+            }
+        })
+    }
+
+    /// Looks up every key of `keys` in one call: `bufs[i]` receives the value of
+    /// `keys[i]` and `found[i]` says whether it has a fresh one. Returns how many did.
+    /// Hits take no lock, as [`Cache::get_into`]; buffers are reused, so nothing is
+    /// allocated unless a buffer is too small. The path is checked once for the whole
+    /// call, and each group of keys has its index lines fetched together before any is
+    /// read. `bufs` and `found` must be as long as `keys`
+    /// ([`Error::InvalidArgument`] otherwise).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-many-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("tokens"))?;
+    /// cache.set(b"a", b"1", None)?;
+    /// cache.set(b"c", b"3", None)?;
+    /// let keys = [&b"a"[..], b"b", b"c"];
+    /// let mut bufs = vec![Vec::with_capacity(64); keys.len()];
+    /// let mut found = [false; 3];
+    /// assert_eq!(cache.get_many_into(&keys, &mut bufs, &mut found)?, 2);
+    /// assert_eq!(found, [true, false, true]);
+    /// assert_eq!(bufs[2], b"3");
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_many_into<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: &mut [Vec<u8>],
+        found: &mut [bool],
+    ) -> Result<usize> {
+        if bufs.len() != keys.len() || found.len() != keys.len() {
+            return Err(Error::InvalidArgument(format!(
+                "get_many_into: {} keys, {} buffers, {} found flags",
+                keys.len(),
+                bufs.len(),
+                found.len()
+            )));
+        }
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        for key in keys {
+            Self::check_key(&a, key.as_ref())?;
+        }
+        let mut hits = 0;
+        let mut start = 0;
+        while start < keys.len() {
+            let end = (start + MANY_GROUP).min(keys.len());
+            let mut located = [(0usize, None::<KeyHash>); MANY_GROUP];
+            for (i, key) in keys[start..end].iter().enumerate() {
+                let h = a.hasher.hash(key.as_ref());
+                let idx = a.geo.shard_of(h);
+                let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
+                let kh = shard.locate(h);
+                shard.prefetch_buckets(&kh);
+                located[i] = (idx, Some(kh));
+            }
+            for (i, key) in keys[start..end].iter().enumerate() {
+                let (idx, Some(kh)) = located[i] else {
+                    continue;
+                };
+                let got = self.read_located(
+                    &a,
+                    now,
+                    key.as_ref(),
+                    (idx, kh),
+                    &mut bufs[start + i],
+                    Expired::Hide,
+                    Wait::Yes,
+                )?;
+                found[start + i] = got == Found::Fresh;
+                hits += usize::from(found[start + i]);
+            }
+            start = end;
+        }
+        Ok(hits)
+    }
+
+    /// [`Cache::get`] of every key of `keys`, in order: see [`Cache::get_many_into`],
+    /// which reuses the caller's buffers.
+    pub fn get_many<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut bufs = vec![Vec::new(); keys.len()];
+        let mut found = vec![false; keys.len()];
+        self.get_many_into(keys, &mut bufs, &mut found)?;
+        Ok(bufs
+            .into_iter()
+            .zip(found)
+            .map(|(v, hit)| hit.then_some(v))
+            .collect())
     }
 
     /// Removes `key`; true if a fresh entry was removed.

@@ -39,6 +39,7 @@ pub const POINTS: &[&str] = &[
     "fill.holding_slot",
     "create.after_init",
     "lock.held",
+    "incr.after_store",
     "open.register_atfork",
     "open.read_boot_id",
     "restamp.after_ids",

@@ -110,6 +110,23 @@ pub enum Error {
         /// Why attaching failed.
         cause: String,
     },
+    /// [`Cache::incr`](crate::Cache::incr) found a value that is not a counter (a
+    /// counter is exactly 8 bytes: a little-endian two's-complement `i64`). Nothing was
+    /// changed.
+    NotACounter {
+        /// The length of the value found, in bytes.
+        len: usize,
+    },
+    /// [`Cache::incr`](crate::Cache::incr) would take the counter outside `i64`.
+    /// Nothing was changed.
+    Overflow {
+        /// The counter's value (or, for an absent key, the initial value).
+        value: i64,
+        /// The increment asked for.
+        delta: i64,
+    },
+    /// A call's arguments do not fit together (for example, fewer buffers than keys).
+    InvalidArgument(String),
     /// The file system has no room for a new cache file.
     NoSpace {
         /// The mount point (or directory) the file was to live in.
@@ -233,6 +250,17 @@ impl fmt::Display for Error {
                  from a file no other process sees",
                 path.display()
             ),
+            Error::NotACounter { len } => write!(
+                f,
+                "the value is not a counter ({len} bytes; a counter is 8 bytes, a \
+                 little-endian i64, as incr stores it); nothing was changed: remove or \
+                 overwrite the key, or count under another key"
+            ),
+            Error::Overflow { value, delta } => write!(
+                f,
+                "adding {delta} to the counter's {value} overflows i64; nothing was changed"
+            ),
+            Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
             Error::NoSpace {
                 mount,
                 requested,

@@ -457,6 +457,19 @@ impl<'a> Shard<'a> {
         false
     }
 
+    /// Stores a counter (an 8-byte value, see `Cache::incr`) over `rec`'s value in
+    /// place, with one atomic store of its one word (a value starts 8-aligned): a crash
+    /// leaves the old or the new counter, never a torn one, so there is nothing to
+    /// repair and no intent is set. An overwrite by `set` may cost its entry on a crash;
+    /// an increment must not, or every acknowledged increment before it would go with it.
+    pub(crate) fn store_counter(&self, rec: &Rec, value: i64) {
+        debug_assert_eq!(rec.vlen, 8);
+        self.r
+            .store(rec.value_off(), u64::from_le_bytes(value.to_le_bytes()));
+        crash_point!("incr.after_store");
+        self.add(SH_UPDATES, 1);
+    }
+
     /// Inserts or replaces `key`. With `only_if_absent`, a live entry is left alone.
     pub(crate) fn set(
         &self,

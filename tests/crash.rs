@@ -549,6 +549,8 @@ mod points {
         Create,
         /// An offline repair re-stamping a file whose stamp is not this process's.
         Restamp,
+        /// `incr` of an existing counter.
+        Incr,
     }
 
     pub const ALL: &[Scenario] = &[
@@ -567,6 +569,7 @@ mod points {
         Scenario::Repair,
         Scenario::Create,
         Scenario::Restamp,
+        Scenario::Incr,
     ];
 
     impl Scenario {
@@ -600,6 +603,7 @@ mod points {
                     vec![Create]
                 }
                 "restamp.after_ids" => vec![Restamp],
+                "incr.after_store" => vec![Incr],
                 other => panic!("crash point {other} has no scenario here: add one"),
             }
         }
@@ -715,6 +719,11 @@ mod points {
             larder::Cache::repair_offline(path, &s.options()).expect("repair offline");
             return;
         }
+        if s == Scenario::Incr {
+            let c = s.options().attach(path).expect("attach");
+            c.incr(key, 1, 0, None).expect("incr");
+            return;
+        }
         let c = s.options().attach(path).expect("attach");
         let new = new_value(s, key);
         match s {
@@ -819,6 +828,8 @@ mod points {
                 survive_create(test, point, action);
             } else if scenario == Scenario::Restamp {
                 survive_restamp(test, point, action);
+            } else if scenario == Scenario::Incr {
+                survive_incr(test, point, action);
             } else {
                 survive_scenario(test, point, action, scenario);
             }
@@ -993,6 +1004,39 @@ mod points {
         assert_eq!(c.get(b"k").expect("get").as_deref(), Some(&b"v"[..]));
         let s = c.stats();
         assert_eq!((s.recoveries, s.entries), (0, 1), "{ctx}: {s:?}");
+    }
+
+    /// A writer that dies inside an increment of an existing counter never costs the
+    /// counter: the next owner repairs the shard, the counter holds the old or the new
+    /// count (the store is one atomic word), nothing is dropped, and the file verifies.
+    fn survive_incr(test: &str, point: &str, action: &str) {
+        let ctx = format!("{point} (Incr, {action})");
+        let t = TempCache::new("incr");
+        let c = Scenario::Incr.options().open(t.name()).expect("create");
+        let target = common::keys_in_shard(&c, CRASH_SHARD, "counter", 1).remove(0);
+        for _ in 0..41 {
+            c.incr(&target, 1, 0, None).expect("incr");
+        }
+        let before = c.stats();
+        crash_child(test, &t, 0, point, action, Scenario::Incr, &target);
+        let n = c
+            .incr(&target, 0, 0, None)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        assert!(
+            n == 41 || n == 42,
+            "{ctx}: the counter is {n}, not 41 or 42"
+        );
+        let after = c.stats();
+        assert_eq!(
+            after.repair_dropped, before.repair_dropped,
+            "{ctx}: the repair dropped the counter"
+        );
+        assert!(
+            after.recoveries > before.recoveries,
+            "{ctx}: the shard was not repaired: {after:?}"
+        );
+        let report = c.verify().expect("verify");
+        assert!(report.is_clean(), "{ctx}: {report}");
     }
 
     /// The stamp in the header (see the byte map in the crate's `layout` module): six

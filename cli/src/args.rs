@@ -166,6 +166,35 @@ pub enum Cmd {
         #[command(flatten)]
         codec: Codec,
     },
+    /// Add N to the counter at KEY and print its new value (an absent or expired key
+    /// starts at --init; later increments keep its expiry, so a window ends on time).
+    Incr {
+        /// The cache.
+        name: String,
+        /// The key.
+        key: String,
+        /// What to add (negative to subtract).
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 1,
+            allow_negative_numbers = true
+        )]
+        by: i64,
+        /// The value an absent or expired counter starts from, before adding.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        init: i64,
+        /// Expiry of a counter this call creates: 60s, 1h [default: never].
+        #[arg(long, value_name = "DURATION", value_parser = units::positive_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        codec: KeyOnlyCodec,
+    },
     /// Remove KEY.
     #[command(visible_alias = "delete")]
     Del {

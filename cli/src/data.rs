@@ -80,6 +80,24 @@ pub fn set(
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn incr(
+    g: &Global,
+    name: &str,
+    key: &str,
+    by: i64,
+    init: i64,
+    ttl: Option<Duration>,
+    enc: Encoding,
+) -> Outcome {
+    let key = decode(enc, "the key", key)?;
+    let cache = attach(g, name)?;
+    let value = cache.incr(&key, by, init, ttl)?;
+    let mut out = stdout();
+    writeln!(out, "{value}")?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn del(g: &Global, name: &str, key: &str, enc: Encoding) -> Outcome {
     let key = decode(enc, "the key", key)?;
     let cache = attach(g, name)?;

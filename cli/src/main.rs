@@ -140,6 +140,14 @@ fn run(cli: Cli) -> Outcome {
             ttl,
             codec,
         } => data::set(g, &name, &key, &value, ttl, codec.key(), codec.value()),
+        Cmd::Incr {
+            name,
+            key,
+            by,
+            init,
+            ttl,
+            codec,
+        } => data::incr(g, &name, &key, by, init, ttl, codec.key()),
         Cmd::Del { name, key, codec } => data::del(g, &name, &key, codec.key()),
         Cmd::Keys {
             name,

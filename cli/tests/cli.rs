@@ -353,6 +353,28 @@ fn set_get_del_round_trip_text() {
 }
 
 #[test]
+fn incr_counts_with_init_by_and_ttl_and_refuses_a_non_counter() {
+    let t = TempDir::new("incr");
+    let c = t.cache("c");
+    create(&c);
+    assert_eq!(larder(&["incr", &c, "fail:alice"]).ok(), "1\n");
+    assert_eq!(larder(&["incr", &c, "fail:alice", "--by", "4"]).ok(), "5\n");
+    assert_eq!(
+        larder(&["incr", &c, "fail:alice", "--by", "-2"]).ok(),
+        "3\n"
+    );
+    assert_eq!(
+        larder(&["incr", &c, "quota", "--by", "-1", "--init", "100", "--ttl", "1h"]).ok(),
+        "99\n"
+    );
+    let listed = larder(&["dump", &c]).ok();
+    assert!(listed.contains("quota"), "{listed}");
+    larder(&["set", &c, "name", "alice"]).ok();
+    larder(&["incr", &c, "name"]).fails(1, "not a counter");
+    assert_eq!(larder(&["get", &c, "name"]).ok(), "alice\n");
+}
+
+#[test]
 fn set_reads_the_value_from_stdin_byte_for_byte() {
     let t = TempDir::new("stdin");
     let c = t.cache("c");
