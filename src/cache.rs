@@ -21,7 +21,7 @@ use crate::options::Options;
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, Probe, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, Stats};
-use crate::table::{Access, Owner, Table};
+use crate::table::{self, Access, Counted, Owner, Table, COUNTER_LEN};
 use crate::verify::Report;
 
 /// Optimistic read attempts before a get takes the shard lock.
@@ -101,17 +101,8 @@ enum Expired {
     Serve,
 }
 
-/// Bytes of a counter's value (`Cache::incr`): a little-endian `i64`.
-const COUNTER_LEN: usize = 8;
 /// Keys of a `get_many_into` whose index lines are fetched together.
 const MANY_GROUP: usize = 8;
-
-/// How an increment ended inside its locked section.
-enum Counted {
-    To(i64),
-    NotACounter(usize),
-    Overflow(i64),
-}
 
 /// When a set stores its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -780,33 +771,7 @@ impl Cache {
         // Allocated before the critical section, which must not allocate.
         let mut buf = Vec::with_capacity(COUNTER_LEN);
         let counted = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
-            let kh = s.locate(h);
-            match s.find(key, &kh) {
-                Probe::Hit { rec, .. } if !rec.expired(now) => {
-                    if rec.vlen != COUNTER_LEN {
-                        return Ok(Counted::NotACounter(rec.vlen));
-                    }
-                    s.read_value(&rec, &mut buf);
-                    let mut word = [0u8; COUNTER_LEN];
-                    word.copy_from_slice(&buf[..COUNTER_LEN]);
-                    let value = i64::from_le_bytes(word);
-                    let Some(next) = value.checked_add(delta) else {
-                        return Ok(Counted::Overflow(value));
-                    };
-                    // In place, one atomic store: a crash here never drops the counter.
-                    s.store_counter(&rec, next);
-                    Ok(Counted::To(next))
-                }
-                Probe::Hit { .. } | Probe::Miss => {
-                    let Some(next) = init.checked_add(delta) else {
-                        return Ok(Counted::Overflow(init));
-                    };
-                    // A new counter: a crash may drop it, but nothing was counted in it.
-                    s.set(key, &kh, &next.to_le_bytes(), new_expire, false, now)?;
-                    Ok(Counted::To(next))
-                }
-                Probe::Bad => Err(Damaged("index slot points at no live record".into())),
-            }
+            table::incr(s, key, h, delta, init, new_expire, now, &mut buf)
         })?;
         match counted {
             Counted::To(v) => Ok(v),
@@ -839,15 +804,7 @@ impl Cache {
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
-            let kh = s.locate(h);
-            match s.find(key, &kh) {
-                Probe::Hit { rec, .. } if !rec.expired(now) => {
-                    s.set(key, &kh, value, expire, false, now)?;
-                    Ok(true)
-                }
-                Probe::Hit { .. } | Probe::Miss => Ok(false),
-                Probe::Bad => Err(Damaged("index slot points at no live record".into())),
-            }
+            table::replace(s, key, h, value, expire, now)
         })
     }
 

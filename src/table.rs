@@ -13,7 +13,7 @@
 use crate::layout::Geometry;
 use crate::region::Region;
 use crate::seqlock;
-use crate::shard::{Damaged, Hasher, Shard};
+use crate::shard::{Damaged, Hasher, Probe, Shard};
 
 /// Whether the shard's lock came back owner-dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,79 @@ impl<'a> Table<'a> {
                 }
             }
         }
+    }
+}
+
+/// Bytes of a counter's value (`Cache::incr`): a little-endian `i64`.
+pub(crate) const COUNTER_LEN: usize = 8;
+
+/// How an increment ended inside its locked section.
+pub(crate) enum Counted {
+    To(i64),
+    NotACounter(usize),
+    Overflow(i64),
+}
+
+/// `incr` inside its shard's locked section (see `Cache::incr`): the counter of `key`
+/// (hash `h`) plus `delta`, or, for an absent or expired key, `init + delta` expiring at
+/// `expire`. `buf` is allocated by the caller, outside the section.
+#[allow(clippy::too_many_arguments)] // the operation's own arguments, plus the section's
+pub(crate) fn incr(
+    s: &Shard<'_>,
+    key: &[u8],
+    h: u64,
+    delta: i64,
+    init: i64,
+    expire: u64,
+    now: u64,
+    buf: &mut Vec<u8>,
+) -> Result<Counted, Damaged> {
+    let kh = s.locate(h);
+    match s.find(key, &kh) {
+        Probe::Hit { rec, .. } if !rec.expired(now) => {
+            if rec.vlen != COUNTER_LEN {
+                return Ok(Counted::NotACounter(rec.vlen));
+            }
+            s.read_value(&rec, buf);
+            let mut word = [0u8; COUNTER_LEN];
+            word.copy_from_slice(&buf[..COUNTER_LEN]);
+            let value = i64::from_le_bytes(word);
+            let Some(next) = value.checked_add(delta) else {
+                return Ok(Counted::Overflow(value));
+            };
+            // In place, one atomic store: a crash here never drops the counter.
+            s.store_counter(&rec, next);
+            Ok(Counted::To(next))
+        }
+        Probe::Hit { .. } | Probe::Miss => {
+            let Some(next) = init.checked_add(delta) else {
+                return Ok(Counted::Overflow(init));
+            };
+            // A new counter: a crash may drop it, but nothing was counted in it yet.
+            s.set(key, &kh, &next.to_le_bytes(), expire, false, now)?;
+            Ok(Counted::To(next))
+        }
+        Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+    }
+}
+
+/// `replace` inside its shard's locked section: stores `value` only over a fresh entry.
+pub(crate) fn replace(
+    s: &Shard<'_>,
+    key: &[u8],
+    h: u64,
+    value: &[u8],
+    expire: u64,
+    now: u64,
+) -> Result<bool, Damaged> {
+    let kh = s.locate(h);
+    match s.find(key, &kh) {
+        Probe::Hit { rec, .. } if !rec.expired(now) => {
+            s.set(key, &kh, value, expire, false, now)?;
+            Ok(true)
+        }
+        Probe::Hit { .. } | Probe::Miss => Ok(false),
+        Probe::Bad => Err(Damaged("index slot points at no live record".into())),
     }
 }
 
@@ -227,6 +300,43 @@ mod harness {
                     Probe::Hit { .. } | Probe::Miss => Ok(None),
                     Probe::Bad => Err(Damaged("bad slot".into())),
                 }
+            })
+        }
+
+        /// `incr`: the counter's new value, or `Err` with what `Cache::incr` reports.
+        pub fn incr(
+            &self,
+            key: &[u8],
+            delta: i64,
+            init: i64,
+            expire: u64,
+            now: u64,
+        ) -> std::result::Result<std::result::Result<i64, &'static str>, String> {
+            self.check(key, super::COUNTER_LEN)?;
+            let expire = expire.min(crate::shard::MAX_EXPIRE);
+            let counted = self.with_shard(key, Access::Write, |s, h| {
+                let mut buf = Vec::with_capacity(super::COUNTER_LEN);
+                super::incr(s, key, h, delta, init, expire, now, &mut buf)
+            })?;
+            Ok(match counted {
+                super::Counted::To(v) => Ok(v),
+                super::Counted::NotACounter(_) => Err("not a counter"),
+                super::Counted::Overflow(_) => Err("overflow"),
+            })
+        }
+
+        /// `replace`; true if it stored the value.
+        pub fn replace(
+            &self,
+            key: &[u8],
+            value: &[u8],
+            expire: u64,
+            now: u64,
+        ) -> std::result::Result<bool, String> {
+            self.check(key, value.len())?;
+            let expire = expire.min(crate::shard::MAX_EXPIRE);
+            self.with_shard(key, Access::Write, |s, h| {
+                super::replace(s, key, h, value, expire, now)
             })
         }
 

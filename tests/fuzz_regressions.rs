@@ -50,6 +50,17 @@ fn harnesses_run_clean_inputs() {
                     count: 60,
                     len: 280,
                 },
+                // Counters: new ones, increments of them, and increments of values that
+                // are not counters; replaces of present and absent keys.
+                7 | 17 | 27 | 37 | 47 => Op::Incr {
+                    key: (i % 9) as u8,
+                    delta: (i as i16) - 100,
+                },
+                8 | 18 | 28 => Op::Replace {
+                    key: (i * 37 % 251) as u8,
+                    len: i * 3,
+                    ttl: (i % 4 == 0).then_some(i),
+                },
                 _ => match i % 5 {
                     0 | 1 => Op::Set {
                         key: (i * 37 % 251) as u8,

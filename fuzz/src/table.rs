@@ -60,6 +60,16 @@ pub enum Op {
     Get {
         key: u8,
     },
+    /// `incr` with `init` 0 and no TTL.
+    Incr {
+        key: u8,
+        delta: i16,
+    },
+    Replace {
+        key: u8,
+        len: u16,
+        ttl: Option<u16>,
+    },
     Remove {
         key: u8,
     },
@@ -132,7 +142,7 @@ fn layouts() -> &'static [Layout] {
     })
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Expect {
     value: Vec<u8>,
     expire: u64,
@@ -221,6 +231,8 @@ impl Harness {
                 self.get(key);
                 None
             }
+            Op::Incr { key, delta } => self.incr(key, delta as i64),
+            Op::Replace { key, len, ttl } => self.replace(key, len, ttl),
             Op::Remove { key } => {
                 self.remove(key);
                 None
@@ -351,6 +363,95 @@ impl Harness {
             ),
             (_, None) => {}
         }
+    }
+
+    fn incr(&mut self, idx: u8, delta: i64) -> Option<u8> {
+        let k = self.key(idx);
+        let r = self.table.incr(&k, delta, 0, 0, self.now);
+        if !self.checking {
+            return None;
+        }
+        let got = r.unwrap_or_else(|e| panic!("incr of key {idx} on a consistent table: {e}"));
+        let now = self.now;
+        let fresh = self.model.get(&idx).filter(|e| e.fresh(now)).cloned();
+        // What the table must answer if the entry is still there, and what it may answer
+        // if an eviction took it (then the counter starts again from 0).
+        let present = fresh
+            .as_ref()
+            .map(|e| match <[u8; 8]>::try_from(&e.value[..]) {
+                Ok(w) => i64::from_le_bytes(w).checked_add(delta).ok_or("overflow"),
+                Err(_) => Err("not a counter"),
+            });
+        let gone = Ok(delta);
+        match (&fresh, present) {
+            (Some(e), Some(want)) if e.sure => {
+                assert_eq!(got, want, "incr of key {idx}")
+            }
+            (Some(_), Some(want)) => assert!(
+                got == want || got == gone,
+                "incr of key {idx}: {got:?}, expected {want:?} or {gone:?}"
+            ),
+            _ => assert_eq!(got, gone, "incr of key {idx} with no fresh entry"),
+        }
+        let v = got.ok()?;
+        // An updated counter keeps its expiry; a new one has none.
+        let expire = match (
+            &fresh,
+            got == gone && fresh.as_ref().is_some_and(|e| !e.sure),
+        ) {
+            (Some(e), false) => e.expire,
+            _ => 0,
+        };
+        self.model.insert(
+            idx,
+            Expect {
+                value: v.to_le_bytes().to_vec(),
+                expire,
+                sure: true,
+            },
+        );
+        Some(idx)
+    }
+
+    fn replace(&mut self, idx: u8, len: u16, ttl: Option<u16>) -> Option<u8> {
+        let k = self.key(idx);
+        let max = self.layout.max_value_len;
+        let len = len as usize % (max + 9);
+        self.version += 1;
+        let v = value(self.version, len);
+        let expire = ttl.map_or(0, |t| self.now + t as u64);
+        let r = self.table.replace(&k, &v, expire, self.now);
+        if !self.checking {
+            return None;
+        }
+        if len > max {
+            assert_eq!(r, Err("too large".to_string()), "value of {len} bytes");
+            return None;
+        }
+        let stored =
+            r.unwrap_or_else(|e| panic!("replace of key {idx} on a consistent table: {e}"));
+        let now = self.now;
+        match self.model.get(&idx).filter(|e| e.fresh(now)) {
+            Some(e) if e.sure => assert!(stored, "replace of key {idx}: live entry not found"),
+            Some(_) => {}
+            None => assert!(!stored, "replace of key {idx} stored over nothing"),
+        }
+        if !stored {
+            if self.model.get(&idx).is_some_and(|e| e.fresh(now)) {
+                // Evicted: the model forgets it, as a get that misses does.
+                self.model.remove(&idx);
+            }
+            return None;
+        }
+        self.model.insert(
+            idx,
+            Expect {
+                value: v,
+                expire,
+                sure: true,
+            },
+        );
+        Some(idx)
     }
 
     fn remove(&mut self, idx: u8) {
