@@ -51,14 +51,31 @@ fn make_error(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
     let cls = py.import("larder._errors")?.getattr(name)?;
     let msg = e.to_string();
     let value = match e {
-        Error::Io(io) => match io.raw_os_error() {
-            Some(errno) => cls.call1((errno, msg))?,
-            None => cls.call1((msg,))?,
-        },
+        Error::Io(io) => cls.call1((
+            io.raw_os_error().unwrap_or_else(|| errno_of(io.kind())),
+            msg,
+        ))?,
         Error::NoSpace { .. } => cls.call1((libc_enospc(), msg))?,
         _ => cls.call1((msg,))?,
     };
     Ok(PyErr::from_value(value))
+}
+
+/// The Linux errno for an I/O error that carries none, by its kind (EIO if no closer one).
+fn errno_of(kind: std::io::ErrorKind) -> i32 {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::NotFound => 2,
+        K::PermissionDenied => 13,
+        K::AlreadyExists => 17,
+        K::InvalidInput => 22,
+        K::WouldBlock => 11,
+        K::TimedOut => 110,
+        K::Interrupted => 4,
+        K::Unsupported => 95,
+        K::OutOfMemory => 12,
+        _ => 5,
+    }
 }
 
 /// ENOSPC on Linux.
