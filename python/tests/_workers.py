@@ -1,0 +1,77 @@
+"""Functions run in pool workers and child processes (importable by spawn workers)."""
+
+import os
+import struct
+import sys
+import time
+import zlib
+
+import larder
+
+_INHERITED = None
+
+
+def checked_value(i, version, n=256):
+    body = struct.pack("<QQ", i, version) + bytes(n - 24)
+    return body + struct.pack("<Q", zlib.crc32(body))
+
+
+def value_ok(v):
+    if len(v) < 24:
+        return False
+    (crc,) = struct.unpack("<Q", v[-8:])
+    return zlib.crc32(v[:-8]) == crc
+
+
+def set_and_get(cache, i):
+    cache.set(f"pool:{i}", b"v%d" % i)
+    return os.getpid(), cache.get(f"pool:{i}"), cache.get("shared")
+
+
+def inherited_set_and_get(i):
+    return set_and_get(_INHERITED, i)
+
+
+def fill_once(cache, key, counter_key):
+    def fill():
+        # Count fills: add of a unique key per filler.
+        cache.set(f"{counter_key}:{os.getpid()}:{time.monotonic_ns()}", b"1")
+        time.sleep(0.2)
+        return b"computed"
+
+    return cache.get_or_set(key, fill)
+
+
+def hammer(path, worker, seconds):
+    """Writes self-checking values to keys 1000.. and reads keys 0..; exit 3 on a torn
+    value."""
+    import random
+
+    c = larder.Cache(path)
+    rng = random.Random(worker)
+    version = worker << 32
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        i = rng.randrange(1000, 1200)
+        version += 1
+        c.set(b"k%d" % i, checked_value(i, version))
+        j = rng.randrange(0, 1200)
+        v = c.get(b"k%d" % j)
+        if v is not None and not value_ok(v):
+            print(f"torn value at key {j}", file=sys.stderr)
+            sys.exit(3)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "hammer":
+        hammer(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif cmd == "set":
+        # Crash-point child: one set (LARDER_CRASH_AT decides where it dies or stops).
+        c = larder.Cache(sys.argv[2])
+        c.set(sys.argv[3], b"child")
+    elif cmd == "fill":
+        c = larder.Cache(sys.argv[2])
+        c.get_or_set(sys.argv[3], lambda: b"child-fill")
+    sys.exit(0)
