@@ -46,6 +46,9 @@ fn make_error(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
         Error::InUse { .. } => "InUse",
         Error::NotFound { .. } => "NotFound",
         Error::Io(_) => "Io",
+        Error::NotACounter { .. } => "NotACounter",
+        Error::Overflow { .. } => "Overflow",
+        Error::InvalidArgument(_) => "InvalidArgument",
         _ => "LarderError",
     };
     let cls = py.import("larder._errors")?.getattr(name)?;
@@ -420,6 +423,65 @@ impl PyCache {
         let v = self.encode(value)?;
         py.detach(|| cache.insert_if_absent(&k, &v, ttl))
             .map_err(to_py)
+    }
+
+    /// Adds `delta` to the counter at `key` and returns the new value, atomically for
+    /// every process; an absent or expired key starts at `init` (with `ttl`), later
+    /// increments keep its expiry. A counter is 8 bytes, a little-endian int64.
+    #[pyo3(signature = (key, delta=1, init=0, ttl=None))]
+    fn incr(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+        init: i64,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<i64> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let cache = self.cache()?;
+        let k = key_bytes(key)?;
+        py.detach(|| cache.incr(&k, delta, init, ttl))
+            .map_err(to_py)
+    }
+
+    /// Stores only over a fresh entry; True if it stored.
+    #[pyo3(signature = (key, value, ttl=None))]
+    fn replace(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let cache = self.cache()?;
+        let k = key_bytes(key)?;
+        let v = self.encode(value)?;
+        py.detach(|| cache.replace(&k, &v, ttl)).map_err(to_py)
+    }
+
+    /// The values of `keys`, in order, with `default` for each miss: one call for many
+    /// lookups (no lock on hits).
+    #[pyo3(signature = (keys, default=None))]
+    fn get_many(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let cache = self.cache()?;
+        let ks: Vec<Vec<u8>> = keys
+            .try_iter()?
+            .map(|k| key_bytes(&k?).map(|b| b.into_owned()))
+            .collect::<PyResult<_>>()?;
+        let values = py.detach(|| cache.get_many(&ks)).map_err(to_py)?;
+        values
+            .into_iter()
+            .map(|v| match v {
+                Some(v) => self.decode(py, &v),
+                None => Ok(default.as_ref().map_or_else(|| py.None(), |d| d.clone_ref(py))),
+            })
+            .collect()
     }
 
     /// Removes the key; True if a fresh entry was removed.

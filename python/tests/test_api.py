@@ -252,3 +252,25 @@ def test_gil_released_while_waiting(cache):
     waiter.join(10)
     assert ticks == [b"slow"]
     assert n > 1000
+
+
+def test_incr_replace_get_many(cache):
+    assert cache.incr("fails") == 1
+    assert cache.incr("fails", 4) == 5
+    assert cache.incr("quota", -1, init=100, ttl=60) == 99
+    assert cache.get("fails") == (5).to_bytes(8, "little", signed=True)
+    cache.set("name", b"alice")
+    with pytest.raises(larder.NotACounter) as e:
+        cache.incr("name")
+    assert isinstance(e.value, TypeError)
+    cache.set("max", (2**63 - 1).to_bytes(8, "little", signed=True))
+    with pytest.raises(OverflowError):
+        cache.incr("max")
+    assert cache.replace("absent", b"v") is False
+    assert "absent" not in cache
+    assert cache.replace("name", b"bob") is True
+    assert cache.get_many(["name", "nope", b"fails"], default=b"-") == [
+        b"bob",
+        b"-",
+        (5).to_bytes(8, "little", signed=True),
+    ]

@@ -89,8 +89,23 @@ class Io(LarderError, OSError):
     """Any other error from the operating system; ``errno`` is set."""
 
 
+class NotACounter(LarderError, TypeError):
+    """``incr`` found a value that is not a counter (8 bytes, a little-endian int64)."""
+
+
+class Overflow(LarderError, OverflowError):
+    """``incr`` would take the counter outside int64; nothing was changed."""
+
+
+class InvalidArgument(LarderError, ValueError):
+    """A call's arguments do not fit together."""
+
+
 __all__ = [
     "LarderError",
+    "NotACounter",
+    "Overflow",
+    "InvalidArgument",
     "InvalidName",
     "InvalidOptions",
     "TooLarge",
