@@ -109,6 +109,7 @@ mod shard;
 mod stats;
 mod sync;
 mod verify;
+mod words;
 pub mod workload;
 
 #[doc(hidden)]

@@ -33,9 +33,8 @@ use crate::layout::{
 };
 use crate::region::Region;
 use crate::seqlock;
-use crate::shard::{
-    encode_w0, encode_w1, Damaged, Hasher, KeyHash, LogId, Probe, Rec, SetOutcome, Shard,
-};
+use crate::shard::{Damaged, Hasher, KeyHash, LogId, Probe, Rec, SetOutcome, Shard};
+use crate::words::{RecordWord0, RecordWord1, SlotWord};
 
 /// The test clock's start (ms); any non-zero time works, expiry 0 means "none".
 const START_MS: u64 = 1_000_000;
@@ -774,7 +773,7 @@ fn free_slot(sh: &Shard<'_>, kh: &KeyHash) -> Option<usize> {
     for b in [kh.b1, kh.b2] {
         let free: Vec<usize> = (0..BUCKET_SLOTS)
             .map(|i| b * BUCKET_SLOTS + i)
-            .filter(|&s| sh.r.load(sh.slot_off(s)) == 0)
+            .filter(|&s| sh.slot_word(s).is_empty())
             .collect();
         if free.len() > best_free {
             best_free = free.len();
@@ -824,7 +823,11 @@ fn crash_set(
         } else if stage > SetCrash::AfterIntent {
             sh.r.write_bytes(voff, v);
             if stage > SetCrash::AfterValue {
-                sh.r.store(old.off, encode_w0(k.len(), expire));
+                let w0 = RecordWord0 {
+                    key_len: k.len(),
+                    expire,
+                };
+                sh.r.store(old.off, w0.encode());
             }
         }
         return Some(Crashed {
@@ -875,8 +878,17 @@ fn crash_set(
     }
     let (head, tail) = sh.state(target).expect("log state");
     let (dst, new_tail) = sh.place(target, tail, size);
-    sh.r.store(dst, encode_w0(k.len(), expire));
-    sh.r.store(dst + 8, encode_w1(STATE_LIVE, v.len(), slot));
+    let w0 = RecordWord0 {
+        key_len: k.len(),
+        expire,
+    };
+    let w1 = RecordWord1 {
+        state: STATE_LIVE,
+        value_len: v.len(),
+        back_ref: slot,
+    };
+    sh.r.store(dst, w0.encode());
+    sh.r.store(dst + 8, w1.encode());
     sh.r.write_bytes(dst + RECORD_HEADER, k);
     if stage == SetCrash::AfterKey {
         return Some(old);
@@ -910,7 +922,13 @@ fn crash_set(
     if stage == SetCrash::AfterPublish {
         return Some(new);
     }
-    sh.r.store(sh.slot_off(slot), (u64::from(kh.tag) << 32) | sh.loc(dst));
+    sh.set_slot_word(
+        slot,
+        SlotWord {
+            loc: sh.loc(dst),
+            tag: kh.tag,
+        },
+    );
     // AfterSlot: the counters and the intent record are not updated yet.
     Some(new)
 }
@@ -965,7 +983,11 @@ fn crash_touch(
     let mut after = before.get(k).cloned();
     sh.set_intent(INTENT_TOUCH, slot);
     if stage == TouchCrash::Store {
-        sh.r.store(rec.off, encode_w0(rec.klen, expire));
+        let w0 = RecordWord0 {
+            key_len: rec.klen,
+            expire,
+        };
+        sh.r.store(rec.off, w0.encode());
         if let Some(e) = after.as_mut() {
             e.1 = expire;
         }
@@ -1015,7 +1037,7 @@ fn crash_head(fx: &Fixture, which: LogId, stage: HeadCrash, now: u64) -> Option<
             rec.state == STATE_LIVE
                 && !rec.expired(now)
                 && rec.slot < sh.slots()
-                && sh.r.load(sh.slot_off(rec.slot)) & 0xffff_ffff == sh.loc(rec.off)
+                && sh.slot_word(rec.slot).loc == sh.loc(rec.off)
         });
     let Some(rec) = rec else {
         seqlock::write_end(fx.seq());
@@ -1036,7 +1058,7 @@ fn crash_head(fx: &Fixture, which: LogId, stage: HeadCrash, now: u64) -> Option<
     };
     if !moves {
         if which == LogId::Small {
-            sh.ghost_insert(slot, (sh.r.load(sh.slot_off(slot)) >> 32) as u32);
+            sh.ghost_insert(slot, sh.slot_word(slot).tag);
         }
         let before = fx.contents_locked();
         sh.set_intent(INTENT_EVICT, slot);
