@@ -53,7 +53,9 @@ impl Shard<'_> {
         }
     }
 
-    fn pop_head(
+    /// Pops the head of `which` (its state is `head`, `tail`): evicts or moves the
+    /// record there, or skips it if it is dead or no slot names it.
+    pub(crate) fn pop_head(
         &self,
         which: LogId,
         head: usize,

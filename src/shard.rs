@@ -510,6 +510,7 @@ impl<'a> Shard<'a> {
                     expire,
                 };
                 self.r.store(old.off, w0.encode());
+                crash_point!("overwrite.after_expiry");
                 self.add(SH_UPDATES, 1);
                 self.clear_intent();
                 return Ok(SetOutcome::Updated);
@@ -552,8 +553,13 @@ impl<'a> Shard<'a> {
         self.r.store(dst + 8, w1.encode());
         self.r.write_bytes(dst + RECORD_HEADER, key);
         crash_point!("set.after_key");
-        self.r
-            .write_bytes(dst + RECORD_HEADER + align8(key.len()), value);
+        // In two halves too, like an overwrite: a crash can leave the value half written
+        // here as well (unpublished, so repair ignores it).
+        let at = dst + RECORD_HEADER + align8(key.len());
+        let half = (value.len() / 2) & !7;
+        self.r.write_bytes(at, &value[..half]);
+        crash_point!("set.mid_value");
+        self.r.write_bytes(at + half, &value[half..]);
         crash_point!("set.after_value");
         let outcome = if let Some((slot, old)) = existing {
             self.mark_dead(&old);
@@ -563,6 +569,7 @@ impl<'a> Shard<'a> {
         } else {
             SetOutcome::Inserted
         };
+        crash_point!("set.before_publish");
         self.set_state(target, head, new_tail);
         crash_point!("set.after_publish");
         self.set_slot_word(
@@ -678,6 +685,7 @@ impl<'a> Shard<'a> {
                 self.mark_dead(&rec);
                 crash_point!("remove.after_mark_dead");
                 self.forget(slot, &rec);
+                crash_point!("remove.after_forget");
                 self.add(SH_REMOVALS, 1);
                 self.clear_intent();
                 Ok(!rec.expired(now))
@@ -780,6 +788,7 @@ impl<'a> Shard<'a> {
         {
             dropped += 1;
         }
+        crash_point!("repair.after_in_flight");
         self.add(SH_RECOVERIES, 1);
         self.add(SH_DROPPED, dropped as i64);
         self.clear_intent();
