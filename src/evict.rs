@@ -26,6 +26,7 @@
 
 use crate::layout::{RECORD_HEADER, SH_EVICTIONS, SH_EXPIRATIONS, SH_LIVE_BYTES, STATE_LIVE};
 use crate::shard::{Damaged, LogId, Rec, Shard};
+use crate::words::SlotWord;
 
 /// Most entries moved within the main log per room-making call.
 pub(crate) const MAX_REINSERTS: usize = 32;
@@ -52,7 +53,9 @@ impl Shard<'_> {
         }
     }
 
-    fn pop_head(
+    /// Pops the head of `which` (its state is `head`, `tail`): evicts or moves the
+    /// record there, or skips it if it is dead or no slot names it.
+    pub(crate) fn pop_head(
         &self,
         which: LogId,
         head: usize,
@@ -78,8 +81,7 @@ impl Shard<'_> {
             return Ok(());
         }
         let slot = rec.slot;
-        let owned = slot < self.slots()
-            && self.r.load(self.slot_off(slot)) & 0xffff_ffff == self.loc(rec.off);
+        let owned = slot < self.slots() && self.slot_word(slot).loc == self.loc(rec.off);
         if !owned {
             // No slot points here (a record whose slot was lost to a repair): garbage.
             self.set_state(which, new_head, tail);
@@ -100,7 +102,7 @@ impl Shard<'_> {
                 self.move_to_main(which, new_head, tail, &rec, now)
             }
             LogId::Small => {
-                self.ghost_insert(slot, (self.r.load(self.slot_off(slot)) >> 32) as u32);
+                self.ghost_insert(slot, self.slot_word(slot).tag);
                 self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
                 Ok(())
             }
@@ -188,8 +190,11 @@ impl Shard<'_> {
         self.r.store(dst + 8, rec.w1);
         self.set_state(LogId::Main, mhead, new_tail);
         crash_point!("move.after_publish");
-        let tag = self.r.load(self.slot_off(slot)) & !0xffff_ffff;
-        self.r.store(self.slot_off(slot), tag | self.loc(dst));
+        let moved = SlotWord {
+            loc: self.loc(dst),
+            ..self.slot_word(slot)
+        };
+        self.set_slot_word(slot, moved);
         self.clear_intent();
         Ok(())
     }

@@ -4,6 +4,7 @@
 //!
 //! Every field is a little-endian `u64` word unless it says otherwise, and every word is
 //! read and written with 8-byte atomic operations (see `region`).
+//! The bit-packed words (slot, record, log state, intent) are coded in `words` only.
 //!
 //! ```text
 //! offset                      size            what

@@ -127,6 +127,7 @@ pub mod table;
 #[cfg(not(fuzzing))]
 mod table;
 mod verify;
+mod words;
 
 #[cfg(test)]
 #[path = "shard_tests.rs"]

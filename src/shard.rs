@@ -19,12 +19,13 @@
 //! Repair therefore rebuilds the index from the logs (see [`Shard::repair`]).
 
 use crate::layout::{
-    align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_NONE,
-    INTENT_OVERWRITE, INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER,
-    SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN,
-    SH_RECOVERIES, SH_REMOVALS, SH_SEQ, SH_SMALL, SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
+    align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_OVERWRITE,
+    INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER, SH_DROPPED, SH_ENTRIES,
+    SH_EVICTIONS, SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS,
+    SH_SEQ, SH_SMALL, SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
 };
 use crate::region::Region;
+use crate::words::{Intent, LogState, RecordWord0, RecordWord1, SlotWord};
 
 /// Keyed xxh3 over the file's random secret.
 pub(crate) struct Hasher {
@@ -118,17 +119,8 @@ pub(crate) struct Shard<'a> {
     pub(crate) hasher: &'a Hasher,
 }
 
-/// Pure parts of the record encoding.
-pub(crate) fn encode_w0(klen: usize, expire: u64) -> u64 {
-    (klen as u64 & 0xffff) | (expire << 16)
-}
-
-pub(crate) fn encode_w1(state: u64, vlen: usize, slot: usize) -> u64 {
-    (state & 3) | ((vlen as u64 & ((1 << 26) - 1)) << 2) | ((slot as u64) << 32)
-}
-
 /// Largest expiry the record can hold (48 bits of milliseconds).
-pub(crate) const MAX_EXPIRE: u64 = (1 << 48) - 1;
+pub(crate) const MAX_EXPIRE: u64 = RecordWord0::MAX_EXPIRE;
 
 impl<'a> Shard<'a> {
     pub(crate) fn new(r: &'a Region, g: &'a Geometry, index: usize, hasher: &'a Hasher) -> Self {
@@ -161,6 +153,17 @@ impl<'a> Shard<'a> {
 
     pub(crate) fn slot_off(&self, slot: usize) -> usize {
         self.base + crate::layout::SHARD_HEADER + slot * 8
+    }
+
+    /// The index word of `slot`.
+    #[inline]
+    pub(crate) fn slot_word(&self, slot: usize) -> SlotWord {
+        SlotWord::decode(self.r.load(self.slot_off(slot)))
+    }
+
+    /// Stores the index word of `slot`.
+    pub(crate) fn set_slot_word(&self, slot: usize, w: SlotWord) {
+        self.r.store(self.slot_off(slot), w.encode());
     }
 
     fn data_off(&self) -> usize {
@@ -204,14 +207,15 @@ impl<'a> Shard<'a> {
         }
     }
 
-    fn loc_of(&self, off: usize) -> u64 {
-        ((off - self.data_off()) / 8 + 1) as u64
+    /// The location of a record at `off` (the geometry keeps every one under 2^32).
+    fn loc_of(&self, off: usize) -> u32 {
+        ((off - self.data_off()) / 8 + 1) as u32
     }
 
     /// The record offset and its log for a slot word, if the location is inside a log.
-    fn off_of(&self, slot_word: u64) -> Option<(usize, LogId)> {
-        let loc = (slot_word & 0xffff_ffff) as usize;
-        let rel = loc.checked_sub(1)? * 8;
+    #[inline]
+    fn off_of(&self, w: SlotWord) -> Option<(usize, LogId)> {
+        let rel = (w.loc as usize).checked_sub(1)? * 8;
         if rel < self.g.small_cap {
             Some((self.data_off() + rel, LogId::Small))
         } else if rel < self.g.small_cap + self.g.main_cap {
@@ -234,9 +238,15 @@ impl<'a> Shard<'a> {
         }
         let w0 = self.r.load(off);
         let w1 = self.r.load(off + 8);
-        let state = w1 & 3;
-        let klen = (w0 & 0xffff) as usize;
-        let vlen = ((w1 >> 2) & ((1 << 26) - 1)) as usize;
+        let RecordWord0 {
+            key_len: klen,
+            expire,
+        } = RecordWord0::decode(w0);
+        let RecordWord1 {
+            state,
+            value_len: vlen,
+            back_ref: slot,
+        } = RecordWord1::decode(w1);
         let size = match state {
             STATE_PAD => end - off,
             STATE_LIVE | STATE_DEAD => {
@@ -255,9 +265,9 @@ impl<'a> Shard<'a> {
             off,
             klen,
             vlen,
-            expire: w0 >> 16,
+            expire,
             state,
-            slot: (w1 >> 32) as usize,
+            slot,
             size,
             w0,
             w1,
@@ -271,8 +281,8 @@ impl<'a> Shard<'a> {
         for b in [kh.b1, kh.b2] {
             for i in 0..BUCKET_SLOTS {
                 let slot = b * BUCKET_SLOTS + i;
-                let w = self.r.load(self.slot_off(slot));
-                if w == 0 || (w >> 32) as u32 != kh.tag {
+                let w = self.slot_word(slot);
+                if w.is_empty() || w.tag != kh.tag {
                     continue;
                 }
                 let Some((off, which)) = self.off_of(w) else {
@@ -342,9 +352,8 @@ impl<'a> Shard<'a> {
     /// `(head, tail)` in bytes, or `Damaged` if out of range.
     pub(crate) fn state(&self, which: LogId) -> Result<(usize, usize), Damaged> {
         let (_, cap, st) = self.log_bounds(which);
-        let w = self.r.load(st);
-        let head = (w & 0xffff_ffff) as usize * 8;
-        let tail = (w >> 32) as usize * 8;
+        let w = LogState::decode(self.r.load(st));
+        let (head, tail) = (w.head_bytes(), w.tail_bytes());
         if head >= cap || tail >= cap {
             return Err(Damaged(format!(
                 "{which:?} log state head {head} tail {tail} outside its {cap} bytes"
@@ -355,8 +364,7 @@ impl<'a> Shard<'a> {
 
     pub(crate) fn set_state(&self, which: LogId, head: usize, tail: usize) {
         let (_, _, st) = self.log_bounds(which);
-        self.r
-            .store(st, (head / 8) as u64 | (((tail / 8) as u64) << 32));
+        self.r.store(st, LogState::from_bytes(head, tail).encode());
     }
 
     pub(crate) fn used(cap: usize, head: usize, tail: usize) -> usize {
@@ -383,8 +391,8 @@ impl<'a> Shard<'a> {
             (tail, tail + size)
         } else {
             if cap - tail >= RECORD_HEADER {
-                self.r.store(start + tail, 0);
-                self.r.store(start + tail + 8, STATE_PAD);
+                self.r.store(start + tail, RecordWord0::PAD.encode());
+                self.r.store(start + tail + 8, RecordWord1::PAD.encode());
             }
             (0, size)
         };
@@ -405,21 +413,22 @@ impl<'a> Shard<'a> {
 
     pub(crate) fn set_intent(&self, op: u64, slot: usize) {
         self.r
-            .store(self.hdr(SH_INTENT), op | ((slot as u64) << 32));
+            .store(self.hdr(SH_INTENT), Intent { op, slot }.encode());
     }
 
     pub(crate) fn clear_intent(&self) {
-        self.r.store(self.hdr(SH_INTENT), INTENT_NONE);
+        self.r.store(self.hdr(SH_INTENT), Intent::NONE.encode());
     }
 
     /// Marks a record dead in place (its lengths stay, so walks can skip it).
     pub(crate) fn mark_dead(&self, rec: &Rec) {
-        self.r.store(rec.off + 8, (rec.w1 & !3) | STATE_DEAD);
+        self.r
+            .store(rec.off + 8, RecordWord1::with_state(rec.w1, STATE_DEAD));
     }
 
     /// Drops a live entry's accounting after its record is gone or dead.
     pub(crate) fn forget(&self, slot: usize, rec: &Rec) {
-        self.r.store(self.slot_off(slot), 0);
+        self.set_slot_word(slot, SlotWord::EMPTY);
         self.clear_visited(slot);
         self.add(SH_ENTRIES, -1);
         self.add(SH_LIVE_BYTES, -((rec.klen + rec.vlen) as i64));
@@ -509,7 +518,12 @@ impl<'a> Shard<'a> {
                 crash_point!("overwrite.mid_value");
                 self.r.write_bytes(at + half, &value[half..]);
                 crash_point!("overwrite.after_value");
-                self.r.store(old.off, encode_w0(key.len(), expire));
+                let w0 = RecordWord0 {
+                    key_len: key.len(),
+                    expire,
+                };
+                self.r.store(old.off, w0.encode());
+                crash_point!("overwrite.after_expiry");
                 self.add(SH_UPDATES, 1);
                 self.clear_intent();
                 return Ok(SetOutcome::Updated);
@@ -539,13 +553,26 @@ impl<'a> Shard<'a> {
         crash_point!("set.after_intent");
         let (head, tail) = self.state(target)?;
         let (dst, new_tail) = self.place(target, tail, size);
-        self.r.store(dst, encode_w0(key.len(), expire));
-        self.r
-            .store(dst + 8, encode_w1(STATE_LIVE, value.len(), slot));
+        let w0 = RecordWord0 {
+            key_len: key.len(),
+            expire,
+        };
+        let w1 = RecordWord1 {
+            state: STATE_LIVE,
+            value_len: value.len(),
+            back_ref: slot,
+        };
+        self.r.store(dst, w0.encode());
+        self.r.store(dst + 8, w1.encode());
         self.r.write_bytes(dst + RECORD_HEADER, key);
         crash_point!("set.after_key");
-        self.r
-            .write_bytes(dst + RECORD_HEADER + align8(key.len()), value);
+        // In two halves too, like an overwrite: a crash can leave the value half written
+        // here as well (unpublished, so repair ignores it).
+        let at = dst + RECORD_HEADER + align8(key.len());
+        let half = (value.len() / 2) & !7;
+        self.r.write_bytes(at, &value[..half]);
+        crash_point!("set.mid_value");
+        self.r.write_bytes(at + half, &value[half..]);
         crash_point!("set.after_value");
         let outcome = if let Some((slot, old)) = existing {
             self.mark_dead(&old);
@@ -555,11 +582,15 @@ impl<'a> Shard<'a> {
         } else {
             SetOutcome::Inserted
         };
+        crash_point!("set.before_publish");
         self.set_state(target, head, new_tail);
         crash_point!("set.after_publish");
-        self.r.store(
-            self.slot_off(slot),
-            ((kh.tag as u64) << 32) | self.loc_of(dst),
+        self.set_slot_word(
+            slot,
+            SlotWord {
+                loc: self.loc_of(dst),
+                tag: kh.tag,
+            },
         );
         self.clear_visited(slot);
         self.add(SH_ENTRIES, 1);
@@ -587,7 +618,7 @@ impl<'a> Shard<'a> {
             let mut free = 0;
             for i in 0..BUCKET_SLOTS {
                 let slot = b * BUCKET_SLOTS + i;
-                if self.r.load(self.slot_off(slot)) == 0 {
+                if self.slot_word(slot).is_empty() {
                     free += 1;
                     first.get_or_insert(slot);
                 }
@@ -610,9 +641,8 @@ impl<'a> Shard<'a> {
         for b in [kh.b1, kh.b2] {
             for i in 0..BUCKET_SLOTS {
                 let slot = b * BUCKET_SLOTS + i;
-                let w = self.r.load(self.slot_off(slot));
                 let rec = self
-                    .off_of(w)
+                    .off_of(self.slot_word(slot))
                     .and_then(|(off, which)| Some((self.read_rec(off, which)?, which)));
                 let (rank, age) = match rec {
                     Some((rec, which)) => {
@@ -638,9 +668,8 @@ impl<'a> Shard<'a> {
                 }
             }
         }
-        let w = self.r.load(self.slot_off(victim));
         let rec = self
-            .off_of(w)
+            .off_of(self.slot_word(victim))
             .and_then(|(off, which)| self.read_rec(off, which))
             .filter(|r| r.state == STATE_LIVE)
             .ok_or_else(|| Damaged("index slot points at no live record".into()))?;
@@ -669,6 +698,7 @@ impl<'a> Shard<'a> {
                 self.mark_dead(&rec);
                 crash_point!("remove.after_mark_dead");
                 self.forget(slot, &rec);
+                crash_point!("remove.after_forget");
                 self.add(SH_REMOVALS, 1);
                 self.clear_intent();
                 Ok(!rec.expired(now))
@@ -690,7 +720,11 @@ impl<'a> Shard<'a> {
             Probe::Hit { slot, rec } if !rec.expired(now) => {
                 self.set_intent(INTENT_TOUCH, slot);
                 crash_point!("touch.after_intent");
-                self.r.store(rec.off, encode_w0(rec.klen, expire));
+                let w0 = RecordWord0 {
+                    key_len: rec.klen,
+                    expire,
+                };
+                self.r.store(rec.off, w0.encode());
                 crash_point!("touch.after_store");
                 self.clear_intent();
                 Ok(true)
@@ -735,7 +769,7 @@ impl<'a> Shard<'a> {
     /// rebuild, it is the one entry the crash cost. Idempotent: a repairer that dies is
     /// followed by another repair from the same logs.
     pub(crate) fn repair(&self) -> u64 {
-        let intent = self.r.load(self.hdr(SH_INTENT));
+        let intent = Intent::decode(self.r.load(self.hdr(SH_INTENT)));
         crash_point!("repair.start");
         self.clear_index();
         self.r.store(self.hdr(SH_ENTRIES), 0);
@@ -747,14 +781,12 @@ impl<'a> Shard<'a> {
             dropped += self.rebuild_log(which, &mut key);
         }
         crash_point!("repair.after_rebuild");
-        let op = intent & 0xff;
-        let slot = (intent >> 32) as usize;
+        let Intent { op, slot } = intent;
         if op == INTENT_OVERWRITE && slot < self.slots() {
             // The value may be torn: drop the entry (its old value must not come back
             // either, and it is gone).
-            let w = self.r.load(self.slot_off(slot));
             if let Some(rec) = self
-                .off_of(w)
+                .off_of(self.slot_word(slot))
                 .and_then(|(off, which)| self.read_rec(off, which))
                 .filter(|r| r.state == STATE_LIVE)
             {
@@ -765,10 +797,11 @@ impl<'a> Shard<'a> {
         }
         if (op == INTENT_SET || op == INTENT_MOVE)
             && slot < self.slots()
-            && self.r.load(self.slot_off(slot)) == 0
+            && self.slot_word(slot).is_empty()
         {
             dropped += 1;
         }
+        crash_point!("repair.after_in_flight");
         self.add(SH_RECOVERIES, 1);
         self.add(SH_DROPPED, dropped as i64);
         self.clear_intent();
@@ -833,7 +866,7 @@ impl<'a> Shard<'a> {
             return false;
         }
         let in_pair = |s: usize| s / BUCKET_SLOTS == kh.b1 || s / BUCKET_SLOTS == kh.b2;
-        let slot = if in_pair(rec.slot) && self.r.load(self.slot_off(rec.slot)) == 0 {
+        let slot = if in_pair(rec.slot) && self.slot_word(rec.slot).is_empty() {
             Some(rec.slot)
         } else {
             (0..2 * BUCKET_SLOTS)
@@ -841,18 +874,21 @@ impl<'a> Shard<'a> {
                     let b = if i < BUCKET_SLOTS { kh.b1 } else { kh.b2 };
                     b * BUCKET_SLOTS + i % BUCKET_SLOTS
                 })
-                .find(|&s| self.r.load(self.slot_off(s)) == 0)
+                .find(|&s| self.slot_word(s).is_empty())
         };
         let Some(slot) = slot else {
             return false;
         };
         if slot != rec.slot {
             self.r
-                .store(rec.off + 8, (rec.w1 & 0xffff_ffff) | ((slot as u64) << 32));
+                .store(rec.off + 8, RecordWord1::with_back_ref(rec.w1, slot));
         }
-        self.r.store(
-            self.slot_off(slot),
-            ((kh.tag as u64) << 32) | self.loc_of(rec.off),
+        self.set_slot_word(
+            slot,
+            SlotWord {
+                loc: self.loc_of(rec.off),
+                tag: kh.tag,
+            },
         );
         self.add(SH_ENTRIES, 1);
         self.add(SH_LIVE_BYTES, (rec.klen + rec.vlen) as i64);
@@ -862,8 +898,8 @@ impl<'a> Shard<'a> {
     /// Calls `f` for every live entry (lock held).
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Rec)) {
         for slot in 0..self.slots() {
-            let w = self.r.load(self.slot_off(slot));
-            if w == 0 {
+            let w = self.slot_word(slot);
+            if w.is_empty() {
                 continue;
             }
             if let Some(rec) = self
@@ -877,12 +913,12 @@ impl<'a> Shard<'a> {
     }
 
     /// The location encoding of an offset, for verify.
-    pub(crate) fn loc(&self, off: usize) -> u64 {
+    pub(crate) fn loc(&self, off: usize) -> u32 {
         self.loc_of(off)
     }
 
     /// Decodes a slot word's record offset, for verify.
-    pub(crate) fn slot_target(&self, w: u64) -> Option<(usize, LogId)> {
+    pub(crate) fn slot_target(&self, w: SlotWord) -> Option<(usize, LogId)> {
         self.off_of(w)
     }
 }

@@ -13,10 +13,18 @@
 //! - the file: `open`, `posix_fallocate`, `flock` and `mmap` of the cache file are
 //!   foreign calls that Miri cannot execute, hence the heap region;
 //! - processes: Miri runs one process, so a writer killed mid-write is simulated here.
-//!   The helpers named `crash_*` redo a mutation store for store, in the order the
-//!   crate's code makes its stores, and stop at one of its crash points
-//!   (`crashpoint::POINTS`), leaving the region exactly as a killed writer would: the
-//!   sequence counter odd, the intent record set. Real kills are the crash suite's.
+//!   The helpers named `crash_*` (and `kill_repairer`) run the crate's own mutation
+//!   (`Shard::set`, `remove`, `touch`, `clear`, eviction's `pop_head`, or the next
+//!   owner's `repair`) in a write section with one of
+//!   its crash points (`crashpoint::POINTS`) armed on the test's thread
+//!   (`crashpoint::armed`). Reaching it panics; the panic unwinds out of the mutation
+//!   and out of the section before it ends the write, and the helper catches it. The
+//!   region is then exactly what a writer killed at that step leaves: the sequence
+//!   counter odd, the intent record set, every store before the point made and none
+//!   after. What the repair must make of it is worked out from the same code run on a
+//!   twin of the shard (a copy of its region) killed where the mutation's own stores
+//!   begin, so that evictions the mutation made first are counted in. Real kills are
+//!   the crash suite's.
 
 use core::sync::atomic::AtomicU64;
 use std::collections::BTreeMap;
@@ -24,17 +32,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use proptest::prelude::*;
 
+use crate::crashpoint::armed::{self, Killed};
+use crate::evict::MAX_REINSERTS;
 use crate::layout::{
-    align8, record_size, Geometry, Params, BUCKET_SLOTS, INTENT_CLEAR, INTENT_EVICT, INTENT_MOVE,
-    INTENT_OVERWRITE, INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, RECORD_HEADER, SECRET_SIZE,
-    SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT, SH_LIVE_BYTES, SH_RECOVERIES,
-    STATE_LIVE,
+    record_size, Geometry, Params, BUCKET_SLOTS, INTENT_EVICT, INTENT_MOVE, RECORD_HEADER,
+    SECRET_SIZE, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT, SH_LIVE_BYTES,
+    SH_RECOVERIES, STATE_LIVE,
 };
 use crate::region::Region;
 use crate::seqlock;
-use crate::shard::{
-    encode_w0, encode_w1, Damaged, Hasher, KeyHash, LogId, Probe, Rec, SetOutcome, Shard,
-};
+use crate::shard::{Damaged, Hasher, KeyHash, LogId, Probe, Rec, SetOutcome, Shard};
+use crate::words::Intent;
 
 /// The test clock's start (ms); any non-zero time works, expiry 0 means "none".
 const START_MS: u64 = 1_000_000;
@@ -666,8 +674,9 @@ fn wrap_around(ops: u32, verify_every: u32) {
 
 // ----- simulated crashes -----------------------------------------------------------
 
-/// Where a writer of `Shard::set` is killed (`set.*` crash points, plus the states
-/// between them that a kill can also leave).
+/// Where a writer of `Shard::set` is killed: the crash point armed for each stage is in
+/// [`crash_set`] (`set.*` points, or `overwrite.*` where the value is overwritten in
+/// place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum SetCrash {
     AfterMakeRoom,
@@ -694,7 +703,7 @@ const SET_CRASHES: [SetCrash; 9] = [
 ];
 
 /// Where a writer of `Shard::remove` is killed: right after the step each variant
-/// names (`remove.after_intent`, `remove.after_mark_dead`, then its slot cleared).
+/// names (`remove.after_intent`, `remove.after_mark_dead`, `remove.after_forget`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RemoveCrash {
     Intent,
@@ -743,6 +752,97 @@ const REPAIR_CRASHES: [RepairCrash; 3] = [
     RepairCrash::AfterRebuild,
 ];
 
+/// Where a killed writer stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// Right after its write section began (the counter odd), before the mutation ran:
+    /// a death before the mutation's first store, where it has no crash point.
+    AtStart,
+    /// At a crash point, once the given number of earlier hits of it have passed.
+    At(&'static str, u64),
+}
+
+/// The first hit of a crash point.
+fn at(point: &'static str) -> Kill {
+    Kill::At(point, 0)
+}
+
+/// A mutation of the shard, run by a test's write section (and again on a twin).
+type Mutation<'m> = &'m dyn Fn(&Shard<'_>) -> Result<(), Damaged>;
+
+impl Fixture {
+    /// A copy of this shard, to run a mutation on ahead of the real run.
+    fn twin(&self) -> Fixture {
+        let twin = Fixture::new(self.g.params);
+        let mut bytes = vec![0u8; self.g.total_size];
+        {
+            let _g = self.guard();
+            self.r.read_bytes(0, &mut bytes);
+        }
+        twin.r.write_bytes(0, &bytes);
+        twin
+    }
+
+    /// Runs `m` in one write section, as [`Fixture::write`] does, and kills the writer
+    /// at `at`: true if it died there. The panic then unwound out of the real code and
+    /// out of the section before its `write_end`, so the counter stays odd, and the
+    /// region is as the crate's code left it at that step. False if `m` returned
+    /// without reaching the point (the section then ended normally).
+    fn write_killed(&self, at: Kill, m: Mutation<'_>) -> bool {
+        assert!(
+            self.recover().is_none(),
+            "a shard must be clean before a simulated crash"
+        );
+        let section = || {
+            self.write(|s| {
+                if at == Kill::AtStart {
+                    armed::kill("the start of a write section");
+                }
+                m(s)
+            })
+        };
+        let result = match at {
+            Kill::AtStart => armed::catch(section),
+            Kill::At(point, skip) => {
+                let _armed = armed::arm(point, skip);
+                armed::catch(section)
+            }
+        };
+        match result {
+            Ok(()) => {
+                assert!(!seqlock::is_dirty(self.seq()), "a finished write is closed");
+                false
+            }
+            Err(killed) => {
+                if let Kill::At(point, _) = at {
+                    assert_eq!(killed, Killed(point));
+                }
+                assert!(
+                    seqlock::is_dirty(self.seq()),
+                    "a writer killed mid-write leaves the counter odd"
+                );
+                true
+            }
+        }
+    }
+
+    /// The entries as a writer of `m` killed at `at` leaves them, as its index names
+    /// them: found on a twin, so this shard is untouched.
+    fn contents_if_killed(&self, at: Kill, m: Mutation<'_>) -> Contents {
+        let twin = self.twin();
+        assert!(
+            twin.write_killed(at, m),
+            "the mutation never reached {at:?}"
+        );
+        twin.contents()
+    }
+
+    /// The intent record.
+    fn intent(&self) -> Intent {
+        Intent::decode(self.r.load(self.shard().hdr(SH_INTENT)))
+    }
+}
+
 /// What a simulated crash leaves to check: the entries when the dead writer began the
 /// stores of its own entry, and what the repair must make of that entry.
 struct Crashed {
@@ -754,222 +854,94 @@ struct Crashed {
     dropped: u64,
 }
 
-/// Starts a simulated write section: the stand-in lock, a clean shard, counter odd.
-fn begin_crash(fx: &Fixture) -> MutexGuard<'_, ()> {
-    let g = fx.guard();
-    assert!(
-        fx.recover_locked().is_none(),
-        "a shard must be clean before a simulated crash"
-    );
-    seqlock::write_begin(fx.seq());
-    g
-}
-
-/// The slot `Shard::set` would give a new key: the first free slot of the emptier
-/// bucket of its pair; `None` if both are full (the set then evicts within the pair).
-fn free_slot(sh: &Shard<'_>, kh: &KeyHash) -> Option<usize> {
-    let mut best = None;
-    let mut best_free = 0;
-    for b in [kh.b1, kh.b2] {
-        let free: Vec<usize> = (0..BUCKET_SLOTS)
-            .map(|i| b * BUCKET_SLOTS + i)
-            .filter(|&s| sh.r.load(sh.slot_off(s)) == 0)
-            .collect();
-        if free.len() > best_free {
-            best_free = free.len();
-            best = free.first().copied();
-        }
-    }
-    best
-}
-
-/// Runs `Shard::set` by hand, store for store in its order, and stops as a writer killed
-/// at `stage` would. `None` if the set had to evict within the bucket pair, which this
-/// copy does not redo: the set then completes normally.
+/// Runs `Shard::set` and kills it at `stage`.
 ///
-/// The copy places a new key in the small log even where the ghost would send it to
-/// main; either placement is a state the real code can reach.
-fn crash_set(
-    fx: &Fixture,
-    k: &[u8],
-    v: &[u8],
-    expire: u64,
-    now: u64,
-    stage: SetCrash,
-) -> Option<Crashed> {
-    let _g = begin_crash(fx);
-    let sh = fx.shard();
+/// `before` comes from a twin killed where the set's own stores begin: after it made
+/// room in its log (which may evict other entries) and, past `AfterMakeRoom`, after it
+/// found its slot (which may evict within a full bucket pair).
+fn crash_set(fx: &Fixture, k: &[u8], v: &[u8], expire: u64, now: u64, stage: SetCrash) -> Crashed {
     let kh = fx.kh(k);
-    let size = record_size(k.len(), v.len());
-    let found = hit(sh.find(k, &kh));
-    if let Some((slot, old)) = found.filter(|(_, r)| r.klen == k.len() && r.vlen == v.len()) {
+    let set = |s: &Shard<'_>| s.set(k, &kh, v, expire, false, now).map(drop);
+    let found = {
+        let _g = fx.guard();
+        hit(fx.shard().find(k, &kh))
+    };
+    if found.is_some_and(|(_, old)| old.klen == k.len() && old.vlen == v.len()) {
         // Same lengths: the value is overwritten in place under its own intent record
         // (`overwrite.*` points), and repair drops the entry whatever was written.
-        let before = fx.contents_locked();
+        let before = fx.contents();
         let kept = before.get(k).cloned();
-        if stage == SetCrash::AfterMakeRoom {
-            // Killed before its first store: nothing happened.
-            return Some(Crashed {
-                before,
-                key: k.to_vec(),
-                after: kept,
-                dropped: 0,
-            });
-        }
-        sh.set_intent(INTENT_OVERWRITE, slot);
-        let voff = old.off + RECORD_HEADER + align8(k.len());
-        if matches!(stage, SetCrash::AfterKey | SetCrash::MidValue) {
-            sh.r.write_bytes(voff, &v[..v.len() / 16 * 8]);
-        } else if stage > SetCrash::AfterIntent {
-            sh.r.write_bytes(voff, v);
-            if stage > SetCrash::AfterValue {
-                sh.r.store(old.off, encode_w0(k.len(), expire));
-            }
-        }
-        return Some(Crashed {
+        let (kill, after, dropped) = match stage {
+            // Killed before its first store (only a lookup runs before the intent
+            // record): nothing happened.
+            SetCrash::AfterMakeRoom => (Kill::AtStart, kept, 0),
+            SetCrash::AfterIntent => (at("overwrite.after_intent"), None, 1),
+            SetCrash::AfterKey | SetCrash::MidValue => (at("overwrite.mid_value"), None, 1),
+            SetCrash::AfterValue => (at("overwrite.after_value"), None, 1),
+            _ => (at("overwrite.after_expiry"), None, 1),
+        };
+        assert!(
+            fx.write_killed(kill, &set),
+            "the overwrite never reached {kill:?}"
+        );
+        return Crashed {
             before,
             key: k.to_vec(),
-            after: None,
-            dropped: 1,
-        });
+            after,
+            dropped,
+        };
     }
-    let big = size > fx.g.small_cap / 4;
-    let target = match found {
-        _ if big => LogId::Main,
-        Some((_, rec)) if rec.off >= sh.base + fx.g.main_off => LogId::Main,
-        _ => LogId::Small,
+    let start = if stage == SetCrash::AfterMakeRoom {
+        "set.after_make_room"
+    } else {
+        "set.after_intent"
     };
-    sh.make_room(target, size, now).expect("make room");
-    let before = fx.contents_locked();
+    let before = fx.contents_if_killed(at(start), &set);
     let kept = before.get(k).cloned();
-    // What a kill at `stage` costs this entry.
-    let gone = |dropped| Crashed {
-        before: before.clone(),
-        key: k.to_vec(),
-        after: None,
-        dropped,
-    };
-    let old = Crashed {
-        before: before.clone(),
-        key: k.to_vec(),
-        after: kept.clone(),
-        dropped: u64::from(kept.is_none()),
-    };
-    if stage == SetCrash::AfterMakeRoom {
+    // Until the record is published the old entry stays, and a new key is lost (and
+    // counted); once the old one is dead, both are gone; once published, it is new.
+    let old = (kept.clone(), u64::from(kept.is_none()));
+    let new = (Some((v.to_vec(), expire)), 0);
+    let (point, (after, dropped)) = match stage {
         // The intent record is not set yet (make_room's own steps cleared theirs).
-        return Some(Crashed { dropped: 0, ..old });
-    }
-    let existing = hit(sh.find(k, &kh));
-    let slot = match existing.map(|(s, _)| s).or_else(|| free_slot(&sh, &kh)) {
-        Some(s) => s,
-        None => {
-            sh.set(k, &kh, v, expire, false, now).expect("set");
-            seqlock::write_end(fx.seq());
-            return None;
-        }
+        SetCrash::AfterMakeRoom => ("set.after_make_room", (kept.clone(), 0)),
+        SetCrash::AfterIntent => ("set.after_intent", old),
+        SetCrash::AfterKey => ("set.after_key", old),
+        SetCrash::MidValue => ("set.mid_value", old),
+        SetCrash::AfterValue => ("set.after_value", old),
+        SetCrash::AfterMarkOldDead if kept.is_some() => ("set.after_mark_old_dead", (None, 1)),
+        // With an old entry, after it is forgotten too; a new key has none, and this
+        // is the state of `set.after_value`.
+        SetCrash::AfterMarkOldDead | SetCrash::AfterForget => ("set.before_publish", (None, 1)),
+        SetCrash::AfterPublish => ("set.after_publish", new),
+        SetCrash::AfterSlot => ("set.after_slot", new),
     };
-    sh.set_intent(INTENT_SET, slot);
-    if stage == SetCrash::AfterIntent {
-        return Some(old);
-    }
-    let (head, tail) = sh.state(target).expect("log state");
-    let (dst, new_tail) = sh.place(target, tail, size);
-    sh.r.store(dst, encode_w0(k.len(), expire));
-    sh.r.store(dst + 8, encode_w1(STATE_LIVE, v.len(), slot));
-    sh.r.write_bytes(dst + RECORD_HEADER, k);
-    if stage == SetCrash::AfterKey {
-        return Some(old);
-    }
-    let voff = dst + RECORD_HEADER + align8(k.len());
-    sh.r.write_bytes(voff, &v[..v.len() / 16 * 8]);
-    if stage == SetCrash::MidValue {
-        return Some(old);
-    }
-    sh.r.write_bytes(voff, v);
-    if stage == SetCrash::AfterValue {
-        return Some(old);
-    }
-    if let Some((old_slot, old_rec)) = existing {
-        sh.mark_dead(&old_rec);
-        if stage == SetCrash::AfterMarkOldDead {
-            return Some(gone(1));
-        }
-        sh.forget(old_slot, &old_rec);
-    }
-    if stage < SetCrash::AfterPublish {
-        return Some(gone(1));
-    }
-    sh.set_state(target, head, new_tail);
-    let new = Crashed {
-        before: before.clone(),
-        key: k.to_vec(),
-        after: Some((v.to_vec(), expire)),
-        dropped: 0,
-    };
-    if stage == SetCrash::AfterPublish {
-        return Some(new);
-    }
-    sh.r.store(sh.slot_off(slot), (u64::from(kh.tag) << 32) | sh.loc(dst));
-    // AfterSlot: the counters and the intent record are not updated yet.
-    Some(new)
-}
-
-/// `Shard::remove` by hand, killed at `stage`; `None` if the key is absent.
-fn crash_remove(fx: &Fixture, k: &[u8], stage: RemoveCrash) -> Option<Crashed> {
-    let _g = begin_crash(fx);
-    let sh = fx.shard();
-    let Some((slot, rec)) = hit(sh.find(k, &fx.kh(k))) else {
-        seqlock::write_end(fx.seq());
-        return None;
-    };
-    let before = fx.contents_locked();
-    let kept = before.get(k).cloned();
-    sh.set_intent(INTENT_REMOVE, slot);
-    if stage == RemoveCrash::Intent {
-        return Some(Crashed {
-            before,
-            key: k.to_vec(),
-            after: kept,
-            dropped: 0,
-        });
-    }
-    sh.mark_dead(&rec);
-    if stage == RemoveCrash::Forget {
-        sh.forget(slot, &rec);
-    }
-    Some(Crashed {
+    assert!(
+        fx.write_killed(at(point), &set),
+        "the set never reached {point}"
+    );
+    Crashed {
         before,
         key: k.to_vec(),
-        after: None,
-        dropped: 0,
-    })
+        after,
+        dropped,
+    }
 }
 
-/// `Shard::touch` by hand, killed at `stage`; `None` if the key is absent or expired.
-fn crash_touch(
-    fx: &Fixture,
-    k: &[u8],
-    expire: u64,
-    now: u64,
-    stage: TouchCrash,
-) -> Option<Crashed> {
-    let _g = begin_crash(fx);
-    let sh = fx.shard();
-    let found = hit(sh.find(k, &fx.kh(k))).filter(|(_, rec)| !rec.expired(now));
-    let Some((slot, rec)) = found else {
-        seqlock::write_end(fx.seq());
-        return None;
+/// Runs `Shard::remove` and kills it at `stage`; `None` if the key is absent (the
+/// remove then reaches no point and finishes).
+fn crash_remove(fx: &Fixture, k: &[u8], now: u64, stage: RemoveCrash) -> Option<Crashed> {
+    let kh = fx.kh(k);
+    let before = fx.contents();
+    let kept = before.get(k).cloned();
+    let (point, after) = match stage {
+        RemoveCrash::Intent => ("remove.after_intent", kept.clone()),
+        RemoveCrash::MarkDead => ("remove.after_mark_dead", None),
+        RemoveCrash::Forget => ("remove.after_forget", None),
     };
-    let before = fx.contents_locked();
-    let mut after = before.get(k).cloned();
-    sh.set_intent(INTENT_TOUCH, slot);
-    if stage == TouchCrash::Store {
-        sh.r.store(rec.off, encode_w0(rec.klen, expire));
-        if let Some(e) = after.as_mut() {
-            e.1 = expire;
-        }
-    }
-    Some(Crashed {
+    let killed = fx.write_killed(at(point), &|s| s.remove(k, &kh, now).map(drop));
+    assert_eq!(killed, kept.is_some(), "remove of a key present: {point}");
+    killed.then(|| Crashed {
         before,
         key: k.to_vec(),
         after,
@@ -977,149 +949,163 @@ fn crash_touch(
     })
 }
 
-/// `Shard::clear` by hand, killed at `stage`: returns the entries as they were and the
-/// ones the repair must keep.
-fn crash_clear(fx: &Fixture, stage: ClearCrash) -> (Contents, Contents) {
-    let _g = begin_crash(fx);
-    let sh = fx.shard();
-    let before = fx.contents_locked();
-    let mut kept = before.clone();
-    sh.set_intent(INTENT_CLEAR, 0);
-    if stage != ClearCrash::Intent {
-        sh.set_state(LogId::Small, 0, 0);
-        kept.retain(|k, _| {
-            let (_, rec) = hit(sh.find(k, &fx.kh(k))).expect("listed key");
-            rec.off >= sh.base + fx.g.main_off
-        });
-    }
-    if stage == ClearCrash::MainReset {
-        sh.set_state(LogId::Main, 0, 0);
-        kept.clear();
-    }
-    (before, kept)
-}
-
-/// Eviction's pop of the head of `which`, by hand, killed at `stage`. The head is moved
-/// to main's tail if visited, else evicted (then every stage is `evict.after_pop`).
-/// `None` if the head is not a live, fresh entry.
-fn crash_head(fx: &Fixture, which: LogId, stage: HeadCrash, now: u64) -> Option<Crashed> {
-    let _g = begin_crash(fx);
-    let sh = fx.shard();
-    let (start, cap, _) = sh.log_bounds(which);
-    let (head, tail) = sh.state(which).expect("log state");
-    let rec = (head != tail && cap - head >= RECORD_HEADER)
-        .then(|| sh.read_rec(start + head, which))
-        .flatten()
-        .filter(|rec| {
-            rec.state == STATE_LIVE
-                && !rec.expired(now)
-                && rec.slot < sh.slots()
-                && sh.r.load(sh.slot_off(rec.slot)) & 0xffff_ffff == sh.loc(rec.off)
-        });
-    let Some(rec) = rec else {
-        seqlock::write_end(fx.seq());
-        return None;
+/// Runs `Shard::touch` and kills it at `stage`; `None` if the key is absent or expired
+/// (the touch then reaches no point and finishes).
+fn crash_touch(
+    fx: &Fixture,
+    k: &[u8],
+    expire: u64,
+    now: u64,
+    stage: TouchCrash,
+) -> Option<Crashed> {
+    let kh = fx.kh(k);
+    let before = fx.contents();
+    let fresh = before.get(k).filter(|(_, e)| !is_expired(*e, now)).cloned();
+    let (point, after) = match stage {
+        TouchCrash::Intent => ("touch.after_intent", fresh.clone()),
+        TouchCrash::Store => ("touch.after_store", fresh.clone().map(|(v, _)| (v, expire))),
     };
-    let slot = rec.slot;
-    let mut k = vec![0u8; rec.klen];
-    sh.read_key(&rec, &mut k);
-    let new_head = (head + rec.size) % cap;
-    // pop_head's choice: move a visited entry; move an unvisited one out of the small
-    // log while main has room, or forward within main while main is mostly dead
-    // records; evict it otherwise.
-    let visited = sh.is_visited(slot);
-    let (mhead, mtail) = sh.state(LogId::Main).expect("main state");
-    let moves = match which {
-        LogId::Small => visited || sh.fits(LogId::Main, mhead, mtail, rec.size),
-        LogId::Main => visited || sh.counter(SH_LIVE_BYTES) * 10 < fx.g.main_cap as u64 * 7,
-    };
-    if !moves {
-        if which == LogId::Small {
-            sh.ghost_insert(slot, (sh.r.load(sh.slot_off(slot)) >> 32) as u32);
-        }
-        let before = fx.contents_locked();
-        sh.set_intent(INTENT_EVICT, slot);
-        sh.set_state(which, new_head, tail);
-        // evict.after_pop, the only point of an eviction.
-        return Some(Crashed {
-            before,
-            key: k,
-            after: None,
-            dropped: 0,
-        });
-    }
-    if visited {
-        sh.clear_visited(slot);
-    }
-    if which == LogId::Small {
-        sh.make_room(LogId::Main, rec.size, now)
-            .expect("room in main");
-    }
-    let before = fx.contents_locked();
-    let kept = before.get(&k).cloned();
-    let lost = Crashed {
-        before: before.clone(),
-        key: k.clone(),
-        after: None,
-        dropped: 1,
-    };
-    sh.set_intent(INTENT_MOVE, slot);
-    sh.set_state(which, new_head, tail);
-    if stage == HeadCrash::Pop {
-        return Some(lost);
-    }
-    let (mhead, mtail) = sh.state(LogId::Main).expect("main state");
-    if !sh.fits(LogId::Main, mhead, mtail, rec.size) {
-        // The real move evicts here instead; the entry is lost either way.
-        return Some(lost);
-    }
-    let (dst, new_tail) = sh.place(LogId::Main, mtail, rec.size);
-    sh.r.move_forward(
-        dst + RECORD_HEADER,
-        rec.off + RECORD_HEADER,
-        rec.size - RECORD_HEADER,
-    );
-    sh.r.store(dst, rec.w0);
-    sh.r.store(dst + 8, rec.w1);
-    if stage == HeadCrash::Copy {
-        return Some(lost);
-    }
-    sh.set_state(LogId::Main, mhead, new_tail);
-    // move.after_publish: the slot still names the old place.
-    Some(Crashed {
+    let killed = fx.write_killed(at(point), &|s| s.touch(k, &kh, expire, now).map(drop));
+    assert_eq!(killed, fresh.is_some(), "touch of a fresh key: {point}");
+    killed.then(|| Crashed {
         before,
-        key: k,
-        after: kept,
+        key: k.to_vec(),
+        after,
         dropped: 0,
     })
 }
 
-/// Leaves the shard as a repairer killed at `how` would (its counter is still odd).
-fn crash_repair(fx: &Fixture, how: RepairCrash) {
+/// Runs `Shard::clear` and kills it at `stage`: returns the entries as they were and
+/// the ones the repair must keep.
+fn crash_clear(fx: &Fixture, stage: ClearCrash) -> (Contents, Contents) {
+    let before = fx.contents();
+    let (point, kept) = match stage {
+        ClearCrash::Intent => ("clear.after_intent", before.clone()),
+        // The small log is empty, the main log not yet.
+        ClearCrash::SmallReset => (
+            "clear.after_small",
+            before
+                .iter()
+                .filter(|(k, _)| fx.log_of(k) == Some(LogId::Main))
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect(),
+        ),
+        ClearCrash::MainReset => ("clear.after_main", Contents::new()),
+    };
+    assert!(
+        fx.write_killed(at(point), &|s| {
+            s.clear();
+            Ok(())
+        }),
+        "the clear never reached {point}"
+    );
+    (before, kept)
+}
+
+/// Runs eviction's pop of the head of `which` (`Shard::pop_head`, as making room runs
+/// it) and kills it at `stage`: the head is moved to main's tail or evicted, as the
+/// policy decides (an evicted head dies at `evict.after_pop`, whatever the stage).
+/// `None` if the head is not a live, fresh entry that its slot names (the pop then
+/// skips or drops it).
+fn crash_head(fx: &Fixture, which: LogId, stage: HeadCrash, now: u64) -> Option<Crashed> {
+    let (slot, k) = {
+        let _g = fx.guard();
+        let sh = fx.shard();
+        let (start, cap, _) = sh.log_bounds(which);
+        let (head, tail) = sh.state(which).expect("log state");
+        let rec = (head != tail && cap - head >= RECORD_HEADER)
+            .then(|| sh.read_rec(start + head, which))
+            .flatten()
+            .filter(|rec| {
+                rec.state == STATE_LIVE
+                    && !rec.expired(now)
+                    && rec.slot < sh.slots()
+                    && sh.slot_word(rec.slot).loc == sh.loc(rec.off)
+            })?;
+        let mut k = vec![0u8; rec.klen];
+        sh.read_key(&rec, &mut k);
+        (rec.slot, k)
+    };
+    let pop = |s: &Shard<'_>| {
+        let (head, tail) = s.state(which)?;
+        let mut budget = MAX_REINSERTS;
+        s.pop_head(which, head, tail, now, &mut budget)
+    };
+    // The points the pop reaches, in order, on a twin. A head moved out of the small
+    // log first makes room in main, whose own pops come first: the head's own steps
+    // start at the last `move.after_pop`. An evicted head reaches `evict.after_pop`
+    // alone.
+    let ((), trace) = {
+        let twin = fx.twin();
+        armed::trace(|| twin.write(pop))
+    };
+    let (kill, op, before, after, dropped) =
+        match trace.iter().rposition(|p| *p == "move.after_pop") {
+            None => {
+                assert_eq!(trace, ["evict.after_pop"], "{which:?} head");
+                (at("evict.after_pop"), INTENT_EVICT, fx.contents(), None, 0)
+            }
+            Some(own) => {
+                let earlier = |p: &str| trace[..own].iter().filter(|q| **q == p).count() as u64;
+                let popped = Kill::At("move.after_pop", earlier("move.after_pop"));
+                // The entries as the move begins: its pop moves the head only, and the
+                // slot still names the record, whose bytes are intact.
+                let before = fx.contents_if_killed(popped, &pop);
+                let kept = before.get(&k).cloned();
+                let point = match stage {
+                    HeadCrash::Pop => "move.after_pop",
+                    HeadCrash::Copy => "move.after_copy",
+                    HeadCrash::Publish => "move.after_publish",
+                };
+                if !trace[own..].contains(&point) {
+                    // A record that does not fit in main after its pop is evicted
+                    // instead, with no point after the pop: lost either way.
+                    (popped, INTENT_MOVE, before, None, 1)
+                } else if stage == HeadCrash::Publish {
+                    // The slot still names the old place.
+                    let k = Kill::At(point, earlier(point));
+                    (k, INTENT_MOVE, before, kept, 0)
+                } else {
+                    let k = Kill::At(point, earlier(point));
+                    (k, INTENT_MOVE, before, None, 1)
+                }
+            }
+        };
+    assert!(
+        fx.write_killed(kill, &pop),
+        "{which:?} head: the pop never reached {kill:?}"
+    );
+    // Killed in the head's own steps, not in those of a pop of main before them.
+    assert_eq!(fx.intent(), Intent { op, slot }, "{which:?} head, {kill:?}");
+    Some(Crashed {
+        before,
+        key: k,
+        after,
+        dropped,
+    })
+}
+
+/// Kills the next lock owner's repair (the real `Shard::repair`) at `point`: the
+/// counter stays odd, for the owner after it.
+fn kill_repairer(fx: &Fixture, point: &'static str) {
     let _g = fx.guard();
-    let sh = fx.shard();
+    let _armed = armed::arm(point, 0);
+    let result = armed::catch(|| fx.recover_locked());
+    assert_eq!(
+        result,
+        Err(Killed(point)),
+        "the repair never reached {point}"
+    );
+    assert!(seqlock::is_dirty(fx.seq()));
+}
+
+/// Kills the first repair after a crash at `how`, if at all.
+fn kill_repair(fx: &Fixture, how: RepairCrash) {
     match how {
         RepairCrash::No => {}
-        RepairCrash::AfterClearIndex => {
-            fx.r.zero(sh.slot_off(0), sh.slots() * 8);
-            fx.r.zero(sh.base + fx.g.bitmap_off, fx.g.bitmap_words * 8);
-            fx.r.store(sh.hdr(SH_ENTRIES), 0);
-            fx.r.store(sh.hdr(SH_LIVE_BYTES), 0);
-        }
-        RepairCrash::AfterRebuild => {
-            // A repair up to `repair.after_rebuild`: with no intent record it does
-            // nothing after the rebuild but count, which is then undone.
-            let intent = fx.r.load(sh.hdr(SH_INTENT));
-            let recoveries = sh.counter(SH_RECOVERIES);
-            let dropped = sh.counter(SH_DROPPED);
-            sh.clear_intent();
-            sh.repair();
-            fx.r.store(sh.hdr(SH_INTENT), intent);
-            fx.r.store(sh.hdr(SH_RECOVERIES), recoveries);
-            fx.r.store(sh.hdr(SH_DROPPED), dropped);
-        }
+        RepairCrash::AfterClearIndex => kill_repairer(fx, "repair.after_clear_index"),
+        RepairCrash::AfterRebuild => kill_repairer(fx, "repair.after_rebuild"),
     }
-    assert!(seqlock::is_dirty(fx.seq()));
 }
 
 /// After a simulated crash: the next reader finds the counter odd, falls back to the
@@ -1130,7 +1116,7 @@ fn crash_repair(fx: &Fixture, how: RepairCrash) {
 fn check_recovery(fx: &Fixture, c: Crashed, repair: RepairCrash, now: u64) {
     let recoveries = fx.counter(SH_RECOVERIES);
     let dropped = fx.counter(SH_DROPPED);
-    crash_repair(fx, repair);
+    kill_repair(fx, repair);
     let read = fx.get(&c.key, now);
     let want = match &c.after {
         Some((v, e)) if is_expired(*e, now) => Found::Expired(v.clone()),
@@ -1194,7 +1180,7 @@ fn killed_set_loses_at_most_the_entry_in_flight_and_never_resurrects() {
                     b"new-key".to_vec()
                 };
                 let v = value(77, 2, 50);
-                let c = crash_set(&fx, &k, &v, 0, START_MS, stage).expect("a free slot");
+                let c = crash_set(&fx, &k, &v, 0, START_MS, stage);
                 let what = format!("set {stage:?}, existing {existing}, repair {repair:?}");
                 match stage {
                     SetCrash::AfterMarkOldDead | SetCrash::AfterForget => {
@@ -1221,7 +1207,7 @@ fn killed_set_that_had_to_make_room_keeps_every_other_entry() {
         fill_until_evicting(&fx, 0);
         let before = fx.counter(SH_EVICTIONS);
         let v = value(88, 3, 150);
-        let c = crash_set(&fx, &key(3), &v, 0, START_MS, stage).expect("a free slot");
+        let c = crash_set(&fx, &key(3), &v, 0, START_MS, stage);
         assert!(fx.counter(SH_EVICTIONS) > before, "the set did not evict");
         check_recovery(&fx, c, RepairCrash::No, START_MS);
     }
@@ -1239,7 +1225,7 @@ fn killed_remove_never_resurrects_the_removed_value() {
                 continue;
             }
             let fx = populated(small_params(), if MIRI { 6 } else { 12 });
-            let c = crash_remove(&fx, &key(4), stage).expect("present");
+            let c = crash_remove(&fx, &key(4), START_MS, stage).expect("present");
             check_recovery(&fx, c, repair, START_MS);
             if stage != RemoveCrash::Intent {
                 assert_eq!(fx.get(&key(4), START_MS), Found::Missing);
@@ -1348,6 +1334,30 @@ fn killed_move_with_a_killed_repairer_is_repaired_the_same() {
     }
 }
 
+/// A read head moved out of the small log of a full cache: main first makes room for
+/// it, moving and evicting its own heads, and the kill lands in the head's own move
+/// after those (`crash_head` checks the intent record names it).
+#[test]
+fn killed_move_after_main_made_room_for_it_keeps_every_other_entry() {
+    for stage in [HeadCrash::Pop, HeadCrash::Copy, HeadCrash::Publish] {
+        if MIRI && stage != HeadCrash::Copy {
+            continue;
+        }
+        let fx = Fixture::new(small_params());
+        let n = fill_until_evicting(&fx, 0);
+        for i in 0..n {
+            let _ = fx.get(&key(i), START_MS);
+        }
+        let evictions = fx.counter(SH_EVICTIONS);
+        let c = crash_head(&fx, LogId::Small, stage, START_MS).expect("live head");
+        assert!(
+            fx.counter(SH_EVICTIONS) > evictions,
+            "{stage:?}: main did not make room"
+        );
+        check_recovery(&fx, c, RepairCrash::No, START_MS);
+    }
+}
+
 #[test]
 fn full_bucket_pair_of_read_entries_evicts_the_oldest() {
     let fx = Fixture::new(two_bucket_params());
@@ -1383,21 +1393,35 @@ fn killed_slot_eviction_in_a_full_bucket_pair_loses_only_the_victim() {
     for i in 0..slots {
         fx.set(&key(i), &value(i, 1, 8), 0, START_MS);
     }
-    // free_slot's eviction, killed at `evict_slot.after_mark_dead`.
+    // Every entry but the victim is read, so the victim is the one a set of a new key
+    // evicts from the full pair (free_slot's eviction), killed at
+    // `evict_slot.after_mark_dead`.
     let victim = key(6);
-    let c = {
-        let _g = begin_crash(&fx);
-        let sh = fx.shard();
-        let (slot, rec) = hit(sh.find(&victim, &fx.kh(&victim))).expect("present");
-        let before = fx.contents_locked();
-        sh.set_intent(INTENT_EVICT, slot);
-        sh.mark_dead(&rec);
-        Crashed {
-            before,
-            key: victim.clone(),
-            after: None,
-            dropped: 0,
-        }
+    for i in (0..slots).filter(|&i| key(i) != victim) {
+        assert_eq!(fx.get(&key(i), START_MS), Found::Fresh(value(i, 1, 8)));
+    }
+    let (slot, _) = {
+        let _g = fx.guard();
+        hit(fx.shard().find(&victim, &fx.kh(&victim))).expect("present")
+    };
+    let kh = fx.kh(b"newcomer");
+    let set = |s: &Shard<'_>| s.set(b"newcomer", &kh, b"n", 0, false, START_MS).map(drop);
+    // The entries when the eviction begins: after the set made room in its log.
+    let before = fx.contents_if_killed(at("set.after_make_room"), &set);
+    assert!(fx.write_killed(at("evict_slot.after_mark_dead"), &set));
+    assert_eq!(
+        fx.intent(),
+        Intent {
+            op: INTENT_EVICT,
+            slot
+        },
+        "the victim"
+    );
+    let c = Crashed {
+        before,
+        key: victim,
+        after: None,
+        dropped: 0,
     };
     check_recovery(&fx, c, RepairCrash::No, START_MS);
     // The freed slot is usable again.
@@ -1423,7 +1447,7 @@ fn killed_overwrite_in_place_drops_the_entry_whatever_was_written() {
             let old = fx.contents()[&k].0.clone();
             // Same key and value lengths: the set overwrites in place.
             let v = value(4, 2, old.len());
-            let c = crash_set(&fx, &k, &v, 0, START_MS, stage).expect("present");
+            let c = crash_set(&fx, &k, &v, 0, START_MS, stage);
             let what = format!("overwrite {stage:?}, repair {repair:?}");
             if stage == SetCrash::AfterMakeRoom {
                 assert_eq!(c.after, Some((old, 0)), "{what}");
@@ -1446,19 +1470,9 @@ fn repair_killed_after_dropping_an_overwrite_still_counts_the_drop() {
     let fx = populated(small_params(), 6);
     let k = key(4);
     let len = fx.contents()[&k].0.len();
-    let c =
-        crash_set(&fx, &k, &value(4, 2, len), 0, START_MS, SetCrash::MidValue).expect("present");
-    {
-        // The first repair runs to its end but is killed before it counts.
-        let _g = fx.guard();
-        let sh = fx.shard();
-        let intent = fx.r.load(sh.hdr(SH_INTENT));
-        let (recoveries, dropped) = (sh.counter(SH_RECOVERIES), sh.counter(SH_DROPPED));
-        sh.repair();
-        fx.r.store(sh.hdr(SH_INTENT), intent);
-        fx.r.store(sh.hdr(SH_RECOVERIES), recoveries);
-        fx.r.store(sh.hdr(SH_DROPPED), dropped);
-    }
+    let c = crash_set(&fx, &k, &value(4, 2, len), 0, START_MS, SetCrash::MidValue);
+    // The first repair runs to its end but is killed before it counts.
+    kill_repairer(&fx, "repair.after_in_flight");
     check_recovery(&fx, c, RepairCrash::No, START_MS);
 }
 
@@ -1744,19 +1758,14 @@ fn run_ops(fx: &Fixture, ops: &[Op], verify_every: usize) {
                 repair,
             } => {
                 let (k, v, e) = (key(id), value(id, m.version, len), expiry(now, ttl));
-                match crash_set(fx, &k, &v, e, now, stage) {
-                    Some(c) => check_recovery(fx, c, repair, now),
-                    None => {
-                        m.entries.insert(k, (v, e));
-                    }
-                }
+                check_recovery(fx, crash_set(fx, &k, &v, e, now, stage), repair, now);
             }
             Op::CrashRemove {
                 key: id,
                 stage,
                 repair,
             } => {
-                if let Some(c) = crash_remove(fx, &key(id), stage) {
+                if let Some(c) = crash_remove(fx, &key(id), now, stage) {
                     check_recovery(fx, c, repair, now);
                 }
             }

@@ -20,6 +20,7 @@ use crate::layout::{
 };
 use crate::lock::RobustMutex;
 use crate::shard::{LogId, Probe, Shard};
+use crate::words::Intent;
 
 /// One problem found by [`Cache::verify`](crate::Cache::verify).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +100,7 @@ impl Shard<'_> {
             out.push("sequence counter is odd: a write was left unfinished".into());
         }
         let intent = self.r.load(self.hdr(SH_INTENT));
-        if intent != 0 {
+        if intent != Intent::NONE.encode() {
             out.push(format!("intent record left set ({intent:#x})"));
         }
         // Record starts seen by the walk, one bit per 8 bytes of both logs.
@@ -146,8 +147,8 @@ impl Shard<'_> {
             }
         }
         for slot in 0..self.slots() {
-            let w = self.r.load(self.slot_off(slot));
-            if w == 0 {
+            let w = self.slot_word(slot);
+            if w.is_empty() {
                 continue;
             }
             match self.slot_target(w) {
@@ -191,8 +192,8 @@ impl Shard<'_> {
             ));
             return;
         }
-        let w = self.r.load(self.slot_off(slot));
-        if w & 0xffff_ffff != self.loc(rec.off) {
+        let w = self.slot_word(slot);
+        if w.loc != self.loc(rec.off) {
             out.push(format!(
                 "record at {} is not named by its slot {slot}",
                 rec.off
@@ -216,7 +217,7 @@ impl Shard<'_> {
                 "slot {slot} holds a key that hashes to other buckets"
             ));
         }
-        if (w >> 32) as u32 != kh.tag {
+        if w.tag != kh.tag {
             out.push(format!("slot {slot} has a tag that does not match its key"));
         }
         match self.find(k, &kh) {
