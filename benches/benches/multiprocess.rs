@@ -433,16 +433,7 @@ fn run_heed(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
         store.prefill(workload::LIVE_KEYS, workload::VALUE_LEN)?;
     }
     let target = dir.path().to_str().ok_or("non-UTF-8 temp path")?;
-    let mut reports = Vec::new();
-    for &d in &plan.dists {
-        for &m in &plan.mixes {
-            for &n in &plan.procs {
-                let cfg = config(HEED, target, plan, d, m, n);
-                reports.push(workload::run_multiprocess(&cfg)?);
-            }
-        }
-    }
-    Ok(reports)
+    run_peer(HEED, target, plan)
 }
 
 fn run_redis(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
@@ -454,11 +445,17 @@ fn run_redis(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
         workload::TTL,
     )?;
     let target = socket.to_str().ok_or("non-UTF-8 temp path")?;
+    run_peer(REDIS, target, plan)
+}
+
+/// Every configuration of the plan on a peer's store at `target`, once each (the store
+/// is prefilled once, before the first).
+fn run_peer(backend: &str, target: &str, plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
     let mut reports = Vec::new();
     for &d in &plan.dists {
         for &m in &plan.mixes {
             for &n in &plan.procs {
-                let cfg = config(REDIS, target, plan, d, m, n);
+                let cfg = config(backend, target, plan, d, m, n);
                 reports.push(workload::run_multiprocess(&cfg)?);
             }
         }

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter};
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
 use larder::Cache;
@@ -341,121 +341,87 @@ impl Cursor<'_> {
     }
 }
 
+/// Adds the benchmark `id` to `g`: `op` on the key index that each iteration draws
+/// from `stream`, its result kept from the optimiser.
+fn keyed<M: Measurement, O>(
+    g: &mut BenchmarkGroup<'_, M>,
+    id: &str,
+    stream: &[u32],
+    mut op: impl FnMut(usize) -> O,
+) {
+    g.bench_function(id, |b| {
+        let mut k = Cursor { s: stream, pos: 0 };
+        b.iter(|| black_box(op(k.next())))
+    });
+}
+
 fn keyed_ops<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
     let streams = std::mem::take(&mut f.streams);
     for (d, stream) in &streams {
         let dn = d.to_string();
-        let cur = || Cursor { s: stream, pos: 0 };
 
         let mut g = c.benchmark_group(format!("get_hit-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.larder.get(&f.keys[k.next()])))
-        });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.ceiling.get(&f.keys[k.next()])))
-        });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.heed.get(&f.keys[k.next()]).ok()))
-        });
+        keyed(&mut g, "larder", stream, |i| f.larder.get(&f.keys[i]));
+        keyed(&mut g, "ceiling", stream, |i| f.ceiling.get(&f.keys[i]));
+        keyed(&mut g, "heed", stream, |i| f.heed.get(&f.keys[i]).ok());
         g.finish();
 
         let mut g = c.benchmark_group(format!("get_into-{dn}"));
         let mut buf = Vec::with_capacity(workload::VALUE_LEN);
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.larder.get_into(&f.keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder.get_into(&f.keys[i], &mut buf).ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.ceiling.get_into(&f.keys[k.next()], &mut buf)))
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling.get_into(&f.keys[i], &mut buf)
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.heed.get_into(&f.keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed.get_into(&f.keys[i], &mut buf).ok()
         });
         g.finish();
 
         let mut g = c.benchmark_group(format!("get_miss-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.larder.get_into(&f.miss_keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder.get_into(&f.miss_keys[i], &mut buf).ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.ceiling.get_into(&f.miss_keys[k.next()], &mut buf)))
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling.get_into(&f.miss_keys[i], &mut buf)
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.heed.get_into(&f.miss_keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed.get_into(&f.miss_keys[i], &mut buf).ok()
         });
         g.finish();
 
         let mut g = c.benchmark_group(format!("single_flight_hit-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.larder
-                        .get_or_insert_with(&f.keys[i], Some(workload::TTL), || {
-                            Ok::<_, larder::Error>(f.values[i].clone())
-                        })
-                        .ok(),
-                )
-            })
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder
+                .get_or_insert_with(&f.keys[i], Some(workload::TTL), || {
+                    Ok::<_, larder::Error>(f.values[i].clone())
+                })
+                .ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.ceiling
-                        .get_or_insert_with(&f.keys[i], || f.values[i].clone()),
-                )
-            })
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling
+                .get_or_insert_with(&f.keys[i], || f.values[i].clone())
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.heed
-                        .get_or_insert_with(&f.keys[i], || f.values[i].clone())
-                        .ok(),
-                )
-            })
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed
+                .get_or_insert_with(&f.keys[i], || f.values[i].clone())
+                .ok()
         });
         g.finish();
 
         let before = f.larder.stats();
         let mut g = c.benchmark_group(format!("set_existing-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.larder
-                        .set(&f.keys[i], &f.values[i], Some(workload::TTL))
-                        .ok(),
-                )
-            })
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder
+                .set(&f.keys[i], &f.values[i], Some(workload::TTL))
+                .ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                f.ceiling.set(&f.keys[i], &f.values[i])
-            })
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling.set(&f.keys[i], &f.values[i])
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(f.heed.set(&f.keys[i], &f.values[i]).ok())
-            })
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed.set(&f.keys[i], &f.values[i]).ok()
         });
         g.finish();
         let after = f.larder.stats();

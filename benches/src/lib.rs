@@ -1166,11 +1166,7 @@ impl BenchReport {
     /// workload among `runs`: below 1.0 when processes slow each other down (contended
     /// cache lines, locks), whether or not each had a CPU to itself.
     pub fn cpu_efficiency(&self, runs: &[BenchReport]) -> Option<f64> {
-        let base = runs
-            .iter()
-            .find(|r| r.config.processes == 1 && r.same_workload(self))?;
-        let b = base.ops_per_cpu_sec();
-        (b > 0.0).then(|| self.ops_per_cpu_sec() / b)
+        self.over_one_process(runs, BenchReport::ops_per_cpu_sec)
     }
 
     /// CPU time over elapsed time, averaged over the workers (1.0: never off the CPU).
@@ -1230,11 +1226,21 @@ impl BenchReport {
     /// This run's throughput over that of the one-process run of the same workload
     /// among `runs`, if there is one.
     pub fn scaling(&self, runs: &[BenchReport]) -> Option<f64> {
+        self.over_one_process(runs, BenchReport::ops_per_sec)
+    }
+
+    /// `metric` of this run over that of the one-process run of the same workload among
+    /// `runs`, if there is one (and its figure is above zero).
+    fn over_one_process(
+        &self,
+        runs: &[BenchReport],
+        metric: fn(&BenchReport) -> f64,
+    ) -> Option<f64> {
         let base = runs
             .iter()
             .find(|r| r.config.processes == 1 && r.same_workload(self))?;
-        let b = base.ops_per_sec();
-        (b > 0.0).then(|| self.ops_per_sec() / b)
+        let b = metric(base);
+        (b > 0.0).then(|| metric(self) / b)
     }
 }
 
