@@ -848,20 +848,8 @@ fn file_is_backed_by_huge_pages_where_the_mount_allows_them() {
         );
         return;
     }
-    struct Unlink(String);
-    impl Drop for Unlink {
-        fn drop(&mut self) {
-            let _ = Cache::unlink(&self.0);
-        }
-    }
-    let name = format!(
-        "/dev/shm/larder-test-huge-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
-    let _guard = Unlink(name.clone());
+    let name = format!("/dev/shm/{}", common::unique_name("test-huge"));
+    let _guard = common::UnlinkOnDrop(name.clone());
     let creator = Options::new()
         .capacity(8 << 20)
         .open(&name)

@@ -12,7 +12,7 @@ use std::path::Path;
 mod common;
 #[path = "common/image.rs"]
 mod image;
-use common::{repair_offline_after_close, small_options, TempCache};
+use common::{repair_offline_after_close, small_options, Rng, TempCache};
 use image::*;
 use larder::{Cache, Error, Options, Report};
 
@@ -762,12 +762,9 @@ fn garbage_over_a_shard_is_found_and_repaired() {
     seed_and_find("v-garbage", "", |l, img| {
         let start = l.base(SHARD) + SHARD_HEADER;
         let end = l.base(SHARD) + l.small_rel() + l.small_cap + l.main_cap;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for off in (start..end).step_by(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            put(img, off, x);
+            put(img, off, rng.next_u64());
         }
     });
 }

@@ -787,21 +787,10 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     larder(&["ls", "--dir", &t.file("nope")]).fails(1, "cannot list");
 }
 
-/// Removes `/dev/shm/<name>.larder2` on drop.
-struct ShmGuard(String);
-
-impl Drop for ShmGuard {
-    fn drop(&mut self) {
-        if let Ok(p) = larder::Cache::path_of(&self.0) {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 #[test]
 fn bare_names_live_in_dev_shm() {
     let name = common::unique_name("cli-test");
-    let guard = ShmGuard(name.clone());
+    let guard = common::UnlinkOnDrop(name.clone());
     let out = larder(&["create", &name, "--capacity", "1MiB", "--max-value", "1KiB"]).ok();
     let path = format!("/dev/shm/{name}.larder2");
     assert!(out.contains(&path), "{out}");

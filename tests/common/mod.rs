@@ -90,6 +90,16 @@ impl Drop for TempCache {
     }
 }
 
+/// Removes the cache `name` (a bare name, in /dev/shm, or a path) when dropped, also when
+/// the test panics: for a test whose file cannot live in a [`TempCache`]'s directory.
+pub struct UnlinkOnDrop(pub String);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        let _ = larder::Cache::unlink(&self.0);
+    }
+}
+
 /// `Cache::repair_offline` once this process's last handle on the file has closed: the
 /// handle holds nothing after `drop` returns (no thread of larder's keeps a mapping), so
 /// the repair never finds the file in use (tests/errors.rs,
