@@ -350,6 +350,17 @@ fn unlink_removes_the_file() {
     assert_eq!(c.get(b"k").expect("get"), None);
 }
 
+/// Polls until `to` reads what `from` writes under `key` (a new value each try): both
+/// handles then map the same file.
+fn writes_reach(what: &str, from: &Cache, to: &Cache, key: &[u8]) {
+    let mut i = 0u64;
+    poll(what, REATTACH_DEADLINE, || {
+        i += 1;
+        from.set(key, &i.to_le_bytes(), None).expect("set");
+        (to.get(key).expect("get") == Some(i.to_le_bytes().to_vec())).then_some(())
+    });
+}
+
 /// Handles A and B share a file; it is unlinked and B's process opens the name again,
 /// creating a new file. A notices and moves to the new file, so A's writes reach B (and
 /// B's reach A): the two never split into two caches.
@@ -364,27 +375,10 @@ fn handles_follow_a_removed_and_recreated_file_together() {
     let b2 = t.open();
     assert_eq!(b2.get(b"old").expect("get"), None, "a new file");
     let start = Instant::now();
-    let mut i = 0u64;
-    poll(
-        "A's writes reaching the new file",
-        REATTACH_DEADLINE,
-        || {
-            i += 1;
-            a.set(b"from-a", &i.to_le_bytes(), None).expect("A set");
-            (b2.get(b"from-a").expect("B get") == Some(i.to_le_bytes().to_vec())).then_some(())
-        },
-    );
+    writes_reach("A's writes reaching the new file", &a, &b2, b"from-a");
     let took = start.elapsed();
     // The old handle B moves too.
-    poll(
-        "B's old handle reaching the new file",
-        REATTACH_DEADLINE,
-        || {
-            i += 1;
-            b.set(b"from-b", &i.to_le_bytes(), None).expect("B set");
-            (a.get(b"from-b").expect("A get") == Some(i.to_le_bytes().to_vec())).then_some(())
-        },
-    );
+    writes_reach("B's old handle reaching the new file", &b, &a, b"from-b");
     b2.set(b"from-b2", b"x", None).expect("set");
     assert_eq!(a.get(b"from-b2").expect("get"), Some(b"x".to_vec()));
     assert_eq!(b.get(b"from-b2").expect("get"), Some(b"x".to_vec()));
