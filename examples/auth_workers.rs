@@ -288,14 +288,23 @@ impl Counts {
         ]
     }
 
+    /// The counts in the order of [`Counts::FIELDS`], to write into.
+    fn fields_mut(&mut self) -> [&mut u64; 7] {
+        [
+            &mut self.gets,
+            &mut self.hits,
+            &mut self.fills,
+            &mut self.sets,
+            &mut self.torn,
+            &mut self.timeouts,
+            &mut self.errors,
+        ]
+    }
+
     fn add(&mut self, o: &Counts) {
-        self.gets += o.gets;
-        self.hits += o.hits;
-        self.fills += o.fills;
-        self.sets += o.sets;
-        self.torn += o.torn;
-        self.timeouts += o.timeouts;
-        self.errors += o.errors;
+        for (sum, v) in self.fields_mut().into_iter().zip(o.fields()) {
+            *sum += v;
+        }
     }
 
     /// Writes the counts so that a reader sees either the previous report or this one,
@@ -320,15 +329,8 @@ impl Counts {
             let v: u64 = value
                 .parse()
                 .map_err(|e| format!("{}: bad count {line:?}: {e}", path.display()))?;
-            match name {
-                "gets" => c.gets = v,
-                "hits" => c.hits = v,
-                "fills" => c.fills = v,
-                "sets" => c.sets = v,
-                "torn" => c.torn = v,
-                "timeouts" => c.timeouts = v,
-                "errors" => c.errors = v,
-                _ => {}
+            if let Some(i) = Self::FIELDS.iter().position(|&f| f == name) {
+                *c.fields_mut()[i] = v;
             }
         }
         Ok(c)

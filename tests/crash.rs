@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 use larder::{Error, Options};
 
 mod common;
+#[path = "common/image.rs"]
+mod image;
 use common::{
-    check_value, child_role, deadline_in, disable_core_dumps, make_value, poll_until, self_command,
-    Children, Rng, TempCache,
+    check_value, child_env, child_role, deadline_in, disable_core_dumps, long_timeouts, make_value,
+    poll_until, self_command, small_options, Children, Rng, TempCache,
 };
-
-/// Reads a variable a parent set for its child.
-fn child_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("child started without {name}"))
-}
 
 /// The file a child's stderr goes to, shown when the child fails.
 fn child_stderr(dir: &Path, name: &str) -> (std::fs::File, std::path::PathBuf) {
@@ -79,13 +76,12 @@ const DEFAULT_KILLS: u64 = 1000;
 /// Big enough that no round evicts: the "acknowledged entries survive" check relies on
 /// it, and each round asserts it.
 fn kill_test_options() -> Options {
-    Options::new()
-        .capacity(64 << 20)
-        .shards(8)
-        .max_key_len(64)
-        .max_value_len(256)
-        .lock_timeout(Duration::from_secs(30))
-        .fill_timeout(Duration::from_secs(30))
+    long_timeouts(
+        small_options()
+            .capacity(64 << 20)
+            .shards(8)
+            .max_value_len(256),
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -611,13 +607,10 @@ mod points {
         /// Small files, so that a few hundred keys fill a shard's logs. `BucketFull`
         /// sizes the index for very large entries, so a shard has only a few buckets.
         pub fn options(self) -> Options {
-            let o = Options::new()
+            let o = long_timeouts(small_options())
                 .capacity((1 << 20) + (64 << 10))
                 .shards(SHARDS)
-                .max_key_len(64)
-                .max_value_len(16 << 10)
-                .lock_timeout(Duration::from_secs(30))
-                .fill_timeout(Duration::from_secs(30));
+                .max_value_len(16 << 10);
             if self == Scenario::BucketFull {
                 o.expected_entry_size(16 << 10)
             } else {
@@ -1039,16 +1032,11 @@ mod points {
         assert!(report.is_clean(), "{ctx}: {report}");
     }
 
-    /// The stamp in the header (see the byte map in the crate's `layout` module): six
-    /// words at 456 (boot id first), then their xxh3 checksum at 504.
-    const STAMP_OFFSET: u64 = 456;
-    const STAMP_SUM_OFFSET: u64 = 504;
-
     /// An offline repair that dies while re-stamping the file leaves a stamp no process
     /// attaches to (never a file only `rm` recovers); the next offline repair writes it
     /// whole, and every entry is still there.
     fn survive_restamp(test: &str, point: &str, action: &str) {
-        use std::os::unix::fs::FileExt;
+        use crate::image::{fix_stamp, patch_word, read_all, word, STAMP_BOOT};
         let ctx = format!("{point} (Restamp, {action})");
         let t = TempCache::new("restamp");
         let opts = Scenario::Restamp.options();
@@ -1065,19 +1053,9 @@ mod points {
         // The stamp of a file from another boot (whole, its checksum right), so the
         // offline repair writes other words: a crash between them and the checksum
         // leaves new words under the old checksum.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&t.path)
-            .expect("open file");
-        let mut words = [0u8; 48];
-        f.read_exact_at(&mut words, STAMP_OFFSET).expect("read");
-        words[0] ^= 0xff;
-        f.write_all_at(&words, STAMP_OFFSET).expect("write");
-        let sum = xxhash_rust::xxh3::xxh3_64(&words);
-        f.write_all_at(&sum.to_le_bytes(), STAMP_SUM_OFFSET)
-            .expect("write");
-        drop(f);
+        let bytes = read_all(&t.path);
+        patch_word(&t.path, STAMP_BOOT, word(&bytes, STAMP_BOOT) ^ 0xff);
+        fix_stamp(&t.path);
         assert!(
             matches!(opts.attach(t.name()), Err(Error::OtherBoot { .. })),
             "{ctx}: attached to a file of another boot"

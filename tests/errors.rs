@@ -1,80 +1,28 @@
 //! Every bad input gets its own `Error` variant (or a documented I/O error) whose message
 //! says what to do, and nothing panics, hangs, or changes an existing file.
 //!
-//! Header offsets come from the byte map in `src/layout.rs`; the header checksum is
-//! xxh3-64 of bytes `[0, 448)`, stored little-endian at 448.
+//! Header offsets come from the byte map in `src/layout.rs`, copied in
+//! `common/image.rs`, which also patches files with their checksums made right.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::TempCache;
+#[path = "common/image.rs"]
+mod image;
+use common::{repair_offline_after_close, s, TempCache};
+use image::*;
 use larder::{Cache, Error, Options};
 
-// Header words (byte offsets), from the byte map in src/layout.rs.
-const H_MAGIC: usize = 0;
-const H_VERSION: usize = 8;
-const H_TOTAL_SIZE: usize = 16;
-const H_SHARD_COUNT: usize = 32;
-const H_SHARD_SIZE: usize = 40;
-const H_FINGERPRINT: usize = 152;
-const H_RESERVED: usize = 176;
-const H_CHECKSUM: usize = 448;
-/// The stamp, outside the checksum: boot id (2 words), pid namespace (dev, ino), time
-/// namespace (dev, ino), then the xxh3 of those six words.
-const H_STAMP: usize = 456;
-const STAMP_BOOT: usize = H_STAMP;
-const STAMP_PID_NS_INO: usize = H_STAMP + 24;
-const STAMP_TIME_NS_INO: usize = H_STAMP + 40;
-const STAMP_SUM: usize = H_STAMP + 48;
-/// `__kind` inside glibc's `pthread_mutex_t` on 64-bit Linux; a shard's lock is the
-/// first thing in the shard.
-const MUTEX_KIND: usize = 16;
-
-/// Environment variable that turns a re-executed test binary into a helper child.
-const CHILD_ROLE: &str = "LARDER_ERRORS_CHILD";
+/// Variables a parent sets for its helper child (`common::self_command` names its role).
 const CHILD_PATH: &str = "LARDER_ERRORS_PATH";
 const CHILD_KEY: &str = "LARDER_ERRORS_KEY";
 
 // ----- helpers -----------------------------------------------------------------------
-
-fn read_all(path: &Path) -> Vec<u8> {
-    std::fs::read(path).expect("read cache file")
-}
-
-fn word(bytes: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(bytes[off..off + 8].try_into().expect("8 bytes"))
-}
-
-fn write_at(path: &Path, off: usize, bytes: &[u8]) {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open for patch");
-    f.write_all_at(bytes, off as u64).expect("patch");
-}
-
-fn patch_word(path: &Path, off: usize, v: u64) {
-    write_at(path, off, &v.to_le_bytes());
-}
-
-/// Recomputes the header checksum after a patch, so that the check behind it is reached.
-/// Recomputes the stamp's checksum after a test changed its words.
-fn fix_stamp(path: &Path) {
-    let bytes = read_all(path);
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[H_STAMP..STAMP_SUM]);
-    patch_word(path, STAMP_SUM, sum);
-}
-
-fn fix_checksum(path: &Path) {
-    let bytes = read_all(path);
-    let sum = xxhash_rust::xxh3::xxh3_64(&bytes[..H_CHECKSUM]);
-    patch_word(path, H_CHECKSUM, sum);
-}
 
 /// Creates the test's cache with a few entries and closes it; returns its bytes.
 fn make_cache(t: &TempCache) -> Vec<u8> {
@@ -94,10 +42,6 @@ fn copy_of(t: &TempCache, name: &str) -> PathBuf {
     dst
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
 fn assert_unchanged(path: &Path, before: &[u8]) {
     let after = read_all(path);
     assert!(
@@ -107,6 +51,31 @@ fn assert_unchanged(path: &Path, before: &[u8]) {
         before.len(),
         after.len()
     );
+}
+
+/// What each way of opening `name` gives: attaching as it is (`Cache::open`), and
+/// creating or attaching with the test's options.
+fn both_opens(t: &TempCache, name: &str) -> [Result<(), Error>; 2] {
+    [
+        Cache::open(name).map(|_| ()),
+        t.options().open(name).map(|_| ()),
+    ]
+}
+
+/// [`both_opens`], then an offline repair of `name`.
+fn opens_and_offline_repair(t: &TempCache, name: &str) -> [Result<(), Error>; 3] {
+    let [open, create] = both_opens(t, name);
+    let repair = Cache::repair_offline(name, &Options::new()).map(|_| ());
+    [open, create, repair]
+}
+
+/// The way out of a refused stamp: an offline repair re-stamps the file (and
+/// re-initialises its locks), after which the entries of [`make_cache`] are served again.
+fn repaired_offline_serves_again(t: &TempCache) -> Cache {
+    repair_offline_after_close(t.name());
+    let c = t.open();
+    assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
+    c
 }
 
 /// Names in `dir` other than `keep`.
@@ -139,14 +108,6 @@ fn expect_invalid_name(name: &str, reason_part: &str) {
             other => panic!("{what}({name:?}): expected InvalidName, got {other:?}"),
         }
     }
-}
-
-/// `Cache::repair_offline` once this process's last handle on the file has closed: the
-/// handle holds nothing after `drop` returns (no thread of larder's keeps a mapping), so
-/// the repair never finds the file in use
-/// (`offline_repair_right_after_the_last_handle_closes_is_not_in_use`).
-fn repair_offline_after_close(name: &str) -> larder::RepairReport {
-    Cache::repair_offline(name, &Options::new()).expect("offline repair")
 }
 
 /// The first key (of `key-0`, `key-1`, ...) that lives in shard `shard`.
@@ -442,10 +403,7 @@ fn other_layout_or_lock_abi_is_incompatible_and_names_it() {
         patch_word(&copy, off, v ^ 0x5a5a);
         fix_checksum(&copy);
         let before = read_all(&copy);
-        for r in [
-            Cache::open(s(&copy)).map(|_| ()),
-            t.options().open(s(&copy)).map(|_| ()),
-        ] {
+        for r in both_opens(&t, s(&copy)) {
             match r {
                 Err(e @ Error::Incompatible { .. }) => {
                     let msg = e.to_string();
@@ -466,10 +424,7 @@ fn other_format_version_is_refused() {
     patch_word(&copy, H_VERSION, 1);
     fix_checksum(&copy);
     let before = read_all(&copy);
-    for r in [
-        Cache::open(s(&copy)).map(|_| ()),
-        t.options().open(s(&copy)).map(|_| ()),
-    ] {
+    for r in both_opens(&t, s(&copy)) {
         match r {
             Err(e @ Error::Version { .. }) => {
                 let Error::Version {
@@ -498,10 +453,7 @@ fn corrupt_header_checksum_is_corrupt() {
     // A reserved header byte: covered by the checksum, read by nothing else.
     write_at(&copy, H_RESERVED + 3, &[0x42]);
     let before = read_all(&copy);
-    for r in [
-        Cache::open(s(&copy)).map(|_| ()),
-        t.options().open(s(&copy)).map(|_| ()),
-    ] {
+    for r in both_opens(&t, s(&copy)) {
         match r {
             Err(e @ Error::Corrupt { .. }) => {
                 let msg = e.to_string();
@@ -526,10 +478,7 @@ fn bad_magic_is_not_a_cache() {
     std::fs::set_permissions(&zeros, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     for p in [&copy, &zeros] {
         let before = read_all(p);
-        for r in [
-            Cache::open(s(p)).map(|_| ()),
-            t.options().open(s(p)).map(|_| ()),
-        ] {
+        for r in both_opens(&t, s(p)) {
             match r {
                 Err(e @ Error::NotACache { .. }) => {
                     assert!(e.to_string().contains("not a larder cache"), "{e}");
@@ -618,11 +567,7 @@ fn symlink_is_unsafe() {
     let target = t.dir.join("target-that-does-not-exist");
     std::os::unix::fs::symlink(&target, &dangling).expect("symlink");
     for p in [&link, &dangling] {
-        for r in [
-            Cache::open(s(p)).map(|_| ()),
-            t.options().open(s(p)).map(|_| ()),
-            Cache::repair_offline(s(p), &Options::new()).map(|_| ()),
-        ] {
+        for r in opens_and_offline_repair(&t, s(p)) {
             match r {
                 Err(e @ Error::UnsafeFile { .. }) => {
                     assert!(e.to_string().contains("symbolic link"), "{e}");
@@ -640,10 +585,7 @@ fn symlink_is_unsafe() {
 fn directory_at_path_is_unsafe() {
     let t = TempCache::new("err-dir");
     std::fs::create_dir(&t.path).expect("mkdir");
-    for r in [
-        Cache::open(t.name()).map(|_| ()),
-        t.options().open(t.name()).map(|_| ()),
-    ] {
+    for r in both_opens(&t, t.name()) {
         match r {
             Err(e @ Error::UnsafeFile { .. }) => {
                 assert!(e.to_string().contains("not a regular file"), "{e}");
@@ -663,10 +605,7 @@ fn fifo_at_path_is_unsafe() {
     let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
     assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
     // Opening a FIFO read-write never blocks on Linux; the check rejects it after.
-    for r in [
-        Cache::open(t.name()).map(|_| ()),
-        t.options().open(t.name()).map(|_| ()),
-    ] {
+    for r in both_opens(&t, t.name()) {
         match r {
             Err(e @ Error::UnsafeFile { .. }) => {
                 assert!(e.to_string().contains("not a regular file"), "{e}");
@@ -688,11 +627,7 @@ fn file_of_another_owner_is_unsafe_unless_allowed() {
         return;
     }
     let before = read_all(&t.path);
-    for r in [
-        Cache::open(t.name()).map(|_| ()),
-        t.options().open(t.name()).map(|_| ()),
-        Cache::repair_offline(t.name(), &Options::new()).map(|_| ()),
-    ] {
+    for r in opens_and_offline_repair(&t, t.name()) {
         match r {
             Err(e @ Error::UnsafeFile { .. }) => {
                 let msg = e.to_string();
@@ -724,10 +659,7 @@ fn world_writable_file_is_unsafe() {
     make_cache(&t);
     std::fs::set_permissions(&t.path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let before = read_all(&t.path);
-    for r in [
-        Cache::open(t.name()).map(|_| ()),
-        t.options().open(t.name()).map(|_| ()),
-    ] {
+    for r in both_opens(&t, t.name()) {
         match r {
             Err(e @ Error::UnsafeFile { .. }) => {
                 assert!(e.to_string().contains("world-writable (mode 666)"), "{e}");
@@ -765,11 +697,7 @@ fn file_shorter_than_its_header_says_is_truncated() {
         let before = read_all(&copy);
         // Mapping the missing tail would raise SIGBUS on first touch: the check must
         // come first. Reaching the assertions proves it did.
-        for r in [
-            Cache::open(s(&copy)).map(|_| ()),
-            t.options().open(s(&copy)).map(|_| ()),
-            Cache::repair_offline(s(&copy), &Options::new()).map(|_| ()),
-        ] {
+        for r in opens_and_offline_repair(&t, s(&copy)) {
             match r {
                 Err(e @ Error::Truncated { .. }) => {
                     let Error::Truncated {
@@ -801,10 +729,7 @@ fn file_from_another_boot_is_refused_until_repaired_offline() {
     patch_word(&t.path, STAMP_BOOT + 8, word(&bytes, STAMP_BOOT + 8) ^ 1);
     fix_stamp(&t.path);
     let before = read_all(&t.path);
-    for r in [
-        Cache::open(t.name()).map(|_| ()),
-        t.options().open(t.name()).map(|_| ()),
-    ] {
+    for r in both_opens(&t, t.name()) {
         match r {
             Err(e @ Error::OtherBoot { .. }) => {
                 let msg = e.to_string();
@@ -815,10 +740,7 @@ fn file_from_another_boot_is_refused_until_repaired_offline() {
         }
     }
     assert_unchanged(&t.path, &before);
-    // The way out: an offline repair re-stamps the file (and re-initialises its locks).
-    repair_offline_after_close(t.name());
-    let c = t.open();
-    assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
+    let c = repaired_offline_serves_again(&t);
     assert!(c.verify().expect("verify").is_clean());
 }
 
@@ -835,10 +757,7 @@ fn file_from_another_namespace_is_refused_until_repaired_offline() {
         patch_word(&t.path, at, word(&bytes, at) ^ 0x5a5a);
         fix_stamp(&t.path);
         let before = read_all(&t.path);
-        for r in [
-            Cache::open(t.name()).map(|_| ()),
-            t.options().open(t.name()).map(|_| ()),
-        ] {
+        for r in both_opens(&t, t.name()) {
             match (what, r) {
                 ("pid", Err(e @ Error::OtherPidNamespace { .. })) => {
                     let msg = e.to_string();
@@ -852,9 +771,7 @@ fn file_from_another_namespace_is_refused_until_repaired_offline() {
             }
         }
         assert_unchanged(&t.path, &before);
-        repair_offline_after_close(t.name());
-        let c = t.open();
-        assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
+        let c = repaired_offline_serves_again(&t);
         assert!(c.verify().expect("verify").is_clean());
     }
 }
@@ -873,9 +790,7 @@ fn torn_stamp_is_corrupt_until_repaired_offline() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_unchanged(&t.path, &before);
-    repair_offline_after_close(t.name());
-    let c = t.open();
-    assert_eq!(c.get(b"key-7").expect("get"), Some(b"value".to_vec()));
+    repaired_offline_serves_again(&t);
 }
 
 #[test]
@@ -1231,95 +1146,22 @@ fn reads_do_not_wait_for_a_lock_held_outside_a_write() {
     c.try_set(&neighbour, b"x", None).expect("try_set");
 }
 
-/// A helper child process: killed and reaped on drop, also when the test panics.
+/// A helper child playing `role`, its output logged in the test's directory.
 #[cfg(feature = "crash-points")]
-struct ChildGuard {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-#[cfg(feature = "crash-points")]
-impl ChildGuard {
-    fn spawn(t: &TempCache, role: &str, envs: &[(&str, &str)]) -> ChildGuard {
-        let log = t.dir.join(format!("child-{role}.log"));
-        let out = std::fs::File::create(&log).expect("log");
-        let err = out.try_clone().expect("log");
-        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "child_process_entry", "--nocapture"])
-            .args(["--test-threads", "1"])
-            .env_remove("LARDER_CRASH_AT")
-            .env_remove("LARDER_CRASH_ACTION")
-            .env_remove("LARDER_CRASH_SKIP")
-            .env(CHILD_ROLE, role)
-            .envs(envs.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn child");
-        ChildGuard { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Process state letter from /proc (`T` when stopped).
-    fn state(&self) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        stat.rsplit_once(')')?.1.trim_start().chars().next()
-    }
-
-    fn wait_stopped(&self, deadline: Duration) {
-        let end = Instant::now() + deadline;
-        while self.state() != Some('T') {
-            assert!(
-                Instant::now() < end,
-                "child did not stop at its pause point within {deadline:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(2)); // poll interval; the deadline is checked in this loop
-        }
-    }
-
-    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < end,
-                "child did not exit within {deadline:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(2)); // poll interval; the deadline is checked in this loop
-        }
-    }
-}
-
-#[cfg(feature = "crash-points")]
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn spawn_child(t: &TempCache, role: &str, envs: &[(&str, &str)]) -> common::ChildGuard {
+    let mut cmd = common::self_command("child_process_entry", role);
+    cmd.envs(envs.iter().copied());
+    common::ChildGuard::spawn_logged(&mut cmd, t.dir.join(format!("child-{role}.log")))
 }
 
 /// Entry point of helper children (a no-op when run as an ordinary test).
 #[test]
 fn child_process_entry() {
-    let Ok(role) = std::env::var(CHILD_ROLE) else {
+    let Some(role) = common::child_role() else {
         return;
     };
-    let path = std::env::var(CHILD_PATH).expect("path");
-    let key = std::env::var(CHILD_KEY).expect("key");
+    let path = common::child_env(CHILD_PATH);
+    let key = common::child_env(CHILD_KEY);
     match role.as_str() {
         // Sets a key; the crash point configured by the parent stops it mid-write.
         "writer" => {
@@ -1348,7 +1190,7 @@ fn writer_stopped_mid_write_makes_others_time_out_then_proceed() {
     c.set(&neighbour, b"neighbour", None).expect("set");
     c.set(&other, b"other", None).expect("set");
     let key_text = String::from_utf8(key.clone()).expect("utf-8");
-    let mut child = ChildGuard::spawn(
+    let mut child = spawn_child(
         &t,
         "writer",
         &[
@@ -1358,12 +1200,19 @@ fn writer_stopped_mid_write_makes_others_time_out_then_proceed() {
             ("LARDER_CRASH_ACTION", "stop"),
         ],
     );
-    child.wait_stopped(Duration::from_secs(60));
+    let stopped = common::poll_until(common::deadline_in(60), || {
+        common::proc_state(child.pid()) == Some('T')
+    });
+    assert!(
+        stopped,
+        "child did not stop at its pause point within 60 s; log:\n{}",
+        child.log()
+    );
     assert_held_shard_times_out(&c, timeout, &neighbour, &other);
     // SAFETY: kill(2) on our own child's pid.
     let rc = unsafe { libc::kill(child.pid(), libc::SIGCONT) };
     assert_eq!(rc, 0);
-    let status = child.wait_exit(Duration::from_secs(60));
+    let status = child.wait_or_fail(common::deadline_in(60), "the resumed writer");
     assert!(
         status.success(),
         "child failed: {status:?}\n{}",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use larder::{Cache, Error, Options};
 
 mod common;
-use common::{check_value, deadline_in, make_value, poll_until, TempCache};
+use common::{check_value, deadline_in, make_value, poll_until, small_options, TempCache};
 
 /// Fork tests in this binary run one at a time, so that a child is never forked while
 /// another test's threads are inside the test harness or the allocator in ways this
@@ -26,13 +26,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const EXIT_PANICKED: i32 = 70;
 
 fn options() -> Options {
-    Options::new()
-        .capacity(4 << 20)
-        .max_key_len(64)
-        .max_value_len(1024)
-        // Long: a child may wait for a parent thread that holds the shard lock in a
-        // tight loop until it is told to stop.
-        .lock_timeout(Duration::from_secs(30))
+    // Long: a child may wait for a parent thread that holds the shard lock in a tight
+    // loop until it is told to stop.
+    small_options().lock_timeout(Duration::from_secs(30))
 }
 
 /// A forked child: SIGKILLed and reaped on drop unless already reaped.

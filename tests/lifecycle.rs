@@ -4,22 +4,21 @@
 //! `insert_if_absent`, `clear`, lock-free read hits, and 2 MiB pages on a tmpfs that
 //! gives them.
 //!
-//! Multi-process tests re-execute this test binary (`--exact child_process_entry`) with
-//! `LARDER_LIFECYCLE_CHILD` naming the child's role. Every wait has a deadline, and every
-//! child is killed and reaped on drop, also when the test panics.
+//! Multi-process tests re-execute this test binary (`--exact child_process_entry`, see
+//! `common::self_command`), the environment naming the child's role. Every wait has a
+//! deadline, and every child is killed and reaped on drop, also when the test panics.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Barrier};
+use std::process::ExitStatus;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::TempCache;
+use common::{child_env, s, small_options, ChildGuard, TempCache};
 use larder::{Cache, Clock, Error, Options, StaleValue};
 
-const CHILD_ROLE: &str = "LARDER_LIFECYCLE_CHILD";
 const CHILD_PATH: &str = "LARDER_LIFECYCLE_PATH";
 const CHILD_SIG: &str = "LARDER_LIFECYCLE_SIG";
 const CHILD_ID: &str = "LARDER_LIFECYCLE_ID";
@@ -34,10 +33,6 @@ const THREADS: usize = 8;
 const PROCS: usize = 4;
 
 // ----- helpers -----------------------------------------------------------------------
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// Polls `f` every few milliseconds until it returns `Some`, or panics at the deadline.
 fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -61,65 +56,16 @@ fn touch_file(p: &Path) {
     std::fs::write(p, b"").expect("signal file");
 }
 
-/// A helper child process: killed and reaped on drop, also when the test panics.
-struct ChildGuard {
-    child: std::process::Child,
-    log: PathBuf,
+/// A helper child playing `role`, its output logged in `log_dir`.
+fn spawn_child(log_dir: &Path, role: &str, id: usize, envs: &[(&str, &str)]) -> ChildGuard {
+    let mut cmd = common::self_command("child_process_entry", role);
+    cmd.env(CHILD_ID, id.to_string()).envs(envs.iter().copied());
+    ChildGuard::spawn_logged(&mut cmd, log_dir.join(format!("child-{role}-{id}.log")))
 }
 
-impl ChildGuard {
-    fn spawn(log_dir: &Path, role: &str, id: usize, envs: &[(&str, &str)]) -> ChildGuard {
-        let log = log_dir.join(format!("child-{role}-{id}.log"));
-        let out = std::fs::File::create(&log).expect("log");
-        let err = out.try_clone().expect("log");
-        let child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "child_process_entry", "--nocapture"])
-            .args(["--test-threads", "1"])
-            .env_remove("LARDER_CRASH_AT")
-            .env_remove("LARDER_CRASH_ACTION")
-            .env_remove("LARDER_CRASH_SKIP")
-            .env(CHILD_ROLE, role)
-            .env(CHILD_ID, id.to_string())
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn child");
-        ChildGuard { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(
-                Instant::now() < end,
-                "child did not exit within {deadline:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(3)); // poll interval; the deadline is checked in this loop
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"))
+/// Waits for a helper child to exit; panics with its log if it does not in time.
+fn wait_exit(child: &mut ChildGuard) -> ExitStatus {
+    child.wait_or_fail(Instant::now() + DEADLINE, "child")
 }
 
 fn all_keys() -> Vec<String> {
@@ -132,16 +78,16 @@ fn all_keys() -> Vec<String> {
 /// Entry point of helper children (a no-op when run as an ordinary test).
 #[test]
 fn child_process_entry() {
-    let Ok(role) = std::env::var(CHILD_ROLE) else {
+    let Some(role) = common::child_role() else {
         return;
     };
-    let path = env(CHILD_PATH);
+    let path = child_env(CHILD_PATH);
     match role.as_str() {
         // Opens the missing cache at the same moment as the parent's threads, writes its
         // key, then (when told) checks that it sees every participant's key.
         "racer" => {
-            let sig = PathBuf::from(env(CHILD_SIG));
-            let id = env(CHILD_ID);
+            let sig = PathBuf::from(child_env(CHILD_SIG));
+            let id = child_env(CHILD_ID);
             touch_file(&sig.join(format!("ready-{id}")));
             let go = sig.join("go");
             let end = Instant::now() + DEADLINE;
@@ -187,10 +133,44 @@ fn child_process_entry() {
 
 /// Options shared by the racing participants (a small file, so creation is quick).
 fn race_options() -> Options {
-    Options::new()
-        .capacity(2 << 20)
-        .max_key_len(64)
-        .max_value_len(1024)
+    small_options().capacity(2 << 20)
+}
+
+/// The test's cache on a manual clock, and the clock.
+fn open_on_manual_clock(t: &TempCache) -> (Cache, Clock) {
+    let clock = Clock::manual();
+    let c = t
+        .options()
+        .clock(clock.clone())
+        .open(t.name())
+        .expect("open");
+    (c, clock)
+}
+
+/// `THREADS` threads that pass `barrier` together, then each open `name` and set its key
+/// `thread-{i}`; `start` runs once they are all spawned (it may be the barrier's last
+/// party). Returns their handles; a failed open names `what` and the thread.
+fn race_threads(name: &str, barrier: &Barrier, what: &str, start: impl FnOnce()) -> Vec<Cache> {
+    std::thread::scope(|scope| {
+        let joins: Vec<_> = (0..THREADS)
+            .map(|i| {
+                scope.spawn(move || {
+                    barrier.wait();
+                    let c = race_options()
+                        .open(name)
+                        .unwrap_or_else(|e| panic!("{what}thread {i}: {e}"));
+                    let key = format!("thread-{i}");
+                    c.set(key.as_bytes(), key.as_bytes(), None).expect("set");
+                    c
+                })
+            })
+            .collect();
+        start();
+        joins
+            .into_iter()
+            .map(|j| j.join().expect("thread"))
+            .collect()
+    })
 }
 
 // ----- creation ----------------------------------------------------------------------
@@ -201,28 +181,8 @@ fn race_options() -> Options {
 fn threads_racing_to_create_all_attach_to_one_file() {
     for round in 0..10 {
         let t = TempCache::new("life-race-threads");
-        let barrier = Arc::new(Barrier::new(THREADS));
-        let handles: Vec<Cache> = std::thread::scope(|scope| {
-            let joins: Vec<_> = (0..THREADS)
-                .map(|i| {
-                    let barrier = barrier.clone();
-                    let name = t.name().to_string();
-                    scope.spawn(move || {
-                        barrier.wait();
-                        let c = race_options()
-                            .open(&name)
-                            .unwrap_or_else(|e| panic!("round {round} thread {i}: {e}"));
-                        let key = format!("thread-{i}");
-                        c.set(key.as_bytes(), key.as_bytes(), None).expect("set");
-                        c
-                    })
-                })
-                .collect();
-            joins
-                .into_iter()
-                .map(|j| j.join().expect("thread"))
-                .collect()
-        });
+        let barrier = Barrier::new(THREADS);
+        let handles = race_threads(t.name(), &barrier, &format!("round {round} "), || {});
         for c in &handles {
             for i in 0..THREADS {
                 let key = format!("thread-{i}");
@@ -252,7 +212,7 @@ fn threads_and_processes_racing_to_create_all_share_one_file() {
     let path = t.path.clone();
     let mut children: Vec<ChildGuard> = (0..PROCS)
         .map(|i| {
-            ChildGuard::spawn(
+            spawn_child(
                 &sig,
                 "racer",
                 i,
@@ -264,29 +224,10 @@ fn threads_and_processes_racing_to_create_all_share_one_file() {
         wait_for_file(&sig.join(format!("ready-{i}")), DEADLINE);
     }
     assert!(!path.exists());
-    let barrier = Arc::new(Barrier::new(THREADS + 1));
-    let handles: Vec<Cache> = std::thread::scope(|scope| {
-        let joins: Vec<_> = (0..THREADS)
-            .map(|i| {
-                let barrier = barrier.clone();
-                let name = t.name().to_string();
-                scope.spawn(move || {
-                    barrier.wait();
-                    let c = race_options()
-                        .open(&name)
-                        .unwrap_or_else(|e| panic!("thread {i}: {e}"));
-                    let key = format!("thread-{i}");
-                    c.set(key.as_bytes(), key.as_bytes(), None).expect("set");
-                    c
-                })
-            })
-            .collect();
+    let barrier = Barrier::new(THREADS + 1);
+    let handles = race_threads(t.name(), &barrier, "", || {
         touch_file(&sig.join("go"));
         barrier.wait();
-        joins
-            .into_iter()
-            .map(|j| j.join().expect("thread"))
-            .collect()
     });
     for i in 0..PROCS {
         wait_for_file(&sig.join(format!("wrote-{i}")), DEADLINE);
@@ -302,7 +243,7 @@ fn threads_and_processes_racing_to_create_all_share_one_file() {
     }
     touch_file(&sig.join("check"));
     for (i, child) in children.iter_mut().enumerate() {
-        let st = child.wait_exit(DEADLINE);
+        let st = wait_exit(child);
         assert!(st.success(), "child {i}: {st:?}\n{}", child.log());
     }
     let mut names: Vec<_> = std::fs::read_dir(&t.dir)
@@ -327,7 +268,7 @@ fn creator_killed_mid_creation_leaves_nothing_behind() {
         let t = TempCache::new("life-creator");
         let logs = t.dir.join("logs");
         std::fs::create_dir(&logs).expect("logs dir");
-        let mut child = ChildGuard::spawn(
+        let mut child = spawn_child(
             &logs,
             "creator",
             0,
@@ -337,7 +278,7 @@ fn creator_killed_mid_creation_leaves_nothing_behind() {
                 ("LARDER_CRASH_ACTION", action),
             ],
         );
-        let st = child.wait_exit(DEADLINE);
+        let st = wait_exit(&mut child);
         assert_eq!(
             st.signal(),
             Some(signal),
@@ -368,8 +309,8 @@ fn file_mode_is_exactly_the_option_despite_umask() {
     let t = TempCache::new("life-mode");
     let logs = t.dir.join("logs");
     std::fs::create_dir(&logs).expect("logs dir");
-    let mut child = ChildGuard::spawn(&logs, "umask", 0, &[(CHILD_PATH, s(&t.dir))]);
-    let st = child.wait_exit(DEADLINE);
+    let mut child = spawn_child(&logs, "umask", 0, &[(CHILD_PATH, s(&t.dir))]);
+    let st = wait_exit(&mut child);
     assert!(st.success(), "{st:?}\n{}", child.log());
     for (name, mode) in [("m600", 0o600), ("m640", 0o640), ("m660", 0o660)] {
         let meta = std::fs::metadata(t.dir.join(name)).expect("stat");
@@ -409,6 +350,17 @@ fn unlink_removes_the_file() {
     assert_eq!(c.get(b"k").expect("get"), None);
 }
 
+/// Polls until `to` reads what `from` writes under `key` (a new value each try): both
+/// handles then map the same file.
+fn writes_reach(what: &str, from: &Cache, to: &Cache, key: &[u8]) {
+    let mut i = 0u64;
+    poll(what, REATTACH_DEADLINE, || {
+        i += 1;
+        from.set(key, &i.to_le_bytes(), None).expect("set");
+        (to.get(key).expect("get") == Some(i.to_le_bytes().to_vec())).then_some(())
+    });
+}
+
 /// Handles A and B share a file; it is unlinked and B's process opens the name again,
 /// creating a new file. A notices and moves to the new file, so A's writes reach B (and
 /// B's reach A): the two never split into two caches.
@@ -423,27 +375,10 @@ fn handles_follow_a_removed_and_recreated_file_together() {
     let b2 = t.open();
     assert_eq!(b2.get(b"old").expect("get"), None, "a new file");
     let start = Instant::now();
-    let mut i = 0u64;
-    poll(
-        "A's writes reaching the new file",
-        REATTACH_DEADLINE,
-        || {
-            i += 1;
-            a.set(b"from-a", &i.to_le_bytes(), None).expect("A set");
-            (b2.get(b"from-a").expect("B get") == Some(i.to_le_bytes().to_vec())).then_some(())
-        },
-    );
+    writes_reach("A's writes reaching the new file", &a, &b2, b"from-a");
     let took = start.elapsed();
     // The old handle B moves too.
-    poll(
-        "B's old handle reaching the new file",
-        REATTACH_DEADLINE,
-        || {
-            i += 1;
-            b.set(b"from-b", &i.to_le_bytes(), None).expect("B set");
-            (a.get(b"from-b").expect("A get") == Some(i.to_le_bytes().to_vec())).then_some(())
-        },
-    );
+    writes_reach("B's old handle reaching the new file", &b, &a, b"from-b");
     b2.set(b"from-b2", b"x", None).expect("set");
     assert_eq!(a.get(b"from-b2").expect("get"), Some(b"x".to_vec()));
     assert_eq!(b.get(b"from-b2").expect("get"), Some(b"x".to_vec()));
@@ -592,12 +527,7 @@ fn shard_stats_sum_to_the_totals() {
 #[test]
 fn entries_lists_every_key_with_its_size_and_ttl() {
     let t = TempCache::new("life-entries");
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (c, clock) = open_on_manual_clock(&t);
     let mut want: BTreeMap<Vec<u8>, (usize, Option<Duration>)> = BTreeMap::new();
     for i in 0..300usize {
         let key = format!("key-{i}").into_bytes();
@@ -662,12 +592,7 @@ fn entries_lists_every_key_with_its_size_and_ttl() {
 #[test]
 fn ttl_expiry_hides_entries_from_get_but_not_get_stale() {
     let t = TempCache::new("life-ttl");
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (c, clock) = open_on_manual_clock(&t);
     c.set(b"k", b"v", Some(Duration::from_secs(10)))
         .expect("set");
     c.set(b"forever", b"f", None).expect("set");
@@ -709,12 +634,7 @@ fn ttl_expiry_hides_entries_from_get_but_not_get_stale() {
 #[test]
 fn expiry_is_per_handle_clock_but_stored_in_the_file() {
     let t = TempCache::new("life-ttl-shared");
-    let clock = Clock::manual();
-    let a = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (a, clock) = open_on_manual_clock(&t);
     let b = t.open();
     a.set(b"k", b"v", Some(Duration::from_secs(30)))
         .expect("set");
@@ -731,12 +651,7 @@ fn expiry_is_per_handle_clock_but_stored_in_the_file() {
 #[test]
 fn touch_extends_or_clears_a_ttl() {
     let t = TempCache::new("life-touch");
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (c, clock) = open_on_manual_clock(&t);
     c.set(b"k", b"v", Some(Duration::from_secs(10)))
         .expect("set");
     clock.advance(Duration::from_secs(8));
@@ -777,12 +692,7 @@ fn touch_extends_or_clears_a_ttl() {
 #[test]
 fn insert_if_absent_stores_only_over_nothing_or_an_expired_entry() {
     let t = TempCache::new("life-insert");
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (c, clock) = open_on_manual_clock(&t);
     assert!(c.insert_if_absent(b"k", b"first", None).expect("insert"));
     assert!(!c.insert_if_absent(b"k", b"second", None).expect("insert"));
     assert_eq!(c.get(b"k").expect("get"), Some(b"first".to_vec()));
@@ -936,20 +846,8 @@ fn file_is_backed_by_huge_pages_where_the_mount_allows_them() {
         );
         return;
     }
-    struct Unlink(String);
-    impl Drop for Unlink {
-        fn drop(&mut self) {
-            let _ = Cache::unlink(&self.0);
-        }
-    }
-    let name = format!(
-        "/dev/shm/larder-test-huge-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
-    let _guard = Unlink(name.clone());
+    let name = format!("/dev/shm/{}", common::unique_name("test-huge"));
+    let _guard = common::UnlinkOnDrop(name.clone());
     let creator = Options::new()
         .capacity(8 << 20)
         .open(&name)

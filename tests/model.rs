@@ -9,15 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 mod common;
-use common::{poll_until, TempCache};
+use common::{child_role, poll_until, self_command, ChildGuard, TempCache};
 
 /// One tick of the test clock.
 const TICK: Duration = Duration::from_secs(1000);
@@ -403,8 +402,6 @@ fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
 
 // ----- several processes ----------------------------------------------------------------
 
-/// Set in a child process: `<dir>|<index>|<evicting: 0 or 1>`.
-const CHILD_ENV: &str = "LARDER_MODEL_CHILD";
 /// Keys each process owns (the only process that writes them); every process reads
 /// every key.
 const OWN_KEYS: u32 = 12;
@@ -699,7 +696,8 @@ impl Writer {
 }
 
 /// A child: waits at the barrier, runs its plan `ROUNDS` times, then writes the final
-/// version and presence of each of its keys for the parent.
+/// version and presence of each of its keys for the parent. Its role (`spec`) is
+/// `<dir>|<index>|<evicting: 0 or 1>`.
 fn child_main(spec: &str) {
     let parts: Vec<&str> = spec.split('|').collect();
     let dir = PathBuf::from(parts[0]);
@@ -738,24 +736,6 @@ fn child_main(spec: &str) {
     fs::rename(&tmp, dir.join(format!("final-{me}"))).expect("publish final");
 }
 
-/// Children of one case: killed and reaped on drop, so a failing parent leaves none.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-    }
-}
-
-fn log_of(dir: &Path, i: usize) -> String {
-    fs::read_to_string(dir.join(format!("child-{i}.log"))).unwrap_or_default()
-}
-
 /// Runs one case: a child per plan, re-executing `test`; returns the cache's stats.
 fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Stats {
     let procs = plans.len();
@@ -773,8 +753,8 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
         .max_value_len(1024)
         .open(t.name())
         .expect("create");
-    let exe = std::env::current_exe().expect("test binary");
-    let mut children = Children(Vec::new());
+    // Killed and reaped on drop, so a failing parent leaves none.
+    let mut children = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
         let mut text = format!("{procs}\n");
         for op in plan {
@@ -782,25 +762,17 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
             text.push('\n');
         }
         fs::write(t.dir.join(format!("plan-{i}")), text).expect("plan");
-        let log = fs::File::create(t.dir.join(format!("child-{i}.log"))).expect("log");
-        let child = Command::new(&exe)
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env(
-                CHILD_ENV,
-                format!("{}|{i}|{}", t.dir.display(), u8::from(evicting)),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn child");
-        children.0.push(child);
+        let spec = format!("{}|{i}|{}", t.dir.display(), u8::from(evicting));
+        children.push(ChildGuard::spawn_logged(
+            &mut self_command(test, &spec),
+            t.dir.join(format!("child-{i}.log")),
+        ));
     }
     // Start everyone at once, so the operations interleave.
-    for i in 0..procs {
+    for (i, child) in children.iter_mut().enumerate() {
         wait_for("children to attach", || {
-            if let Ok(Some(status)) = children.0[i].try_wait() {
-                panic!("child {i} exited early ({status}):\n{}", log_of(&t.dir, i));
+            if let Some(status) = child.try_status() {
+                panic!("child {i} exited early ({status}):\n{}", child.log());
             }
             cache
                 .get(format!("ready/{i}").as_bytes())
@@ -810,20 +782,12 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
     }
     cache.set(b"go", b"1", None).expect("go");
     let deadline = Instant::now() + DEADLINE;
-    for i in 0..procs {
-        let mut status = None;
-        let finished = poll_until(deadline, || {
-            status = children.0[i].try_wait().expect("wait");
-            status.is_some()
-        });
-        let status = match status {
-            Some(status) if finished => status,
-            _ => panic!("child {i} did not finish in time:\n{}", log_of(&t.dir, i)),
-        };
+    for (i, child) in children.iter_mut().enumerate() {
+        let status = child.wait_or_fail(deadline, &format!("child {i}"));
         assert!(
             status.success(),
             "child {i} failed ({status}):\n{}",
-            log_of(&t.dir, i)
+            child.log()
         );
     }
     // Every process's last acknowledged write or remove of each of its keys holds
@@ -849,7 +813,7 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
 
 /// Runs the cases of a multi-process test (or, in a child, the child's part).
 fn multi_process(test: &str, evicting: bool) -> Vec<larder::Stats> {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
+    if let Some(spec) = child_role() {
         child_main(&spec);
         return Vec::new();
     }
@@ -898,7 +862,7 @@ fn processes_with_eviction_never_see_a_value_go_back_in_version() {
         "processes_with_eviction_never_see_a_value_go_back_in_version",
         true,
     );
-    if std::env::var(CHILD_ENV).is_err() {
+    if child_role().is_none() {
         let evictions: u64 = stats.iter().map(|s| s.evictions).sum();
         assert!(
             evictions > 0,

@@ -15,23 +15,17 @@ use std::time::Duration;
 use larder::{Error, Options};
 
 mod common;
-use common::{child_role, deadline_in, poll_until, self_command, Children, TempCache};
+use common::{
+    child_env, child_role, deadline_in, long_timeouts, poll_until, self_command, small_options,
+    Children, TempCache,
+};
 
 const KEY: &[u8] = b"single-flight-key";
 
 /// Generous lock and fill timeouts: on a loaded machine a fill must never time out
 /// unless the test means it to.
 fn options() -> Options {
-    Options::new()
-        .capacity(4 << 20)
-        .max_key_len(64)
-        .max_value_len(1024)
-        .lock_timeout(Duration::from_secs(30))
-        .fill_timeout(Duration::from_secs(30))
-}
-
-fn child_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("child started without {name}"))
+    long_timeouts(small_options())
 }
 
 /// Appends one line to a file shared by the processes of a test, with one `write` on

@@ -7,35 +7,21 @@
 //! file itself, and first checks that its decoding agrees with what the cache holds, so a
 //! wrong offset fails loudly instead of seeding nothing.
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 mod common;
-use common::TempCache;
+#[path = "common/image.rs"]
+mod image;
+use common::{repair_offline_after_close, small_options, Rng, TempCache};
+use image::*;
 use larder::{Cache, Error, Options, Report};
 
-// Header words (byte offsets).
-const H_MAGIC: usize = 0;
-const H_TOTAL_SIZE: usize = 16;
-const H_SHARD_COUNT: usize = 32;
-const H_SHARD_SIZE: usize = 40;
-const H_MAX_KEY_LEN: usize = 48;
-const H_MAX_VALUE_LEN: usize = 56;
-const H_BUCKETS: usize = 64;
-const H_SMALL_CAP: usize = 72;
-const H_MAIN_CAP: usize = 80;
-const H_GHOST_LEN: usize = 88;
-const H_RESERVED: usize = 176;
-const H_SECRET: usize = 256;
-const H_CHECKSUM: usize = 448;
 // Statistics slots (counters only) and fill slots (a robust mutex each).
 const STATS_OFF: usize = 4096;
 const STATS_SLOT_SIZE: usize = 128;
 const FILL_SLOT_SIZE: usize = 64;
 const FILL_SLOTS_BYTES: usize = 256 * FILL_SLOT_SIZE;
 const PAGE: usize = 4096;
-/// `__kind` inside glibc's `pthread_mutex_t` on 64-bit Linux.
-const MUTEX_KIND: usize = 16;
 // Shard header words.
 const SH_SEQ: usize = 64;
 const SH_INTENT: usize = 72;
@@ -53,14 +39,6 @@ const STATE_PAD: u64 = 3;
 const SHARD: usize = 1;
 
 // ----- the file, decoded -------------------------------------------------------------
-
-fn word(img: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(img[off..off + 8].try_into().expect("8 bytes"))
-}
-
-fn put(img: &mut [u8], off: usize, v: u64) {
-    img[off..off + 8].copy_from_slice(&v.to_le_bytes());
-}
 
 fn align8(n: usize) -> usize {
     (n + 7) & !7
@@ -227,24 +205,7 @@ impl Layout {
 // ----- seeding -----------------------------------------------------------------------
 
 fn options() -> Options {
-    Options::new()
-        .capacity(1 << 20)
-        .shards(2)
-        .max_key_len(64)
-        .max_value_len(1024)
-}
-
-fn read_all(path: &Path) -> Vec<u8> {
-    std::fs::read(path).expect("read cache file")
-}
-
-/// Writes the image back in place (never truncating: no mapping can see a short file).
-fn write_all(path: &Path, img: &[u8]) {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open for patch");
-    f.write_all_at(img, 0).expect("write back");
+    small_options().capacity(1 << 20).shards(2)
 }
 
 /// A closed cache with entries in both shards (keys `key-10` to `key-99`, all of one
@@ -322,7 +283,7 @@ fn seed_and_find(tag: &str, needle: &str, damage: impl FnOnce(&Layout, &mut Vec<
     let (t, l) = seeded_cache(tag);
     let mut img = read_all(&t.path);
     damage(&l, &mut img);
-    write_all(&t.path, &img);
+    write_at(&t.path, 0, &img);
     let c = options().open(t.name()).expect("reopen");
     let report = c.verify().expect("verify");
     assert!(
@@ -348,13 +309,6 @@ fn repair_and_check(c: &Cache) {
         let _ = c.get(format!("key-{i}").as_bytes()).expect("get");
     }
     assert!(c.verify().expect("verify").is_clean());
-}
-
-/// `Cache::repair_offline` once this process's last handle on the file has closed: the
-/// handle holds nothing after `drop` returns (no thread of larder's keeps a mapping), so
-/// the repair never finds the file in use.
-fn repair_offline_after_close(name: &str) {
-    Cache::repair_offline(name, &Options::new()).expect("offline repair");
 }
 
 // ----- 1. header ---------------------------------------------------------------------
@@ -386,31 +340,17 @@ fn header_damage_is_found(tag: &str, needle: &str, damage: impl FnOnce(&Path)) {
     );
 }
 
-fn patch(path: &Path, off: usize, bytes: &[u8]) {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open");
-    f.write_all_at(bytes, off as u64).expect("patch");
-}
-
-fn fix_checksum(path: &Path) {
-    let img = read_all(path);
-    let sum = xxhash_rust::xxh3::xxh3_64(&img[..H_CHECKSUM]);
-    patch(path, H_CHECKSUM, &sum.to_le_bytes());
-}
-
 #[test]
 fn header_checksum_mismatch_is_found() {
     header_damage_is_found("v-hdr-sum", "header checksum", |p| {
-        patch(p, H_RESERVED + 5, &[0x77]);
+        write_at(p, H_RESERVED + 5, &[0x77]);
     });
 }
 
 #[test]
 fn header_magic_damage_is_found() {
     header_damage_is_found("v-hdr-magic", "not a larder cache", |p| {
-        patch(p, H_MAGIC, b"XXXXXXXX");
+        write_at(p, H_MAGIC, b"XXXXXXXX");
     });
 }
 
@@ -418,7 +358,7 @@ fn header_magic_damage_is_found() {
 fn header_layout_field_damage_is_found() {
     header_damage_is_found("v-hdr-layout", "header field buckets", |p| {
         let img = read_all(p);
-        patch(p, H_BUCKETS, &(word(&img, H_BUCKETS) + 1).to_le_bytes());
+        write_at(p, H_BUCKETS, &(word(&img, H_BUCKETS) + 1).to_le_bytes());
         fix_checksum(p);
     });
 }
@@ -438,7 +378,7 @@ fn changed_mutex_kind_of_a_slot_is_found() {
     assert_eq!(fill_off + FILL_SLOTS_BYTES, Layout::read(&img).shards_off);
     assert_ne!(img[fill_kind..fill_kind + 4], [0, 0, 0, 0]);
     img[fill_kind..fill_kind + 4].copy_from_slice(&0x2bad_u32.to_le_bytes());
-    write_all(&t.path, &img);
+    write_at(&t.path, 0, &img);
     let c = options().open(t.name()).expect("reopen");
     let report = c.verify().expect("verify");
     assert_eq!(report.problems.len(), 1, "{report}");
@@ -460,7 +400,7 @@ fn changed_mutex_kind_of_a_slot_is_found() {
 fn changed_mutex_kind_of_a_shard_lock_is_found() {
     let (t, l) = seeded_cache("v-shard-lock");
     let kind = l.base(SHARD) + MUTEX_KIND;
-    patch(&t.path, kind, &0x3bad_u32.to_le_bytes());
+    write_at(&t.path, kind, &0x3bad_u32.to_le_bytes());
     let c = options().open(t.name()).expect("reopen");
     match c.verify() {
         Err(Error::Corrupt { detail, .. }) => {
@@ -497,7 +437,7 @@ fn odd_sequence_counter_is_repaired_before_verifying() {
     let v = word(&img, seq);
     assert_eq!(v % 2, 0);
     put(&mut img, seq, v + 1);
-    write_all(&t.path, &img);
+    write_at(&t.path, 0, &img);
     let c = options().open(t.name()).expect("reopen");
     assert_eq!(c.stats().shards[SHARD].recoveries, 0);
     let report = c.verify().expect("verify");
@@ -714,7 +654,7 @@ fn second_slot_naming_a_live_record_is_found() {
         .expect("a free slot in the record's bucket");
     let w = word(&img, l.slot_off(SHARD, r.slot));
     put(&mut img, l.slot_off(SHARD, free), w);
-    write_all(&t.path, &img);
+    write_at(&t.path, 0, &img);
     let c = options().open(t.name()).expect("reopen");
     let report = c.verify().expect("verify");
     // What the stray slot does if left alone: remove goes through one of the two slots.
@@ -822,12 +762,9 @@ fn garbage_over_a_shard_is_found_and_repaired() {
     seed_and_find("v-garbage", "", |l, img| {
         let start = l.base(SHARD) + SHARD_HEADER;
         let end = l.base(SHARD) + l.small_rel() + l.small_cap + l.main_cap;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for off in (start..end).step_by(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            put(img, off, x);
+            put(img, off, rng.next_u64());
         }
     });
 }

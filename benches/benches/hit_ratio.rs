@@ -19,11 +19,10 @@
 //! LARDER_BENCH_QUICK=1 cargo bench -p larder-bench --bench hit_ratio    # 1,000,000 requests
 //! ```
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use larder::{Cache, Options};
-use larder_bench::{self as workload, Distribution, KeySampler, Rng, KEY_LEN};
+use larder_bench::{self as workload, verdict, Distribution, KeySampler, Rng, TempDir, KEY_LEN};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -32,44 +31,6 @@ const STREAM_SEED: u64 = 0x5eed;
 /// File sizes of the memory measurements: Docker's default /dev/shm, and a larger file
 /// over which the per-shard fixed costs spread thinner.
 const MEMORY_CAPACITIES: [u64; 2] = [64 << 20, 256 << 20];
-
-/// A directory under /dev/shm or the temp dir; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<TempDir> {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = base.join(format!(
-            "larder-bench-{tag}-{}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&p)?;
-        Ok(TempDir(p))
-    }
-
-    fn file(&self, name: &str) -> Result<String> {
-        Ok(self
-            .0
-            .join(name)
-            .to_str()
-            .ok_or("non-UTF-8 temp path")?
-            .to_string())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// An exact LRU over dense key indices: a doubly linked list in arrays, newest at the
 /// head; O(1) per request.
@@ -156,39 +117,14 @@ fn options(value_len: usize, capacity: u64) -> Options {
     workload::options_for(1, value_len).capacity(capacity)
 }
 
-/// Fills a cache with fresh keys (each set, then read once) until every shard has
-/// evicted; returns how many keys it set.
-fn fill(cache: &Cache, value_len: usize, first: u64) -> Result<u64> {
-    let mut v = vec![0u8; value_len];
-    let mut buf = Vec::with_capacity(value_len);
-    let mut k = [0u8; KEY_LEN];
-    let mut i = first;
-    let limit = first + 1_000_000_000;
-    loop {
-        for _ in 0..4096 {
-            workload::key_into(i, &mut k);
-            workload::write_value(i, 0, &mut v)?;
-            cache.set(&k, &v, Some(workload::TTL))?;
-            cache.get_into(&k, &mut buf)?;
-            i += 1;
-        }
-        if cache.stats().shards.iter().all(|s| s.evictions > 0) {
-            return Ok(i - first);
-        }
-        if i > limit {
-            return Err("the cache never filled".into());
-        }
-    }
-}
-
 /// A capacity that holds about `entries` entries of `value_len`-byte values: one
 /// calibration fill of a first guess, then scaled.
 fn capacity_for(dir: &TempDir, entries: u64, value_len: usize) -> Result<u64> {
     let guess = entries * (workload::record_size(value_len) as u64 + 24) + (2 << 20);
     let name = dir.file("calibrate")?;
     let held = {
-        let c = options(value_len, guess).open(&name)?;
-        fill(&c, value_len, 0)?;
+        let mut c = options(value_len, guess).open(&name)?;
+        workload::fill_until_every_shard_evicts(&mut c, 0, value_len, true)?;
         c.stats().entries
     };
     Cache::unlink(&name)?;
@@ -296,18 +232,10 @@ struct MemRun {
 
 fn memory(dir: &TempDir, value_len: usize, capacity: u64) -> Result<MemRun> {
     let name = dir.file(&format!("mem-{value_len}-{capacity}"))?;
-    let cache = options(value_len, capacity).open(&name)?;
-    let first = fill(&cache, value_len, 0)?;
+    let mut cache = options(value_len, capacity).open(&name)?;
+    let first = workload::fill_until_every_shard_evicts(&mut cache, 0, value_len, true)?;
     // Steady state: as many fresh keys again, each set and read once.
-    let mut v = vec![0u8; value_len];
-    let mut buf = Vec::with_capacity(value_len);
-    let mut k = [0u8; KEY_LEN];
-    for i in first..2 * first {
-        workload::key_into(i, &mut k);
-        workload::write_value(i, 0, &mut v)?;
-        cache.set(&k, &v, Some(workload::TTL))?;
-        cache.get_into(&k, &mut buf)?;
-    }
+    workload::set_keys(&mut cache, first..2 * first, value_len, true)?;
     let s = cache.stats();
     drop(cache);
     Cache::unlink(&name)?;
@@ -320,14 +248,6 @@ fn memory(dir: &TempDir, value_len: usize, capacity: u64) -> Result<MemRun> {
         file_size: s.file_size,
         shards: s.shard_count,
     })
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "MISSED"
-    }
 }
 
 fn run() -> Result<()> {

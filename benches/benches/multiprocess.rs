@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
 use larder_bench::{
-    self as workload, BenchConfig, BenchReport, Distribution, Mix, Store, StoreError, KEY_LEN,
+    self as workload, load_average, BenchConfig, BenchReport, Distribution, Mix, Store, StoreError,
+    TempDir, KEY_LEN,
 };
 
 const HEED: &str = "heed";
@@ -182,7 +183,7 @@ impl RedisServer {
 
     fn start() -> Result<RedisServer, StoreError> {
         let dir = TempDir::new("redis")?;
-        let socket = dir.0.join("redis.sock");
+        let socket = dir.path().join("redis.sock");
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(&socket)
@@ -195,7 +196,7 @@ impl RedisServer {
                 "no",
             ])
             .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
-            .arg(&dir.0)
+            .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()?;
@@ -216,7 +217,7 @@ impl RedisServer {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.0.join("redis.sock")
+        self.dir.path().join("redis.sock")
     }
 }
 
@@ -228,35 +229,6 @@ impl Drop for RedisServer {
 }
 
 // ----- helpers ----------------------------------------------------------------------------
-
-/// A directory under /dev/shm (the medium larder uses) or the temp dir; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> std::io::Result<TempDir> {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = base.join(format!(
-            "larder-bench-{tag}-{}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
@@ -271,12 +243,6 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The machine's CPU time so far from /proc/stat, in ticks: (all, stolen by the host).
@@ -409,7 +375,7 @@ fn run_larder(plan: &Plan, dir: &TempDir) -> Result<Vec<BenchReport>, StoreError
             for _ in 0..plan.rounds {
                 for (i, &n) in plan.procs.iter().enumerate() {
                     // A fresh file per run: every run starts from the same prefilled cache.
-                    let path = dir.0.join(format!("larder-{runs}"));
+                    let path = dir.path().join(format!("larder-{runs}"));
                     runs += 1;
                     let target = path.to_str().ok_or("non-UTF-8 temp path")?;
                     let cfg = config(workload::LARDER, target, plan, d, m, n);
@@ -463,20 +429,11 @@ fn print_rounds(d: Distribution, m: Mix, procs: &[usize], by_n: &[Vec<BenchRepor
 fn run_heed(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
     let dir = TempDir::new("heed")?;
     {
-        let store = HeedStore::open(&dir.0)?;
+        let store = HeedStore::open(dir.path())?;
         store.prefill(workload::LIVE_KEYS, workload::VALUE_LEN)?;
     }
-    let target = dir.0.to_str().ok_or("non-UTF-8 temp path")?;
-    let mut reports = Vec::new();
-    for &d in &plan.dists {
-        for &m in &plan.mixes {
-            for &n in &plan.procs {
-                let cfg = config(HEED, target, plan, d, m, n);
-                reports.push(workload::run_multiprocess(&cfg)?);
-            }
-        }
-    }
-    Ok(reports)
+    let target = dir.path().to_str().ok_or("non-UTF-8 temp path")?;
+    run_peer(HEED, target, plan)
 }
 
 fn run_redis(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
@@ -488,11 +445,17 @@ fn run_redis(plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
         workload::TTL,
     )?;
     let target = socket.to_str().ok_or("non-UTF-8 temp path")?;
+    run_peer(REDIS, target, plan)
+}
+
+/// Every configuration of the plan on a peer's store at `target`, once each (the store
+/// is prefilled once, before the first).
+fn run_peer(backend: &str, target: &str, plan: &Plan) -> Result<Vec<BenchReport>, StoreError> {
     let mut reports = Vec::new();
     for &d in &plan.dists {
         for &m in &plan.mixes {
             for &n in &plan.procs {
-                let cfg = config(REDIS, target, plan, d, m, n);
+                let cfg = config(backend, target, plan, d, m, n);
                 reports.push(workload::run_multiprocess(&cfg)?);
             }
         }

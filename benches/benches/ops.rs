@@ -23,11 +23,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::{Measurement, ValueFormatter};
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput};
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
 use larder::Cache;
-use larder_bench::{self as workload, Distribution, Histogram, KeySampler, Rng, KEY_LEN};
+use larder_bench::{
+    self as workload, load_average, thread_cpu, verdict, Distribution, Histogram, KeySampler, Rng,
+    TempDir, KEY_LEN,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -223,35 +226,6 @@ impl Heed {
 
 // ----- fixture --------------------------------------------------------------------------
 
-/// A directory under /dev/shm (larder's medium) or the temp dir; removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<TempDir> {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = base.join(format!(
-            "larder-bench-{tag}-{}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Fixture {
     _dir: TempDir,
     keys: Vec<[u8; KEY_LEN]>,
@@ -285,33 +259,23 @@ fn fixture() -> Result<Fixture> {
         streams.push((d, s));
     }
 
-    let path = dir.0.join("larder");
-    let mut larder =
-        workload::options_for(n, workload::VALUE_LEN).open(path.to_str().ok_or("path")?)?;
+    let mut larder = workload::options_for(n, workload::VALUE_LEN).open(&dir.file("larder")?)?;
     workload::prefill(&mut larder, n, workload::VALUE_LEN)?;
     let entries = larder.stats().entries;
     if entries != n {
         return Err(format!("larder holds {entries} of {n} prefilled keys").into());
     }
 
-    let epath = dir.0.join("larder-evict");
-    let larder_evict = workload::options_for(n, workload::VALUE_LEN)
+    let mut larder_evict = workload::options_for(n, workload::VALUE_LEN)
         .capacity(EVICT_CAPACITY)
-        .open(epath.to_str().ok_or("path")?)?;
-    let mut fresh = FRESH_BASE;
-    let mut i = 0u64;
-    // Fill until every shard has evicted: the cache is then in its steady state.
-    while larder_evict.stats().shards.iter().any(|s| s.evictions == 0) {
-        for _ in 0..10_000 {
-            let v = &values[(i % n) as usize];
-            larder_evict.set(&workload::key(fresh), v, Some(workload::TTL))?;
-            fresh += 1;
-            i += 1;
-        }
-        if i > 100 * n {
-            return Err("the evicting cache never filled".into());
-        }
-    }
+        .open(&dir.file("larder-evict")?)?;
+    let fresh = FRESH_BASE
+        + workload::fill_until_every_shard_evicts(
+            &mut larder_evict,
+            FRESH_BASE,
+            workload::VALUE_LEN,
+            false,
+        )?;
     let cap = larder_evict.stats().entries as usize;
 
     let ceiling = Ceiling::new();
@@ -322,7 +286,7 @@ fn fixture() -> Result<Fixture> {
         inner: Mutex::new((HashMap::new(), VecDeque::new())),
         cap,
     };
-    let hdir = dir.0.join("heed");
+    let hdir = dir.path().join("heed");
     std::fs::create_dir(&hdir)?;
     let mut heed = Heed::open(&hdir)?;
     {
@@ -377,128 +341,87 @@ impl Cursor<'_> {
     }
 }
 
-fn dist_name(d: Distribution) -> &'static str {
-    match d {
-        Distribution::Uniform => "uniform",
-        Distribution::Zipf(_) => "zipf",
-    }
+/// Adds the benchmark `id` to `g`: `op` on the key index that each iteration draws
+/// from `stream`, its result kept from the optimiser.
+fn keyed<M: Measurement, O>(
+    g: &mut BenchmarkGroup<'_, M>,
+    id: &str,
+    stream: &[u32],
+    mut op: impl FnMut(usize) -> O,
+) {
+    g.bench_function(id, |b| {
+        let mut k = Cursor { s: stream, pos: 0 };
+        b.iter(|| black_box(op(k.next())))
+    });
 }
 
 fn keyed_ops<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
     let streams = std::mem::take(&mut f.streams);
     for (d, stream) in &streams {
-        let dn = dist_name(*d);
-        let cur = || Cursor { s: stream, pos: 0 };
+        let dn = d.to_string();
 
         let mut g = c.benchmark_group(format!("get_hit-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.larder.get(&f.keys[k.next()])))
-        });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.ceiling.get(&f.keys[k.next()])))
-        });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.heed.get(&f.keys[k.next()]).ok()))
-        });
+        keyed(&mut g, "larder", stream, |i| f.larder.get(&f.keys[i]));
+        keyed(&mut g, "ceiling", stream, |i| f.ceiling.get(&f.keys[i]));
+        keyed(&mut g, "heed", stream, |i| f.heed.get(&f.keys[i]).ok());
         g.finish();
 
         let mut g = c.benchmark_group(format!("get_into-{dn}"));
         let mut buf = Vec::with_capacity(workload::VALUE_LEN);
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.larder.get_into(&f.keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder.get_into(&f.keys[i], &mut buf).ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.ceiling.get_into(&f.keys[k.next()], &mut buf)))
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling.get_into(&f.keys[i], &mut buf)
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.heed.get_into(&f.keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed.get_into(&f.keys[i], &mut buf).ok()
         });
         g.finish();
 
         let mut g = c.benchmark_group(format!("get_miss-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.larder.get_into(&f.miss_keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder.get_into(&f.miss_keys[i], &mut buf).ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.ceiling.get_into(&f.miss_keys[k.next()], &mut buf)))
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling.get_into(&f.miss_keys[i], &mut buf)
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| black_box(f.heed.get_into(&f.miss_keys[k.next()], &mut buf).ok()))
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed.get_into(&f.miss_keys[i], &mut buf).ok()
         });
         g.finish();
 
         let mut g = c.benchmark_group(format!("single_flight_hit-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.larder
-                        .get_or_insert_with(&f.keys[i], Some(workload::TTL), || {
-                            Ok::<_, larder::Error>(f.values[i].clone())
-                        })
-                        .ok(),
-                )
-            })
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder
+                .get_or_insert_with(&f.keys[i], Some(workload::TTL), || {
+                    Ok::<_, larder::Error>(f.values[i].clone())
+                })
+                .ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.ceiling
-                        .get_or_insert_with(&f.keys[i], || f.values[i].clone()),
-                )
-            })
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling
+                .get_or_insert_with(&f.keys[i], || f.values[i].clone())
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.heed
-                        .get_or_insert_with(&f.keys[i], || f.values[i].clone())
-                        .ok(),
-                )
-            })
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed
+                .get_or_insert_with(&f.keys[i], || f.values[i].clone())
+                .ok()
         });
         g.finish();
 
         let before = f.larder.stats();
         let mut g = c.benchmark_group(format!("set_existing-{dn}"));
-        g.bench_function("larder", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(
-                    f.larder
-                        .set(&f.keys[i], &f.values[i], Some(workload::TTL))
-                        .ok(),
-                )
-            })
+        keyed(&mut g, "larder", stream, |i| {
+            f.larder
+                .set(&f.keys[i], &f.values[i], Some(workload::TTL))
+                .ok()
         });
-        g.bench_function("ceiling", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                f.ceiling.set(&f.keys[i], &f.values[i])
-            })
+        keyed(&mut g, "ceiling", stream, |i| {
+            f.ceiling.set(&f.keys[i], &f.values[i])
         });
-        g.bench_function("heed", |b| {
-            let mut k = cur();
-            b.iter(|| {
-                let i = k.next();
-                black_box(f.heed.set(&f.keys[i], &f.values[i]).ok())
-            })
+        keyed(&mut g, "heed", stream, |i| {
+            f.heed.set(&f.keys[i], &f.values[i]).ok()
         });
         g.finish();
         let after = f.larder.stats();
@@ -732,14 +655,6 @@ fn summary(clock: &str) {
     }
 }
 
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "MISSED"
-    }
-}
-
 /// Per-operation latency of larder, each operation timed alone (two clock reads each,
 /// about 40 ns, included): the tail that means over batches hide.
 fn latency_pass(f: &mut Fixture, quick: bool) -> Result<()> {
@@ -790,14 +705,6 @@ fn latency_pass(f: &mut Fixture, quick: bool) -> Result<()> {
 /// a machine shared with other work, time spent preempted is not counted (cache
 /// pollution from that work still is). Chosen with `LARDER_BENCH_CLOCK=cpu`.
 struct ThreadCpu;
-
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        t.tv_sec.max(0) as u64,
-        t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
 
 impl Measurement for ThreadCpu {
     type Intermediate = Duration;
@@ -854,12 +761,6 @@ impl ValueFormatter for CpuNs {
     fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
         "ns"
     }
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn run<M: Measurement>(mut c: Criterion<M>, quick: bool, clock: &str) -> Result<()> {

@@ -21,6 +21,9 @@
 //!   ([`TTL`]);
 //! - a small log-bucket latency histogram ([`Histogram`]), kept here so that the library
 //!   needs no histogram dependency;
+//! - what the benchmark binaries share: filling a cache ([`prefill`], [`set_keys`],
+//!   [`fill_until_every_shard_evicts`]), scratch directories ([`TempDir`]), the load
+//!   average, a thread's CPU time;
 //! - the multi-process throughput runner ([`run_multiprocess`]): N worker processes on
 //!   one store, started together, each running the mix for a fixed time and reporting
 //!   its operation count and sampled latencies.
@@ -90,7 +93,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -767,16 +770,54 @@ pub fn prefill(
     keys: u64,
     value_len: usize,
 ) -> std::result::Result<(), StoreError> {
+    set_keys(store, 0..keys, value_len, true)
+}
+
+/// Stores the keys `keys` (version 0, `value_len`-byte values, TTL [`TTL`]), each read
+/// back once if `read_back` (in larder, S3-FIFO then keeps it as a key in use).
+pub fn set_keys(
+    store: &mut dyn Store,
+    keys: std::ops::Range<u64>,
+    value_len: usize,
+    read_back: bool,
+) -> std::result::Result<(), StoreError> {
     let mut v = vec![0u8; value_len];
     let mut buf = Vec::with_capacity(value_len);
     let mut k = [0u8; KEY_LEN];
-    for i in 0..keys {
+    for i in keys {
         key_into(i, &mut k);
         write_value(i, 0, &mut v)?;
         store.set(&k, &v, TTL)?;
-        store.get_into(&k, &mut buf)?;
+        if read_back {
+            store.get_into(&k, &mut buf)?;
+        }
     }
     Ok(())
+}
+
+/// Sets fresh keys from `first` on, as [`set_keys`] does, until every shard of `cache`
+/// has evicted: its logs are then full and the cache is in its steady state. Returns
+/// how many keys it set.
+pub fn fill_until_every_shard_evicts(
+    cache: &mut Cache,
+    first: u64,
+    value_len: usize,
+    read_back: bool,
+) -> std::result::Result<u64, StoreError> {
+    const BATCH: u64 = 4096;
+    // A hundred times what the file holds: far more than filling it ever takes.
+    let limit = 100 * (cache.stats().file_size / record_size(value_len) as u64 + BATCH);
+    let mut n = 0;
+    loop {
+        set_keys(cache, first + n..first + n + BATCH, value_len, read_back)?;
+        n += BATCH;
+        if cache.stats().shards.iter().all(|s| s.evictions > 0) {
+            return Ok(n);
+        }
+        if n > limit {
+            return Err(format!("the cache never filled ({n} keys set)").into());
+        }
+    }
 }
 
 // ----- the multi-process runner: configuration ---------------------------------------
@@ -1125,11 +1166,7 @@ impl BenchReport {
     /// workload among `runs`: below 1.0 when processes slow each other down (contended
     /// cache lines, locks), whether or not each had a CPU to itself.
     pub fn cpu_efficiency(&self, runs: &[BenchReport]) -> Option<f64> {
-        let base = runs
-            .iter()
-            .find(|r| r.config.processes == 1 && r.same_workload(self))?;
-        let b = base.ops_per_cpu_sec();
-        (b > 0.0).then(|| self.ops_per_cpu_sec() / b)
+        self.over_one_process(runs, BenchReport::ops_per_cpu_sec)
     }
 
     /// CPU time over elapsed time, averaged over the workers (1.0: never off the CPU).
@@ -1189,11 +1226,21 @@ impl BenchReport {
     /// This run's throughput over that of the one-process run of the same workload
     /// among `runs`, if there is one.
     pub fn scaling(&self, runs: &[BenchReport]) -> Option<f64> {
+        self.over_one_process(runs, BenchReport::ops_per_sec)
+    }
+
+    /// `metric` of this run over that of the one-process run of the same workload among
+    /// `runs`, if there is one (and its figure is above zero).
+    fn over_one_process(
+        &self,
+        runs: &[BenchReport],
+        metric: fn(&BenchReport) -> f64,
+    ) -> Option<f64> {
         let base = runs
             .iter()
             .find(|r| r.config.processes == 1 && r.same_workload(self))?;
-        let b = base.ops_per_sec();
-        (b > 0.0).then(|| self.ops_per_sec() / b)
+        let b = metric(base);
+        (b > 0.0).then(|| metric(self) / b)
     }
 }
 
@@ -1299,6 +1346,98 @@ pub fn default_process_counts() -> Vec<usize> {
     v
 }
 
+// ----- for the benchmark binaries ----------------------------------------------------
+
+/// A private directory, removed with everything in it when dropped: the benchmarks'
+/// cache files and peers' stores, the runner's result files.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+static TEMP_DIRS: AtomicU64 = AtomicU64::new(0);
+
+impl TempDir {
+    /// A directory under /dev/shm (larder's medium) where there is one, else under the
+    /// temp dir.
+    pub fn new(tag: &str) -> Result<TempDir> {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            TempDir::new_in(shm, tag)
+        } else {
+            TempDir::new_in(&std::env::temp_dir(), tag)
+        }
+    }
+
+    /// A directory under `base`, named `larder-bench-<tag>-<pid>-<n>-<nanos>`.
+    pub fn new_in(base: &Path, tag: &str) -> Result<TempDir> {
+        let mut tries = 0;
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let p = base.join(format!(
+                "larder-bench-{tag}-{}-{}-{nanos:08x}",
+                std::process::id(),
+                TEMP_DIRS.fetch_add(1, Ordering::Relaxed)
+            ));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                // Left by an earlier process with this pid: the next name is another.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of `name` in the directory, as the `&str` a cache name is.
+    pub fn file(&self, name: &str) -> Result<String> {
+        let p = self.0.join(name);
+        p.to_str().map(str::to_string).ok_or_else(|| {
+            Error::Io(std::io::Error::other(format!(
+                "{}: not UTF-8, so not a cache name",
+                p.display()
+            )))
+        })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The machine's load averages over 1, 5 and 15 minutes (`unknown` where /proc/loadavg
+/// cannot be read): printed beside figures that other work on the machine inflates.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// How a benchmark prints whether a target was met.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+/// CPU time of the calling thread.
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 // ----- the multi-process runner: parent side -----------------------------------------
 
 /// Lines a worker writes on its standard output.
@@ -1354,43 +1493,6 @@ impl Workers {
     }
 }
 
-/// A directory for the run's result files; removed when dropped.
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-impl RunDir {
-    fn new() -> Result<RunDir> {
-        let base = std::env::temp_dir();
-        let mut last = None;
-        for _ in 0..16 {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let p = base.join(format!(
-                "larder-bench-{}-{}-{nanos:08x}",
-                std::process::id(),
-                RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            match std::fs::create_dir(&p) {
-                Ok(()) => return Ok(RunDir(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(last
-            .map(Error::from)
-            .unwrap_or_else(|| Error::InvalidOptions("no run directory".into())))
-    }
-}
-
 fn worker_error(i: usize, what: &str) -> Error {
     Error::Io(std::io::Error::other(format!(
         "benchmark worker {i}: {what}"
@@ -1442,7 +1544,7 @@ pub fn run_multiprocess(cfg: &BenchConfig) -> Result<BenchReport> {
         prepare_larder(cfg)?;
     }
     let exe = std::env::current_exe()?;
-    let dir = RunDir::new()?;
+    let dir = TempDir::new_in(&std::env::temp_dir(), "run")?;
     let (tx, rx) = mpsc::channel::<(usize, Msg)>();
     let mut workers = Workers {
         children: Vec::with_capacity(cfg.processes),
@@ -1450,7 +1552,7 @@ pub fn run_multiprocess(cfg: &BenchConfig) -> Result<BenchReport> {
     };
     let mut results = Vec::with_capacity(cfg.processes);
     for id in 0..cfg.processes {
-        let result = dir.0.join(format!("worker-{id}.result"));
+        let result = dir.path().join(format!("worker-{id}.result"));
         let spec = WorkerSpec {
             cfg: cfg.clone(),
             id,
@@ -1789,15 +1891,6 @@ fn worker_loop(
     r.elapsed = now.duration_since(start);
     r.cpu = thread_cpu().saturating_sub(cpu_start);
     Ok((r, hist))
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        t.tv_sec.max(0) as u64,
-        t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }
 
 #[cfg(test)]

@@ -8,75 +8,22 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+// The library's test helpers: a private temp dir per test, child processes that never
+// outlive a test.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+use common::{ChildGuard, TempCache};
 
 const BIN: &str = env!("CARGO_BIN_EXE_larder");
 /// Generous: a loaded CI machine running the debug binary.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// An owner that is not the test's uid: larder refuses its files as unsafe.
 const OTHER_UID: u32 = 12345;
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A private temporary directory, removed on drop (also when the test panics).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "larder-cli-{tag}-{}-{n}-{}",
-            std::process::id(),
-            nanos()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-
-    /// A cache path in this directory (a NAME with '/', so never in /dev/shm).
-    fn cache(&self, file: &str) -> String {
-        self.0
-            .join(file)
-            .to_str()
-            .expect("utf-8 temp path")
-            .to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-/// Kills and reaps the child unless it was waited for.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("child")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// What a finished run left.
 struct Out {
@@ -152,35 +99,23 @@ fn recv_by(rx: &mpsc::Receiver<Vec<u8>>, deadline: Instant, what: &str) -> Vec<u
 
 /// Waits for the child to exit, up to `deadline`; the guard kills it otherwise.
 fn wait_by(guard: &mut ChildGuard, deadline: Instant) -> Option<i32> {
-    loop {
-        if let Some(status) = guard.child().try_wait().expect("try_wait") {
-            guard.0 = None;
-            return status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "larder did not exit within {DEADLINE:?}"
-        );
-        // Its output is already closed, so the process is exiting: poll briefly.
-        std::thread::sleep(Duration::from_millis(5)); // poll interval; the deadline is checked in this loop
-    }
+    guard.wait_or_fail(deadline, "larder").code()
 }
 
 fn run_with(args: &[&str], stdin: Option<&[u8]>) -> Out {
     let deadline = Instant::now() + DEADLINE;
-    let child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn larder");
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     if let Some(input) = stdin {
         let mut pipe = guard.child().stdin.take().expect("stdin");
         let input = input.to_vec();
@@ -226,14 +161,13 @@ fn create(path: &str) {
 /// A process attached to `path` (a `stats --watch` with a bound), once it has drawn its
 /// first frame; killed when the guard drops.
 fn attached_process(path: &str) -> ChildGuard {
-    let child = Command::new(BIN)
-        .args(["stats", path, "--watch", "50ms", "--count", "2400"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn holder");
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["stats", path, "--watch", "50ms", "--count", "2400"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let stdout = guard.child().stdout.take().expect("stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -276,8 +210,8 @@ fn write_not_a_cache(path: &str) {
 
 #[test]
 fn create_makes_the_file_with_its_mode_and_is_idempotent() {
-    let t = TempDir::new("create");
-    let c = t.cache("c");
+    let t = TempCache::new("create");
+    let c = t.file("c");
     let out = larder(&[
         "create",
         &c,
@@ -317,14 +251,14 @@ fn create_makes_the_file_with_its_mode_and_is_idempotent() {
 
 #[test]
 fn create_refuses_bad_sizes_modes_and_places() {
-    let t = TempDir::new("create-bad");
-    let c = t.cache("c");
+    let t = TempCache::new("create-bad");
+    let c = t.file("c");
     larder(&["create", &c, "--capacity", "12XB"]).fails(1, "unknown size unit");
     larder(&["create", &c, "--mode", "0666"]).fails(1, "world-writable");
     larder(&["create", &c, "--mode", "rw"]).fails(1, "not a file mode");
     larder(&["create", &c, "--shards", "3"]).fails(1, "power of two");
     larder(&["create", &c, "--capacity", "4MiB", "--max-value", "4MiB"]).fails(1, "invalid");
-    larder(&["create", &t.cache("missing/dir/c")]).fails(1, "does not exist");
+    larder(&["create", &t.file("missing/dir/c")]).fails(1, "does not exist");
     larder(&["create", "no spaces"]).fails(1, "invalid cache name");
     assert!(!Path::new(&c).exists());
 }
@@ -333,8 +267,8 @@ fn create_refuses_bad_sizes_modes_and_places() {
 
 #[test]
 fn set_get_del_round_trip_text() {
-    let t = TempDir::new("getset");
-    let c = t.cache("c");
+    let t = TempCache::new("getset");
+    let c = t.file("c");
     create(&c);
     larder(&["set", &c, "token:abc", "user=alice roles=admin"]).ok();
     assert_eq!(
@@ -354,8 +288,8 @@ fn set_get_del_round_trip_text() {
 
 #[test]
 fn incr_counts_with_init_by_and_ttl_and_refuses_a_non_counter() {
-    let t = TempDir::new("incr");
-    let c = t.cache("c");
+    let t = TempCache::new("incr");
+    let c = t.file("c");
     create(&c);
     assert_eq!(larder(&["incr", &c, "fail:alice"]).ok(), "1\n");
     assert_eq!(larder(&["incr", &c, "fail:alice", "--by", "4"]).ok(), "5\n");
@@ -376,8 +310,8 @@ fn incr_counts_with_init_by_and_ttl_and_refuses_a_non_counter() {
 
 #[test]
 fn set_reads_the_value_from_stdin_byte_for_byte() {
-    let t = TempDir::new("stdin");
-    let c = t.cache("c");
+    let t = TempCache::new("stdin");
+    let c = t.file("c");
     create(&c);
     let value: Vec<u8> = (0..=255).collect();
     larder_stdin(&["set", &c, "bin", "-"], &value).ok();
@@ -393,8 +327,8 @@ fn set_reads_the_value_from_stdin_byte_for_byte() {
 
 #[test]
 fn binary_keys_and_values_use_hex_or_base64_and_print_escaped() {
-    let t = TempDir::new("binary");
-    let c = t.cache("c");
+    let t = TempCache::new("binary");
+    let c = t.file("c");
     create(&c);
     larder(&["set", &c, "k", "00ff0a41", "--hex"]).ok();
     assert_eq!(larder(&["get", &c, "k", "--hex"]).ok(), "00ff0a41\n");
@@ -415,8 +349,8 @@ fn binary_keys_and_values_use_hex_or_base64_and_print_escaped() {
 
 #[test]
 fn set_with_ttl_and_limits() {
-    let t = TempDir::new("ttl");
-    let c = t.cache("c");
+    let t = TempCache::new("ttl");
+    let c = t.file("c");
     create(&c);
     larder(&["set", &c, "session", "alice", "--ttl", "5m"]).ok();
     let dump = larder(&["dump", &c, "--json"]).ok();
@@ -439,8 +373,8 @@ fn set_with_ttl_and_limits() {
 
 #[test]
 fn keys_filters_by_prefix_and_stops_at_the_limit() {
-    let t = TempDir::new("keys");
-    let c = t.cache("c");
+    let t = TempCache::new("keys");
+    let c = t.file("c");
     create(&c);
     {
         let cache = larder::Cache::open(&c).unwrap();
@@ -476,8 +410,8 @@ fn keys_filters_by_prefix_and_stops_at_the_limit() {
 
 #[test]
 fn keys_into_a_closed_pipe_ends_quietly() {
-    let t = TempDir::new("pipe");
-    let c = t.cache("c");
+    let t = TempCache::new("pipe");
+    let c = t.file("c");
     {
         let cache = larder::Options::new()
             .capacity(8 << 20)
@@ -489,14 +423,13 @@ fn keys_into_a_closed_pipe_ends_quietly() {
                 .unwrap();
         }
     }
-    let child = Command::new(BIN)
-        .args(["keys", &c])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(Some(child));
+    let mut guard = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["keys", &c])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
     let deadline = Instant::now() + DEADLINE;
     let err = drain(guard.child().stderr.take().unwrap());
     // Read one line, then hang up, like `| head -1`.
@@ -513,8 +446,8 @@ fn keys_into_a_closed_pipe_ends_quietly() {
 
 #[test]
 fn dump_shows_keys_sizes_ttls_and_values_only_on_request() {
-    let t = TempDir::new("dump");
-    let c = t.cache("c");
+    let t = TempCache::new("dump");
+    let c = t.file("c");
     create(&c);
     larder(&["set", &c, "a\"quote", "text value"]).ok();
     larder(&["set", &c, "bin", "ff00", "--hex"]).ok();
@@ -548,16 +481,16 @@ fn dump_shows_keys_sizes_ttls_and_values_only_on_request() {
         "{text}"
     );
 
-    let empty = TempDir::new("dump-empty");
-    let e = empty.cache("e");
+    let empty = TempCache::new("dump-empty");
+    let e = empty.file("e");
     create(&e);
     assert_eq!(larder(&["dump", &e, "--json"]).ok(), "[\n]\n");
 }
 
 // ----- stats -------------------------------------------------------------------------
 
-fn busy_cache(t: &TempDir) -> String {
-    let c = t.cache("c");
+fn busy_cache(t: &TempCache) -> String {
+    let c = t.file("c");
     create(&c);
     larder(&["set", &c, "a", "1"]).ok();
     larder(&["set", &c, "a", "22"]).ok();
@@ -580,7 +513,7 @@ fn text_value<'a>(text: &'a str, label: &str) -> &'a str {
 
 #[test]
 fn stats_text_shows_every_counter_in_human_units() {
-    let t = TempDir::new("stats");
+    let t = TempCache::new("stats");
     let c = busy_cache(&t);
     let text = larder(&["stats", &c]).ok();
     for label in [
@@ -618,7 +551,7 @@ fn stats_text_shows_every_counter_in_human_units() {
 
 #[test]
 fn stats_json_and_shards() {
-    let t = TempDir::new("stats-json");
+    let t = TempCache::new("stats-json");
     let c = busy_cache(&t);
     let json = larder(&["stats", &c, "--json"]).ok();
     assert!(
@@ -651,7 +584,7 @@ fn stats_json_and_shards() {
 
 #[test]
 fn stats_prometheus_is_the_text_exposition_format() {
-    let t = TempDir::new("stats-prom");
+    let t = TempCache::new("stats-prom");
     let c = busy_cache(&t);
     let prom = larder(&["stats", &c, "--prometheus", "--shards"]).ok();
     let mut described = std::collections::HashSet::new();
@@ -681,7 +614,7 @@ fn stats_prometheus_is_the_text_exposition_format() {
 
 #[test]
 fn stats_watch_draws_count_frames() {
-    let t = TempDir::new("watch");
+    let t = TempCache::new("watch");
     let c = busy_cache(&t);
     let out = larder(&["stats", &c, "--watch", "20ms", "--count", "3"]).ok();
     assert_eq!(out.lines().filter(|l| l.starts_with("cache")).count(), 3);
@@ -695,8 +628,8 @@ fn stats_watch_draws_count_frames() {
 
 #[test]
 fn verify_exits_0_when_clean_1_on_problems_and_repair_fixes_them() {
-    let t = TempDir::new("verify");
-    let c = t.cache("c");
+    let t = TempCache::new("verify");
+    let c = t.file("c");
     create(&c);
     let key = "corrupt-me-please-0123456789";
     larder(&["set", &c, key, "v"]).ok();
@@ -738,9 +671,9 @@ fn verify_exits_0_when_clean_1_on_problems_and_repair_fixes_them() {
 
 #[test]
 fn verify_exits_2_when_it_cannot_check() {
-    let t = TempDir::new("verify-2");
-    larder(&["verify", &t.cache("missing")]).fails(2, "no cache at");
-    let junk = t.cache("junk");
+    let t = TempCache::new("verify-2");
+    larder(&["verify", &t.file("missing")]).fails(2, "no cache at");
+    let junk = t.file("junk");
     write_not_a_cache(&junk);
     larder(&["verify", &junk]).fails(2, "not a larder cache");
     larder(&["verify", "bad/"]).fails(2, "invalid cache name");
@@ -749,15 +682,15 @@ fn verify_exits_2_when_it_cannot_check() {
 
 #[test]
 fn repair_refuses_while_attached_unless_online_and_ls_counts_the_process() {
-    let t = TempDir::new("repair");
-    let c = t.cache("auth.larder2");
+    let t = TempCache::new("repair");
+    let c = t.file("auth.larder2");
     create(&c);
     larder(&["set", &c, "k", "v"]).ok();
     let holder = attached_process(&c);
 
     larder(&["repair", &c]).fails(1, "in use by 1 attached process(es)");
     larder(&["repair", &c]).fails(1, "larder repair --online");
-    let ls = larder(&["ls", "--dir", t.0.to_str().unwrap()]).ok();
+    let ls = larder(&["ls", "--dir", common::s(&t.dir)]).ok();
     let row = ls.lines().nth(1).expect("a row");
     let cols: Vec<&str> = row.split_whitespace().collect();
     // NAME SIZE(2 words) ENTRIES FILL OWNER MODE PROCS
@@ -781,8 +714,8 @@ fn repair_refuses_while_attached_unless_online_and_ls_counts_the_process() {
 
 #[test]
 fn clear_removes_every_entry() {
-    let t = TempDir::new("clear");
-    let c = t.cache("c");
+    let t = TempCache::new("clear");
+    let c = t.file("c");
     create(&c);
     for k in ["a", "b", "c"] {
         larder(&["set", &c, k, "v"]).ok();
@@ -794,18 +727,18 @@ fn clear_removes_every_entry() {
 
 #[test]
 fn rm_removes_caches_and_nothing_else() {
-    let t = TempDir::new("rm");
-    let c = t.cache("c");
+    let t = TempCache::new("rm");
+    let c = t.file("c");
     create(&c);
     assert_eq!(larder(&["rm", &c]).ok(), format!("removed {c}\n"));
     assert!(!Path::new(&c).exists());
     larder(&["rm", &c]).fails(1, "no cache at");
 
-    let notes = t.cache("notes");
+    let notes = t.file("notes");
     write_not_a_cache(&notes);
     larder(&["rm", &notes]).fails(1, "not removing it");
     assert!(Path::new(&notes).exists());
-    let short = t.cache("short");
+    let short = t.file("short");
     std::fs::write(&short, b"tiny").unwrap();
     larder(&["rm", &short]).fails(1, "cannot confirm");
     assert!(Path::new(&short).exists());
@@ -815,17 +748,17 @@ fn rm_removes_caches_and_nothing_else() {
 
 #[test]
 fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
-    let t = TempDir::new("ls");
-    let dir = t.0.to_str().unwrap();
-    let a = t.cache("alpha.larder2");
+    let t = TempCache::new("ls");
+    let dir = common::s(&t.dir);
+    let a = t.file("alpha.larder2");
     create(&a);
     larder(&["set", &a, "k1", "v"]).ok();
     larder(&["set", &a, "k2", "v"]).ok();
-    let junk = t.cache("junk.larder2");
+    let junk = t.file("junk.larder2");
     write_not_a_cache(&junk);
-    std::fs::write(t.cache("unrelated.txt"), b"x").unwrap();
-    std::fs::write(t.cache("future.larder9"), b"x").unwrap();
-    let other = t.cache("other.larder2");
+    std::fs::write(t.file("unrelated.txt"), b"x").unwrap();
+    std::fs::write(t.file("future.larder9"), b"x").unwrap();
+    let other = t.file("other.larder2");
     create(&other);
     let chowned = chown_other(&other);
 
@@ -839,7 +772,7 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     let row = |name: &str| -> &str {
         lines
             .iter()
-            .find(|l| l.starts_with(&t.cache(name)))
+            .find(|l| l.starts_with(&t.file(name)))
             .unwrap_or_else(|| panic!("no {name} in {out}"))
     };
     let alpha: Vec<&str> = row("alpha.larder2").split_whitespace().collect();
@@ -869,28 +802,17 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     }
     assert!(!out.contains("unrelated"));
 
-    let empty = TempDir::new("ls-empty");
-    assert!(larder(&["ls", "--dir", empty.0.to_str().unwrap()])
+    let empty = TempCache::new("ls-empty");
+    assert!(larder(&["ls", "--dir", common::s(&empty.dir)])
         .ok()
         .starts_with("no larder cache files in"));
-    larder(&["ls", "--dir", &t.cache("nope")]).fails(1, "cannot list");
-}
-
-/// Removes `/dev/shm/<name>.larder2` on drop.
-struct ShmGuard(String);
-
-impl Drop for ShmGuard {
-    fn drop(&mut self) {
-        if let Ok(p) = larder::Cache::path_of(&self.0) {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    larder(&["ls", "--dir", &t.file("nope")]).fails(1, "cannot list");
 }
 
 #[test]
 fn bare_names_live_in_dev_shm() {
-    let name = format!("larder-cli-test-{}-{}", std::process::id(), nanos());
-    let guard = ShmGuard(name.clone());
+    let name = common::unique_name("cli-test");
+    let guard = common::UnlinkOnDrop(name.clone());
     let out = larder(&["create", &name, "--capacity", "1MiB", "--max-value", "1KiB"]).ok();
     let path = format!("/dev/shm/{name}.larder2");
     assert!(out.contains(&path), "{out}");
@@ -948,8 +870,8 @@ fn bench_ok(out: &Out) -> String {
 
 #[test]
 fn bench_runs_the_workload_on_a_given_cache() {
-    let t = TempDir::new("bench");
-    let b = t.cache("b");
+    let t = TempCache::new("bench");
+    let b = t.file("b");
     let args = ["bench", &b, "--procs", "2", "--secs", "1", "--keys", "2000"];
     let text = bench_ok(&larder(&args));
     assert!(text.contains("90/10") && text.contains(" 2 "), "{text}");
@@ -965,30 +887,30 @@ fn bench_runs_the_workload_on_a_given_cache() {
 
 #[test]
 fn bench_reports_bad_arguments_and_caches_in_one_line() {
-    let t = TempDir::new("bench-bad");
-    let small = t.cache("small");
+    let t = TempCache::new("bench-bad");
+    let small = t.file("small");
     larder(&["create", &small, "--capacity", "4MiB", "--max-value", "64"]).ok();
     larder(&["bench", &small, "--secs", "1", "--keys", "100"]).fails(1, "the workload needs");
-    let junk = t.cache("junk");
+    let junk = t.file("junk");
     write_not_a_cache(&junk);
     larder(&["bench", &junk, "--secs", "1"]).fails(1, "not a larder cache");
-    larder(&["bench", &t.cache("b"), "--procs", "0"]).fails(1, "0 processes");
-    larder(&["bench", &t.cache("b"), "--mix", "90/20"]).fails(1, "--mix");
-    larder(&["bench", &t.cache("b"), "--dist", "pareto"]).fails(1, "--dist");
-    larder(&["bench", &t.cache("no/such/dir/b"), "--secs", "1"]).fails(1, "does not exist");
+    larder(&["bench", &t.file("b"), "--procs", "0"]).fails(1, "0 processes");
+    larder(&["bench", &t.file("b"), "--mix", "90/20"]).fails(1, "--mix");
+    larder(&["bench", &t.file("b"), "--dist", "pareto"]).fails(1, "--dist");
+    larder(&["bench", &t.file("no/such/dir/b"), "--secs", "1"]).fails(1, "does not exist");
 }
 
 // ----- the error contract, for every subcommand --------------------------------------
 
 #[test]
 fn every_subcommand_reports_user_mistakes_in_one_line() {
-    let t = TempDir::new("errors");
-    let missing = t.cache("missing");
-    let junk = t.cache("junk");
+    let t = TempCache::new("errors");
+    let missing = t.file("missing");
+    let junk = t.file("junk");
     write_not_a_cache(&junk);
-    let short = t.cache("short");
+    let short = t.file("short");
     std::fs::write(&short, b"0123456789").unwrap();
-    let foreign = t.cache("foreign");
+    let foreign = t.file("foreign");
     create(&foreign);
     let chowned = chown_other(&foreign);
 

@@ -479,7 +479,9 @@ impl PyCache {
             .into_iter()
             .map(|v| match v {
                 Some(v) => self.decode(py, &v),
-                None => Ok(default.as_ref().map_or_else(|| py.None(), |d| d.clone_ref(py))),
+                None => Ok(default
+                    .as_ref()
+                    .map_or_else(|| py.None(), |d| d.clone_ref(py))),
             })
             .collect()
     }

@@ -1,11 +1,55 @@
 //! Shared test helpers: unique cache files in a private temp dir, removed on drop (also
-//! when the test panics).
+//! when the test panics); the options most tests start from; child processes that never
+//! outlive a test; deadlines; a deterministic RNG and self-checking values.
+//!
+//! Included by every integration test (`mod common;`) and by cli/tests/cli.rs (by path),
+//! so it uses nothing but std, larder and libc. Helpers that patch cache files byte by
+//! byte need xxhash-rust as well and live in `image.rs` beside this file.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn nanos_since_epoch() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A name no other test, process or earlier run uses: `larder-{tag}-{pid}-{n}-{nanos}`.
+pub fn unique_name(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "larder-{tag}-{}-{n}-{:x}",
+        std::process::id(),
+        nanos_since_epoch()
+    )
+}
+
+/// A path as the `&str` that cache names are.
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The options most tests start from: a 4 MiB file, keys up to 64 bytes, values up to
+/// 1 KiB. Tests change what they need on top.
+pub fn small_options() -> larder::Options {
+    larder::Options::new()
+        .capacity(4 << 20)
+        .max_key_len(64)
+        .max_value_len(1024)
+}
+
+/// `opts` with lock and fill timeouts of 30 s: on a loaded machine no lock or fill may
+/// time out unless the test means it to (a stopped holder still costs a bounded wait).
+pub fn long_timeouts(opts: larder::Options) -> larder::Options {
+    opts.lock_timeout(std::time::Duration::from_secs(30))
+        .fill_timeout(std::time::Duration::from_secs(30))
+}
 
 /// A temp directory holding one test's cache file; removed on drop.
 pub struct TempCache {
@@ -15,29 +59,24 @@ pub struct TempCache {
 
 impl TempCache {
     pub fn new(tag: &str) -> TempCache {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "larder-test-{tag}-{}-{n}-{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
+        let dir = std::env::temp_dir().join(unique_name(&format!("test-{tag}")));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("cache");
         TempCache { dir, path }
     }
 
     pub fn name(&self) -> &str {
-        self.path.to_str().expect("utf-8 path")
+        s(&self.path)
+    }
+
+    /// The path of another file in this directory, as a cache name (it has a '/', so it
+    /// never names a file in /dev/shm).
+    pub fn file(&self, name: &str) -> String {
+        s(&self.dir.join(name)).to_string()
     }
 
     pub fn options(&self) -> larder::Options {
-        larder::Options::new()
-            .capacity(4 << 20)
-            .max_key_len(64)
-            .max_value_len(1024)
+        small_options()
     }
 
     pub fn open(&self) -> larder::Cache {
@@ -49,6 +88,24 @@ impl Drop for TempCache {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Removes the cache `name` (a bare name, in /dev/shm, or a path) when dropped, also when
+/// the test panics: for a test whose file cannot live in a [`TempCache`]'s directory.
+pub struct UnlinkOnDrop(pub String);
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        let _ = larder::Cache::unlink(&self.0);
+    }
+}
+
+/// `Cache::repair_offline` once this process's last handle on the file has closed: the
+/// handle holds nothing after `drop` returns (no thread of larder's keeps a mapping), so
+/// the repair never finds the file in use (tests/errors.rs,
+/// `offline_repair_right_after_the_last_handle_closes_is_not_in_use`).
+pub fn repair_offline_after_close(name: &str) -> larder::RepairReport {
+    larder::Cache::repair_offline(name, &larder::Options::new()).expect("offline repair")
 }
 
 // ----- processes, deadlines and self-checking values (crash, single-flight, fork tests) --
@@ -106,13 +163,121 @@ pub fn deadline_in(secs: u64) -> Instant {
     Instant::now() + Duration::from_secs(secs)
 }
 
-/// Child processes that are SIGKILLed and reaped when this guard drops, including when
-/// the test panics, so a failing test never leaves a child behind.
-#[derive(Default)]
-pub struct Children {
-    procs: Vec<Child>,
-    status: Vec<Option<ExitStatus>>,
+/// Reads a variable a parent set for its child; panics (failing the child) without it.
+pub fn child_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("child started without {name}"))
 }
+
+/// One child process, SIGKILLed and reaped when the guard drops unless it was reaped
+/// before, including when the test panics, so a failing test never leaves it behind.
+/// Its output may go to a log file, which the guard's failures show.
+pub struct ChildGuard {
+    child: Child,
+    status: Option<ExitStatus>,
+    log: Option<PathBuf>,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` as it is set up.
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        let child = cmd.spawn().expect("spawn child process");
+        ChildGuard {
+            child,
+            status: None,
+            log: None,
+        }
+    }
+
+    /// Spawns `cmd` with its stdout and stderr written to the file `log`.
+    pub fn spawn_logged(cmd: &mut Command, log: PathBuf) -> ChildGuard {
+        let out = std::fs::File::create(&log).expect("child log file");
+        let err = out.try_clone().expect("child log file");
+        let mut guard = ChildGuard::spawn(cmd.stdout(out).stderr(err));
+        guard.log = Some(log);
+        guard
+    }
+
+    /// The process, for its pipes.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What the child wrote to its log so far (empty without one).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Sends `sig` unless the child has been reaped.
+    pub fn signal(&self, sig: i32) {
+        if self.status.is_none() {
+            // SAFETY: kill(2) on our own child, which is not reaped yet so its pid cannot
+            // have been reused; it has no memory-safety effect on this process.
+            unsafe {
+                libc::kill(self.pid(), sig);
+            }
+        }
+    }
+
+    /// The exit status if the child has exited (reaping it), without waiting.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("waiting for child");
+        }
+        self.status
+    }
+
+    /// Waits for the child to exit until `deadline`; `None` if it is still running then.
+    pub fn wait_until(&mut self, deadline: Instant) -> Option<ExitStatus> {
+        poll_until(deadline, || self.try_status().is_some());
+        self.status
+    }
+
+    /// Waits for the child until `deadline`; panics (the guard then kills it) if it is
+    /// still running, saying `what` it was doing, with its log.
+    pub fn wait_or_fail(&mut self, deadline: Instant, what: &str) -> ExitStatus {
+        match self.wait_until(deadline) {
+            Some(s) => s,
+            None => {
+                let log = self.log();
+                let log = if log.is_empty() {
+                    log
+                } else {
+                    format!("; its log:\n{log}")
+                };
+                panic!("{what} did not exit before its deadline{log}")
+            }
+        }
+    }
+
+    /// SIGKILLs the child (if still running) and reaps it.
+    pub fn kill_and_reap(&mut self) -> ExitStatus {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = Some(self.child.wait().expect("reap child"));
+        }
+        self.status.expect("reaped")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Child processes, each in a [`ChildGuard`], known by their index.
+#[derive(Default)]
+pub struct Children(Vec<ChildGuard>);
 
 impl Children {
     pub fn new() -> Children {
@@ -121,68 +286,38 @@ impl Children {
 
     /// Spawns `cmd`; returns the child's index in this guard.
     pub fn spawn(&mut self, cmd: &mut Command) -> usize {
-        let child = cmd.spawn().expect("spawn child process");
-        self.procs.push(child);
-        self.status.push(None);
-        self.procs.len() - 1
+        self.0.push(ChildGuard::spawn(cmd));
+        self.0.len() - 1
     }
 
     pub fn pid(&self, i: usize) -> i32 {
-        self.procs[i].id() as i32
+        self.0[i].pid()
     }
 
     /// Sends `sig` to child `i` unless it has been reaped.
     pub fn signal(&self, i: usize, sig: i32) {
-        if self.status[i].is_none() {
-            // SAFETY: kill(2) on our own child, which is not reaped yet so its pid cannot
-            // have been reused; it has no memory-safety effect on this process.
-            unsafe {
-                libc::kill(self.procs[i].id() as i32, sig);
-            }
-        }
+        self.0[i].signal(sig)
     }
 
     /// Child `i`'s exit status if it has exited (reaping it), without waiting.
     pub fn try_status(&mut self, i: usize) -> Option<ExitStatus> {
-        if self.status[i].is_none() {
-            self.status[i] = self.procs[i].try_wait().expect("waiting for child");
-        }
-        self.status[i]
+        self.0[i].try_status()
     }
 
     /// Waits for child `i` to exit until `deadline`; `None` if it is still running then.
     pub fn wait_until(&mut self, i: usize, deadline: Instant) -> Option<ExitStatus> {
-        poll_until(deadline, || self.try_status(i).is_some());
-        self.status[i]
+        self.0[i].wait_until(deadline)
     }
 
     /// Waits for child `i` until `deadline`; panics (the guard then kills every child)
     /// if it is still running, saying `what` it was doing.
     pub fn wait_or_fail(&mut self, i: usize, deadline: Instant, what: &str) -> ExitStatus {
-        match self.wait_until(i, deadline) {
-            Some(s) => s,
-            None => panic!("child {i} ({what}) did not exit before its deadline"),
-        }
+        self.0[i].wait_or_fail(deadline, &format!("child {i} ({what})"))
     }
 
     /// SIGKILLs child `i` (if still running) and reaps it.
     pub fn kill_and_reap(&mut self, i: usize) -> ExitStatus {
-        if self.status[i].is_none() {
-            let _ = self.procs[i].kill();
-            self.status[i] = Some(self.procs[i].wait().expect("reap child"));
-        }
-        self.status[i].expect("reaped")
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (c, s) in self.procs.iter_mut().zip(&self.status) {
-            if s.is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
+        self.0[i].kill_and_reap()
     }
 }
 
