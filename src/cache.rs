@@ -824,7 +824,7 @@ impl Cache {
     /// cache.set(b"a", b"1", None)?;
     /// cache.set(b"c", b"3", None)?;
     /// let keys = [&b"a"[..], b"b", b"c"];
-    /// let mut bufs = vec![Vec::with_capacity(64); keys.len()];
+    /// let mut bufs: Vec<Vec<u8>> = keys.iter().map(|_| Vec::with_capacity(64)).collect();
     /// let mut found = [false; 3];
     /// assert_eq!(cache.get_many_into(&keys, &mut bufs, &mut found)?, 2);
     /// assert_eq!(found, [true, false, true]);

@@ -139,7 +139,7 @@ fn get_many_reads_every_key_without_a_lock() {
             .expect("set");
     }
     let locks = c.stats().locks;
-    let mut bufs = vec![Vec::with_capacity(32); keys.len()];
+    let mut bufs: Vec<Vec<u8>> = keys.iter().map(|_| Vec::with_capacity(32)).collect();
     let mut found = vec![false; keys.len()];
     let hits = c
         .get_many_into(&keys, &mut bufs, &mut found)

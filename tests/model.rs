@@ -101,6 +101,19 @@ enum Op {
     Advance {
         ticks: u8,
     },
+    Incr {
+        key: u32,
+        delta: i8,
+        ttl: u8,
+    },
+    Replace {
+        key: u32,
+        len: usize,
+        ttl: u8,
+    },
+    GetMany {
+        keys: Vec<u32>,
+    },
 }
 
 /// Operations on `keys` keys. Values are mostly short; with `big` (the eviction
@@ -126,9 +139,14 @@ fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op
         4 * others => k.clone().prop_map(|key| Op::Remove { key }),
         3 * others => (k.clone(), t.clone()).prop_map(|(key, ttl)| Op::Touch { key, ttl }),
         clear => Just(Op::Clear),
-        4 * others => (k, len, t, prop::bool::weighted(0.25))
+        4 * others => (k.clone(), len.clone(), t.clone(), prop::bool::weighted(0.25))
             .prop_map(|(key, len, ttl, fail)| Op::Fill { key, len, ttl, fail }),
         3 * others => (1u8..4).prop_map(|ticks| Op::Advance { ticks }),
+        4 * others => (k.clone(), any::<i8>(), t.clone())
+            .prop_map(|(key, delta, ttl)| Op::Incr { key, delta, ttl }),
+        3 * others => (k.clone(), len, t)
+            .prop_map(|(key, len, ttl)| Op::Replace { key, len, ttl }),
+        2 * others => prop::collection::vec(k, 0..12).prop_map(|keys| Op::GetMany { keys }),
     ]
 }
 
@@ -309,6 +327,77 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
             Op::Advance { ticks } => {
                 clock.advance(TICK * u32::from(ticks));
                 m.now += u64::from(ticks);
+            }
+            Op::Incr {
+                key: id,
+                delta,
+                ttl: t,
+            } => {
+                let k = key(id);
+                let delta = i64::from(delta);
+                let fresh = m.fresh(&k).cloned();
+                let got = cache.incr(&k, delta, 0, ttl(t));
+                let expect = |v: &Vec<u8>| match <[u8; 8]>::try_from(&v[..]) {
+                    Ok(w) => i64::from_le_bytes(w).checked_add(delta).ok_or("overflow"),
+                    Err(_) => Err("not a counter"),
+                };
+                let got_text = match &got {
+                    Ok(n) => Ok(*n),
+                    Err(larder::Error::Overflow { .. }) => Err("overflow"),
+                    Err(larder::Error::NotACounter { .. }) => Err("not a counter"),
+                    Err(e) => panic!("incr {id}: {e}"),
+                };
+                let as_new = Ok(delta);
+                match &fresh {
+                    Some(v) if got_text == expect(v) => {
+                        if let Ok(n) = got_text {
+                            // An update keeps the entry's expiry.
+                            let e = m.entries.get(&k).and_then(|(_, e)| *e);
+                            m.entries.insert(k, (n.to_le_bytes().to_vec(), e));
+                        }
+                    }
+                    Some(v) => {
+                        // Only an evicted entry starts again from init.
+                        assert!(
+                            m.evicting && got_text == as_new,
+                            "incr {id}: {got_text:?}, expected {:?}",
+                            expect(v)
+                        );
+                        let e = m.expire(t);
+                        m.entries.insert(k, (delta.to_le_bytes().to_vec(), e));
+                    }
+                    None => {
+                        assert_eq!(got_text, as_new, "incr {id} of no fresh entry");
+                        let e = m.expire(t);
+                        m.entries.insert(k, (delta.to_le_bytes().to_vec(), e));
+                    }
+                }
+            }
+            Op::Replace {
+                key: id,
+                len,
+                ttl: t,
+            } => {
+                let k = key(id);
+                let v = value(id, m.version, len);
+                if cache.replace(&k, &v, ttl(t)).expect("replace") {
+                    assert!(m.fresh(&k).is_some(), "replace {id} stored over nothing");
+                    let e = m.expire(t);
+                    m.entries.insert(k, (v, e));
+                } else {
+                    m.lost(&k, "replace");
+                }
+            }
+            Op::GetMany { ref keys } => {
+                let ks: Vec<Vec<u8>> = keys.iter().map(|&id| key(id)).collect();
+                let got = cache.get_many(&ks).expect("get_many");
+                assert_eq!(got.len(), ks.len());
+                for (k, v) in ks.iter().zip(got) {
+                    match v {
+                        Some(v) => assert_eq!(Some(&v), m.fresh(k), "get_many {k:?}"),
+                        None => m.lost(k, "get_many"),
+                    }
+                }
             }
         }
     }

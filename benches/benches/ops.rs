@@ -99,6 +99,20 @@ impl Ceiling {
         self.lock().remove(key).is_some()
     }
 
+    /// A counter as `Cache::incr` keeps it: 8 little-endian bytes, added to in place.
+    fn incr(&self, key: &[u8], delta: i64) -> i64 {
+        let mut m = self.lock();
+        if let Some(v) = m.get_mut(key) {
+            if let Ok(w) = <[u8; 8]>::try_from(&v[..]) {
+                let n = i64::from_le_bytes(w) + delta;
+                v.copy_from_slice(&n.to_le_bytes());
+                return n;
+            }
+        }
+        m.insert(key.into(), delta.to_le_bytes().into());
+        delta
+    }
+
     fn get_or_insert_with(&self, key: &[u8], f: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
         let mut m = self.lock();
         if let Some(v) = m.get(key) {
@@ -438,6 +452,95 @@ fn keyed_ops<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
             .ok();
     }
     f.streams = streams;
+}
+
+/// Keys per `get_many_into` batch (the measure: 16 keys in one call against 16
+/// single gets).
+const BATCH: usize = 16;
+
+/// Counters and batches: `incr` of an existing counter beside a set over an existing
+/// key (same length, in place) and beside the ceiling's counter; `get_many_into` of 16
+/// keys beside 16 `get_into`s, and the ceiling's 16 gets.
+fn counters_and_batches<M: Measurement>(c: &mut Criterion<M>, f: &mut Fixture) {
+    let counters: Vec<Vec<u8>> = (0..HOT_KEYS)
+        .map(|i| format!("counter-{i:024}").into_bytes())
+        .collect();
+    for k in &counters {
+        f.larder.incr(k, 1, 0, None).ok();
+        f.ceiling.incr(k, 1);
+    }
+    let order: Vec<usize> = (0..HOT_KEYS).map(|i| i * 7919 % HOT_KEYS).collect();
+    let mut g = c.benchmark_group("incr-hot");
+    let mut pos = 0;
+    g.bench_function("larder incr", |b| {
+        b.iter(|| {
+            pos = (pos + 1) % HOT_KEYS;
+            black_box(f.larder.incr(&counters[order[pos]], 1, 0, None).ok())
+        })
+    });
+    g.bench_function("larder set over an 8-byte value", |b| {
+        b.iter(|| {
+            pos = (pos + 1) % HOT_KEYS;
+            black_box(
+                f.larder
+                    .set(&counters[order[pos]], &7i64.to_le_bytes(), None)
+                    .ok(),
+            )
+        })
+    });
+    g.bench_function("ceiling incr", |b| {
+        b.iter(|| {
+            pos = (pos + 1) % HOT_KEYS;
+            black_box(f.ceiling.incr(&counters[order[pos]], 1))
+        })
+    });
+    g.finish();
+
+    let batches: Vec<Vec<&[u8]>> = (0..HOT_KEYS / BATCH)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| &f.keys[order[b * BATCH + i]][..])
+                .collect()
+        })
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH)
+        .map(|_| Vec::with_capacity(workload::VALUE_LEN))
+        .collect();
+    let mut found = [false; BATCH];
+    let mut buf = Vec::with_capacity(workload::VALUE_LEN);
+    let mut g = c.benchmark_group("get16-hot");
+    let mut at = 0;
+    g.bench_function("larder get_many_into", |b| {
+        b.iter(|| {
+            at = (at + 1) % batches.len();
+            black_box(
+                f.larder
+                    .get_many_into(&batches[at], &mut bufs, &mut found)
+                    .ok(),
+            )
+        })
+    });
+    g.bench_function("larder 16 get_into", |b| {
+        b.iter(|| {
+            at = (at + 1) % batches.len();
+            let mut n = 0;
+            for k in &batches[at] {
+                n += usize::from(f.larder.get_into(k, &mut buf).unwrap_or(false));
+            }
+            black_box(n)
+        })
+    });
+    g.bench_function("ceiling 16 get_into", |b| {
+        b.iter(|| {
+            at = (at + 1) % batches.len();
+            let mut n = 0;
+            for k in &batches[at] {
+                n += usize::from(f.ceiling.get_into(k, &mut buf));
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
 }
 
 /// Gets of [`HOT_KEYS`] keys in a fixed scattered order: every line they touch stays
@@ -782,6 +885,7 @@ fn run<M: Measurement>(mut c: Criterion<M>, quick: bool, clock: &str) -> Result<
     let mut f = fixture()?;
     keyed_ops(&mut c, &mut f);
     hot_gets(&mut c, &mut f);
+    counters_and_batches(&mut c, &mut f);
     remove_and_evict(&mut c, &mut f);
     c.final_summary();
     println!("\nload average at end: {}", load_average());
