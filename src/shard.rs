@@ -21,8 +21,8 @@
 use crate::layout::{
     align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_OVERWRITE,
     INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER, SH_DROPPED, SH_ENTRIES,
-    SH_EVICTIONS, SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS,
-    SH_SEQ, SH_SMALL, SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
+    SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS, SH_SEQ, SH_SMALL,
+    SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
 };
 use crate::region::Region;
 use crate::words::{Intent, LogState, RecordWord0, RecordWord1, SlotWord};
@@ -214,7 +214,7 @@ impl<'a> Shard<'a> {
 
     /// The record offset and its log for a slot word, if the location is inside a log.
     #[inline]
-    fn off_of(&self, w: SlotWord) -> Option<(usize, LogId)> {
+    pub(crate) fn off_of(&self, w: SlotWord) -> Option<(usize, LogId)> {
         let rel = (w.loc as usize).checked_sub(1)? * 8;
         if rel < self.g.small_cap {
             Some((self.data_off() + rel, LogId::Small))
@@ -436,36 +436,6 @@ impl<'a> Shard<'a> {
 
     // ----- mutations (lock held, counter odd) ------------------------------------------
 
-    fn ghost_index(&self, fp: u64) -> usize {
-        let m = fp.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        ((m * self.g.ghost_len as u64) >> 32) as usize
-    }
-
-    fn ghost_fp(bucket: usize, tag: u32) -> u64 {
-        (1 << 63) | ((bucket as u64) << 32) | tag as u64
-    }
-
-    /// Remembers an entry evicted from the small log (S3-FIFO's ghost queue, kept as a
-    /// direct-mapped table of fingerprints: a newer ghost replaces an older one).
-    pub(crate) fn ghost_insert(&self, slot: usize, tag: u32) {
-        let fp = Self::ghost_fp(slot / BUCKET_SLOTS, tag);
-        let off = self.base + self.g.ghost_off + self.ghost_index(fp) * 8;
-        self.r.store(off, fp);
-    }
-
-    /// Whether `kh` was recently evicted from the small log; forgets it if so.
-    fn ghost_take(&self, kh: &KeyHash) -> bool {
-        for b in [kh.b1, kh.b2] {
-            let fp = Self::ghost_fp(b, kh.tag);
-            let off = self.base + self.g.ghost_off + self.ghost_index(fp) * 8;
-            if self.r.load(off) == fp {
-                self.r.store(off, 0);
-                return true;
-            }
-        }
-        false
-    }
-
     /// Stores a counter (an 8-byte value, see `Cache::incr`) over `rec`'s value in
     /// place, with one atomic store of its one word (a value starts 8-aligned): a crash
     /// leaves the old or the new counter, never a torn one, so there is nothing to
@@ -606,87 +576,6 @@ impl<'a> Shard<'a> {
         crash_point!("set.after_slot");
         self.clear_intent();
         Ok(outcome)
-    }
-
-    /// A free slot in the key's two buckets (the emptier one), evicting an entry of the
-    /// pair if both are full: this bounds every probe at two buckets.
-    fn free_slot(&self, kh: &KeyHash, now: u64) -> Result<usize, Damaged> {
-        let mut best: Option<usize> = None;
-        let mut best_free = 0;
-        for b in [kh.b1, kh.b2] {
-            let mut first = None;
-            let mut free = 0;
-            for i in 0..BUCKET_SLOTS {
-                let slot = b * BUCKET_SLOTS + i;
-                if self.slot_word(slot).is_empty() {
-                    free += 1;
-                    first.get_or_insert(slot);
-                }
-            }
-            if free > best_free {
-                best_free = free;
-                best = first;
-            }
-        }
-        if let Some(slot) = best {
-            return Ok(slot);
-        }
-        // Both buckets full: evict one of their entries, preferring an expired one, then
-        // one not visited since it was last considered, then the one nearest its log's
-        // head: the oldest, whose record the head reclaims soonest (a record dropped
-        // mid-log stays as dead space until the head passes it).
-        let heads = [self.state(LogId::Small)?.0, self.state(LogId::Main)?.0];
-        let mut victim = kh.b1 * BUCKET_SLOTS;
-        let mut victim_key = (0u8, u64::MAX);
-        for b in [kh.b1, kh.b2] {
-            for i in 0..BUCKET_SLOTS {
-                let slot = b * BUCKET_SLOTS + i;
-                let rec = self
-                    .off_of(self.slot_word(slot))
-                    .and_then(|(off, which)| Some((self.read_rec(off, which)?, which)));
-                let (rank, age) = match rec {
-                    Some((rec, which)) => {
-                        let (start, cap, _) = self.log_bounds(which);
-                        let head = heads[which as usize];
-                        // Position after the head, in 1/1024ths of the log.
-                        let ahead = (rec.off - start + cap - head) % cap;
-                        let pos = (ahead as u64).saturating_mul(1024) / cap.max(1) as u64;
-                        let rank = if rec.expired(now) {
-                            3
-                        } else if !self.is_visited(slot) {
-                            2
-                        } else {
-                            1
-                        };
-                        (rank, pos)
-                    }
-                    None => (1, u64::MAX),
-                };
-                if rank > victim_key.0 || (rank == victim_key.0 && age < victim_key.1) {
-                    victim_key = (rank, age);
-                    victim = slot;
-                }
-            }
-        }
-        let rec = self
-            .off_of(self.slot_word(victim))
-            .and_then(|(off, which)| self.read_rec(off, which))
-            .filter(|r| r.state == STATE_LIVE)
-            .ok_or_else(|| Damaged("index slot points at no live record".into()))?;
-        self.set_intent(crate::layout::INTENT_EVICT, victim);
-        self.mark_dead(&rec);
-        crash_point!("evict_slot.after_mark_dead");
-        self.forget(victim, &rec);
-        self.add(
-            if rec.expired(now) {
-                crate::layout::SH_EXPIRATIONS
-            } else {
-                SH_EVICTIONS
-            },
-            1,
-        );
-        self.clear_intent();
-        Ok(victim)
     }
 
     /// Removes `key`; true if a live (unexpired) entry was removed.

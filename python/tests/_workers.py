@@ -63,6 +63,15 @@ def hammer(path, worker, seconds):
     sys.exit(0)
 
 
+def hold_lock_and_die(lock, ready):
+    """The seed design's failure: a worker killed while it holds the table's lock."""
+    import signal
+
+    lock.acquire()
+    ready.set()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "hammer":

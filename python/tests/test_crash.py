@@ -54,6 +54,34 @@ def test_killed_inside_shard_lock(cache, procs):
     assert cache.stats()["recoveries"] >= 1
 
 
+def test_the_seed_design_deadlocks_where_larder_recovers(cache, procs):
+    """The post-mortem's design guards its table with one multiprocessing.Lock: a worker
+    killed holding it blocks every other worker for ever (here, until a timeout). The same
+    death inside a larder shard lock costs the next operation nothing."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    lock, ready = ctx.Lock(), ctx.Event()
+    p = ctx.Process(target=_workers.hold_lock_and_die, args=(lock, ready))
+    p.start()
+    try:
+        assert ready.wait(60), "the worker never took the lock"
+        p.join(60)
+        assert p.exitcode == -signal.SIGKILL
+        assert lock.acquire(timeout=2) is False, "the dead worker's lock was released"
+    finally:
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+    cache["k"] = b"before"
+    c = child(procs, ["set", cache.path, "k"], "lock.held", "kill")
+    assert c.wait(timeout=60) == -signal.SIGKILL
+    t0 = time.monotonic()
+    cache["k"] = b"after"
+    assert time.monotonic() - t0 < 2
+    assert cache["k"] == b"after"
+
+
 def test_filler_killed_waiter_computes(cache, procs):
     p = child(procs, ["fill", cache.path, "f"], "fill.holding_slot", "stop")
     wait_stopped(p)
