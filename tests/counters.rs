@@ -10,7 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use larder::{Clock, Error, Options};
+use larder::{Error, Options};
 
 mod common;
 use common::{
@@ -38,12 +38,7 @@ fn incr_creates_from_init_and_adds_delta() {
 #[test]
 fn incr_keeps_the_first_increments_expiry_so_a_window_ends_on_time() {
     let t = TempCache::new("incr-ttl");
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (c, clock) = t.open_on_manual_clock();
     let window = Some(Duration::from_secs(60));
     assert_eq!(c.incr(b"rate", 1, 0, window).expect("incr"), 1);
     clock.advance(Duration::from_secs(40));
@@ -97,12 +92,7 @@ fn incr_that_overflows_changes_nothing() {
 #[test]
 fn replace_stores_only_over_a_fresh_entry() {
     let t = TempCache::new("replace");
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
+    let (c, clock) = t.open_on_manual_clock();
     assert!(!c.replace(b"k", b"v", None).expect("replace"));
     assert_eq!(c.get(b"k").expect("get"), None, "replace created an entry");
     c.set(b"k", b"v1", Some(Duration::from_secs(10)))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{child_env, s, small_options, ChildGuard, TempCache};
-use larder::{Cache, Clock, Error, Options, StaleValue};
+use larder::{Cache, Error, Options, StaleValue};
 
 const CHILD_PATH: &str = "LARDER_LIFECYCLE_PATH";
 const CHILD_SIG: &str = "LARDER_LIFECYCLE_SIG";
@@ -134,17 +134,6 @@ fn child_process_entry() {
 /// Options shared by the racing participants (a small file, so creation is quick).
 fn race_options() -> Options {
     small_options().capacity(2 << 20)
-}
-
-/// The test's cache on a manual clock, and the clock.
-fn open_on_manual_clock(t: &TempCache) -> (Cache, Clock) {
-    let clock = Clock::manual();
-    let c = t
-        .options()
-        .clock(clock.clone())
-        .open(t.name())
-        .expect("open");
-    (c, clock)
 }
 
 /// `THREADS` threads that pass `barrier` together, then each open `name` and set its key
@@ -527,7 +516,7 @@ fn shard_stats_sum_to_the_totals() {
 #[test]
 fn entries_lists_every_key_with_its_size_and_ttl() {
     let t = TempCache::new("life-entries");
-    let (c, clock) = open_on_manual_clock(&t);
+    let (c, clock) = t.open_on_manual_clock();
     let mut want: BTreeMap<Vec<u8>, (usize, Option<Duration>)> = BTreeMap::new();
     for i in 0..300usize {
         let key = format!("key-{i}").into_bytes();
@@ -592,7 +581,7 @@ fn entries_lists_every_key_with_its_size_and_ttl() {
 #[test]
 fn ttl_expiry_hides_entries_from_get_but_not_get_stale() {
     let t = TempCache::new("life-ttl");
-    let (c, clock) = open_on_manual_clock(&t);
+    let (c, clock) = t.open_on_manual_clock();
     c.set(b"k", b"v", Some(Duration::from_secs(10)))
         .expect("set");
     c.set(b"forever", b"f", None).expect("set");
@@ -634,7 +623,7 @@ fn ttl_expiry_hides_entries_from_get_but_not_get_stale() {
 #[test]
 fn expiry_is_per_handle_clock_but_stored_in_the_file() {
     let t = TempCache::new("life-ttl-shared");
-    let (a, clock) = open_on_manual_clock(&t);
+    let (a, clock) = t.open_on_manual_clock();
     let b = t.open();
     a.set(b"k", b"v", Some(Duration::from_secs(30)))
         .expect("set");
@@ -651,7 +640,7 @@ fn expiry_is_per_handle_clock_but_stored_in_the_file() {
 #[test]
 fn touch_extends_or_clears_a_ttl() {
     let t = TempCache::new("life-touch");
-    let (c, clock) = open_on_manual_clock(&t);
+    let (c, clock) = t.open_on_manual_clock();
     c.set(b"k", b"v", Some(Duration::from_secs(10)))
         .expect("set");
     clock.advance(Duration::from_secs(8));
@@ -692,7 +681,7 @@ fn touch_extends_or_clears_a_ttl() {
 #[test]
 fn insert_if_absent_stores_only_over_nothing_or_an_expired_entry() {
     let t = TempCache::new("life-insert");
-    let (c, clock) = open_on_manual_clock(&t);
+    let (c, clock) = t.open_on_manual_clock();
     assert!(c.insert_if_absent(b"k", b"first", None).expect("insert"));
     assert!(!c.insert_if_absent(b"k", b"second", None).expect("insert"));
     assert_eq!(c.get(b"k").expect("get"), Some(b"first".to_vec()));

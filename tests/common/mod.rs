@@ -82,6 +82,17 @@ impl TempCache {
     pub fn open(&self) -> larder::Cache {
         self.options().open(self.name()).expect("open cache")
     }
+
+    /// The test's cache on a manual clock, and the clock.
+    pub fn open_on_manual_clock(&self) -> (larder::Cache, larder::Clock) {
+        let clock = larder::Clock::manual();
+        let c = self
+            .options()
+            .clock(clock.clone())
+            .open(self.name())
+            .expect("open cache");
+        (c, clock)
+    }
 }
 
 impl Drop for TempCache {
