@@ -503,14 +503,50 @@ const MP_TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 enum MpOp {
-    Set { key: u32, len: usize, ttl: bool },
-    InsertIfAbsent { key: u32, len: usize },
-    Remove { key: u32 },
-    Touch { key: u32, ttl: bool },
-    Fill { key: u32, len: usize, fail: bool },
-    Get { owner: u32, key: u32 },
-    GetInto { owner: u32, key: u32 },
-    GetStale { owner: u32, key: u32 },
+    Set {
+        key: u32,
+        len: usize,
+        ttl: bool,
+    },
+    InsertIfAbsent {
+        key: u32,
+        len: usize,
+    },
+    Remove {
+        key: u32,
+    },
+    Touch {
+        key: u32,
+        ttl: bool,
+    },
+    Fill {
+        key: u32,
+        len: usize,
+        fail: bool,
+    },
+    Get {
+        owner: u32,
+        key: u32,
+    },
+    GetInto {
+        owner: u32,
+        key: u32,
+    },
+    GetStale {
+        owner: u32,
+        key: u32,
+    },
+    /// Adds 1 to a counter every process shares.
+    Incr {
+        key: u32,
+    },
+}
+
+/// Counters shared by every process of a case (`MpOp::Incr`).
+const MP_COUNTERS: u32 = 3;
+
+fn mp_counter(k: u32) -> Vec<u8> {
+    format!("counter/{k}").into_bytes()
 }
 
 fn mp_op_strategy(procs: u32) -> impl Strategy<Value = MpOp> {
@@ -527,6 +563,7 @@ fn mp_op_strategy(procs: u32) -> impl Strategy<Value = MpOp> {
         8 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::Get { owner, key }),
         3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetInto { owner, key }),
         3 => (0..procs, k).prop_map(|(owner, key)| MpOp::GetStale { owner, key }),
+        3 => (0..MP_COUNTERS).prop_map(|key| MpOp::Incr { key }),
     ]
 }
 
@@ -536,6 +573,7 @@ impl MpOp {
             MpOp::Set { key, len, ttl } => format!("set {key} {len} {}", u8::from(ttl)),
             MpOp::InsertIfAbsent { key, len } => format!("ins {key} {len}"),
             MpOp::Remove { key } => format!("rm {key}"),
+            MpOp::Incr { key } => format!("incr {key}"),
             MpOp::Touch { key, ttl } => format!("touch {key} {}", u8::from(ttl)),
             MpOp::Fill { key, len, fail } => format!("fill {key} {len} {}", u8::from(fail)),
             MpOp::Get { owner, key } => format!("get {owner} {key}"),
@@ -579,6 +617,7 @@ impl MpOp {
                 owner: n(1),
                 key: n(2),
             },
+            "incr" => MpOp::Incr { key: n(1) },
             other => panic!("unknown plan op {other:?}"),
         }
     }
@@ -646,6 +685,10 @@ struct Writer {
     version: Vec<u32>,
     present: Vec<bool>,
     seen: Vec<Vec<u32>>,
+    /// Increments this process made of each shared counter, and the last value one
+    /// returned: with no eviction, each is above the one before (others only add).
+    increments: Vec<u64>,
+    last_count: Vec<i64>,
 }
 
 impl Writer {
@@ -690,6 +733,17 @@ impl Writer {
     fn run(&mut self, cache: &larder::Cache, op: &MpOp) {
         let me = self.me;
         match *op {
+            MpOp::Incr { key: k } => {
+                let i = k as usize;
+                let n = cache.incr(&mp_counter(k), 1, 0, None).expect("incr");
+                assert!(
+                    self.evicting || n > self.last_count[i],
+                    "counter {k} went from {} to {n}",
+                    self.last_count[i]
+                );
+                self.last_count[i] = n;
+                self.increments[i] += 1;
+            }
             MpOp::Set { key: k, len, ttl } => {
                 let i = k as usize;
                 self.version[i] += 1;
@@ -810,6 +864,8 @@ fn child_main(spec: &str) {
         version: vec![0; OWN_KEYS as usize],
         present: vec![false; OWN_KEYS as usize],
         seen: vec![vec![0; OWN_KEYS as usize]; procs],
+        increments: vec![0; MP_COUNTERS as usize],
+        last_count: vec![0; MP_COUNTERS as usize],
     };
     for _ in 0..ROUNDS {
         for op in &ops {
@@ -819,6 +875,9 @@ fn child_main(spec: &str) {
     let mut out = String::new();
     for k in 0..OWN_KEYS as usize {
         out.push_str(&format!("{} {}\n", w.version[k], u8::from(w.present[k])));
+    }
+    for n in &w.increments {
+        out.push_str(&format!("incr {n}\n"));
     }
     let tmp = dir.join(format!("final-{me}.tmp"));
     fs::write(&tmp, out).expect("write final");
@@ -881,9 +940,15 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
     }
     // Every process's last acknowledged write or remove of each of its keys holds
     // (or, where eviction is allowed, the entry is gone).
+    let mut increments = vec![0u64; MP_COUNTERS as usize];
     for i in 0..procs as u32 {
         let text = fs::read_to_string(t.dir.join(format!("final-{i}"))).expect("final");
-        for (k, line) in text.lines().enumerate() {
+        let (own, counts): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| !l.starts_with("incr "));
+        for (c, line) in counts.iter().enumerate() {
+            increments[c] += line["incr ".len()..].parse::<u64>().expect("count");
+        }
+        for (k, line) in own.iter().enumerate() {
             let (ver, present) = line.split_once(' ').expect("final line");
             let key = mp_key(i, k as u32);
             let got = cache.get(&key).expect("get").map(|v| mp_version(&key, &v));
@@ -891,6 +956,26 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
             if !(evicting && got.is_none()) {
                 assert_eq!(got, want, "final value of {key:?}");
             }
+        }
+    }
+    // Every increment of every process is in its counter, exactly (with eviction, a
+    // counter may have started again, so at most).
+    for (c, n) in increments.iter().enumerate() {
+        let got = cache
+            .get(&mp_counter(c as u32))
+            .expect("get")
+            .map(|v| i64::from_le_bytes(v.try_into().expect("a counter is 8 bytes")) as u64);
+        if evicting {
+            assert!(
+                got.unwrap_or(0) <= *n,
+                "counter {c}: {got:?} of {n} increments"
+            );
+        } else {
+            assert_eq!(
+                got.unwrap_or(0),
+                *n,
+                "counter {c}: increments lost or doubled"
+            );
         }
     }
     let s = cache.stats();
