@@ -175,10 +175,7 @@ impl Inner {
             ((cur.dev, cur.ino), cur.geo.params)
         };
         let spec = match file::identity(&self.path) {
-            Some(now) if now == id => {
-                self.maps.retire_idle();
-                return Follow::Current;
-            }
+            Some(now) if now == id => return Follow::Current,
             // Replaced: attach with the new file's own parameters, whatever they are.
             Some(_) => OpenSpec {
                 params: None,
@@ -214,10 +211,7 @@ impl Inner {
         };
         match opened {
             Ok(fresh) => match self.maps.publish(Box::new(fresh)) {
-                Ok(()) => {
-                    self.maps.retire_idle();
-                    Follow::Current
-                }
+                Ok(()) => Follow::Current,
                 Err(_) => Follow::Failed(
                     "operations of other threads are still inside the handle's earlier \
                      files"
@@ -456,7 +450,7 @@ impl Cache {
                 })
             };
         }
-        let _checking = ReleaseOnDrop(&inner.checking);
+        let checking = ReleaseOnDrop(&inner.checking);
         due_at.store(now + RECHECK_MS, Ordering::Relaxed);
         match inner.follow(wait) {
             Follow::Current => {
@@ -464,6 +458,12 @@ impl Cache {
                     inner.next_check.store(now + RECHECK_MS, Ordering::Relaxed);
                     inner.detached.store(false, Ordering::Release);
                 }
+                // Unmapping what no operation is inside any more (a large file's unmap
+                // and close can take a while) happens after the check is over, so the
+                // other threads, already on the current file, never see a check that
+                // seems to hang.
+                drop(checking);
+                inner.maps.retire_idle();
                 Ok(())
             }
             Follow::WouldBlock => {
@@ -739,8 +739,11 @@ impl Cache {
     /// ([`Cache::get`] returns those bytes); any other value is
     /// [`Error::NotACounter`], and a result outside `i64` is [`Error::Overflow`]: both
     /// change nothing. An increment is one locked step, so concurrent increments from
-    /// any number of processes are never lost, and a crash in the middle of one leaves
-    /// the counter before or after it, never torn.
+    /// any number of processes are never lost, and a writer killed in the middle of one
+    /// leaves the counter before or after it, never torn and never dropped. A counter in
+    /// use counts as read for eviction. Like any entry it can still be evicted from a
+    /// full cache, or lost with a writer that dies while eviction moves it between logs
+    /// (the one entry such a crash may cost).
     ///
     /// ```
     /// # fn main() -> Result<(), larder::Error> {

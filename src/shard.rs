@@ -441,6 +441,8 @@ impl<'a> Shard<'a> {
     /// leaves the old or the new counter, never a torn one, so there is nothing to
     /// repair and no intent is set. An overwrite by `set` may cost its entry on a crash;
     /// an increment must not, or every acknowledged increment before it would go with it.
+    /// (Like any entry, a counter can still be evicted, or lost with a writer that dies
+    /// while eviction moves it between logs: the one entry such a crash may cost.)
     pub(crate) fn store_counter(&self, rec: &Rec, value: i64) {
         debug_assert_eq!(rec.vlen, 8);
         self.r

@@ -125,10 +125,13 @@ pub(crate) fn incr(
 ) -> Result<Counted, Damaged> {
     let kh = s.locate(h);
     match s.find(key, &kh) {
-        Probe::Hit { rec, .. } if !rec.expired(now) => {
+        Probe::Hit { slot, rec } if !rec.expired(now) => {
             if rec.vlen != COUNTER_LEN {
                 return Ok(Counted::NotACounter(rec.vlen));
             }
+            // A counter in use is as hot as a key that is read: eviction must see it
+            // (S3-FIFO moves a visited entry on instead of dropping it).
+            s.mark_visited(slot);
             s.read_value(&rec, buf);
             let mut word = [0u8; COUNTER_LEN];
             word.copy_from_slice(&buf[..COUNTER_LEN]);

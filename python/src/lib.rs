@@ -469,6 +469,11 @@ impl PyCache {
         keys: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
+        if keys.is_instance_of::<pyo3::types::PyString>() || keys.is_instance_of::<PyBytes>() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "get_many takes an iterable of keys, not one key",
+            ));
+        }
         let cache = self.cache()?;
         let ks: Vec<Vec<u8>> = keys
             .try_iter()?

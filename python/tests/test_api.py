@@ -269,6 +269,8 @@ def test_incr_replace_get_many(cache):
     assert cache.replace("absent", b"v") is False
     assert "absent" not in cache
     assert cache.replace("name", b"bob") is True
+    with pytest.raises(TypeError):
+        cache.get_many("name")
     assert cache.get_many(["name", "nope", b"fails"], default=b"-") == [
         b"bob",
         b"-",
