@@ -304,14 +304,12 @@ impl Shard<'_> {
         self.mark_dead(&rec);
         crash_point!("evict_slot.after_mark_dead");
         self.forget(victim, &rec);
-        self.add(
-            if rec.expired(now) {
-                crate::layout::SH_EXPIRATIONS
-            } else {
-                SH_EVICTIONS
-            },
-            1,
-        );
+        if rec.expired(now) {
+            self.add(crate::layout::SH_EXPIRATIONS, 1);
+        } else {
+            self.add(SH_EVICTIONS, 1);
+            self.add(crate::layout::SH_INDEX_EVICTIONS, 1);
+        }
         self.clear_intent();
         Ok(victim)
     }

@@ -158,7 +158,9 @@ pub(crate) struct ShardHeader {
     pub expirations: u64,
     pub recoveries: u64,
     pub dropped: u64,
-    pub reserved: [u64; 11],
+    /// Of `evictions`, those made because both of a key's index buckets were full.
+    pub index_evictions: u64,
+    pub reserved: [u64; 10],
 }
 
 pub(crate) const SHARD_HEADER: usize = 256;
@@ -179,6 +181,7 @@ pub(crate) const SH_EVICTIONS: usize = offset_of!(ShardHeader, evictions);
 pub(crate) const SH_EXPIRATIONS: usize = offset_of!(ShardHeader, expirations);
 pub(crate) const SH_RECOVERIES: usize = offset_of!(ShardHeader, recoveries);
 pub(crate) const SH_DROPPED: usize = offset_of!(ShardHeader, dropped);
+pub(crate) const SH_INDEX_EVICTIONS: usize = offset_of!(ShardHeader, index_evictions);
 
 /// One per-process statistics slot: its counters, then a cache line of padding (the
 /// adjacent-line prefetcher moves 64-byte lines in pairs, so two processes' slots never

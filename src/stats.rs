@@ -58,6 +58,10 @@ pub struct Stats {
     pub removals: u64,
     /// Entries evicted to make room.
     pub evictions: u64,
+    /// Of `evictions`, those made because both of a new key's index buckets were full
+    /// while the logs may still have had room: many of them mean the entries are smaller
+    /// than the `expected_entry_size` the index was sized for.
+    pub index_evictions: u64,
     /// Expired entries whose space was reclaimed.
     pub expirations: u64,
     /// Operations that gave up on a shard lock at its deadline.
@@ -98,6 +102,8 @@ pub struct ShardStats {
     pub removals: u64,
     /// Entries evicted.
     pub evictions: u64,
+    /// Of `evictions`, those made because a key's two index buckets were full.
+    pub index_evictions: u64,
     /// Expired entries reclaimed.
     pub expirations: u64,
     /// Repairs.
@@ -111,9 +117,10 @@ pub struct ShardStats {
 /// come from the file, so any value must be summable).
 pub(crate) fn gather(a: &Attached) -> Stats {
     use crate::layout::{
-        SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INSERTS, SH_LIVE_BYTES,
-        SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS,
-        SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
+        SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INDEX_EVICTIONS, SH_INSERTS,
+        SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS,
+        SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS,
+        STATS_SLOTS,
     };
     use crate::shard::{LogId, Shard};
     let r = &a.region;
@@ -142,6 +149,7 @@ pub(crate) fn gather(a: &Attached) -> Stats {
             updates: sh.counter(SH_UPDATES),
             removals: sh.counter(SH_REMOVALS),
             evictions: sh.counter(SH_EVICTIONS),
+            index_evictions: sh.counter(SH_INDEX_EVICTIONS),
             expirations: sh.counter(SH_EXPIRATIONS),
             recoveries: sh.counter(SH_RECOVERIES),
             repair_dropped: sh.counter(SH_DROPPED),
@@ -176,6 +184,7 @@ impl ShardStats {
         add(&mut s.updates, self.updates);
         add(&mut s.removals, self.removals);
         add(&mut s.evictions, self.evictions);
+        add(&mut s.index_evictions, self.index_evictions);
         add(&mut s.expirations, self.expirations);
         add(&mut s.recoveries, self.recoveries);
         add(&mut s.repair_dropped, self.repair_dropped);

@@ -135,6 +135,13 @@ const TOTALS: &[Field<Stats>] = &[
     ),
     field!(
         Stats,
+        index_evictions,
+        "index evicts",
+        Counter,
+        "Of the evictions, those made because both of a key's index buckets were full."
+    ),
+    field!(
+        Stats,
         expirations,
         "expirations",
         Counter,
@@ -238,6 +245,13 @@ const SHARD: &[Field<ShardStats>] = &[
     ),
     field!(
         ShardStats,
+        index_evictions,
+        "index evicts",
+        Counter,
+        "Evictions from the shard because a key's two index buckets were full."
+    ),
+    field!(
+        ShardStats,
         expirations,
         "expirations",
         Counter,
@@ -259,7 +273,31 @@ const SHARD: &[Field<ShardStats>] = &[
     ),
 ];
 
-fn text(path: &str, s: &Stats, shards: bool, prev: Option<(&Stats, Duration)>) -> String {
+/// A line for `larder stats` when the index fills before the logs: the entries are much
+/// smaller than the `expected_entry_size` the index was sized for.
+fn index_hint(s: &Stats, expected: usize) -> Option<String> {
+    if s.index_evictions == 0 || s.entries == 0 {
+        return None;
+    }
+    // Key + value + 16, as expected_entry_size counts an entry.
+    let typical = s.bytes_live / s.entries + 16;
+    (typical.saturating_mul(2) <= expected as u64).then(|| {
+        format!(
+            "note: {} evictions because the index was full: entries average {typical} bytes \
+             (key + value + 16), the index was sized for {expected} (expected_entry_size); \
+             create the cache with --expected-entry {typical} to give the index room",
+            s.index_evictions
+        )
+    })
+}
+
+fn text(
+    path: &str,
+    s: &Stats,
+    expected: usize,
+    shards: bool,
+    prev: Option<(&Stats, Duration)>,
+) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "{:<16}{path}", "cache");
     for f in TOTALS {
@@ -289,6 +327,9 @@ fn text(path: &str, s: &Stats, shards: bool, prev: Option<(&Stats, Duration)>) -
             line = format!("{line:<30}  ({note})");
         }
         let _ = writeln!(o, "{}", line.trim_end());
+    }
+    if let Some(hint) = index_hint(s, expected) {
+        let _ = writeln!(o, "{hint}");
     }
     if shards {
         let _ = writeln!(o);
@@ -408,8 +449,9 @@ pub fn run(
 ) -> Outcome {
     let cache = attach(g, name)?;
     let path = cache.path().display().to_string();
+    let expected = cache.limits().expected_entry_size;
     let render = |s: &Stats, prev: Option<(&Stats, Duration)>| match format {
-        Format::Text => text(&path, s, shards, prev),
+        Format::Text => text(&path, s, expected, shards, prev),
         Format::Json => json(&path, s, shards),
         Format::Prometheus => prometheus(&path, s, shards),
     };

@@ -530,6 +530,7 @@ fn stats_text_shows_every_counter_in_human_units() {
         "updates",
         "removals",
         "evictions",
+        "index evicts",
         "expirations",
         "lock timeouts",
         "recoveries",
@@ -547,6 +548,52 @@ fn stats_text_shows_every_counter_in_human_units() {
     assert_eq!(text_value(&text, "misses"), "1");
     assert!(text.contains("50.0% of gets"), "{text}");
     assert!(text.contains(" MiB"), "{text}");
+}
+
+/// Entries far smaller than the index was sized for fill its buckets before the logs:
+/// those evictions are counted apart, and `larder stats` says what to change.
+#[test]
+fn stats_says_when_the_index_fills_before_the_logs() {
+    let t = TempCache::new("stats-index");
+    let c = t.file("c");
+    larder(&[
+        "create",
+        &c,
+        "--capacity",
+        "2MiB",
+        "--max-key",
+        "64",
+        "--max-value",
+        "1KiB",
+        "--expected-entry",
+        "4KiB",
+        "--shards",
+        "1",
+    ])
+    .ok();
+    let cache = larder::Cache::open(&c).expect("attach");
+    for i in 0..5_000u32 {
+        cache
+            .set(format!("k{i}").as_bytes(), b"v", None)
+            .expect("set");
+    }
+    let s = cache.stats();
+    assert!(s.index_evictions > 0, "the index never filled: {s:?}");
+    assert_eq!(s.index_evictions, s.evictions, "the logs had room: {s:?}");
+    let text = larder(&["stats", &c]).ok();
+    assert_eq!(
+        text_value(&text, "index evicts"),
+        s.index_evictions.to_string()
+    );
+    assert!(text.contains("the index was sized for 4096"), "{text}");
+    assert!(text.contains("--expected-entry"), "{text}");
+    // A cache whose index was sized for its entries says nothing of the kind.
+    let d = t.file("d");
+    create(&d);
+    larder(&["set", &d, "k", "v"]).ok();
+    let plain = larder(&["stats", &d]).ok();
+    assert_eq!(text_value(&plain, "index evicts"), "0");
+    assert!(!plain.contains("note:"), "{plain}");
 }
 
 #[test]

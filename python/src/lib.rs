@@ -584,7 +584,7 @@ impl PyCache {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.cache()?.stats();
         let d = PyDict::new(py);
-        let fields: [(&str, u64); 21] = [
+        let fields: [(&str, u64); 22] = [
             ("entries", s.entries),
             ("bytes_live", s.bytes_live),
             ("bytes_used", s.bytes_used),
@@ -598,6 +598,7 @@ impl PyCache {
             ("updates", s.updates),
             ("removals", s.removals),
             ("evictions", s.evictions),
+            ("index_evictions", s.index_evictions),
             ("expirations", s.expirations),
             ("lock_timeouts", s.lock_timeouts),
             ("recoveries", s.recoveries),
@@ -613,7 +614,7 @@ impl PyCache {
         let shards = PyList::empty(py);
         for sh in &s.shards {
             let e = PyDict::new(py);
-            let fields: [(&str, u64); 11] = [
+            let fields: [(&str, u64); 12] = [
                 ("entries", sh.entries),
                 ("bytes_live", sh.bytes_live),
                 ("bytes_used", sh.bytes_used),
@@ -622,6 +623,7 @@ impl PyCache {
                 ("updates", sh.updates),
                 ("removals", sh.removals),
                 ("evictions", sh.evictions),
+                ("index_evictions", sh.index_evictions),
                 ("expirations", sh.expirations),
                 ("recoveries", sh.recoveries),
                 ("repair_dropped", sh.repair_dropped),
