@@ -173,12 +173,13 @@ impl Mappings {
             counter.fetch_add(1, Ordering::SeqCst);
             if self.current.load(Ordering::SeqCst) == idx {
                 let p = cell.attached.load(Ordering::Acquire);
-                // SAFETY: the current cell always holds a mapping (a cell is published
-                // only after its pointer is stored, and a cell is freed only while it is
-                // not current and its counters read zero after the switch: the module
-                // docs give the argument). The increment above keeps it from being freed
-                // until `Entered` drops, and the pointer came from `Box::into_raw`, so
-                // it is valid and aligned; only shared references are made from it.
+                // The current cell always holds a mapping (a cell is published only
+                // after its pointer is stored, and a cell is freed only while it is not
+                // current and its counters read zero after the switch: the module docs
+                // give the argument). The increment above keeps it from being freed
+                // until `Entered` drops, and the pointer came from `Box::into_raw`.
+                // SAFETY: so `p` is valid and aligned for as long as the returned
+                // reference lives, and only shared references are ever made from it.
                 let attached = unsafe { &*p };
                 return Entered { counter, attached };
             }
@@ -230,11 +231,11 @@ impl Mappings {
             }
             let p = cell.attached.swap(core::ptr::null_mut(), Ordering::AcqRel);
             if !p.is_null() {
-                // SAFETY: `p` came from `Box::into_raw` in `new` or `publish`, and the swap
-                // took it out of the cell, so it is freed once. No operation holds a
-                // reference into it: the cell is not current and its counters read zero
-                // after the switch (module docs), and later entrants back out before
-                // loading the pointer.
+                // `p` came from `Box::into_raw` in `new` or `publish`, and the swap took
+                // it out of the cell. No operation holds a reference into it: the cell
+                // is not current and its counters read zero after the switch (module
+                // docs), and later entrants back out before loading the pointer.
+                // SAFETY: so `p` is a live Box's pointer, freed here once, unaliased.
                 drop(unsafe { Box::from_raw(p) });
             }
         }

@@ -353,7 +353,8 @@ fn killed_incrementers_count_every_acknowledged_increment_once() {
                     || kids.try_status(*i).is_some()
             });
             assert!(started, "an incrementer never acknowledged an increment");
-            std::thread::sleep(Duration::from_micros(rng.below(KILL_WINDOW_US)));
+            let instant = Duration::from_micros(rng.below(KILL_WINDOW_US));
+            std::thread::sleep(instant); // the kill's random instant, not a wait: poll_until's deadline above is the wait
             let status = kids.kill_and_reap(*i);
             match (status.code(), status.signal()) {
                 (Some(_), _) => assert!(status.success(), "incrementer failed: {status:?}"),
