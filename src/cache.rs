@@ -19,7 +19,7 @@ use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::{Claim, Entered, Mappings};
 use crate::options::Options;
 use crate::seqlock;
-use crate::shard::{Damaged, KeyHash, Probe, SetOutcome, Shard, MAX_EXPIRE};
+use crate::shard::{Damaged, KeyHash, Probe, Put, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, Stats};
 use crate::table::{self, Access, Counted, Owner, Table, COUNTER_LEN};
 use crate::verify::Report;
@@ -111,6 +111,27 @@ enum Store {
     Always,
     /// Only over nothing or an expired entry (`insert_if_absent`).
     IfAbsent,
+}
+
+/// The version of an entry, from [`Cache::get_versioned`], for
+/// [`Cache::set_if_version`].
+///
+/// A small `Copy` token: the file it came from (a hash of the file's random secret) and
+/// a number its shard gave out once. A version is never given out twice for a file,
+/// across crashes, repairs and clears, so a compare-and-swap never succeeds against an
+/// entry that was changed and changed back, or removed and set again; a version from
+/// another file (one that replaced this one) matches nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version {
+    file: u64,
+    number: u64,
+}
+
+impl Version {
+    /// The number the entry's shard gave out (increasing within a shard).
+    pub fn number(&self) -> u64 {
+        self.number
+    }
 }
 
 /// Releases a [`Claim`] when dropped, even by a panic.
@@ -398,14 +419,14 @@ impl Cache {
     /// Enters the current mapping, after the periodic check that the path still names
     /// it.
     #[inline]
-    fn enter(&self, wait: Wait) -> Result<Entered<'_>> {
+    pub(crate) fn enter(&self, wait: Wait) -> Result<Entered<'_>> {
         Ok(self.enter_at(wait)?.0)
     }
 
     /// Enters the current mapping; also gives the operation's time on the handle's
     /// clock.
     #[inline]
-    fn enter_at(&self, wait: Wait) -> Result<(Entered<'_>, u64)> {
+    pub(crate) fn enter_at(&self, wait: Wait) -> Result<(Entered<'_>, u64)> {
         let now = coarse_ms();
         if now >= self.inner.next_check.load(Ordering::Relaxed) {
             self.recheck(now, wait)?;
@@ -481,7 +502,7 @@ impl Cache {
         }
     }
 
-    fn check_key(a: &Attached, key: &[u8]) -> Result<()> {
+    pub(crate) fn check_key(a: &Attached, key: &[u8]) -> Result<()> {
         let max = a.geo.params.max_key_len;
         if key.len() > max {
             return Err(Error::TooLarge {
@@ -493,7 +514,7 @@ impl Cache {
         Ok(())
     }
 
-    fn check_value(a: &Attached, len: usize) -> Result<()> {
+    pub(crate) fn check_value(a: &Attached, len: usize) -> Result<()> {
         let max = a.geo.params.max_value_len;
         if len > max {
             return Err(Error::TooLarge {
@@ -505,7 +526,7 @@ impl Cache {
         Ok(())
     }
 
-    fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
+    pub(crate) fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
         match ttl {
             None => 0,
             Some(d) => now
@@ -521,7 +542,7 @@ impl Cache {
     /// A panic in `f` unwinds through the lock's guard, which unlocks (marking an
     /// owner-dead mutex consistent): the shard's sequence counter stays odd, so the next
     /// owner repairs it exactly as if this one had died.
-    fn locked<R>(
+    pub(crate) fn locked<R>(
         &self,
         a: &Attached,
         idx: usize,
@@ -703,7 +724,11 @@ impl Cache {
         let idx = a.geo.shard_of(h);
         self.locked(&a, idx, wait, Access::Write, |s| {
             let kh = s.locate(h);
-            s.set(key, &kh, value, expire, when == Store::IfAbsent, now)
+            let put = match when {
+                Store::Always => Put::Always,
+                Store::IfAbsent => Put::IfAbsent,
+            };
+            s.set(key, &kh, value, expire, put, now)
         })
     }
 
@@ -781,6 +806,133 @@ impl Cache {
             Counted::NotACounter(len) => Err(Error::NotACounter { len }),
             Counted::Overflow(value) => Err(Error::Overflow { value, delta }),
         }
+    }
+
+    /// The value of a fresh entry and its [`Version`], for a later
+    /// [`Cache::set_if_version`] (memcached's `gets`).
+    ///
+    /// An entry that already has a version is read without a lock, as [`Cache::get`].
+    /// Entries written by `set`, `insert_if_absent`, `replace` or `incr` carry none (so
+    /// they cost no space for one); the first `get_versioned` of such an entry gives it
+    /// one under the shard lock, by writing it again with its value and expiry. A
+    /// versioned entry takes 8 bytes more in the log. Any write but `set_if_version`
+    /// leaves the entry without a version or with a new one, so a version is matched
+    /// only by the entry it was read from.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-cas-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("nonces"))?;
+    /// cache.set(b"nonces:alice", b"n1", None)?;
+    /// // A read-modify-write that never loses a concurrent change.
+    /// loop {
+    ///     let (mut value, version) = cache.get_versioned(b"nonces:alice")?.unwrap();
+    ///     value.extend_from_slice(b",n2");
+    ///     if cache.set_if_version(b"nonces:alice", &value, None, version)? {
+    ///         break;
+    ///     }
+    /// }
+    /// assert_eq!(cache.get(b"nonces:alice")?.as_deref(), Some(&b"n1,n2"[..]));
+    /// let (_, version) = cache.get_versioned(b"nonces:alice")?.unwrap();
+    /// cache.set(b"nonces:alice", b"revoked", None)?;
+    /// assert!(!cache.set_if_version(b"nonces:alice", b"n3", None, version)?);
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_versioned(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        let h = a.hasher.hash(key);
+        let idx = a.geo.shard_of(h);
+        let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
+        let kh = shard.locate(h);
+        let mut out = Vec::new();
+        let optimistic = match a.region.atomic(shard.seq_off()) {
+            Some(seq) => Self::read_versioned_optimistic(&shard, seq, key, &kh, &mut out, now),
+            None => None,
+        };
+        let found = match optimistic {
+            Some(found) => found,
+            None => self.locked(&a, idx, Wait::Yes, Access::Write, |s| {
+                table::read_versioned(s, key, h, &mut out, now)
+            })?,
+        };
+        let version = |number| Version {
+            file: a.hasher.file_id(),
+            number,
+        };
+        Ok(match found {
+            Some(number) => {
+                stats::bump(&a, SS_HITS);
+                Some((out, version(number)))
+            }
+            None => {
+                stats::bump(&a, SS_MISSES);
+                None
+            }
+        })
+    }
+
+    /// The optimistic part of `get_versioned`: `Some(None)` for no fresh entry,
+    /// `Some(Some(version))` for a versioned one, `None` if it must take the lock (an
+    /// entry without a version, or too many torn tries).
+    fn read_versioned_optimistic(
+        shard: &Shard<'_>,
+        seq: &core::sync::atomic::AtomicU64,
+        key: &[u8],
+        kh: &KeyHash,
+        out: &mut Vec<u8>,
+        now: u64,
+    ) -> Option<Option<u64>> {
+        for _ in 0..OPTIMISTIC_TRIES {
+            let Some(s) = seqlock::read_begin(seq) else {
+                std::hint::spin_loop();
+                continue;
+            };
+            let found = match shard.find(key, kh) {
+                Probe::Hit { slot, rec } if !rec.expired(now) => {
+                    shard.read_value(&rec, out);
+                    shard.version(&rec).map(|v| (slot, Some(v)))
+                }
+                Probe::Hit { .. } | Probe::Miss => Some((usize::MAX, None)),
+                Probe::Bad => None,
+            };
+            if seqlock::read_validate(seq, s) {
+                let (slot, version) = found?;
+                if version.is_some() {
+                    shard.mark_visited(slot);
+                }
+                return Some(version);
+            }
+        }
+        None
+    }
+
+    /// Stores `value` only if `key`'s fresh entry still has `version` (memcached's
+    /// `cas`); true if it stored it, and the entry then has a new version. False if
+    /// the entry was changed, removed, expired or evicted since `version` was read, or
+    /// if `version` came from another file. See [`Cache::get_versioned`].
+    pub fn set_if_version(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        version: Version,
+    ) -> Result<bool> {
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        Self::check_value(&a, value.len())?;
+        if version.file != a.hasher.file_id() {
+            return Ok(false);
+        }
+        let expire = Self::expiry(now, ttl);
+        let h = a.hasher.hash(key);
+        let stored = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+            table::set_if_version(s, key, h, value, expire, version.number, now)
+        })?;
+        Ok(stored.is_some())
     }
 
     /// Stores `value` only if `key` has a fresh entry (memcached's `replace`); true if
@@ -1029,6 +1181,17 @@ impl Cache {
         stats::bump(&a, SS_FILLS);
         drop(guard);
         Ok(value)
+    }
+
+    /// The near-cache side of this cache (lease, heartbeat, tickets, invalidations),
+    /// for a cache kept in front of another store: see [`near`](crate::near).
+    pub fn near(&self) -> crate::near::Near<'_> {
+        crate::near::Near::new(self)
+    }
+
+    /// The mapping this handle uses now, without the periodic check of its path.
+    pub(crate) fn mapped(&self) -> Entered<'_> {
+        self.inner.maps.enter()
     }
 
     /// Counters of the whole cache and of each shard.

@@ -474,7 +474,8 @@ pub(crate) fn init_locks(a: &Attached) -> Result<()> {
     let g = &a.geo;
     let offs = (0..FILL_SLOTS)
         .map(|i| g.fill_slot(i))
-        .chain((0..g.shard_count).map(|i| g.shard_base(i)));
+        .chain((0..g.shard_count).map(|i| g.shard_base(i)))
+        .chain([g.near_off]);
     for off in offs {
         let kind = lock::init(&a.region, off).map_err(lock::init_error)?;
         if kind != a.kind {

@@ -1,6 +1,6 @@
 //! The file format: header, statistics slots, fill slots, shards, records.
 //!
-//! # Byte map (format version 2)
+//! # Byte map (format version 3)
 //!
 //! Every field is a little-endian `u64` word unless it says otherwise, and every word is
 //! read and written with 8-byte atomic operations (see `region`).
@@ -12,7 +12,9 @@
 //! 4096                        129 * 128       StatsSlot[129]: slot 0 is shared overflow,
 //!                                             1..=128 are claimed one per process
 //! stats_off + 16512 (page up) 256 * 64        FillSlot[256]: a robust mutex each
-//! shards_off                  n * shard_size  Shard[n], each page aligned:
+//! fill_off + 16384            8448            NearArea: the near-cache lease, epoch,
+//!                                             heartbeat, counters (see "Near area")
+//! near_off + 8448 (page up)   n * shard_size  Shard[n], each page aligned:
 //!
 //!   shard + 0                 256             ShardHeader: lock, sequence counter,
 //!                                             intent record, log states, counters
@@ -31,6 +33,14 @@
 //! crash in between leaves a stamp whose checksum fails, which the next offline repair
 //! writes again; the checksummed header is never touched after creation.
 //!
+//! ## Near area
+//! What a host's listener (`larder-redis`) and its readers share when the cache is a
+//! near cache in front of another store: a robust mutex held by the one listener (the
+//! lease), the epoch (bumped by every flush), the heartbeat (`CLOCK_MONOTONIC` ns of the
+//! last proven-current instant, 0 for none), the lease holder's pid, counters (leases,
+//! takeovers, invalidations, flushes by reason), then `NEAR_COUNTERS` invalidation
+//! counters, one per key-hash class, each bumped before its key is removed.
+//!
 //! ## Statistics slot claims
 //! A process claims statistics slot `i` by holding an open file description lock
 //! (`F_OFD_SETLK`, write) on byte `i` of the file, through a description of its own;
@@ -46,11 +56,21 @@
 //! ```text
 //! word 0   bits 0..16 key length, bits 16..64 expiry (ms on CLOCK_MONOTONIC, 0 = none)
 //! word 1   bits 0..2 state (1 live, 2 dead, 3 pad), bits 2..28 value length,
+//!          bit 28 versioned, bits 29..32 zero,
 //!          bits 32..64 index slot that points at the record (back reference)
+//! word 2   only if versioned: the entry's version (see "Versions")
 //! then     key bytes, zero-padded to 8; value bytes, zero-padded to 8
 //! ```
 //! A pad record fills the rest of a log to its end; fewer than 16 bytes left at the end
 //! are an implicit pad.
+//!
+//! ## Versions
+//! Each shard header holds the last version it gave out (`version`, starting at 0).
+//! Writing a versioned record first stores the shard's next version there, then the
+//! record, so no crash can hand a version out twice; repair never lowers it (it raises it
+//! to the largest version found in the logs). An in-place change of a versioned record
+//! (`incr`, an overwrite of equal length) stores a new version in the record before the
+//! value. A record without a version matches no version.
 //!
 //! ## Log state word
 //! bits 0..32 head, bits 32..64 tail, both in 8-byte units from the log's start. The log
@@ -68,7 +88,10 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"LARDERc\x01");
 /// - 2: the boot id moves out of the checksummed header into the stamp, which also
 ///   records the creator's pid and time namespaces; statistics slots lose their mutex
 ///   (claimed with open file description locks instead).
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// - 3: the near area (lease, epoch, heartbeat, invalidation counters) between the fill
+///   slots and the shards; records may carry a version word (bit 28 of word 1), and each
+///   shard header the last version it gave out.
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 /// Bytes of the header page.
 pub(crate) const HEADER_SIZE: usize = 4096;
@@ -160,7 +183,9 @@ pub(crate) struct ShardHeader {
     pub dropped: u64,
     /// Of `evictions`, those made because both of a key's index buckets were full.
     pub index_evictions: u64,
-    pub reserved: [u64; 10],
+    /// The last version this shard gave out (see "Versions").
+    pub version: u64,
+    pub reserved: [u64; 9],
 }
 
 pub(crate) const SHARD_HEADER: usize = 256;
@@ -182,6 +207,39 @@ pub(crate) const SH_EXPIRATIONS: usize = offset_of!(ShardHeader, expirations);
 pub(crate) const SH_RECOVERIES: usize = offset_of!(ShardHeader, recoveries);
 pub(crate) const SH_DROPPED: usize = offset_of!(ShardHeader, dropped);
 pub(crate) const SH_INDEX_EVICTIONS: usize = offset_of!(ShardHeader, index_evictions);
+pub(crate) const SH_VERSION: usize = offset_of!(ShardHeader, version);
+
+/// Invalidation counters of the near area: a key uses counter `hash % NEAR_COUNTERS`.
+pub(crate) const NEAR_COUNTERS: usize = 1024;
+/// Flush reasons counted in the near area (see `near::FlushReason`).
+pub(crate) const NEAR_FLUSH_REASONS: usize = 5;
+
+/// The near area (see "Near area").
+#[repr(C)]
+pub(crate) struct NearArea {
+    pub lease: [u64; 8],
+    pub epoch: u64,
+    pub heartbeat: u64,
+    pub holder: u64,
+    pub leases: u64,
+    pub takeovers: u64,
+    pub invalidations: u64,
+    pub flushes: [u64; NEAR_FLUSH_REASONS],
+    pub reserved: [u64; 13],
+    pub counters: [u64; NEAR_COUNTERS],
+}
+
+pub(crate) const NEAR_SIZE: usize = core::mem::size_of::<NearArea>();
+const _: () = assert!(NEAR_SIZE == 256 + NEAR_COUNTERS * 8);
+const _: () = assert!(offset_of!(NearArea, epoch) == 64);
+pub(crate) const NA_EPOCH: usize = offset_of!(NearArea, epoch);
+pub(crate) const NA_HEARTBEAT: usize = offset_of!(NearArea, heartbeat);
+pub(crate) const NA_HOLDER: usize = offset_of!(NearArea, holder);
+pub(crate) const NA_LEASES: usize = offset_of!(NearArea, leases);
+pub(crate) const NA_TAKEOVERS: usize = offset_of!(NearArea, takeovers);
+pub(crate) const NA_INVALIDATIONS: usize = offset_of!(NearArea, invalidations);
+pub(crate) const NA_FLUSHES: usize = offset_of!(NearArea, flushes);
+pub(crate) const NA_COUNTERS: usize = offset_of!(NearArea, counters);
 
 /// One per-process statistics slot: its counters, then a cache line of padding (the
 /// adjacent-line prefetcher moves 64-byte lines in pairs, so two processes' slots never
@@ -273,7 +331,7 @@ pub(crate) fn tag_text(t: u64) -> String {
 /// Hash of every layout constant of this build: sizes and offsets of the on-file structs
 /// and the record encoding. Two builds share files only when it matches.
 pub(crate) fn fingerprint() -> u64 {
-    let parts: [u64; 14] = [
+    let parts: [u64; 17] = [
         FORMAT_VERSION as u64,
         core::mem::size_of::<FileHeader>() as u64,
         SHARD_HEADER as u64,
@@ -288,6 +346,9 @@ pub(crate) fn fingerprint() -> u64 {
         SS_HITS as u64,
         crate::lock::MUTEX_SPACE as u64,
         core::mem::size_of::<libc::pthread_mutex_t>() as u64,
+        NEAR_SIZE as u64,
+        NEAR_COUNTERS as u64,
+        SH_VERSION as u64,
     ];
     let mut bytes = Vec::with_capacity(parts.len() * 8);
     for p in parts {
@@ -315,6 +376,7 @@ pub(crate) struct Geometry {
     pub total_size: usize,
     pub stats_off: usize,
     pub fill_off: usize,
+    pub near_off: usize,
     pub shards_off: usize,
     pub shard_count: usize,
     pub shard_bits: u32,
@@ -387,7 +449,9 @@ impl Geometry {
             .map_err(|_| "capacity does not fit this machine's address space".to_string())?;
         let stats_off = HEADER_SIZE;
         let fill_off = align_page(stats_off + STATS_SLOTS * STATS_SLOT_SIZE);
-        let shards_off = align_page(fill_off + FILL_SLOTS * FILL_SLOT_SIZE);
+        let near_off = align_page(fill_off + FILL_SLOTS * FILL_SLOT_SIZE);
+        let shards_off = align_page(near_off + NEAR_SIZE);
+        // (A versioned record is 8 bytes larger: it fits as long as one record does.)
         let max_record = record_size(p.max_key_len, p.max_value_len);
         let min_main = max_record.saturating_mul(RECORDS_PER_MAIN);
         // Data bytes a shard needs at least: the main log (90%) must hold min_main.
@@ -469,6 +533,7 @@ impl Geometry {
             total_size,
             stats_off,
             fill_off,
+            near_off,
             shards_off,
             shard_count,
             shard_bits: shard_count.trailing_zeros(),

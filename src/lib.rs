@@ -114,6 +114,7 @@ mod header;
 mod layout;
 mod lock;
 mod mapping;
+pub mod near;
 mod options;
 mod region;
 mod seqlock;
@@ -133,7 +134,7 @@ mod words;
 #[path = "shard_tests.rs"]
 mod shard_tests;
 
-pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue};
+pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue, Version};
 pub use clock::Clock;
 pub use error::{Error, Result};
 pub use options::{

@@ -274,6 +274,11 @@ impl<'a> RobustMutex<'a> {
         let _ = unsafe { libc::pthread_mutex_consistent(self.ptr.as_ptr()) };
     }
 
+    /// Releases a lock kept with [`Guard::keep`] by the calling thread.
+    pub(crate) fn release_kept(&self) {
+        self.unlock();
+    }
+
     /// Releases a lock held by the calling thread.
     fn unlock(&self) {
         // SAFETY: called only by the thread that acquired the lock (guards are !Send);
@@ -349,6 +354,17 @@ impl<'m, 'a> Guard<'m, 'a> {
     /// Whether the previous owner died holding the lock.
     pub(crate) fn owner_died(&self) -> bool {
         self.owner_died
+    }
+
+    /// Keeps the lock held past the guard, for a lock held as long as a value lives
+    /// (the near-cache lease), released with [`RobustMutex::release_kept`] by the same
+    /// thread. Marks an owner-dead mutex consistent (it guards no shared data that
+    /// needs repair) and says whether its owner had died.
+    pub(crate) fn keep(mut self) -> bool {
+        let died = self.owner_died;
+        self.mark_consistent();
+        core::mem::forget(self);
+        died
     }
 
     /// Marks what the mutex guards as repaired after its owner died (nothing if it did

@@ -22,21 +22,31 @@ use crate::layout::{
     align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_OVERWRITE,
     INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER, SH_DROPPED, SH_ENTRIES,
     SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS, SH_SEQ, SH_SMALL,
-    SH_UPDATES, STATE_DEAD, STATE_LIVE, STATE_PAD,
+    SH_UPDATES, SH_VERSION, STATE_DEAD, STATE_LIVE, STATE_PAD,
 };
 use crate::region::Region;
 use crate::words::{Intent, LogState, RecordWord0, RecordWord1, SlotWord};
 
+/// Bytes of a record's version word.
+pub(crate) const VERSION_WORD: usize = 8;
+
 /// Keyed xxh3 over the file's random secret.
 pub(crate) struct Hasher {
     secret: Vec<u8>,
+    id: u64,
 }
 
 impl Hasher {
     pub(crate) fn new(secret: &[u8]) -> Hasher {
         Hasher {
             secret: secret.to_vec(),
+            id: xxhash_rust::xxh3::xxh3_64(secret),
         }
+    }
+
+    /// A number that tells this file from others: a hash of its random secret.
+    pub(crate) fn file_id(&self) -> u64 {
+        self.id
     }
 
     /// The key's 64-bit hash: a full custom secret, not a seed, so collision families of
@@ -73,6 +83,8 @@ pub(crate) struct Rec {
     pub state: u64,
     pub slot: usize,
     pub size: usize,
+    /// Whether word 2 is the entry's version.
+    pub versioned: bool,
     pub w0: u64,
     pub w1: u64,
 }
@@ -81,8 +93,18 @@ impl Rec {
     pub(crate) fn expired(&self, now: u64) -> bool {
         self.expire != 0 && self.expire <= now
     }
+    /// Where the key starts: after the header and the version word, if any.
+    #[inline]
+    pub(crate) fn key_off(&self) -> usize {
+        self.off + RECORD_HEADER + if self.versioned { VERSION_WORD } else { 0 }
+    }
+    #[inline]
     fn value_off(&self) -> usize {
-        self.off + RECORD_HEADER + align8(self.klen)
+        self.key_off() + align8(self.klen)
+    }
+    /// Where the version word is (meaningful only if `versioned`).
+    pub(crate) fn version_off(&self) -> usize {
+        self.off + RECORD_HEADER
     }
 }
 
@@ -96,6 +118,17 @@ pub(crate) enum Probe {
     Miss,
     /// Something read does not make sense: torn (if racing a writer) or corrupt.
     Bad,
+}
+
+/// How a set stores its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Put {
+    /// Over anything, without a version.
+    Always,
+    /// Only if no fresh entry exists (`insert_if_absent`), without a version.
+    IfAbsent,
+    /// Over anything, with a version the shard has never given out.
+    Versioned,
 }
 
 /// What a set did.
@@ -245,6 +278,7 @@ impl<'a> Shard<'a> {
         let RecordWord1 {
             state,
             value_len: vlen,
+            versioned,
             back_ref: slot,
         } = RecordWord1::decode(w1);
         let size = match state {
@@ -253,7 +287,7 @@ impl<'a> Shard<'a> {
                 if klen > self.g.params.max_key_len || vlen > self.g.params.max_value_len {
                     return None;
                 }
-                let s = record_size(klen, vlen);
+                let s = record_size(klen, vlen) + if versioned { VERSION_WORD } else { 0 };
                 if s > end - off {
                     return None;
                 }
@@ -269,6 +303,7 @@ impl<'a> Shard<'a> {
             state,
             slot,
             size,
+            versioned: versioned && state != STATE_PAD,
             w0,
             w1,
         })
@@ -294,7 +329,7 @@ impl<'a> Shard<'a> {
                 if rec.state != STATE_LIVE {
                     return Probe::Bad;
                 }
-                if rec.klen == key.len() && self.r.bytes_eq(rec.off + RECORD_HEADER, key) {
+                if rec.klen == key.len() && self.r.bytes_eq(rec.key_off(), key) {
                     return Probe::Hit { slot, rec };
                 }
             }
@@ -313,8 +348,7 @@ impl<'a> Shard<'a> {
 
     /// Copies a record's key into `out`.
     pub(crate) fn read_key(&self, rec: &Rec, out: &mut [u8]) {
-        self.r
-            .read_bytes(rec.off + RECORD_HEADER, &mut out[..rec.klen]);
+        self.r.read_bytes(rec.key_off(), &mut out[..rec.klen]);
     }
 
     fn visited_word(&self, slot: usize) -> (usize, u64) {
@@ -443,31 +477,58 @@ impl<'a> Shard<'a> {
     /// an increment must not, or every acknowledged increment before it would go with it.
     /// (Like any entry, a counter can still be evicted, or lost with a writer that dies
     /// while eviction moves it between logs: the one entry such a crash may cost.)
+    ///
+    /// A versioned counter gets a new version first: a crash between the two stores
+    /// leaves a new version over the old count, which only fails a compare-and-swap that
+    /// would have succeeded.
     pub(crate) fn store_counter(&self, rec: &Rec, value: i64) {
         debug_assert_eq!(rec.vlen, 8);
+        if rec.versioned {
+            let v = self.next_version();
+            self.r.store(rec.version_off(), v);
+            crash_point!("incr.after_version");
+        }
         self.r
             .store(rec.value_off(), u64::from_le_bytes(value.to_le_bytes()));
         crash_point!("incr.after_store");
         self.add(SH_UPDATES, 1);
     }
 
-    /// Inserts or replaces `key`. With `only_if_absent`, a live entry is left alone.
+    /// The next version of this shard, stored as given out before anything carries it,
+    /// so that no crash can give it out twice.
+    pub(crate) fn next_version(&self) -> u64 {
+        let v = self.counter(SH_VERSION).wrapping_add(1).max(1);
+        self.r.store(self.hdr(SH_VERSION), v);
+        crash_point!("version.after_bump");
+        v
+    }
+
+    /// The version of a live record, or `None` if it has none.
+    pub(crate) fn version(&self, rec: &Rec) -> Option<u64> {
+        rec.versioned.then(|| self.r.load(rec.version_off()))
+    }
+
+    /// Inserts or replaces `key` (see [`Put`]). With [`Put::IfAbsent`], a live entry is
+    /// left alone; with [`Put::Versioned`], the entry gets a new version (read it back
+    /// with [`Shard::counter`]`(SH_VERSION)`).
     pub(crate) fn set(
         &self,
         key: &[u8],
         kh: &KeyHash,
         value: &[u8],
         expire: u64,
-        only_if_absent: bool,
+        put: Put,
         now: u64,
     ) -> Result<SetOutcome, Damaged> {
-        let size = record_size(key.len(), value.len());
+        let versioned = put == Put::Versioned;
+        let vword = if versioned { VERSION_WORD } else { 0 };
+        let size = record_size(key.len(), value.len()) + vword;
         let existing = match self.find(key, kh) {
             Probe::Hit { slot, rec } => Some((slot, rec)),
             Probe::Miss => None,
             Probe::Bad => return Err(Damaged("index slot points at no live record".into())),
         };
-        if only_if_absent {
+        if put == Put::IfAbsent {
             if let Some((_, rec)) = existing {
                 if !rec.expired(now) {
                     return Ok(SetOutcome::Exists);
@@ -475,14 +536,19 @@ impl<'a> Shard<'a> {
             }
         }
         if let Some((slot, old)) = existing {
-            if old.klen == key.len() && old.vlen == value.len() {
+            if old.klen == key.len() && old.vlen == value.len() && old.versioned == versioned {
                 // Same lengths: overwrite in place. No log space, no eviction, and the
                 // entry keeps its place and visited bit. Readers are kept out by the odd
                 // sequence counter; a crash mid-copy is repaired by dropping this entry,
                 // which the intent record names.
                 self.set_intent(INTENT_OVERWRITE, slot);
                 crash_point!("overwrite.after_intent");
-                let at = old.off + RECORD_HEADER + align8(key.len());
+                if versioned {
+                    let v = self.next_version();
+                    self.r.store(old.version_off(), v);
+                    crash_point!("overwrite.after_version");
+                }
+                let at = old.value_off();
                 // In two halves, with a crash point between, so the tests can crash with
                 // the value half old and half new (the state the intent record repairs).
                 let half = (value.len() / 2) & !7;
@@ -532,15 +598,20 @@ impl<'a> Shard<'a> {
         let w1 = RecordWord1 {
             state: STATE_LIVE,
             value_len: value.len(),
+            versioned,
             back_ref: slot,
         };
         self.r.store(dst, w0.encode());
         self.r.store(dst + 8, w1.encode());
-        self.r.write_bytes(dst + RECORD_HEADER, key);
+        if versioned {
+            let v = self.next_version();
+            self.r.store(dst + RECORD_HEADER, v);
+        }
+        self.r.write_bytes(dst + RECORD_HEADER + vword, key);
         crash_point!("set.after_key");
         // In two halves too, like an overwrite: a crash can leave the value half written
         // here as well (unpublished, so repair ignores it).
-        let at = dst + RECORD_HEADER + align8(key.len());
+        let at = dst + RECORD_HEADER + vword + align8(key.len());
         let half = (value.len() / 2) & !7;
         self.r.write_bytes(at, &value[..half]);
         crash_point!("set.mid_value");
@@ -668,8 +739,14 @@ impl<'a> Shard<'a> {
         crash_point!("repair.after_clear_index");
         let mut dropped = 0;
         let mut key = [0u8; MAX_KEY_LIMIT];
+        let mut top = self.counter(SH_VERSION);
         for which in [LogId::Small, LogId::Main] {
-            dropped += self.rebuild_log(which, &mut key);
+            dropped += self.rebuild_log(which, &mut key, &mut top);
+        }
+        // Never lower: a version given out must not come back, even if the record that
+        // carried it is gone.
+        if top > self.counter(SH_VERSION) {
+            self.r.store(self.hdr(SH_VERSION), top);
         }
         crash_point!("repair.after_rebuild");
         let Intent { op, slot } = intent;
@@ -699,7 +776,9 @@ impl<'a> Shard<'a> {
         dropped
     }
 
-    fn rebuild_log(&self, which: LogId, key: &mut [u8; MAX_KEY_LIMIT]) -> u64 {
+    /// Rebuilds one log's entries into the index; raises `top` to the largest version
+    /// of any record walked.
+    fn rebuild_log(&self, which: LogId, key: &mut [u8; MAX_KEY_LIMIT], top: &mut u64) -> u64 {
         let (start, cap, _) = self.log_bounds(which);
         let (head, tail) = match self.state(which) {
             Ok(ht) => ht,
@@ -726,6 +805,9 @@ impl<'a> Shard<'a> {
             };
             if rec.size > remaining {
                 break;
+            }
+            if let Some(v) = self.version(&rec) {
+                *top = (*top).max(v);
             }
             if rec.state == STATE_LIVE && !self.reindex(&rec, key) {
                 self.mark_dead(&rec);

@@ -41,7 +41,7 @@ use crate::layout::{
 };
 use crate::region::Region;
 use crate::seqlock;
-use crate::shard::{Damaged, Hasher, KeyHash, LogId, Probe, Rec, SetOutcome, Shard};
+use crate::shard::{Damaged, Hasher, KeyHash, LogId, Probe, Put, Rec, SetOutcome, Shard};
 use crate::words::Intent;
 
 /// The test clock's start (ms); any non-zero time works, expiry 0 means "none".
@@ -59,7 +59,8 @@ const MIRI: bool = cfg!(miri);
 /// stays fast).
 fn small_params() -> Params {
     Params {
-        capacity: 61_440,
+        // 60 KiB of shard and headers, plus the 12 KiB near area (format 3).
+        capacity: 61_440 + 12_288,
         max_key_len: 32,
         max_value_len: 256,
         shards: 1,
@@ -189,12 +190,12 @@ impl Fixture {
 
     fn set(&self, key: &[u8], value: &[u8], expire: u64, now: u64) -> SetOutcome {
         let kh = self.kh(key);
-        self.write(|s| s.set(key, &kh, value, expire, false, now))
+        self.write(|s| s.set(key, &kh, value, expire, Put::Always, now))
     }
 
     fn insert_if_absent(&self, key: &[u8], value: &[u8], expire: u64, now: u64) -> SetOutcome {
         let kh = self.kh(key);
-        self.write(|s| s.set(key, &kh, value, expire, true, now))
+        self.write(|s| s.set(key, &kh, value, expire, Put::IfAbsent, now))
     }
 
     fn remove(&self, key: &[u8], now: u64) -> bool {
@@ -861,7 +862,7 @@ struct Crashed {
 /// found its slot (which may evict within a full bucket pair).
 fn crash_set(fx: &Fixture, k: &[u8], v: &[u8], expire: u64, now: u64, stage: SetCrash) -> Crashed {
     let kh = fx.kh(k);
-    let set = |s: &Shard<'_>| s.set(k, &kh, v, expire, false, now).map(drop);
+    let set = |s: &Shard<'_>| s.set(k, &kh, v, expire, Put::Always, now).map(drop);
     let found = {
         let _g = fx.guard();
         hit(fx.shard().find(k, &kh))
@@ -1405,7 +1406,10 @@ fn killed_slot_eviction_in_a_full_bucket_pair_loses_only_the_victim() {
         hit(fx.shard().find(&victim, &fx.kh(&victim))).expect("present")
     };
     let kh = fx.kh(b"newcomer");
-    let set = |s: &Shard<'_>| s.set(b"newcomer", &kh, b"n", 0, false, START_MS).map(drop);
+    let set = |s: &Shard<'_>| {
+        s.set(b"newcomer", &kh, b"n", 0, Put::Always, START_MS)
+            .map(drop)
+    };
     // The entries when the eviction begins: after the set made room in its log.
     let before = fx.contents_if_killed(at("set.after_make_room"), &set);
     assert!(fx.write_killed(at("evict_slot.after_mark_dead"), &set));

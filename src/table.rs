@@ -11,9 +11,10 @@
 //! the protocol that ships rather than a copy of it.
 
 use crate::layout::Geometry;
+use crate::layout::SH_VERSION;
 use crate::region::Region;
 use crate::seqlock;
-use crate::shard::{Damaged, Hasher, Probe, Shard};
+use crate::shard::{Damaged, Hasher, Probe, Put, Shard};
 
 /// Whether the shard's lock came back owner-dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +149,7 @@ pub(crate) fn incr(
                 return Ok(Counted::Overflow(init));
             };
             // A new counter: a crash may drop it, but nothing was counted in it yet.
-            s.set(key, &kh, &next.to_le_bytes(), expire, false, now)?;
+            s.set(key, &kh, &next.to_le_bytes(), expire, Put::Always, now)?;
             Ok(Counted::To(next))
         }
         Probe::Bad => Err(Damaged("index slot points at no live record".into())),
@@ -167,10 +168,58 @@ pub(crate) fn replace(
     let kh = s.locate(h);
     match s.find(key, &kh) {
         Probe::Hit { rec, .. } if !rec.expired(now) => {
-            s.set(key, &kh, value, expire, false, now)?;
+            s.set(key, &kh, value, expire, Put::Always, now)?;
             Ok(true)
         }
         Probe::Hit { .. } | Probe::Miss => Ok(false),
+        Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+    }
+}
+
+/// `set_if_version` inside its shard's locked section: stores `value` with a new version
+/// only over a fresh entry whose version is `version`; the new version, or `None`.
+pub(crate) fn set_if_version(
+    s: &Shard<'_>,
+    key: &[u8],
+    h: u64,
+    value: &[u8],
+    expire: u64,
+    version: u64,
+    now: u64,
+) -> Result<Option<u64>, Damaged> {
+    let kh = s.locate(h);
+    match s.find(key, &kh) {
+        Probe::Hit { rec, .. } if !rec.expired(now) && s.version(&rec) == Some(version) => {
+            s.set(key, &kh, value, expire, Put::Versioned, now)?;
+            Ok(Some(s.counter(SH_VERSION)))
+        }
+        Probe::Hit { .. } | Probe::Miss => Ok(None),
+        Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+    }
+}
+
+/// `get_versioned` inside its shard's locked section: the value of a fresh entry into
+/// `out` and its version. An entry without a version is given one first (rewritten
+/// with its value and expiry, as a set would).
+pub(crate) fn read_versioned(
+    s: &Shard<'_>,
+    key: &[u8],
+    h: u64,
+    out: &mut Vec<u8>,
+    now: u64,
+) -> Result<Option<u64>, Damaged> {
+    let kh = s.locate(h);
+    match s.find(key, &kh) {
+        Probe::Hit { slot, rec } if !rec.expired(now) => {
+            s.read_value(&rec, out);
+            s.mark_visited(slot);
+            if let Some(v) = s.version(&rec) {
+                return Ok(Some(v));
+            }
+            s.set(key, &kh, out, rec.expire, Put::Versioned, now)?;
+            Ok(Some(s.counter(SH_VERSION)))
+        }
+        Probe::Hit { .. } | Probe::Miss => Ok(None),
         Probe::Bad => Err(Damaged("index slot points at no live record".into())),
     }
 }
@@ -277,12 +326,17 @@ mod harness {
             self.check(key, value.len())?;
             self.with_shard(key, Access::Write, |s, h| {
                 let kh = s.locate(h);
+                let put = if only_if_absent {
+                    crate::shard::Put::IfAbsent
+                } else {
+                    crate::shard::Put::Always
+                };
                 s.set(
                     key,
                     &kh,
                     value,
                     expire.min(crate::shard::MAX_EXPIRE),
-                    only_if_absent,
+                    put,
                     now,
                 )
                 .map(|o| o != SetOutcome::Exists)

@@ -16,7 +16,7 @@ use std::fmt;
 use crate::file::Attached;
 use crate::layout::{
     BUCKET_SLOTS, FILL_SLOTS, HEADER_SIZE, MAX_KEY_LIMIT, RECORD_HEADER, SH_ENTRIES, SH_INTENT,
-    SH_LIVE_BYTES, STATE_LIVE,
+    SH_LIVE_BYTES, SH_VERSION, STATE_LIVE,
 };
 use crate::lock::RobustMutex;
 use crate::shard::{LogId, Probe, Shard};
@@ -83,7 +83,8 @@ pub(crate) fn header(a: &Attached, report: &mut Report) {
     let g = &a.geo;
     let locks = (0..FILL_SLOTS)
         .map(|i| ("fill slot", i, g.fill_slot(i)))
-        .chain((0..g.shard_count).map(|i| ("shard lock", i, g.shard_base(i))));
+        .chain((0..g.shard_count).map(|i| ("shard lock", i, g.shard_base(i))))
+        .chain([("near-cache lease", 0, g.near_off)]);
     for (what, i, off) in locks {
         if let Ok(m) = RobustMutex::at(&a.region, off, a.kind) {
             if let Err(crate::lock::LockError::Corrupt(d)) = m.check() {
@@ -110,6 +111,7 @@ impl Shard<'_> {
         let mut live = 0u64;
         let mut live_bytes = 0u64;
         let mut key = vec![0u8; MAX_KEY_LIMIT];
+        let given = self.counter(SH_VERSION);
         for which in [LogId::Small, LogId::Main] {
             let (start, cap, _) = self.log_bounds(which);
             let (head, tail) = match self.state(which) {
@@ -134,6 +136,14 @@ impl Shard<'_> {
                 if rec.size > remaining {
                     out.push(format!("{which:?} log: record at {pos} crosses the tail"));
                     break;
+                }
+                if let Some(v) = self.version(&rec) {
+                    if v > given {
+                        out.push(format!(
+                            "{which:?} log: record at {pos} has version {v}, past the \
+                             shard's last given out, {given}"
+                        ));
+                    }
                 }
                 if rec.state == STATE_LIVE {
                     let bit = (rec.off - data_start) / 8;

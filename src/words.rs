@@ -129,20 +129,24 @@ impl RecordWord0 {
     }
 }
 
-/// Word 1 of a record: bits 0..2 the state, bits 2..28 the value length, bits 28..32
-/// unused (written as zero), bits 32..64 the back reference.
+/// Word 1 of a record: bits 0..2 the state, bits 2..28 the value length, bit 28 whether
+/// a version word follows, bits 29..32 unused (written as zero), bits 32..64 the back
+/// reference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordWord1 {
     /// `STATE_LIVE`, `STATE_DEAD` or `STATE_PAD` (2 bits; 0 is no record).
     pub state: u64,
     /// Bytes of the value (26 bits).
     pub value_len: usize,
+    /// Whether word 2 of the record is its version.
+    pub versioned: bool,
     /// The index slot that points at the record (32 bits).
     pub back_ref: usize,
 }
 
 impl RecordWord1 {
     const STATE_MASK: u64 = 3;
+    const VERSIONED: u64 = 1 << 28;
     const LOW_HALF: u64 = 0xffff_ffff;
     /// Largest value length the word holds.
     pub(crate) const MAX_VALUE_LEN: usize = (1 << 26) - 1;
@@ -150,6 +154,7 @@ impl RecordWord1 {
     pub(crate) const PAD: RecordWord1 = RecordWord1 {
         state: STATE_PAD,
         value_len: 0,
+        versioned: false,
         back_ref: 0,
     };
 
@@ -157,6 +162,7 @@ impl RecordWord1 {
     pub(crate) const fn encode(self) -> u64 {
         (self.state & Self::STATE_MASK)
             | ((self.value_len as u64 & Self::MAX_VALUE_LEN as u64) << 2)
+            | if self.versioned { Self::VERSIONED } else { 0 }
             | ((self.back_ref as u64) << 32)
     }
 
@@ -165,6 +171,7 @@ impl RecordWord1 {
         RecordWord1 {
             state: w & Self::STATE_MASK,
             value_len: ((w >> 2) & Self::MAX_VALUE_LEN as u64) as usize,
+            versioned: w & Self::VERSIONED != 0,
             back_ref: (w >> 32) as usize,
         }
     }
@@ -292,12 +299,15 @@ mod tests {
         for state in [0, STATE_LIVE, STATE_DEAD, STATE_PAD] {
             for value_len in [0, 1, RecordWord1::MAX_VALUE_LEN] {
                 for back_ref in [0, 1, u32::MAX as usize] {
-                    let w = RecordWord1 {
-                        state,
-                        value_len,
-                        back_ref,
-                    };
-                    assert_eq!(RecordWord1::decode(w.encode()), w);
+                    for versioned in [false, true] {
+                        let w = RecordWord1 {
+                            state,
+                            value_len,
+                            versioned,
+                            back_ref,
+                        };
+                        assert_eq!(RecordWord1::decode(w.encode()), w);
+                    }
                 }
             }
         }
@@ -322,6 +332,7 @@ mod tests {
             RecordWord1 {
                 state: STATE_LIVE,
                 value_len: 5,
+                versioned: false,
                 back_ref: 7
             }
             .encode(),
@@ -329,8 +340,19 @@ mod tests {
         );
         assert_eq!(
             RecordWord1 {
+                state: STATE_LIVE,
+                value_len: 5,
+                versioned: true,
+                back_ref: 7
+            }
+            .encode(),
+            1 | (5 << 2) | (1 << 28) | (7 << 32)
+        );
+        assert_eq!(
+            RecordWord1 {
                 state: 4 | STATE_DEAD,
                 value_len: RecordWord1::MAX_VALUE_LEN + 2,
+                versioned: false,
                 back_ref: 7
             }
             .encode(),
@@ -378,7 +400,7 @@ mod tests {
         assert_eq!(LogState::decode(w).encode(), w);
         assert_eq!(RecordWord0::decode(w).encode(), w);
         let r1 = RecordWord1::decode(w);
-        assert_eq!(r1.encode(), w & !(0xf << 28));
+        assert_eq!(r1.encode(), w & !(0x7 << 29));
         assert!(r1.state <= 3 && r1.value_len <= RecordWord1::MAX_VALUE_LEN);
         assert_eq!(RecordWord1::with_state(w, r1.state), w);
         assert_eq!(RecordWord1::with_back_ref(w, r1.back_ref), w);

@@ -547,6 +547,16 @@ mod points {
         Restamp,
         /// `incr` of an existing counter.
         Incr,
+        /// `incr` of an existing counter that has a version.
+        IncrVersioned,
+        /// `set_if_version` over an existing versioned key, with a value of another
+        /// length.
+        Cas,
+        /// `set_if_version` over an existing versioned key, with a value of the same
+        /// length (in place).
+        CasSameLength,
+        /// Taking the near-cache lease (which flushes the cache).
+        Lease,
     }
 
     pub const ALL: &[Scenario] = &[
@@ -566,6 +576,10 @@ mod points {
         Scenario::Create,
         Scenario::Restamp,
         Scenario::Incr,
+        Scenario::IncrVersioned,
+        Scenario::Cas,
+        Scenario::CasSameLength,
+        Scenario::Lease,
     ];
 
     impl Scenario {
@@ -584,9 +598,11 @@ mod points {
         pub fn for_point(point: &str) -> Vec<Scenario> {
             use Scenario::*;
             match point {
-                "set.after_mark_old_dead" | "lock.held" => vec![Overwrite],
-                p if p.starts_with("overwrite.") => vec![OverwriteSameLength],
-                p if p.starts_with("set.") => vec![Overwrite, Insert],
+                "set.after_mark_old_dead" | "lock.held" => vec![Overwrite, Cas],
+                "overwrite.after_version" => vec![CasSameLength],
+                p if p.starts_with("overwrite.") => vec![OverwriteSameLength, CasSameLength],
+                p if p.starts_with("set.") => vec![Overwrite, Insert, Cas],
+                "version.after_bump" => vec![Cas, CasSameLength, IncrVersioned],
                 "evict_slot.after_mark_dead" => vec![BucketFull],
                 p if p.starts_with("remove.") => vec![Remove],
                 p if p.starts_with("touch.") => vec![Touch],
@@ -599,7 +615,9 @@ mod points {
                     vec![Create]
                 }
                 "restamp.after_ids" => vec![Restamp],
-                "incr.after_store" => vec![Incr],
+                "incr.after_store" => vec![Incr, IncrVersioned],
+                "incr.after_version" => vec![IncrVersioned],
+                p if p.starts_with("near.") => vec![Lease],
                 other => panic!("crash point {other} has no scenario here: add one"),
             }
         }
@@ -648,7 +666,14 @@ mod points {
                     | Scenario::Remove
                     | Scenario::Touch
                     | Scenario::Repair
+                    | Scenario::Cas
+                    | Scenario::CasSameLength
             )
+        }
+
+        /// Whether the key under test is given a version before the crash.
+        fn target_versioned(self) -> bool {
+            matches!(self, Scenario::Cas | Scenario::CasSameLength)
         }
 
         /// Whether the crashing operation writes the key under test's new value.
@@ -660,6 +685,8 @@ mod points {
                     | Scenario::Insert
                     | Scenario::Fill
                     | Scenario::Repair
+                    | Scenario::Cas
+                    | Scenario::CasSameLength
             )
         }
     }
@@ -671,7 +698,10 @@ mod points {
     /// The value a scenario writes over [`old_value`]: of another length, except for
     /// `OverwriteSameLength`.
     pub fn new_value(scenario: Scenario, key: &[u8]) -> Vec<u8> {
-        let filler = if scenario == Scenario::OverwriteSameLength {
+        let filler = if matches!(
+            scenario,
+            Scenario::OverwriteSameLength | Scenario::CasSameLength
+        ) {
             40
         } else {
             56
@@ -712,9 +742,15 @@ mod points {
             larder::Cache::repair_offline(path, &s.options()).expect("repair offline");
             return;
         }
-        if s == Scenario::Incr {
+        if matches!(s, Scenario::Incr | Scenario::IncrVersioned) {
             let c = s.options().attach(path).expect("attach");
             c.incr(key, 1, 0, None).expect("incr");
+            return;
+        }
+        if s == Scenario::Lease {
+            let c = s.options().attach(path).expect("attach");
+            let lease = c.near().try_lease().expect("try_lease");
+            assert!(lease.is_some(), "the lease was held");
             return;
         }
         let c = s.options().attach(path).expect("attach");
@@ -739,6 +775,16 @@ mod points {
             }
             Scenario::Repair => {
                 c.get(key).expect("get");
+            }
+            Scenario::Cas | Scenario::CasSameLength => {
+                let (_, version) = c
+                    .get_versioned(key)
+                    .expect("get_versioned")
+                    .expect("the target exists");
+                let stored = c
+                    .set_if_version(key, &new, None, version)
+                    .expect("set_if_version");
+                assert!(stored, "no one else changed the target");
             }
             _ => fill_shard(&c, s),
         }
@@ -821,8 +867,10 @@ mod points {
                 survive_create(test, point, action);
             } else if scenario == Scenario::Restamp {
                 survive_restamp(test, point, action);
-            } else if scenario == Scenario::Incr {
-                survive_incr(test, point, action);
+            } else if matches!(scenario, Scenario::Incr | Scenario::IncrVersioned) {
+                survive_incr(test, point, action, scenario);
+            } else if scenario == Scenario::Lease {
+                survive_lease(test, point, action);
             } else {
                 survive_scenario(test, point, action, scenario);
             }
@@ -848,6 +896,14 @@ mod points {
         if scenario.target_exists() {
             cache.set(&target, &old, None).expect("set target");
         }
+        let old_version = scenario.target_versioned().then(|| {
+            let (v, version) = cache
+                .get_versioned(&target)
+                .expect("get_versioned")
+                .expect("target");
+            assert_eq!(v, old, "{ctx}");
+            version
+        });
         let before = cache.stats();
         assert_eq!(before.evictions, 0, "{ctx}: setup evicted");
 
@@ -938,6 +994,17 @@ mod points {
                 allowed.contains(&got) || (got.is_none() && dropped == 1),
                 "{ctx}: key under test holds {shown:?}"
             );
+            // A changed value never keeps the version the old one had.
+            if let (Some(version), Some(v)) = (old_version, &got) {
+                if v != &old {
+                    assert!(
+                        !survivor
+                            .set_if_version(&target, b"cas", None, version)
+                            .expect("set_if_version"),
+                        "{ctx}: the new value kept the old value's version"
+                    );
+                }
+            }
         }
 
         // Every entry left is whole and under its own key, and listed once.
@@ -1002,16 +1069,24 @@ mod points {
     /// A writer that dies inside an increment of an existing counter never costs the
     /// counter: the next owner repairs the shard, the counter holds the old or the new
     /// count (the store is one atomic word), nothing is dropped, and the file verifies.
-    fn survive_incr(test: &str, point: &str, action: &str) {
-        let ctx = format!("{point} (Incr, {action})");
+    ///
+    /// A versioned counter (`IncrVersioned`) that holds the new count never holds it
+    /// under the old version.
+    fn survive_incr(test: &str, point: &str, action: &str, scenario: Scenario) {
+        let ctx = format!("{point} ({scenario:?}, {action})");
         let t = TempCache::new("incr");
-        let c = Scenario::Incr.options().open(t.name()).expect("create");
+        let c = scenario.options().open(t.name()).expect("create");
         let target = common::keys_in_shard(&c, CRASH_SHARD, "counter", 1).remove(0);
         for _ in 0..41 {
             c.incr(&target, 1, 0, None).expect("incr");
         }
+        let version = (scenario == Scenario::IncrVersioned).then(|| {
+            let (v, version) = c.get_versioned(&target).expect("get").expect("counter");
+            assert_eq!(v, 41i64.to_le_bytes(), "{ctx}");
+            version
+        });
         let before = c.stats();
-        crash_child(test, &t, 0, point, action, Scenario::Incr, &target);
+        crash_child(test, &t, 0, point, action, scenario, &target);
         let n = c
             .incr(&target, 0, 0, None)
             .unwrap_or_else(|e| panic!("{ctx}: {e}"));
@@ -1019,6 +1094,14 @@ mod points {
             n == 41 || n == 42,
             "{ctx}: the counter is {n}, not 41 or 42"
         );
+        if let Some(version) = version {
+            // `incr` by 0 gave the counter a new version either way.
+            assert!(
+                !c.set_if_version(&target, &0i64.to_le_bytes(), None, version)
+                    .expect("set_if_version"),
+                "{ctx}: the counter kept its version"
+            );
+        }
         let after = c.stats();
         assert_eq!(
             after.repair_dropped, before.repair_dropped,
@@ -1028,6 +1111,43 @@ mod points {
             after.recoveries > before.recoveries,
             "{ctx}: the shard was not repaired: {after:?}"
         );
+        let report = c.verify().expect("verify");
+        assert!(report.is_clean(), "{ctx}: {report}");
+    }
+
+    /// A listener that dies (or panics) while taking the near-cache lease (after taking
+    /// it, or after bumping the epoch of its flush) leaves it to the next process at once: its
+    /// `try_lease` succeeds without waiting, counts the takeover, flushes, and the
+    /// readers see no heartbeat until the new holder publishes one.
+    fn survive_lease(test: &str, point: &str, action: &str) {
+        let ctx = format!("{point} (Lease, {action})");
+        let t = TempCache::new("lease");
+        let c = Scenario::Lease.options().open(t.name()).expect("create");
+        for i in 0..32u64 {
+            let key = format!("near-{i}").into_bytes();
+            c.set(&key, &make_value(&key, 1, 24), None).expect("set");
+        }
+        crash_child(test, &t, 0, point, action, Scenario::Lease, b"unused");
+        let near = c.near();
+        assert!(
+            !near.guarded(Duration::from_secs(3600)).expect("guarded"),
+            "{ctx}: a heartbeat survived the holder's death"
+        );
+        let lease = near
+            .try_lease()
+            .unwrap_or_else(|e| panic!("{ctx}: try_lease after the crash: {e}"))
+            .unwrap_or_else(|| panic!("{ctx}: the dead holder's lease is still held"));
+        let s = near.stats();
+        // A panic unwinds through the lease, which lets it go: no takeover then.
+        let takeovers = u64::from(action != "panic");
+        assert_eq!((s.leases, s.takeovers), (2, takeovers), "{ctx}: {s:?}");
+        assert_eq!(c.stats().entries, 0, "{ctx}: the new holder did not flush");
+        assert!(lease
+            .publish_heartbeat(larder::near::Moment::now())
+            .expect("publish"));
+        assert!(near.guarded(Duration::from_secs(3600)).expect("guarded"));
+        drop(lease);
+        assert!(!near.guarded(Duration::from_secs(3600)).expect("guarded"));
         let report = c.verify().expect("verify");
         assert!(report.is_clean(), "{ctx}: {report}");
     }

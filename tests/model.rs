@@ -467,10 +467,11 @@ fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
             |ops| {
                 let t = TempCache::new("model-evict");
                 let clock = larder::Clock::manual();
-                // One shard of 24 KiB: about 22 KiB of logs, for some 80 KiB of values.
+                // One shard of 24 KiB: about 22 KiB of logs, for some 80 KiB of values
+                // (the rest of the 76 KiB: headers, statistics, fill slots, near area).
                 let cache = t
                     .options()
-                    .capacity(64 << 10)
+                    .capacity(76 << 10)
                     .shards(1)
                     .clock(clock.clone())
                     .open(t.name())

@@ -21,6 +21,8 @@ const STATS_OFF: usize = 4096;
 const STATS_SLOT_SIZE: usize = 128;
 const FILL_SLOT_SIZE: usize = 64;
 const FILL_SLOTS_BYTES: usize = 256 * FILL_SLOT_SIZE;
+/// The near area after the fill slots (format 3): 8448 bytes, page-aligned.
+const NEAR_AREA_BYTES: usize = 3 * PAGE;
 const PAGE: usize = 4096;
 // Shard header words.
 const SH_SEQ: usize = 64;
@@ -375,7 +377,10 @@ fn changed_mutex_kind_of_a_slot_is_found() {
     let fill_off = (STATS_OFF + 129 * STATS_SLOT_SIZE).div_ceil(PAGE) * PAGE;
     let mut img = read_all(&t.path);
     let fill_kind = fill_off + 5 * FILL_SLOT_SIZE + MUTEX_KIND;
-    assert_eq!(fill_off + FILL_SLOTS_BYTES, Layout::read(&img).shards_off);
+    assert_eq!(
+        fill_off + FILL_SLOTS_BYTES + NEAR_AREA_BYTES,
+        Layout::read(&img).shards_off
+    );
     assert_ne!(img[fill_kind..fill_kind + 4], [0, 0, 0, 0]);
     img[fill_kind..fill_kind + 4].copy_from_slice(&0x2bad_u32.to_le_bytes());
     write_at(&t.path, 0, &img);
@@ -392,6 +397,43 @@ fn changed_mutex_kind_of_a_slot_is_found() {
     let c = options().open(t.name()).expect("reopen");
     let after = c.verify().expect("verify");
     assert!(after.is_clean(), "{after}");
+}
+
+/// The near-cache lease's mutex whose static field changed: reported by verify,
+/// refused by `try_lease` as `Corrupt` (never locked as if it were sound), and
+/// re-initialised by the offline repair.
+#[test]
+fn changed_mutex_kind_of_the_lease_is_found() {
+    let (t, l) = seeded_cache("v-lease");
+    let lease = l.shards_off - NEAR_AREA_BYTES;
+    let kind = lease + MUTEX_KIND;
+    let img = read_all(&t.path);
+    assert_ne!(
+        img[kind..kind + 4],
+        [0, 0, 0, 0],
+        "the lease is not where expected"
+    );
+    write_at(&t.path, kind, &0x4bad_u32.to_le_bytes());
+    let c = options().open(t.name()).expect("reopen");
+    let report = c.verify().expect("verify");
+    assert!(
+        found(
+            &report,
+            None,
+            "near-cache lease 0: mutex kind field is 0x4bad"
+        ),
+        "{report}"
+    );
+    assert!(
+        matches!(c.near().try_lease(), Err(Error::Corrupt { .. })),
+        "a damaged lease was taken"
+    );
+    drop(c);
+    repair_offline_after_close(t.name());
+    let c = options().open(t.name()).expect("reopen");
+    let after = c.verify().expect("verify");
+    assert!(after.is_clean(), "{after}");
+    assert!(c.near().try_lease().expect("try_lease").is_some());
 }
 
 /// A shard lock whose static field changed: verify cannot take that lock, and says so

@@ -1,0 +1,430 @@
+//! The near-cache protocol: what a host's listener and its readers share when the cache
+//! is the near cache of another store (Redis, Valkey), so that a change made there
+//! stops being served here within a bound, whatever process dies.
+//!
+//! The file's near area (see `layout`) holds:
+//! - **the lease**, a robust mutex held by the one listener of the host. Its holder's
+//!   death is seen at once by the next [`Near::try_lease`], which gets `EOWNERDEAD`.
+//!   Taking the lease flushes the cache: its new holder cannot know what the old one
+//!   missed.
+//! - **the epoch**, bumped by every flush before the entries are removed;
+//! - **the heartbeat**: an instant on `CLOCK_MONOTONIC` (the host's clock: every
+//!   process of a file shares its time namespace, which the file's stamp checks) up to
+//!   which the listener has applied every invalidation of the store. 0 says there is
+//!   none: taking the lease, losing the connection and stopping clear it. Readers treat
+//!   the near cache as unguarded when it is older than their bound, and go to the store;
+//! - **invalidation counters**, one per class of key hashes, each bumped before its key
+//!   is removed.
+//!
+//! A fill takes a [`Ticket`] (the epoch and the key's counter) *before* it reads the
+//! store, and [`Near::fill`] stores only if neither moved, checked under the shard lock.
+//! An invalidation bumps the counter before it takes the same lock to remove the key:
+//! either the fill's locked check comes after the removal's lock (and sees the bump),
+//! or the removal comes after the fill's store (and removes it). So a fill that raced an
+//! invalidation never leaves the old value behind, which is how near caches keep
+//! entries stale for ever. A ticket also reads the heartbeat after the epoch, so a
+//! ticket taken after a new lease holder bumped the epoch sees its cleared heartbeat.
+
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::error::Result;
+use crate::layout::{
+    NA_COUNTERS, NA_EPOCH, NA_FLUSHES, NA_HEARTBEAT, NA_HOLDER, NA_INVALIDATIONS, NA_LEASES,
+    NA_TAKEOVERS, NEAR_COUNTERS, NEAR_FLUSH_REASONS,
+};
+use crate::lock::{LockError, RobustMutex, Wait};
+use crate::mapping::Entered;
+
+/// An instant on the host's `CLOCK_MONOTONIC`, which every process sharing a file reads
+/// alike (see [`Near`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Moment(u64);
+
+impl Moment {
+    /// Now.
+    pub fn now() -> Moment {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        Moment((t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64)
+    }
+
+    /// How long ago this was (zero if it is later than now).
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(Moment::now().0.saturating_sub(self.0))
+    }
+
+    /// Nanoseconds since the clock's origin (the host's boot).
+    pub fn as_nanos(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Why the near cache was flushed (counted apart in [`NearStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FlushReason {
+    /// A new listener took the lease (the old one died or stopped).
+    Lease,
+    /// The listener's connection to the store was lost and made again.
+    Reconnect,
+    /// The store was emptied (`FLUSHALL`, `FLUSHDB`: an invalidation of everything).
+    ServerFlush,
+    /// The listener could not prove it was current (its heartbeat went older than the
+    /// readers' bound, as after it was stopped).
+    Stale,
+    /// Asked for by an operator or a program.
+    Requested,
+}
+
+impl FlushReason {
+    fn index(self) -> usize {
+        match self {
+            FlushReason::Lease => 0,
+            FlushReason::Reconnect => 1,
+            FlushReason::ServerFlush => 2,
+            FlushReason::Stale => 3,
+            FlushReason::Requested => 4,
+        }
+    }
+}
+
+const _: () = assert!(NEAR_FLUSH_REASONS == 5);
+
+/// What a fill read before it went to the store: the file, the epoch and the key's
+/// invalidation counter. See [`Near::ticket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    file: u64,
+    epoch: u64,
+    count: u64,
+}
+
+/// The near area's counters, from [`Near::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NearStats {
+    /// Flushes so far (every one bumps it).
+    pub epoch: u64,
+    /// How old the heartbeat is; `None` when there is none (no listener, or it is
+    /// reconnecting).
+    pub heartbeat_age: Option<Duration>,
+    /// The pid of the lease holder as it recorded itself (in its pid namespace, which is
+    /// the file's); `None` when no one holds it.
+    pub holder: Option<u32>,
+    /// Times the lease was taken.
+    pub leases: u64,
+    /// Of those, takeovers from a holder that died holding it.
+    pub takeovers: u64,
+    /// Keys invalidated.
+    pub invalidations: u64,
+    /// Flushes because a new listener took the lease.
+    pub flushes_lease: u64,
+    /// Flushes on reconnecting to the store.
+    pub flushes_reconnect: u64,
+    /// Flushes because the store was emptied.
+    pub flushes_server: u64,
+    /// Flushes because the listener could not prove it was current.
+    pub flushes_stale: u64,
+    /// Flushes asked for.
+    pub flushes_requested: u64,
+}
+
+/// The near-cache side of a cache file, from [`Cache::near`]. See the module docs of
+/// `larder-redis` for the listener and the read-through client built on it.
+///
+/// ```
+/// # fn main() -> Result<(), larder::Error> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-near-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// use std::time::Duration;
+/// use larder::near::{FlushReason, Moment};
+/// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("near"))?;
+/// let near = cache.near();
+/// let bound = Duration::from_secs(1);
+/// // No listener yet: readers go to the store.
+/// assert!(near.ticket(b"user:1", bound)?.is_none());
+/// // The listener: takes the lease (which flushes), then proves itself current.
+/// let lease = near.try_lease()?.expect("no other listener");
+/// let sent = Moment::now(); // a PING is sent to the store here, and its reply read
+/// assert!(lease.publish_heartbeat(sent)?);
+/// // A reader's miss: the ticket before reading the store, the fill after.
+/// let ticket = near.ticket(b"user:1", bound)?.expect("guarded");
+/// let from_store = b"alice"; // GET user:1
+/// assert!(near.fill(b"user:1", from_store, None, ticket)?);
+/// assert_eq!(cache.get(b"user:1")?.as_deref(), Some(&b"alice"[..]));
+/// // The store says user:1 changed: the listener invalidates it.
+/// let ticket = near.ticket(b"user:1", bound)?.unwrap();
+/// near.invalidate(b"user:1")?;
+/// assert!(!near.fill(b"user:1", b"stale", None, ticket)?); // the racing fill is refused
+/// assert_eq!(cache.get(b"user:1")?, None);
+/// lease.flush(FlushReason::ServerFlush)?;
+/// assert_eq!(near.stats().flushes_server, 1);
+/// # drop(lease);
+/// # drop(cache);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Near<'c> {
+    cache: &'c Cache,
+}
+
+/// The word at `field` of the near area of the file `a` maps.
+fn word(a: &crate::file::Attached, field: usize) -> &core::sync::atomic::AtomicU64 {
+    a.region
+        .atomic(a.geo.near_off + field)
+        .expect("the geometry keeps the near area inside the file")
+}
+
+fn counter_field(h: u64) -> usize {
+    NA_COUNTERS + (h % NEAR_COUNTERS as u64) as usize * 8
+}
+
+use core::sync::atomic::Ordering::SeqCst;
+
+impl<'c> Near<'c> {
+    pub(crate) fn new(cache: &'c Cache) -> Near<'c> {
+        Near { cache }
+    }
+
+    /// Whether the heartbeat is at most `max_age` old: whether the near cache may serve
+    /// a hit now. Read it before the get it guards.
+    pub fn guarded(&self, max_age: Duration) -> Result<bool> {
+        let a = self.cache.enter(Wait::Yes)?;
+        Ok(fresh(word(&a, NA_HEARTBEAT).load(SeqCst), max_age))
+    }
+
+    /// A ticket for a fill of `key`, to take before reading the store; `None` if the
+    /// heartbeat is older than `max_age` (the near cache is unguarded: neither serve nor
+    /// fill from it).
+    pub fn ticket(&self, key: &[u8], max_age: Duration) -> Result<Option<Ticket>> {
+        let a = self.cache.enter(Wait::Yes)?;
+        Cache::check_key(&a, key)?;
+        let h = a.hasher.hash(key);
+        let epoch = word(&a, NA_EPOCH).load(SeqCst);
+        let count = word(&a, counter_field(h)).load(SeqCst);
+        // After the epoch: a new lease holder clears the heartbeat before it bumps it.
+        if !fresh(word(&a, NA_HEARTBEAT).load(SeqCst), max_age) {
+            return Ok(None);
+        }
+        Ok(Some(Ticket {
+            file: a.hasher.file_id(),
+            epoch,
+            count,
+        }))
+    }
+
+    /// Stores `value` under `key` only if no flush and no invalidation of `key`'s class
+    /// came since `ticket` was taken (checked under the shard lock); true if it stored
+    /// it. `ttl` should be at most what the store has left on the key.
+    pub fn fill(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        ticket: Ticket,
+    ) -> Result<bool> {
+        let (a, now) = self.cache.enter_at(Wait::Yes)?;
+        Cache::check_key(&a, key)?;
+        Cache::check_value(&a, value.len())?;
+        if ticket.file != a.hasher.file_id() {
+            return Ok(false);
+        }
+        let expire = Cache::expiry(now, ttl);
+        let h = a.hasher.hash(key);
+        let epoch = word(&a, NA_EPOCH);
+        let count = word(&a, counter_field(h));
+        self.cache.locked(
+            &a,
+            a.geo.shard_of(h),
+            Wait::Yes,
+            crate::table::Access::Write,
+            |s| {
+                if epoch.load(SeqCst) != ticket.epoch || count.load(SeqCst) != ticket.count {
+                    return Ok(false);
+                }
+                let kh = s.locate(h);
+                s.set(key, &kh, value, expire, crate::shard::Put::Always, now)?;
+                Ok(true)
+            },
+        )
+    }
+
+    /// Invalidates `key`: bumps its class's counter (so a fill in flight is refused),
+    /// then removes it. True if a fresh entry was removed. A key longer than the file's
+    /// limit cannot be cached: nothing to do.
+    pub fn invalidate(&self, key: &[u8]) -> Result<bool> {
+        let a = self.cache.enter(Wait::Yes)?;
+        if key.len() > a.geo.params.max_key_len {
+            return Ok(false);
+        }
+        let h = a.hasher.hash(key);
+        word(&a, counter_field(h)).fetch_add(1, SeqCst);
+        word(&a, NA_INVALIDATIONS).fetch_add(1, SeqCst);
+        drop(a);
+        self.cache.remove(key)
+    }
+
+    /// Empties the near cache: bumps the epoch (so every fill in flight is refused),
+    /// then removes every entry. Returns how many there were.
+    pub fn flush(&self, reason: FlushReason) -> Result<u64> {
+        {
+            let a = self.cache.enter(Wait::Yes)?;
+            word(&a, NA_EPOCH).fetch_add(1, SeqCst);
+            word(&a, NA_FLUSHES + reason.index() * 8).fetch_add(1, SeqCst);
+        }
+        crash_point!("near.flush_after_epoch");
+        self.cache.clear()
+    }
+
+    /// Takes the lease if no live process holds it: `None` if one does. The new holder
+    /// clears the heartbeat and flushes the cache ([`FlushReason::Lease`]) before this
+    /// returns. A holder that died is seen at once (its robust mutex comes back
+    /// owner-dead), and counted as a takeover.
+    ///
+    /// The lease belongs to the calling thread (it is not `Send`), and is held until it
+    /// is dropped or the thread or process ends.
+    pub fn try_lease(&self) -> Result<Option<Lease<'c>>> {
+        const WHAT: &str = "the near-cache lease";
+        let a = self.cache.enter(Wait::Yes)?;
+        let off = a.geo.near_off;
+        let died = {
+            let m = RobustMutex::at(&a.region, off, a.kind)
+                .map_err(|e| e.into_error(&a.path, WHAT, Duration::ZERO, Wait::No))?;
+            let died = match m.try_lock() {
+                Ok(guard) => guard.keep(),
+                Err(LockError::Busy) => return Ok(None),
+                Err(e) => return Err(e.into_error(&a.path, WHAT, Duration::ZERO, Wait::No)),
+            };
+            died
+        };
+        word(&a, NA_HEARTBEAT).store(0, SeqCst);
+        word(&a, NA_HOLDER).store(u64::from(std::process::id()), SeqCst);
+        word(&a, NA_LEASES).fetch_add(1, SeqCst);
+        if died {
+            word(&a, NA_TAKEOVERS).fetch_add(1, SeqCst);
+        }
+        let lease = Lease {
+            near: *self,
+            entered: a,
+            _not_send: core::marker::PhantomData,
+        };
+        crash_point!("near.lease_taken");
+        lease.flush(FlushReason::Lease)?;
+        Ok(Some(lease))
+    }
+
+    /// The near area's counters.
+    pub fn stats(&self) -> NearStats {
+        near_stats(&self.cache.mapped())
+    }
+}
+
+fn fresh(heartbeat: u64, max_age: Duration) -> bool {
+    heartbeat != 0 && Moment::now().0.saturating_sub(heartbeat) <= max_age.as_nanos() as u64
+}
+
+pub(crate) fn near_stats(a: &crate::file::Attached) -> NearStats {
+    let w = |field| word(a, field).load(SeqCst);
+    let hb = w(NA_HEARTBEAT);
+    let holder = w(NA_HOLDER);
+    let flush = |i: usize| w(NA_FLUSHES + i * 8);
+    NearStats {
+        epoch: w(NA_EPOCH),
+        heartbeat_age: (hb != 0).then(|| Duration::from_nanos(Moment::now().0.saturating_sub(hb))),
+        holder: u32::try_from(holder).ok().filter(|&p| p != 0),
+        leases: w(NA_LEASES),
+        takeovers: w(NA_TAKEOVERS),
+        invalidations: w(NA_INVALIDATIONS),
+        flushes_lease: flush(0),
+        flushes_reconnect: flush(1),
+        flushes_server: flush(2),
+        flushes_stale: flush(3),
+        flushes_requested: flush(4),
+    }
+}
+
+/// The near-cache lease, held by one listener per host (see [`Near::try_lease`]).
+/// Dropping it clears the heartbeat (readers go to the store at once) and lets it go.
+#[must_use = "the lease is let go when dropped"]
+pub struct Lease<'c> {
+    near: Near<'c>,
+    /// The mapping the lease's mutex is in, kept mapped while it is held.
+    entered: Entered<'c>,
+    /// A robust mutex belongs to the thread that locked it.
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl Lease<'_> {
+    /// Publishes `sent` as the heartbeat: the instant a request was sent to the store
+    /// whose reply has been read, with every invalidation that came before the reply
+    /// applied. Returns false if the cache handle has moved to another file since the
+    /// lease was taken (the file was replaced): this lease then guards nothing, and the
+    /// listener must take the new file's.
+    pub fn publish_heartbeat(&self, sent: Moment) -> Result<bool> {
+        word(&self.entered, NA_HEARTBEAT).store(sent.0.max(1), SeqCst);
+        self.is_current()
+    }
+
+    /// Clears the heartbeat: readers go to the store until the next
+    /// [`Lease::publish_heartbeat`] (as while reconnecting).
+    pub fn suspend(&self) {
+        word(&self.entered, NA_HEARTBEAT).store(0, SeqCst);
+    }
+
+    /// The heartbeat as published, if any.
+    pub fn heartbeat(&self) -> Option<Moment> {
+        let hb = word(&self.entered, NA_HEARTBEAT).load(SeqCst);
+        (hb != 0).then_some(Moment(hb))
+    }
+
+    /// Whether the cache handle still maps the file this lease is in.
+    pub fn is_current(&self) -> Result<bool> {
+        let now = self.near.cache.enter(Wait::Yes)?;
+        Ok(core::ptr::eq::<crate::file::Attached>(
+            &*now,
+            &*self.entered,
+        ))
+    }
+
+    /// As [`Near::flush`].
+    pub fn flush(&self, reason: FlushReason) -> Result<u64> {
+        self.near.flush(reason)
+    }
+
+    /// As [`Near::invalidate`].
+    pub fn invalidate(&self, key: &[u8]) -> Result<bool> {
+        self.near.invalidate(key)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        word(&self.entered, NA_HEARTBEAT).store(0, SeqCst);
+        word(&self.entered, NA_HOLDER).store(0, SeqCst);
+        if let Ok(m) = RobustMutex::at(
+            &self.entered.region,
+            self.entered.geo.near_off,
+            self.entered.kind,
+        ) {
+            m.release_kept();
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("path", &self.entered.path)
+            .field("heartbeat", &self.heartbeat())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Near<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Near")
+            .field("path", &self.cache.path())
+            .finish()
+    }
+}
