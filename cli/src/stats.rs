@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use larder::near::NearStats;
 use larder::{ShardStats, Stats};
 
 use crate::args::Global;
@@ -291,9 +292,100 @@ fn index_hint(s: &Stats, expected: usize) -> Option<String> {
     })
 }
 
+/// The near area's counters (`larder::near`), shown once a listener has used the file.
+const NEAR: &[Field<NearStats>] = &[
+    field!(
+        NearStats,
+        epoch,
+        "epoch",
+        Counter,
+        "Near-cache flushes so far (the epoch)."
+    ),
+    field!(
+        NearStats,
+        leases,
+        "leases",
+        Counter,
+        "Times a listener took the lease."
+    ),
+    field!(
+        NearStats,
+        takeovers,
+        "takeovers",
+        Counter,
+        "Leases taken from a listener that died holding it."
+    ),
+    field!(
+        NearStats,
+        invalidations,
+        "invalidations",
+        Counter,
+        "Keys invalidated by the listener or by writers."
+    ),
+    field!(
+        NearStats,
+        flushes_lease,
+        "flush: lease",
+        Counter,
+        "Flushes by a listener that took the lease."
+    ),
+    field!(
+        NearStats,
+        flushes_reconnect,
+        "flush: reconnect",
+        Counter,
+        "Flushes on reconnecting to the store."
+    ),
+    field!(
+        NearStats,
+        flushes_server,
+        "flush: server",
+        Counter,
+        "Flushes because the store was emptied (FLUSHALL, FLUSHDB)."
+    ),
+    field!(
+        NearStats,
+        flushes_stale,
+        "flush: stale",
+        Counter,
+        "Flushes because the listener could not prove it was current."
+    ),
+    field!(
+        NearStats,
+        flushes_requested,
+        "flush: asked",
+        Counter,
+        "Flushes asked for by an operator or a program."
+    ),
+];
+
+/// The heartbeat's age in milliseconds, or -1 when there is none.
+fn heartbeat_ms(n: &NearStats) -> i64 {
+    n.heartbeat_age
+        .map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn near_text(o: &mut String, n: &NearStats) {
+    if n.leases == 0 {
+        return;
+    }
+    let _ = writeln!(o);
+    let holder = n.holder.map_or("none".to_string(), |p| format!("pid {p}"));
+    let _ = writeln!(o, "{:<16}{holder}", "near listener");
+    let age = match n.heartbeat_age {
+        Some(a) => format!("{:.1} ms ago", a.as_secs_f64() * 1e3),
+        None => "none (readers go to the store)".to_string(),
+    };
+    let _ = writeln!(o, "{:<16}{age}", "heartbeat");
+    for f in NEAR {
+        let _ = writeln!(o, "{:<16}{}", f.label, (f.get)(n));
+    }
+}
+
 fn text(
     path: &str,
     s: &Stats,
+    n: &NearStats,
     expected: usize,
     shards: bool,
     prev: Option<(&Stats, Duration)>,
@@ -331,6 +423,7 @@ fn text(
     if let Some(hint) = index_hint(s, expected) {
         let _ = writeln!(o, "{hint}");
     }
+    near_text(&mut o, n);
     if shards {
         let _ = writeln!(o);
         let _ = write!(o, "{:>5}", "shard");
@@ -356,12 +449,22 @@ fn text(
     o
 }
 
-fn json(path: &str, s: &Stats, shards: bool) -> String {
+fn json(path: &str, s: &Stats, n: &NearStats, shards: bool) -> String {
     let mut o = String::from("{\"path\":");
     json_str(&mut o, path);
     for f in TOTALS {
         let _ = write!(o, ",\"{}\":{}", f.name, (f.get)(s));
     }
+    let holder = n.holder.map_or(0, u64::from);
+    let _ = write!(
+        o,
+        ",\"near\":{{\"holder\":{holder},\"heartbeat_age_ms\":{}",
+        heartbeat_ms(n)
+    );
+    for f in NEAR {
+        let _ = write!(o, ",\"{}\":{}", f.name, (f.get)(n));
+    }
+    o.push('}');
     if shards {
         o.push_str(",\"shards\":[");
         for (i, sh) in s.shards.iter().enumerate() {
@@ -402,9 +505,23 @@ fn metric_name<T>(prefix: &str, f: &Field<T>) -> String {
     }
 }
 
-fn prometheus(path: &str, s: &Stats, shards: bool) -> String {
+fn prometheus(path: &str, s: &Stats, n: &NearStats, shards: bool) -> String {
     let mut o = String::new();
     let cache = label(path);
+    for f in NEAR {
+        let name = metric_name("larder_near_", f);
+        let _ = writeln!(o, "# HELP {name} {}", f.help);
+        let _ = writeln!(o, "# TYPE {name} counter");
+        let _ = writeln!(o, "{name}{{cache=\"{cache}\"}} {}", (f.get)(n));
+    }
+    let name = "larder_near_heartbeat_age_seconds";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Age of the near-cache heartbeat (-1: none, readers go to the store)."
+    );
+    let _ = writeln!(o, "# TYPE {name} gauge");
+    let age = n.heartbeat_age.map_or(-1.0, |a| a.as_secs_f64());
+    let _ = writeln!(o, "{name}{{cache=\"{cache}\"}} {age}");
     for f in TOTALS {
         let name = metric_name("larder_", f);
         let kind = if f.kind == Kind::Counter {
@@ -450,10 +567,13 @@ pub fn run(
     let cache = attach(g, name)?;
     let path = cache.path().display().to_string();
     let expected = cache.limits().expected_entry_size;
-    let render = |s: &Stats, prev: Option<(&Stats, Duration)>| match format {
-        Format::Text => text(&path, s, expected, shards, prev),
-        Format::Json => json(&path, s, shards),
-        Format::Prometheus => prometheus(&path, s, shards),
+    let render = |s: &Stats, prev: Option<(&Stats, Duration)>| {
+        let n = cache.near().stats();
+        match format {
+            Format::Text => text(&path, s, &n, expected, shards, prev),
+            Format::Json => json(&path, s, &n, shards),
+            Format::Prometheus => prometheus(&path, s, &n, shards),
+        }
     };
     let mut out = crate::stdout();
     let Some(interval) = watch else {
