@@ -1,0 +1,1 @@
+//! Test support for this crate's integration tests and benches.
