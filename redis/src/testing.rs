@@ -167,6 +167,67 @@ impl RedisServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Stops the server with SIGSTOP: its sockets stay open and the kernel
+    /// still accepts connections and buffers what clients send, but nothing
+    /// is read or answered until [`RedisServer::thaw`] (a hung server, as
+    /// opposed to a cut network path).
+    /// Returns once the kernel reports the process stopped.
+    pub fn freeze(&self) -> io::Result<()> {
+        self.signal("STOP")?;
+        self.wait_state(true)
+    }
+
+    /// Resumes a server stopped by [`RedisServer::freeze`] (SIGCONT), and
+    /// returns once the kernel reports it running.
+    pub fn thaw(&self) -> io::Result<()> {
+        self.signal("CONT")?;
+        self.wait_state(false)
+    }
+
+    /// Waits until the process is (or is no longer) in the stopped state
+    /// `T` of /proc/PID/stat, for at most [`START_DEADLINE`].
+    fn wait_state(&self, stopped: bool) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("redis-server is not running"))?;
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            // The state follows the command name, which is in parentheses.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            if (state == Some('T')) == stopped {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("redis-server {pid} still in state {state:?}"),
+                ));
+            }
+            thread::sleep(POLL); // poll: deadline above
+        }
+    }
+
+    /// Sends `sig` to the server with kill(1), which needs no unsafe code.
+    fn signal(&self, sig: &str) -> io::Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| io::Error::other("redis-server is not running"))?;
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill -{sig} {pid}: {status}")))
+        }
+    }
+
     /// Kills the server with SIGKILL (no shutdown, no reply to anyone) and
     /// waits for it. Its sockets stop accepting; [`RedisServer::restart`]
     /// starts it again.
