@@ -242,7 +242,10 @@ impl RedisServer {
     /// Kills the server (SIGKILL) if it runs and starts a new one, empty, on
     /// the same socket path and port, waiting for it as [`RedisServer::start`]
     /// does. If the port is not free at once the start is retried until
-    /// [`START_DEADLINE`] has passed.
+    /// [`START_DEADLINE`] has passed. (The port is free while the server is
+    /// down, so another process could take it in that moment; it is one of
+    /// the kernel's ephemeral ports, of which it hands out ~28000 at random,
+    /// so this is unlikely, and it fails the restart rather than the check.)
     pub fn restart(&mut self) -> io::Result<()> {
         self.kill();
         let deadline = Instant::now() + START_DEADLINE;
@@ -381,7 +384,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 ///   both sides (the client reads end-of-file).
 ///
 /// Each connection has four threads (a reader and a writer each way). None
-/// of them blocks for longer than [`IO_SLICE`] without looking at its stop
+/// of them blocks for longer than 10 ms without looking at its stop
 /// flags, so dropping the proxy ends and joins them all promptly.
 pub struct Proxy {
     addr: SocketAddr,
