@@ -485,3 +485,36 @@ fn f3_pushes_arrive_while_blocked_in_a_command() {
     assert!(received < blpop.1);
     assert_eq!(ping(&mut l).unwrap(), "PONG");
 }
+
+/// Finding (f), 4: `PubSub::ping()` must not be used as the liveness check
+/// of a tracking connection kept in pub/sub mode: it reads replies until one
+/// is not a pub/sub `Msg`, and an invalidate push is none, so the push is
+/// taken for the PING's reply (`ping::<Value>()` returns the push) and the
+/// real `PONG` is left unread: every later reply is one behind (the next
+/// `ping()` returns the first one's `PONG`). Leave the `PubSub` (drop it)
+/// and send `PING` on the `Connection`, whose `req_command` skips pushes.
+#[test]
+fn f4_pubsub_ping_takes_a_push_for_its_reply() {
+    let server = RedisServer::start().unwrap();
+    let (mut l, rx) = listener(&server.tcp_url());
+    let mut w = writer(&server.tcp_url());
+    let mut sub = l.as_pubsub();
+    set(&mut w, "p:x");
+    let reply: Value = sub.ping().unwrap();
+    eprintln!("f4: PubSub::ping after a write returned {reply:?}");
+    assert!(
+        matches!(
+            reply,
+            Value::Push {
+                kind: PushKind::Invalidate,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+    // The PONG is still to be read: the next ping gets it.
+    let next: Value = sub.ping().unwrap();
+    assert_eq!(next, Value::SimpleString("PONG".into()));
+    drop(sub);
+    assert_eq!(keys(&delivered(&rx)[0]), ["p:x"]);
+}
