@@ -195,6 +195,30 @@ pub enum Cmd {
         #[command(flatten)]
         codec: KeyOnlyCodec,
     },
+    /// Run this host's near-cache listener for NAME in front of Redis: hold the
+    /// file's lease (standing by while another process holds it), track the prefixes
+    /// with Redis client-side caching in broadcast mode, drop what Redis says changed,
+    /// and prove every --ping-every that the near cache is current. Runs until killed.
+    Listen {
+        /// The cache (created by the workers, or with `larder create`).
+        name: String,
+        /// The Redis or Valkey URL: redis://HOST:PORT/DB, unix:///path/to/socket.
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// A key prefix to keep near (repeat for more; "" tracks every key).
+        #[arg(long, value_name = "P", required = true)]
+        prefix: Vec<String>,
+        /// How often the listener proves it is current (P).
+        #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = units::positive_duration)]
+        ping_every: Duration,
+        /// The readers' bound on staleness (H): they bypass the near cache while the
+        /// listener's proof is older.
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = units::positive_duration)]
+        bound: Duration,
+        /// Print what happens (lease, connection, flushes) on stderr.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Remove KEY.
     #[command(visible_alias = "delete")]
     Del {

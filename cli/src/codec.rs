@@ -61,7 +61,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// newline, and `xxd -p` wraps lines).
 pub fn hex_decode(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("an odd number of digits".into());
     }
     let nibble = |c: u8| -> Result<u8, String> {
@@ -111,7 +111,7 @@ pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
     if padding > 2 || chars[body.len()..].iter().any(|&c| c != b'=') {
         return Err("'=' is only allowed as padding at the end".into());
     }
-    if body.len() % 4 == 1 || (padding > 0 && chars.len() % 4 != 0) {
+    if body.len() % 4 == 1 || (padding > 0 && !chars.len().is_multiple_of(4)) {
         return Err("its length is not that of any base64 text".into());
     }
     let mut out = Vec::with_capacity(body.len() * 3 / 4);

@@ -82,6 +82,35 @@ pub fn attach(g: &Global, name: &str) -> Result<larder::Cache, Failure> {
     Ok(options(g).attach(name)?)
 }
 
+/// `larder listen`: the near-cache listener, until the process is killed (its lease
+/// is then taken by the next listener at once, which flushes).
+fn listen(
+    g: &Global,
+    name: &str,
+    url: &str,
+    prefixes: &[String],
+    ping_every: std::time::Duration,
+    bound: std::time::Duration,
+    verbose: bool,
+) -> Outcome {
+    let cache = attach(g, name)?;
+    let config = larder_redis::Config::new(prefixes)
+        .ping_every(ping_every)
+        .bound(bound)
+        .reply_timeout(bound / 2);
+    let listener =
+        larder_redis::Listener::new(cache, url, config).map_err(|e| Failure::new(e.to_string()))?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    listener
+        .run(&stop, |event| {
+            if verbose {
+                eprintln!("larder listen: {event:?}");
+            }
+        })
+        .map_err(|e| Failure::new(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Buffered stdout; flushed by the caller before it returns.
 pub fn stdout() -> io::BufWriter<io::StdoutLock<'static>> {
     io::BufWriter::new(io::stdout().lock())
@@ -148,6 +177,14 @@ fn run(cli: Cli) -> Outcome {
             ttl,
             codec,
         } => data::incr(g, &name, &key, by, init, ttl, codec.key()),
+        Cmd::Listen {
+            name,
+            redis,
+            prefix,
+            ping_every,
+            bound,
+            verbose,
+        } => listen(g, &name, &redis, &prefix, ping_every, bound, verbose),
         Cmd::Del { name, key, codec } => data::del(g, &name, &key, codec.key()),
         Cmd::Keys {
             name,

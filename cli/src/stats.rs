@@ -371,14 +371,14 @@ fn near_text(o: &mut String, n: &NearStats) {
     }
     let _ = writeln!(o);
     let holder = n.holder.map_or("none".to_string(), |p| format!("pid {p}"));
-    let _ = writeln!(o, "{:<16}{holder}", "near listener");
+    let _ = writeln!(o, "{:<18}{holder}", "near listener");
     let age = match n.heartbeat_age {
         Some(a) => format!("{:.1} ms ago", a.as_secs_f64() * 1e3),
         None => "none (readers go to the store)".to_string(),
     };
-    let _ = writeln!(o, "{:<16}{age}", "heartbeat");
+    let _ = writeln!(o, "{:<18}{age}", "heartbeat");
     for f in NEAR {
-        let _ = writeln!(o, "{:<16}{}", f.label, (f.get)(n));
+        let _ = writeln!(o, "{:<18}{}", f.label, (f.get)(n));
     }
 }
 
@@ -517,11 +517,12 @@ fn prometheus(path: &str, s: &Stats, n: &NearStats, shards: bool) -> String {
     let name = "larder_near_heartbeat_age_seconds";
     let _ = writeln!(
         o,
-        "# HELP {name} Age of the near-cache heartbeat (-1: none, readers go to the store)."
+        "# HELP {name} Age of the near-cache heartbeat (no sample: none, readers go to the store)."
     );
     let _ = writeln!(o, "# TYPE {name} gauge");
-    let age = n.heartbeat_age.map_or(-1.0, |a| a.as_secs_f64());
-    let _ = writeln!(o, "{name}{{cache=\"{cache}\"}} {age}");
+    if let Some(age) = n.heartbeat_age {
+        let _ = writeln!(o, "{name}{{cache=\"{cache}\"}} {}", age.as_secs_f64());
+    }
     for f in TOTALS {
         let name = metric_name("larder_", f);
         let kind = if f.kind == Kind::Counter {
@@ -615,9 +616,10 @@ mod tests {
     #[test]
     fn every_total_has_one_metric_of_a_valid_name() {
         let s = Stats::default();
-        let text = prometheus("/tmp/x\"y", &s, false);
+        let text = prometheus("/tmp/x\"y", &s, &NearStats::default(), false);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), TOTALS.len());
+        // Every total and every near-area counter (no heartbeat: no age sample).
+        assert_eq!(samples.len(), TOTALS.len() + NEAR.len());
         for l in &samples {
             let name = &l[..l.find('{').unwrap()];
             assert!(name
@@ -629,14 +631,27 @@ mod tests {
         assert!(text.contains("larder_file_size_bytes{"));
         assert!(text.contains("larder_live_bytes{"));
         assert!(text.contains("larder_entries{"));
+        assert!(text.contains("larder_near_takeovers_total{"));
+        assert!(!text.contains("larder_near_heartbeat_age_seconds{"));
+        let mut n = NearStats::default();
+        n.heartbeat_age = Some(Duration::from_millis(250));
+        let text = prometheus("c", &s, &n, false);
+        assert!(text.contains("larder_near_heartbeat_age_seconds{cache=\"c\"} 0.25\n"));
     }
 
     #[test]
     fn json_names_every_total() {
-        let j = json("p", &Stats::default(), true);
+        let j = json("p", &Stats::default(), &NearStats::default(), true);
         for f in TOTALS {
             assert!(j.contains(&format!("\"{}\":0", f.name)), "{}", f.name);
         }
+        for f in NEAR {
+            assert!(j.contains(&format!("\"{}\":0", f.name)), "{}", f.name);
+        }
+        assert!(
+            j.contains("\"near\":{\"holder\":0,\"heartbeat_age_ms\":-1"),
+            "{j}"
+        );
         assert!(j.ends_with("\"shards\":[]}\n"));
     }
 }

@@ -649,7 +649,11 @@ fn stats_prometheus_is_the_text_exposition_format() {
         assert!(described.contains(name), "{name} has no TYPE before it");
         let (labels, value) = rest.rsplit_once("} ").expect(line);
         assert!(labels.starts_with(&format!("cache=\"{c}\"")), "{line}");
-        value.parse::<u64>().expect(line);
+        if name.ends_with("_seconds") {
+            assert!(value.parse::<f64>().expect(line) >= 0.0, "{line}");
+        } else {
+            value.parse::<u64>().expect(line);
+        }
     }
     assert!(prom.contains(&format!("larder_hits_total{{cache=\"{c}\"}} 1\n")));
     assert!(prom.contains(&format!("larder_entries{{cache=\"{c}\"}} 2\n")));
@@ -1024,4 +1028,69 @@ fn usage_mistakes_are_one_line_too() {
     let help = larder(&["--help"]).ok();
     assert!(help.contains("Usage: larder"), "{help}");
     assert!(larder(&["--version"]).ok().starts_with("larder "));
+}
+
+/// `larder listen` against a real redis-server: it takes the near-cache lease (stats
+/// show its pid and a heartbeat), a FLUSHALL is counted as a server flush, and a second
+/// listener stands by until the first is killed, then takes over (a takeover, counted)
+/// and publishes its own heartbeat.
+#[test]
+fn listen_holds_the_lease_and_a_standby_takes_over_when_it_is_killed() {
+    use larder_redis::testing::RedisServer;
+    let t = TempCache::new("cli-listen");
+    let name = t.name();
+    create(name);
+    let server = RedisServer::start().expect("redis-server");
+    let url = server.unix_url();
+    let spawn = || {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["listen", name, "--redis", &url, "--prefix", "k:"])
+            .args(["--ping-every", "20ms", "--bound", "200ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        ChildGuard::spawn(&mut cmd)
+    };
+    let stats = || larder(&["stats", name, "--json"]).ok();
+    let field = |json: &str, key: &str| -> i64 {
+        let at = json.find(&format!("\"{key}\":")).expect(key) + key.len() + 3;
+        json[at..]
+            .split(|c: char| c != '-' && !c.is_ascii_digit())
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    };
+    let mut first = spawn();
+    let deadline = Instant::now() + DEADLINE;
+    assert!(
+        common::poll_until(deadline, || {
+            let s = stats();
+            field(&s, "holder") == first.pid() as i64 && field(&s, "heartbeat_age_ms") >= 0
+        }),
+        "the listener never took the lease: {}",
+        stats()
+    );
+    let mut con = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    redis::cmd("FLUSHALL").exec(&mut con).expect("FLUSHALL");
+    assert!(
+        common::poll_until(deadline, || field(&stats(), "flushes_server") == 1),
+        "FLUSHALL was not counted: {}",
+        stats()
+    );
+    let _standby = spawn();
+    first.signal(libc::SIGKILL);
+    first.wait_or_fail(deadline, "the killed listener");
+    assert!(
+        common::poll_until(deadline, || {
+            let s = stats();
+            field(&s, "takeovers") == 1 && field(&s, "heartbeat_age_ms") >= 0
+        }),
+        "the standby never took over: {}",
+        stats()
+    );
+    let text = larder(&["stats", name]).ok();
+    assert!(text.contains("near listener"), "{text}");
+    assert!(text.contains("takeovers         1"), "{text}");
 }

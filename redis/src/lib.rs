@@ -1,9 +1,558 @@
-//! larder as each host's near cache in front of Redis: values read through
-//! Redis are kept in larder, and Redis client-side caching in broadcast mode
-//! tells every host which keys to drop.
+//! larder as each host's near cache in front of Redis or Valkey.
 //!
-//! For now the crate holds the test support its tests and benches share
-//! ([`testing`]).
+//! Worker processes read through a [`NearCache`]: a hit comes from the host's larder
+//! file at in-process speed; a miss reads Redis and fills larder. Writes and deletes go
+//! to Redis and drop the key locally. One [`Listener`] per host (`larder listen`, a
+//! sidecar: no thread in the workers) holds the file's near-cache lease and keeps the
+//! near cache current through Redis client-side caching in broadcast mode
+//! (`CLIENT TRACKING on BCAST PREFIX …`) on a connection of its own, so no worker's
+//! connection matters to invalidation.
+//!
+//! # The guarantee
+//!
+//! A near-cache hit at time `t` reflects every Redis write to a tracked prefix that
+//! completed before `t - H` (the readers' [`bound`](NearCache::new), 1 s by default),
+//! through listener death, listener stop, connection loss, Redis restarts and
+//! flushes, without any clock shared between hosts (only the host's monotonic clock).
+//!
+//! Why it holds:
+//! - The listener sends a `PING` every `P` (100 ms by default). Redis queues the
+//!   invalidation of a write on the listener's connection when the write executes, so
+//!   the reply to a `PING` sent at `s` comes after the invalidations of every write
+//!   that completed before `s`. The listener applies those, then publishes `s` as the
+//!   heartbeat (`larder::near`).
+//! - A reader serves or fills from larder only while the heartbeat is at most `H`
+//!   old, reading it before the entry; otherwise it goes to Redis.
+//! - A fill takes a ticket before it reads Redis and stores only if no invalidation of
+//!   the key and no flush came since (checked under the shard lock), so a fill that
+//!   raced an invalidation never leaves the old value behind.
+//! - Whoever takes the lease flushes first (its predecessor may have missed
+//!   invalidations), and so does every reconnect; a `FLUSHALL`/`FLUSHDB` (a null
+//!   invalidation) flushes too. Losing the connection, a `PING` without a reply
+//!   within its timeout, and stopping clear the heartbeat at once.
+//! - Near-cache TTLs never exceed what Redis has left on the key (read with the value)
+//!   nor the configured cap.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), larder_redis::Error> {
+//! use std::time::Duration;
+//! // On each host, once: `larder listen sessions --redis redis://10.0.0.5/ --prefix session:`
+//! // In every worker:
+//! let cache = larder::Options::new().capacity(64 << 20).open("sessions")?;
+//! let mut near = larder_redis::NearCache::new(
+//!     cache,
+//!     "redis://10.0.0.5/",
+//!     larder_redis::Config::new(["session:"]),
+//! )?;
+//! near.set(b"session:1", b"alice", Some(Duration::from_secs(300)))?;
+//! assert_eq!(near.get(b"session:1")?.as_deref(), Some(&b"alice"[..]));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use larder::near::{FlushReason, Lease, Moment};
+use larder::Cache;
+use redis::{ConnectionLike, PushInfo, PushKind, Value};
 
 #[doc(hidden)]
 pub mod testing;
+
+/// The default bound `H` on a hit's staleness.
+pub const DEFAULT_BOUND: Duration = Duration::from_secs(1);
+/// The default interval `P` between the listener's pings.
+pub const DEFAULT_PING_EVERY: Duration = Duration::from_millis(100);
+/// The default cap on a near-cache entry's TTL.
+pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(300);
+
+/// Errors of the near cache: larder's or Redis's.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The larder file.
+    Larder(larder::Error),
+    /// Redis (connection, protocol or command).
+    Redis(redis::RedisError),
+    /// A configuration that cannot work (say which in the text).
+    Config(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Larder(e) => write!(f, "near cache: {e}"),
+            Error::Redis(e) => write!(f, "redis: {e}"),
+            Error::Config(e) => write!(f, "configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Larder(e) => Some(e),
+            Error::Redis(e) => Some(e),
+            Error::Config(_) => None,
+        }
+    }
+}
+
+impl From<larder::Error> for Error {
+    fn from(e: larder::Error) -> Error {
+        Error::Larder(e)
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Error {
+        Error::Redis(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Larder(larder::Error::Io(e))
+    }
+}
+
+/// The results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the listener and the readers of one host agree on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    prefixes: Vec<Vec<u8>>,
+    bound: Duration,
+    ping_every: Duration,
+    reply_timeout: Duration,
+    ttl_cap: Duration,
+    io_timeout: Duration,
+}
+
+impl Config {
+    /// The key prefixes kept in the near cache (others always go to Redis); an empty
+    /// prefix tracks every key.
+    pub fn new<P: AsRef<[u8]>>(prefixes: impl IntoIterator<Item = P>) -> Config {
+        Config {
+            prefixes: prefixes.into_iter().map(|p| p.as_ref().to_vec()).collect(),
+            bound: DEFAULT_BOUND,
+            ping_every: DEFAULT_PING_EVERY,
+            reply_timeout: DEFAULT_BOUND / 2,
+            ttl_cap: DEFAULT_TTL_CAP,
+            io_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// `H`: the most a hit may lag Redis (default 1 s). Readers bypass the near cache
+    /// while the listener's heartbeat is older.
+    pub fn bound(mut self, h: Duration) -> Config {
+        self.bound = h;
+        self
+    }
+
+    /// `P`: how often the listener proves it is current (default 100 ms). Must be well
+    /// under the bound.
+    pub fn ping_every(mut self, p: Duration) -> Config {
+        self.ping_every = p;
+        self
+    }
+
+    /// How long the listener waits for a `PING`'s reply before it treats the
+    /// connection as lost (default half the bound).
+    pub fn reply_timeout(mut self, t: Duration) -> Config {
+        self.reply_timeout = t;
+        self
+    }
+
+    /// The longest TTL a near-cache entry gets (default 5 minutes), whatever Redis
+    /// has left on the key.
+    pub fn ttl_cap(mut self, cap: Duration) -> Config {
+        self.ttl_cap = cap;
+        self
+    }
+
+    /// Read and write timeout of the readers' Redis connection (default 5 s).
+    pub fn io_timeout(mut self, t: Duration) -> Config {
+        self.io_timeout = t;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.prefixes.is_empty() {
+            return Err(Error::Config(
+                "no prefix: name at least one (an empty prefix tracks every key)".into(),
+            ));
+        }
+        if self.ping_every.is_zero() || self.ping_every * 2 > self.bound {
+            return Err(Error::Config(format!(
+                "the ping interval {:?} must be above zero and at most half the bound {:?}",
+                self.ping_every, self.bound
+            )));
+        }
+        if self.reply_timeout.is_zero() || self.ttl_cap.is_zero() || self.io_timeout.is_zero() {
+            return Err(Error::Config(
+                "timeouts and the TTL cap must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn tracked(&self, key: &[u8]) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p))
+    }
+}
+
+/// The URL with RESP3 selected (pushes need it).
+fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+fn connect(url: &str, timeout: Duration) -> Result<redis::Connection> {
+    let client = redis::Client::open(url)?;
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}
+
+/// A worker's read-through client: larder in front of Redis.
+///
+/// Not shared between threads (it owns one Redis connection); open one per worker
+/// thread, all on the same larder file.
+pub struct NearCache {
+    cache: Cache,
+    con: redis::Connection,
+    config: Config,
+    buf: Vec<u8>,
+    stats: ReaderStats,
+}
+
+/// What one [`NearCache`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReaderStats {
+    /// Gets answered from the near cache.
+    pub hits: u64,
+    /// Gets that read Redis (misses, untracked keys, and bypasses).
+    pub redis_reads: u64,
+    /// Of those, reads while the near cache was unguarded (no recent heartbeat).
+    pub bypasses: u64,
+    /// Values stored in the near cache after a read.
+    pub fills: u64,
+    /// Fills refused because an invalidation or a flush came first.
+    pub fills_refused: u64,
+}
+
+impl NearCache {
+    /// A client of the near cache `cache` in front of the Redis at `url`.
+    pub fn new(cache: Cache, url: &str, config: Config) -> Result<NearCache> {
+        config.check()?;
+        let con = connect(url, config.io_timeout)?;
+        Ok(NearCache {
+            cache,
+            con,
+            config,
+            buf: Vec::new(),
+            stats: ReaderStats::default(),
+        })
+    }
+
+    /// The larder cache under this client.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// What this client did so far.
+    pub fn stats(&self) -> ReaderStats {
+        self.stats
+    }
+
+    /// The value of `key`: from the near cache if it holds it and is guarded, else
+    /// from Redis (then kept in the near cache, with at most the TTL Redis has left).
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let limits = self.cache.limits();
+        if !self.config.tracked(key) || key.len() > limits.max_key_len {
+            self.stats.redis_reads += 1;
+            return Ok(redis::cmd("GET").arg(key).query(&mut self.con)?);
+        }
+        let near = self.cache.near();
+        let bound = self.config.bound;
+        // The heartbeat before the entry: every invalidation up to it was applied.
+        if near.guarded(bound)? && self.cache.get_into(key, &mut self.buf)? {
+            self.stats.hits += 1;
+            return Ok(Some(self.buf.clone()));
+        }
+        let ticket = near.ticket(key, bound)?;
+        self.stats.redis_reads += 1;
+        let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(key)
+            .cmd("PTTL")
+            .arg(key)
+            .query(&mut self.con)?;
+        let (Some(ticket), Some(v)) = (ticket, value.as_ref()) else {
+            if ticket.is_none() {
+                self.stats.bypasses += 1;
+            }
+            return Ok(value);
+        };
+        // -1: no expiry (the cap applies); -2: gone since the GET; 0: about to expire.
+        let ttl = match pttl {
+            -1 => Some(self.config.ttl_cap),
+            ms if ms > 0 => Some(Duration::from_millis(ms as u64).min(self.config.ttl_cap)),
+            _ => None,
+        };
+        if let Some(ttl) = ttl {
+            if v.len() <= limits.max_value_len {
+                if near.fill(key, v, Some(ttl), ticket)? {
+                    self.stats.fills += 1;
+                } else {
+                    self.stats.fills_refused += 1;
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// Writes `key` to Redis (with `ttl`, if any), then drops it from the near cache
+    /// (the listener drops it on every other host, and here too).
+    pub fn set(&mut self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+        }
+        cmd.exec(&mut self.con)?;
+        self.cache.near().invalidate(key)?;
+        Ok(())
+    }
+
+    /// Deletes `key` in Redis, then drops it from the near cache; true if Redis had it.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        let n: i64 = redis::cmd("DEL").arg(key).query(&mut self.con)?;
+        self.cache.near().invalidate(key)?;
+        Ok(n > 0)
+    }
+}
+
+impl fmt::Debug for NearCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NearCache")
+            .field("cache", &self.cache.path())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// What the listener reports as it goes (for logs), with when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This listener took the lease (and flushed); `takeover` if its holder had died.
+    Leased {
+        /// Whether the previous holder died holding it.
+        takeover: bool,
+    },
+    /// Connected and tracking.
+    Connected,
+    /// The connection was lost or stopped answering.
+    Lost(String),
+    /// The store was emptied: the near cache was flushed.
+    ServerFlush,
+    /// The listener's own heartbeat went older than the bound (it was stopped or
+    /// starved): it flushed before going on.
+    Stale,
+    /// The cache file was replaced: the listener lets its lease go and takes the new
+    /// file's.
+    FileReplaced,
+}
+
+/// The one listener of a host (see the crate docs); [`Listener::run`] runs it.
+pub struct Listener {
+    cache: Cache,
+    url: String,
+    config: Config,
+    name: String,
+}
+
+impl Listener {
+    /// A listener for `cache`, tracking `config`'s prefixes on the Redis at `url`.
+    pub fn new(cache: Cache, url: &str, config: Config) -> Result<Listener> {
+        config.check()?;
+        redis::Client::open(url)?;
+        Ok(Listener {
+            cache,
+            url: resp3(url),
+            config,
+            name: format!("larder-listener-{}", std::process::id()),
+        })
+    }
+
+    /// The connection name the listener gives itself (`CLIENT SETNAME`).
+    pub fn client_name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs until `stop` is set: waits for the lease (another listener may hold it:
+    /// this one stands by, trying every ping interval), then keeps the near cache
+    /// current, reconnecting as needed. `events` hears what happens. Returns early only
+    /// on an error of the cache file.
+    pub fn run(&self, stop: &AtomicBool, mut events: impl FnMut(Event)) -> Result<()> {
+        while !stop.load(Ordering::Relaxed) {
+            let near = self.cache.near();
+            let before = near.stats().takeovers;
+            let Some(lease) = near.try_lease()? else {
+                std::thread::sleep(self.config.ping_every); // standby: retry the lease each interval
+                continue;
+            };
+            let takeover = near.stats().takeovers > before;
+            events(Event::Leased { takeover });
+            self.hold(&lease, stop, &mut events)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the near cache current while holding `lease`; returns when stopped or when
+    /// the file was replaced.
+    fn hold(
+        &self,
+        lease: &Lease<'_>,
+        stop: &AtomicBool,
+        events: &mut impl FnMut(Event),
+    ) -> Result<()> {
+        // The lease flushed already: the first connection needs no flush of its own.
+        let mut first = true;
+        while !stop.load(Ordering::Relaxed) {
+            lease.suspend();
+            let (mut con, rx) = match self.connect() {
+                Ok(c) => c,
+                Err(e) => {
+                    events(Event::Lost(e.to_string()));
+                    std::thread::sleep(self.config.ping_every); // reconnect backoff, then retry
+                    continue;
+                }
+            };
+            if !first {
+                lease.flush(FlushReason::Reconnect)?;
+            }
+            first = false;
+            events(Event::Connected);
+            match self.track(lease, &mut con, &rx, stop, events)? {
+                Ended::Stopped => return Ok(()),
+                Ended::Replaced => {
+                    events(Event::FileReplaced);
+                    return Ok(());
+                }
+                Ended::Lost(why) => {
+                    lease.suspend();
+                    events(Event::Lost(why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn connect(&self) -> Result<(redis::Connection, mpsc::Receiver<PushInfo>)> {
+        let mut con = connect(&self.url, self.config.io_timeout)?;
+        let (tx, rx) = mpsc::channel();
+        con.set_push_sender(tx);
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&self.name)
+            .exec(&mut con)?;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("TRACKING").arg("on").arg("BCAST");
+        for p in &self.config.prefixes {
+            cmd.arg("PREFIX").arg(&p[..]);
+        }
+        cmd.exec(&mut con)?;
+        con.set_read_timeout(Some(self.config.reply_timeout))?;
+        Ok((con, rx))
+    }
+
+    /// The tracking loop on one connection.
+    fn track(
+        &self,
+        lease: &Lease<'_>,
+        con: &mut redis::Connection,
+        rx: &mpsc::Receiver<PushInfo>,
+        stop: &AtomicBool,
+        events: &mut impl FnMut(Event),
+    ) -> Result<Ended> {
+        let mut last_tick = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(Ended::Stopped);
+            }
+            let sent = Moment::now();
+            let started = Instant::now();
+            if started.duration_since(last_tick) > self.config.bound {
+                // Stopped or starved past the bound: readers went to Redis meanwhile.
+                // The pushes queued on the connection are still in order, but flush
+                // rather than trust a connection that was silent that long.
+                lease.suspend();
+                lease.flush(FlushReason::Stale)?;
+                events(Event::Stale);
+            }
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query(con);
+            if let Err(e) = pong {
+                return Ok(Ended::Lost(format!("PING: {e}")));
+            }
+            // Every invalidation of a write that completed before `sent` is in `rx`.
+            while let Ok(push) = rx.try_recv() {
+                match push.kind {
+                    PushKind::Invalidate => match push.data.first() {
+                        Some(Value::Array(keys)) => {
+                            for k in keys {
+                                if let Value::BulkString(k) = k {
+                                    lease.invalidate(k)?;
+                                }
+                            }
+                        }
+                        _ => {
+                            lease.flush(FlushReason::ServerFlush)?;
+                            events(Event::ServerFlush);
+                        }
+                    },
+                    PushKind::Disconnection => {
+                        return Ok(Ended::Lost("disconnected".into()));
+                    }
+                    _ => {}
+                }
+            }
+            if !con.is_open() {
+                return Ok(Ended::Lost("connection closed".into()));
+            }
+            if !lease.publish_heartbeat(sent)? {
+                return Ok(Ended::Replaced);
+            }
+            last_tick = started;
+            let next = started + self.config.ping_every;
+            std::thread::sleep(next.saturating_duration_since(Instant::now())); // the ping interval
+        }
+    }
+}
+
+enum Ended {
+    Stopped,
+    Replaced,
+    Lost(String),
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("cache", &self.cache.path())
+            .field("name", &self.name)
+            .finish()
+    }
+}
