@@ -232,7 +232,7 @@ pub struct NearCache {
     cache: Cache,
     con: redis::Connection,
     config: Config,
-    buf: Vec<u8>,
+    limits: larder::Limits,
     stats: ReaderStats,
 }
 
@@ -258,10 +258,10 @@ impl NearCache {
         config.check()?;
         let con = connect(url, config.io_timeout)?;
         Ok(NearCache {
+            limits: cache.limits(),
             cache,
             con,
             config,
-            buf: Vec::new(),
             stats: ReaderStats::default(),
         })
     }
@@ -279,17 +279,24 @@ impl NearCache {
     /// The value of `key`: from the near cache if it holds it and is guarded, else
     /// from Redis (then kept in the near cache, with at most the TTL Redis has left).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let limits = self.cache.limits();
-        if !self.config.tracked(key) || key.len() > limits.max_key_len {
+        let mut out = Vec::new();
+        Ok(self.get_into(key, &mut out)?.then_some(out))
+    }
+
+    /// As [`NearCache::get`], into `buf` (replacing its contents; no allocation on a
+    /// near-cache hit when `buf` is large enough); false if Redis has no value.
+    pub fn get_into(&mut self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
+        if !self.config.tracked(key) || key.len() > self.limits.max_key_len {
             self.stats.redis_reads += 1;
-            return Ok(redis::cmd("GET").arg(key).query(&mut self.con)?);
+            let v: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(&mut self.con)?;
+            return Ok(put(buf, v));
         }
         let near = self.cache.near();
         let bound = self.config.bound;
         // The heartbeat before the entry: every invalidation up to it was applied.
-        if near.guarded(bound)? && self.cache.get_into(key, &mut self.buf)? {
+        if near.guarded(bound)? && self.cache.get_into(key, buf)? {
             self.stats.hits += 1;
-            return Ok(Some(self.buf.clone()));
+            return Ok(true);
         }
         let ticket = near.ticket(key, bound)?;
         self.stats.redis_reads += 1;
@@ -303,7 +310,7 @@ impl NearCache {
             if ticket.is_none() {
                 self.stats.bypasses += 1;
             }
-            return Ok(value);
+            return Ok(put(buf, value));
         };
         // -1: no expiry (the cap applies); -2: gone since the GET; 0: about to expire.
         let ttl = match pttl {
@@ -312,7 +319,7 @@ impl NearCache {
             _ => None,
         };
         if let Some(ttl) = ttl {
-            if v.len() <= limits.max_value_len {
+            if v.len() <= self.limits.max_value_len {
                 if near.fill(key, v, Some(ttl), ticket)? {
                     self.stats.fills += 1;
                 } else {
@@ -320,7 +327,7 @@ impl NearCache {
                 }
             }
         }
-        Ok(value)
+        Ok(put(buf, value))
     }
 
     /// Writes `key` to Redis (with `ttl`, if any), then drops it from the near cache
@@ -341,6 +348,17 @@ impl NearCache {
         let n: i64 = redis::cmd("DEL").arg(key).query(&mut self.con)?;
         self.cache.near().invalidate(key)?;
         Ok(n > 0)
+    }
+}
+
+/// Moves a value read from Redis into the caller's buffer.
+fn put(buf: &mut Vec<u8>, value: Option<Vec<u8>>) -> bool {
+    match value {
+        Some(v) => {
+            *buf = v;
+            true
+        }
+        None => false,
     }
 }
 
