@@ -20,56 +20,146 @@
 //! fetch-or, and none once the bit is set. Every log is FIFO, so space is reclaimed at
 //! the head only and mixed value sizes cannot fragment a shard.
 //!
-//! Work is bounded: each call to make room moves at most [`MAX_REINSERTS`] entries
-//! within main before it evicts regardless, and expired entries at the head are dropped
-//! (counted as expirations) without a scan of the shard.
+//! Eviction is for a cache that is really full. While a shard is *underfull* (its live
+//! records, headers and padding counted, fill less than 70% of its main log; in
+//! particular whenever they fill less than 60% of both logs), making room never evicts
+//! a live entry: the head of main is cleaned instead (dead records are dropped, live
+//! ones are moved on to the tail, keeping their visited bit), and the small log moves
+//! its unread entries on to main rather than evicting them. While underfull, main also
+//! keeps a reserve of one largest record free, so that the record at its very start can
+//! always be moved on (a log keeps 8 bytes free to tell full from empty, so a full log
+//! whose head is at its start could not move that record anywhere).
+//!
+//! Work is bounded in bytes: one call to make room moves at most one main log's worth
+//! of records (a lap: enough to reach every dead record, since an underfull main is at
+//! least 30% dead or free), at most [`MAX_REINSERTS`] read entries within main, and
+//! each record of the small log once. In a steady state where live records are a
+//! fraction f of main, every byte a set appends makes the cleaner pass 1/(1-f) bytes of
+//! log and move f/(1-f) of them, so the log writes per byte written are 1/(1-f)
+//! (`Stats::bytes_moved` against `Stats::bytes_written`). Expired entries at the head
+//! are dropped (counted as expirations) without a scan of the shard.
 
 use crate::layout::{
-    BUCKET_SLOTS, RECORD_HEADER, SH_EVICTIONS, SH_EXPIRATIONS, SH_LIVE_BYTES, STATE_LIVE,
+    BUCKET_SLOTS, RECORD_HEADER, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_LIVE_BYTES, SH_MOVED,
+    STATE_LIVE,
 };
 use crate::shard::{Damaged, KeyHash, LogId, Rec, Shard};
 use crate::words::SlotWord;
 
-/// Most entries moved within the main log per room-making call.
+/// Most read entries moved within the main log (S3-FIFO's reinsertion) per
+/// room-making call.
 pub(crate) const MAX_REINSERTS: usize = 32;
 
+/// What one room-making call may still do without evicting.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Read entries it may still move within main.
+    pub reinserts: usize,
+    /// Bytes of live records it may still move on from main's head while the shard is
+    /// underfull.
+    pub compact_bytes: usize,
+}
+
+impl Budget {
+    /// The budget of one call in a shard whose main log holds `main_cap` bytes.
+    pub(crate) fn new(main_cap: usize) -> Budget {
+        Budget {
+            reinserts: MAX_REINSERTS,
+            compact_bytes: main_cap,
+        }
+    }
+}
+
+/// Whether popping a live entry may evict it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Evict {
+    /// When the shard is full (not underfull), or the budget is spent.
+    IfFull,
+    /// Never: the caller only wants room it can have without losing an entry.
+    Never,
+}
+
+/// What popping a log's head did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Popped {
+    /// Freed or moved a record (or skipped dead space).
+    Done,
+    /// Would have evicted a live entry, and was told not to: nothing changed.
+    WouldEvict,
+}
+
 impl Shard<'_> {
-    /// Evicts from the head of `which` until a record of `need` bytes fits at its tail.
+    /// Frees the head of `which` until a record of `need` bytes fits at its tail,
+    /// evicting only if the shard is not underfull (see the module docs).
     pub(crate) fn make_room(&self, which: LogId, need: usize, now: u64) -> Result<(), Damaged> {
+        let mut budget = Budget::new(self.g.main_cap);
+        self.make_room_with(which, need, now, &mut budget)
+    }
+
+    /// The bytes an underfull main keeps free beyond what a set needs: one largest
+    /// record (with a version word).
+    fn reserve(&self) -> usize {
+        crate::layout::record_size(self.g.params.max_key_len, self.g.params.max_value_len)
+            + crate::shard::VERSION_WORD
+    }
+
+    fn make_room_with(
+        &self,
+        which: LogId,
+        need: usize,
+        now: u64,
+        budget: &mut Budget,
+    ) -> Result<(), Damaged> {
         let (_, cap, _) = self.log_bounds(which);
-        let mut budget = MAX_REINSERTS;
-        // Every step frees a record or wraps the head: bounded by the log's record count.
-        let mut steps = cap / RECORD_HEADER + 4;
+        // Every step frees a record, moves one on (within one lap's budget) or wraps
+        // the head: bounded by twice the log's record count.
+        let mut steps = 2 * (cap / RECORD_HEADER) + MAX_REINSERTS + 4;
         loop {
             let (head, tail) = self.state(which)?;
-            if self.fits(which, head, tail, need) {
+            if !self.fits(which, head, tail, need) {
+                if head == tail || steps == 0 {
+                    return Err(Damaged(format!(
+                        "{which:?} log cannot make room for {need} bytes"
+                    )));
+                }
+                steps -= 1;
+                self.pop_head(which, head, tail, now, budget, Evict::IfFull)?;
+                continue;
+            }
+            // It fits. An underfull main also cleans until its reserve is free, but never
+            // by evicting.
+            let reserved = need.saturating_add(self.reserve());
+            if which == LogId::Small
+                || self.fits(which, head, tail, reserved)
+                || steps == 0
+                || !self.underfull()
+            {
                 return Ok(());
             }
-            if head == tail || steps == 0 {
-                return Err(Damaged(format!(
-                    "{which:?} log cannot make room for {need} bytes"
-                )));
-            }
             steps -= 1;
-            self.pop_head(which, head, tail, now, &mut budget)?;
+            if self.pop_head(which, head, tail, now, budget, Evict::Never)? == Popped::WouldEvict {
+                return Ok(());
+            }
         }
     }
 
     /// Pops the head of `which` (its state is `head`, `tail`): evicts or moves the
-    /// record there, or skips it if it is dead or no slot names it.
+    /// record there, or skips it if it is dead or no slot names it. With
+    /// [`Evict::Never`], a live entry that would be evicted is left alone.
     pub(crate) fn pop_head(
         &self,
         which: LogId,
         head: usize,
         tail: usize,
         now: u64,
-        budget: &mut usize,
-    ) -> Result<(), Damaged> {
+        budget: &mut Budget,
+        evict: Evict,
+    ) -> Result<Popped, Damaged> {
         let (start, cap, _) = self.log_bounds(which);
         if cap - head < RECORD_HEADER {
             // Implicit pad at the end of the log.
             self.set_state(which, 0, tail);
-            return Ok(());
+            return Ok(Popped::Done);
         }
         let rec = self
             .read_rec(start + head, which)
@@ -80,56 +170,63 @@ impl Shard<'_> {
         let new_head = (head + rec.size) % cap;
         if rec.state != STATE_LIVE {
             self.set_state(which, new_head, tail);
-            return Ok(());
+            return Ok(Popped::Done);
         }
         let slot = rec.slot;
         let owned = slot < self.slots() && self.slot_word(slot).loc == self.loc(rec.off);
         if !owned {
             // No slot points here (a record whose slot was lost to a repair): garbage.
             self.set_state(which, new_head, tail);
-            return Ok(());
+            return Ok(Popped::Done);
         }
         if rec.expired(now) {
             self.drop_head(which, new_head, tail, slot, &rec, SH_EXPIRATIONS);
-            return Ok(());
+            return Ok(Popped::Done);
         }
         match which {
             LogId::Small if self.is_visited(slot) => {
                 self.clear_visited(slot);
-                self.move_to_main(which, new_head, tail, &rec, now)
+                self.move_to_main(which, new_head, tail, &rec, now, budget)?;
             }
-            // While main has free room the cache is not full: nothing is evicted, the
-            // entry just moves on (S3-FIFO evicts only when the whole cache is full).
-            LogId::Small if self.main_has_room(rec.size)? => {
-                self.move_to_main(which, new_head, tail, &rec, now)
+            // While main has free room, or can make it by cleaning, the cache is not
+            // full: nothing is evicted, the entry just moves on (S3-FIFO evicts only
+            // when the whole cache is full).
+            LogId::Small if self.main_has_room(rec.size)? || self.underfull() => {
+                self.move_to_main(which, new_head, tail, &rec, now, budget)?;
             }
+            LogId::Small if evict == Evict::Never => return Ok(Popped::WouldEvict),
             LogId::Small => {
                 self.ghost_insert(slot, self.slot_word(slot).tag);
                 self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
-                Ok(())
             }
-            LogId::Main if *budget > 0 && self.is_visited(slot) => {
-                *budget -= 1;
+            LogId::Main if budget.reinserts > 0 && self.is_visited(slot) => {
+                budget.reinserts -= 1;
                 self.clear_visited(slot);
-                self.move_to_main(which, new_head, tail, &rec, now)
+                self.move_to_main(which, new_head, tail, &rec, now, budget)?;
             }
             // Much of main is dead records (overwritten or removed): the cache is not
-            // full, so compact this entry forward instead of evicting it.
-            LogId::Main if *budget > 0 && self.underfull() => {
-                *budget -= 1;
-                self.move_to_main(which, new_head, tail, &rec, now)
+            // full, so move this entry on (its visited bit kept) instead of evicting it.
+            LogId::Main if budget.compact_bytes >= rec.size && self.underfull() => {
+                budget.compact_bytes -= rec.size;
+                self.move_to_main(which, new_head, tail, &rec, now, budget)?;
             }
+            LogId::Main if evict == Evict::Never => return Ok(Popped::WouldEvict),
             LogId::Main => {
                 self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
-                Ok(())
             }
         }
+        Ok(Popped::Done)
     }
 
-    /// Whether live keys and values fill less than 70% of main: the rest of a full log is
-    /// then dead records, whose space a forward move reclaims.
-    fn underfull(&self) -> bool {
-        self.counter(SH_LIVE_BYTES).saturating_mul(10) < self.g.main_cap as u64 * 7
+    /// Whether the shard's live records (keys and values, with their headers and at
+    /// most 14 bytes of padding each) fill less than 70% of main: the rest of a full main
+    /// is then dead records, whose space moving live ones on reclaims.
+    pub(crate) fn underfull(&self) -> bool {
+        let per_entry = (RECORD_HEADER + 14) as u64;
+        let live = self
+            .counter(SH_LIVE_BYTES)
+            .saturating_add(self.counter(SH_ENTRIES).saturating_mul(per_entry));
+        live.saturating_mul(10) < self.g.main_cap as u64 * 7
     }
 
     fn main_has_room(&self, size: usize) -> Result<bool, Damaged> {
@@ -165,10 +262,11 @@ impl Shard<'_> {
         tail: usize,
         rec: &Rec,
         now: u64,
+        budget: &mut Budget,
     ) -> Result<(), Damaged> {
         let slot = rec.slot;
         if from == LogId::Small {
-            self.make_room(LogId::Main, rec.size, now)?;
+            self.make_room_with(LogId::Main, rec.size, now, budget)?;
         }
         self.set_intent(crate::layout::INTENT_MOVE, slot);
         self.set_state(from, new_head, tail);
@@ -182,6 +280,7 @@ impl Shard<'_> {
             return Ok(());
         }
         let (dst, new_tail) = self.place(LogId::Main, mtail, rec.size);
+        self.add(SH_MOVED, rec.size as i64);
         self.r.move_forward(
             dst + RECORD_HEADER,
             rec.off + RECORD_HEADER,

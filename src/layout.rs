@@ -185,7 +185,12 @@ pub(crate) struct ShardHeader {
     pub index_evictions: u64,
     /// The last version this shard gave out (see "Versions").
     pub version: u64,
-    pub reserved: [u64; 9],
+    /// Bytes of records appended by sets.
+    pub written: u64,
+    /// Bytes of records moved by eviction and cleaning (small to main, reinsertion,
+    /// compaction).
+    pub moved: u64,
+    pub reserved: [u64; 7],
 }
 
 pub(crate) const SHARD_HEADER: usize = 256;
@@ -208,6 +213,8 @@ pub(crate) const SH_RECOVERIES: usize = offset_of!(ShardHeader, recoveries);
 pub(crate) const SH_DROPPED: usize = offset_of!(ShardHeader, dropped);
 pub(crate) const SH_INDEX_EVICTIONS: usize = offset_of!(ShardHeader, index_evictions);
 pub(crate) const SH_VERSION: usize = offset_of!(ShardHeader, version);
+pub(crate) const SH_WRITTEN: usize = offset_of!(ShardHeader, written);
+pub(crate) const SH_MOVED: usize = offset_of!(ShardHeader, moved);
 
 /// Invalidation counters of the near area: a key uses counter `hash % NEAR_COUNTERS`.
 pub(crate) const NEAR_COUNTERS: usize = 1024;

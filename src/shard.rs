@@ -22,7 +22,7 @@ use crate::layout::{
     align8, record_size, Geometry, BUCKET_SLOTS, INTENT_CLEAR, INTENT_MOVE, INTENT_OVERWRITE,
     INTENT_REMOVE, INTENT_SET, INTENT_TOUCH, MAX_KEY_LIMIT, RECORD_HEADER, SH_DROPPED, SH_ENTRIES,
     SH_INSERTS, SH_INTENT, SH_LIVE_BYTES, SH_MAIN, SH_RECOVERIES, SH_REMOVALS, SH_SEQ, SH_SMALL,
-    SH_UPDATES, SH_VERSION, STATE_DEAD, STATE_LIVE, STATE_PAD,
+    SH_UPDATES, SH_VERSION, SH_WRITTEN, STATE_DEAD, STATE_LIVE, STATE_PAD,
 };
 use crate::region::Region;
 use crate::words::{Intent, LogState, RecordWord0, RecordWord1, SlotWord};
@@ -591,6 +591,7 @@ impl<'a> Shard<'a> {
         crash_point!("set.after_intent");
         let (head, tail) = self.state(target)?;
         let (dst, new_tail) = self.place(target, tail, size);
+        self.add(SH_WRITTEN, size as i64);
         let w0 = RecordWord0 {
             key_len: key.len(),
             expire,

@@ -33,7 +33,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use proptest::prelude::*;
 
 use crate::crashpoint::armed::{self, Killed};
-use crate::evict::MAX_REINSERTS;
+use crate::evict::{Budget, Evict, MAX_REINSERTS};
 use crate::layout::{
     record_size, Geometry, Params, BUCKET_SLOTS, INTENT_EVICT, INTENT_MOVE, RECORD_HEADER,
     SECRET_SIZE, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT, SH_LIVE_BYTES,
@@ -1029,8 +1029,9 @@ fn crash_head(fx: &Fixture, which: LogId, stage: HeadCrash, now: u64) -> Option<
     };
     let pop = |s: &Shard<'_>| {
         let (head, tail) = s.state(which)?;
-        let mut budget = MAX_REINSERTS;
-        s.pop_head(which, head, tail, now, &mut budget)
+        let mut budget = Budget::new(s.g.main_cap);
+        s.pop_head(which, head, tail, now, &mut budget, Evict::IfFull)
+            .map(drop)
     };
     // The points the pop reaches, in order, on a twin. A head moved out of the small
     // log first makes room in main, whose own pops come first: the head's own steps

@@ -62,6 +62,13 @@ pub struct Stats {
     /// while the logs may still have had room: many of them mean the entries are smaller
     /// than the `expected_entry_size` the index was sized for.
     pub index_evictions: u64,
+    /// Bytes of records appended by sets (headers and padding included).
+    pub bytes_written: u64,
+    /// Bytes of records moved within the logs by eviction and cleaning: entries read
+    /// since they entered (S3-FIFO's moves), and live entries moved on from a log's head
+    /// so that the dead records around them can be dropped. The write amplification is
+    /// `(bytes_written + bytes_moved) / bytes_written`.
+    pub bytes_moved: u64,
     /// Expired entries whose space was reclaimed.
     pub expirations: u64,
     /// Operations that gave up on a shard lock at its deadline.
@@ -104,6 +111,10 @@ pub struct ShardStats {
     pub evictions: u64,
     /// Of `evictions`, those made because a key's two index buckets were full.
     pub index_evictions: u64,
+    /// Bytes of records appended by sets.
+    pub bytes_written: u64,
+    /// Bytes of records moved by eviction and cleaning.
+    pub bytes_moved: u64,
     /// Expired entries reclaimed.
     pub expirations: u64,
     /// Repairs.
@@ -118,9 +129,9 @@ pub struct ShardStats {
 pub(crate) fn gather(a: &Attached) -> Stats {
     use crate::layout::{
         SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INDEX_EVICTIONS, SH_INSERTS,
-        SH_LIVE_BYTES, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SS_FILLS, SS_FILL_HANDOVERS,
-        SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS,
-        STATS_SLOTS,
+        SH_LIVE_BYTES, SH_MOVED, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SH_WRITTEN, SS_FILLS,
+        SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES,
+        SS_STALE_HITS, STATS_SLOTS,
     };
     use crate::shard::{LogId, Shard};
     let r = &a.region;
@@ -150,6 +161,8 @@ pub(crate) fn gather(a: &Attached) -> Stats {
             removals: sh.counter(SH_REMOVALS),
             evictions: sh.counter(SH_EVICTIONS),
             index_evictions: sh.counter(SH_INDEX_EVICTIONS),
+            bytes_written: sh.counter(SH_WRITTEN),
+            bytes_moved: sh.counter(SH_MOVED),
             expirations: sh.counter(SH_EXPIRATIONS),
             recoveries: sh.counter(SH_RECOVERIES),
             repair_dropped: sh.counter(SH_DROPPED),
@@ -185,6 +198,8 @@ impl ShardStats {
         add(&mut s.removals, self.removals);
         add(&mut s.evictions, self.evictions);
         add(&mut s.index_evictions, self.index_evictions);
+        add(&mut s.bytes_written, self.bytes_written);
+        add(&mut s.bytes_moved, self.bytes_moved);
         add(&mut s.expirations, self.expirations);
         add(&mut s.recoveries, self.recoveries);
         add(&mut s.repair_dropped, self.repair_dropped);

@@ -527,7 +527,7 @@ mod points {
         Remove,
         Touch,
         Clear,
-        /// New keys, never read, until the small log evicts.
+        /// New keys, never read, until the small log evicts (once the shard is full).
         EvictSmall,
         /// Values too big for the small log, never read, until the main log evicts.
         EvictMain,
@@ -796,8 +796,11 @@ mod points {
         // Small plus main log: a twentieth of it is twice the size above which a record
         // goes straight to main (a quarter of the small log, a tenth of the data).
         let big = ((shard.bytes_used + shard.bytes_free) / 20) as usize;
+        // Unread entries leave the small log only once the shard is full (while it is
+        // underfull they move on to main), and the index must not fill first: entries of
+        // a few hundred bytes fill the logs before the index (sized for 320-byte ones).
         let (filler, read_back) = match s {
-            Scenario::EvictSmall => (80, false),
+            Scenario::EvictSmall => (400, false),
             Scenario::MoveToMain => (80, true),
             Scenario::EvictMain => (big, false),
             Scenario::MainReinsert => (big, true),

@@ -550,9 +550,10 @@ fn mp_counter(k: u32) -> Vec<u8> {
     format!("counter/{k}").into_bytes()
 }
 
-fn mp_op_strategy(procs: u32) -> impl Strategy<Value = MpOp> {
+/// The operations of one process; values of up to `max_len` bytes.
+fn mp_op_strategy(procs: u32, max_len: usize) -> impl Strategy<Value = MpOp> {
     let k = 0..OWN_KEYS;
-    let len = 0usize..300;
+    let len = 0usize..max_len;
     prop_oneof![
         6 => (k.clone(), len.clone(), any::<bool>())
             .prop_map(|(key, len, ttl)| MpOp::Set { key, len, ttl }),
@@ -890,9 +891,10 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
     let procs = plans.len();
     let t = TempCache::new("model-mp");
     let opts = if evicting {
-        // Two shards of 108 KiB: about 10 KiB of small log each, which the writes
-        // cycle through many times.
-        mp_options().capacity(256 << 10).shards(2)
+        // One shard with the smallest data area (16 KiB: 1.6 KiB of small log, 14.4 KiB
+        // of main), which a case's live values of up to 1,000 bytes overfill: eviction,
+        // not only cleaning, all the time.
+        mp_options().capacity(72 << 10).shards(1)
     } else {
         // Four shards of 16 MiB: a case never writes more than a small log holds.
         mp_options().capacity(64 << 20).shards(4)
@@ -992,9 +994,12 @@ fn multi_process(test: &str, evicting: bool) -> Vec<larder::Stats> {
         child_main(&spec);
         return Vec::new();
     }
+    // With eviction, values large enough that a case's live entries fill the one small
+    // shard past the fraction below which it only cleans (see `run_processes`).
+    let max_len = if evicting { 1000 } else { 300 };
     let plans = (2u32..=4).prop_flat_map(|procs| {
         prop::collection::vec(
-            prop::collection::vec(mp_op_strategy(procs), 10..80),
+            prop::collection::vec(mp_op_strategy(procs, max_len), 10..80),
             procs as usize,
         )
     });

@@ -143,6 +143,20 @@ const TOTALS: &[Field<Stats>] = &[
     ),
     field!(
         Stats,
+        bytes_written,
+        "bytes written",
+        Bytes,
+        "Bytes of records appended by sets."
+    ),
+    field!(
+        Stats,
+        bytes_moved,
+        "bytes moved",
+        Bytes,
+        "Bytes of records moved by eviction and cleaning (write amplification: (written + moved) / written)."
+    ),
+    field!(
+        Stats,
         expirations,
         "expirations",
         Counter,
