@@ -33,7 +33,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use proptest::prelude::*;
 
 use crate::crashpoint::armed::{self, Killed};
-use crate::evict::{Budget, Evict, MAX_REINSERTS};
+use crate::evict::{Budget, Evict};
 use crate::layout::{
     record_size, Geometry, Params, BUCKET_SLOTS, INTENT_EVICT, INTENT_MOVE, RECORD_HEADER,
     SECRET_SIZE, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT, SH_LIVE_BYTES,
