@@ -584,7 +584,7 @@ impl PyCache {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.cache()?.stats();
         let d = PyDict::new(py);
-        let fields: [(&str, u64); 22] = [
+        let fields: [(&str, u64); 24] = [
             ("entries", s.entries),
             ("bytes_live", s.bytes_live),
             ("bytes_used", s.bytes_used),
@@ -616,7 +616,7 @@ impl PyCache {
         let shards = PyList::empty(py);
         for sh in &s.shards {
             let e = PyDict::new(py);
-            let fields: [(&str, u64); 12] = [
+            let fields: [(&str, u64); 14] = [
                 ("entries", sh.entries),
                 ("bytes_live", sh.bytes_live),
                 ("bytes_used", sh.bytes_used),
