@@ -65,6 +65,8 @@ pub mod testing;
 pub const DEFAULT_BOUND: Duration = Duration::from_secs(1);
 /// The default interval `P` between the listener's pings.
 pub const DEFAULT_PING_EVERY: Duration = Duration::from_millis(100);
+/// The resolution of larder's clock for TTLs (`CLOCK_MONOTONIC_COARSE`: a few ms).
+const COARSE_CLOCK: Duration = Duration::from_millis(5);
 /// The default cap on a near-cache entry's TTL.
 pub const DEFAULT_TTL_CAP: Duration = Duration::from_secs(300);
 
@@ -230,7 +232,8 @@ fn connect(url: &str, timeout: Duration) -> Result<redis::Connection> {
 /// thread, all on the same larder file.
 pub struct NearCache {
     cache: Cache,
-    con: redis::Connection,
+    url: String,
+    con: Option<redis::Connection>,
     config: Config,
     limits: larder::Limits,
     stats: ReaderStats,
@@ -260,7 +263,8 @@ impl NearCache {
         Ok(NearCache {
             limits: cache.limits(),
             cache,
-            con,
+            url: url.to_string(),
+            con: Some(con),
             config,
             stats: ReaderStats::default(),
         })
@@ -288,7 +292,10 @@ impl NearCache {
     pub fn get_into(&mut self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
         if !self.config.tracked(key) || key.len() > self.limits.max_key_len {
             self.stats.redis_reads += 1;
-            let v: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(&mut self.con)?;
+            let v: Option<Vec<u8>> =
+                with_redis(&mut self.con, &self.url, self.config.io_timeout, |con| {
+                    redis::cmd("GET").arg(key).query(con)
+                })?;
             return Ok(put(buf, v));
         }
         let near = self.cache.near();
@@ -300,12 +307,19 @@ impl NearCache {
         }
         let ticket = near.ticket(key, bound)?;
         self.stats.redis_reads += 1;
-        let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
-            .cmd("GET")
-            .arg(key)
-            .cmd("PTTL")
-            .arg(key)
-            .query(&mut self.con)?;
+        let sent = Instant::now();
+        let (value, pttl): (Option<Vec<u8>>, i64) =
+            with_redis(&mut self.con, &self.url, self.config.io_timeout, |con| {
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(key)
+                    .cmd("PTTL")
+                    .arg(key)
+                    .query(con)
+            })?;
+        // What Redis had left when it answered, less the whole round trip (the TTL
+        // counts from the fill, later) and the granularity of larder's coarse clock.
+        let taken = sent.elapsed() + COARSE_CLOCK;
         let (Some(ticket), Some(v)) = (ticket, value.as_ref()) else {
             if ticket.is_none() {
                 self.stats.bypasses += 1;
@@ -315,7 +329,10 @@ impl NearCache {
         // -1: no expiry (the cap applies); -2: gone since the GET; 0: about to expire.
         let ttl = match pttl {
             -1 => Some(self.config.ttl_cap),
-            ms if ms > 0 => Some(Duration::from_millis(ms as u64).min(self.config.ttl_cap)),
+            ms if ms > 0 => Duration::from_millis(ms as u64)
+                .checked_sub(taken)
+                .filter(|t| !t.is_zero())
+                .map(|t| t.min(self.config.ttl_cap)),
             _ => None,
         };
         if let Some(ttl) = ttl {
@@ -338,17 +355,46 @@ impl NearCache {
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
         }
-        cmd.exec(&mut self.con)?;
+        with_redis(&mut self.con, &self.url, self.config.io_timeout, |con| {
+            cmd.exec(con)
+        })?;
         self.cache.near().invalidate(key)?;
         Ok(())
     }
 
     /// Deletes `key` in Redis, then drops it from the near cache; true if Redis had it.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
-        let n: i64 = redis::cmd("DEL").arg(key).query(&mut self.con)?;
+        let n: i64 = with_redis(&mut self.con, &self.url, self.config.io_timeout, |con| {
+            redis::cmd("DEL").arg(key).query(con)
+        })?;
         self.cache.near().invalidate(key)?;
         Ok(n > 0)
     }
+}
+
+/// Runs `f` on the Redis connection `con` (of `url`), opening a new one if the last was
+/// lost; a command that fails because the connection dropped (a Redis restart, a killed
+/// client) is sent once more on a new connection. Every command a [`NearCache`] sends
+/// can be sent twice (`GET`, `PTTL`, `SET`, `DEL`).
+fn with_redis<T>(
+    con: &mut Option<redis::Connection>,
+    url: &str,
+    timeout: Duration,
+    mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+) -> Result<T> {
+    for attempt in 0..2 {
+        let c = match con {
+            Some(c) if c.is_open() => c,
+            _ => con.insert(connect(url, timeout)?),
+        };
+        match f(c) {
+            Err(e) if attempt == 0 && (e.is_connection_dropped() || e.is_io_error()) => {
+                *con = None;
+            }
+            other => return Ok(other?),
+        }
+    }
+    unreachable!("the second attempt returns")
 }
 
 /// Moves a value read from Redis into the caller's buffer.
