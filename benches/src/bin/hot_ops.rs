@@ -24,6 +24,9 @@ const HOT: u64 = 1000;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// The ceiling every benchmark compares with.
+type Ceiling = Mutex<HashMap<Box<[u8]>, Box<[u8]>>>;
+
 fn usage() -> ! {
     eprintln!(
         "usage: hot_ops <larder|ceiling> \
@@ -131,7 +134,7 @@ fn larder_ops(op: &str, n: u64) -> Result<()> {
 }
 
 fn ceiling_ops(op: &str, n: u64) -> Result<()> {
-    let map: Mutex<HashMap<Box<[u8]>, Box<[u8]>>> = Mutex::new(HashMap::new());
+    let map: Ceiling = Mutex::new(HashMap::new());
     let v = value(0)?;
     let lock = || map.lock().unwrap_or_else(|e| e.into_inner());
     for i in 0..HOT {
