@@ -22,7 +22,9 @@
 use std::time::Instant;
 
 use larder::{Cache, Options};
-use larder_bench::{self as workload, verdict, Distribution, KeySampler, Rng, TempDir, KEY_LEN};
+use larder_bench::{
+    self as workload, verdict, Distribution, ExactLru, KeySampler, Rng, TempDir, KEY_LEN,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -31,87 +33,6 @@ const STREAM_SEED: u64 = 0x5eed;
 /// File sizes of the memory measurements: Docker's default /dev/shm, and a larger file
 /// over which the per-shard fixed costs spread thinner.
 const MEMORY_CAPACITIES: [u64; 2] = [64 << 20, 256 << 20];
-
-/// An exact LRU over dense key indices: a doubly linked list in arrays, newest at the
-/// head; O(1) per request.
-struct Lru {
-    cap: usize,
-    /// Node of each key index, or NONE.
-    node_of: Vec<u32>,
-    key: Vec<u32>,
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    head: u32,
-    tail: u32,
-}
-
-const NONE: u32 = u32::MAX;
-
-impl Lru {
-    fn new(cap: usize, keys: usize) -> Lru {
-        Lru {
-            cap: cap.max(1),
-            node_of: vec![NONE; keys],
-            key: Vec::with_capacity(cap),
-            prev: Vec::with_capacity(cap),
-            next: Vec::with_capacity(cap),
-            head: NONE,
-            tail: NONE,
-        }
-    }
-
-    fn unlink(&mut self, n: u32) {
-        let (p, x) = (self.prev[n as usize], self.next[n as usize]);
-        if p != NONE {
-            self.next[p as usize] = x;
-        } else {
-            self.head = x;
-        }
-        if x != NONE {
-            self.prev[x as usize] = p;
-        } else {
-            self.tail = p;
-        }
-    }
-
-    fn push_front(&mut self, n: u32) {
-        self.prev[n as usize] = NONE;
-        self.next[n as usize] = self.head;
-        if self.head != NONE {
-            self.prev[self.head as usize] = n;
-        }
-        self.head = n;
-        if self.tail == NONE {
-            self.tail = n;
-        }
-    }
-
-    /// One request: true on a hit; on a miss the key is inserted, evicting the least
-    /// recently used one if full.
-    fn access(&mut self, k: u32) -> bool {
-        let n = self.node_of[k as usize];
-        if n != NONE {
-            self.unlink(n);
-            self.push_front(n);
-            return true;
-        }
-        let n = if self.key.len() < self.cap {
-            self.key.push(k);
-            self.prev.push(NONE);
-            self.next.push(NONE);
-            (self.key.len() - 1) as u32
-        } else {
-            let victim = self.tail;
-            self.unlink(victim);
-            self.node_of[self.key[victim as usize] as usize] = NONE;
-            self.key[victim as usize] = k;
-            victim
-        };
-        self.node_of[k as usize] = n;
-        self.push_front(n);
-        false
-    }
-}
 
 fn options(value_len: usize, capacity: u64) -> Options {
     workload::options_for(1, value_len).capacity(capacity)
@@ -154,7 +75,7 @@ struct HitRun {
 /// Hits of an exact LRU of `cap` entries over the stream: in total, and in its second
 /// half.
 fn replay_lru(zipf: &KeySampler, requests: u64, cap: usize) -> (u64, u64) {
-    let mut lru = Lru::new(cap, zipf.keys() as usize);
+    let mut lru = ExactLru::new(cap, zipf.keys() as usize);
     let mut rng = Rng::new(STREAM_SEED);
     let half = requests / 2;
     let (mut hits, mut late) = (0u64, 0u64);
