@@ -1893,6 +1893,88 @@ fn worker_loop(
     Ok((r, hist))
 }
 
+/// An exact LRU over dense key indices, the hit-ratio benchmarks' reference: a doubly
+/// linked list in arrays, newest at the head; O(1) per request.
+pub struct ExactLru {
+    cap: usize,
+    /// Node of each key index, or LRU_NONE.
+    node_of: Vec<u32>,
+    key: Vec<u32>,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    head: u32,
+    tail: u32,
+}
+
+const LRU_NONE: u32 = u32::MAX;
+
+impl ExactLru {
+    /// An LRU of `cap` entries over the key indices `0..keys`.
+    pub fn new(cap: usize, keys: usize) -> ExactLru {
+        ExactLru {
+            cap: cap.max(1),
+            node_of: vec![LRU_NONE; keys],
+            key: Vec::with_capacity(cap),
+            prev: Vec::with_capacity(cap),
+            next: Vec::with_capacity(cap),
+            head: LRU_NONE,
+            tail: LRU_NONE,
+        }
+    }
+
+    fn unlink(&mut self, n: u32) {
+        let (p, x) = (self.prev[n as usize], self.next[n as usize]);
+        if p != LRU_NONE {
+            self.next[p as usize] = x;
+        } else {
+            self.head = x;
+        }
+        if x != LRU_NONE {
+            self.prev[x as usize] = p;
+        } else {
+            self.tail = p;
+        }
+    }
+
+    fn push_front(&mut self, n: u32) {
+        self.prev[n as usize] = LRU_NONE;
+        self.next[n as usize] = self.head;
+        if self.head != LRU_NONE {
+            self.prev[self.head as usize] = n;
+        }
+        self.head = n;
+        if self.tail == LRU_NONE {
+            self.tail = n;
+        }
+    }
+
+    /// One request: true on a hit; on a miss the key is inserted, evicting the least
+    /// recently used one if full.
+    pub fn access(&mut self, k: u32) -> bool {
+        let n = self.node_of[k as usize];
+        if n != LRU_NONE {
+            self.unlink(n);
+            self.push_front(n);
+            return true;
+        }
+        let n = if self.key.len() < self.cap {
+            self.key.push(k);
+            self.prev.push(LRU_NONE);
+            self.next.push(LRU_NONE);
+            (self.key.len() - 1) as u32
+        } else {
+            let victim = self.tail;
+            self.unlink(victim);
+            self.node_of[self.key[victim as usize] as usize] = LRU_NONE;
+            self.key[victim as usize] = k;
+            victim
+        };
+        self.node_of[k as usize] = n;
+        self.push_front(n);
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2034,87 +2116,5 @@ mod tests {
         let (r2, h2) = parse_result(&format_result(&r, &h)).unwrap();
         assert_eq!(r, r2);
         assert_eq!(h, h2);
-    }
-}
-
-/// An exact LRU over dense key indices, the hit-ratio benchmarks' reference: a doubly
-/// linked list in arrays, newest at the head; O(1) per request.
-pub struct ExactLru {
-    cap: usize,
-    /// Node of each key index, or LRU_NONE.
-    node_of: Vec<u32>,
-    key: Vec<u32>,
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    head: u32,
-    tail: u32,
-}
-
-const LRU_NONE: u32 = u32::MAX;
-
-impl ExactLru {
-    /// An LRU of `cap` entries over the key indices `0..keys`.
-    pub fn new(cap: usize, keys: usize) -> ExactLru {
-        ExactLru {
-            cap: cap.max(1),
-            node_of: vec![LRU_NONE; keys],
-            key: Vec::with_capacity(cap),
-            prev: Vec::with_capacity(cap),
-            next: Vec::with_capacity(cap),
-            head: LRU_NONE,
-            tail: LRU_NONE,
-        }
-    }
-
-    fn unlink(&mut self, n: u32) {
-        let (p, x) = (self.prev[n as usize], self.next[n as usize]);
-        if p != LRU_NONE {
-            self.next[p as usize] = x;
-        } else {
-            self.head = x;
-        }
-        if x != LRU_NONE {
-            self.prev[x as usize] = p;
-        } else {
-            self.tail = p;
-        }
-    }
-
-    fn push_front(&mut self, n: u32) {
-        self.prev[n as usize] = LRU_NONE;
-        self.next[n as usize] = self.head;
-        if self.head != LRU_NONE {
-            self.prev[self.head as usize] = n;
-        }
-        self.head = n;
-        if self.tail == LRU_NONE {
-            self.tail = n;
-        }
-    }
-
-    /// One request: true on a hit; on a miss the key is inserted, evicting the least
-    /// recently used one if full.
-    pub fn access(&mut self, k: u32) -> bool {
-        let n = self.node_of[k as usize];
-        if n != LRU_NONE {
-            self.unlink(n);
-            self.push_front(n);
-            return true;
-        }
-        let n = if self.key.len() < self.cap {
-            self.key.push(k);
-            self.prev.push(LRU_NONE);
-            self.next.push(LRU_NONE);
-            (self.key.len() - 1) as u32
-        } else {
-            let victim = self.tail;
-            self.unlink(victim);
-            self.node_of[self.key[victim as usize] as usize] = LRU_NONE;
-            self.key[victim as usize] = k;
-            victim
-        };
-        self.node_of[k as usize] = n;
-        self.push_front(n);
-        false
     }
 }
