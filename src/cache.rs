@@ -116,14 +116,16 @@ enum Store {
 /// The version of an entry, from [`Cache::get_versioned`], for
 /// [`Cache::set_if_version`].
 ///
-/// A small `Copy` token: the file it came from (a hash of the file's random secret) and
-/// a number its shard gave out once. A version is never given out twice for a file,
-/// across crashes, repairs and clears, so a compare-and-swap never succeeds against an
-/// entry that was changed and changed back, or removed and set again; a version from
-/// another file (one that replaced this one) matches nothing.
+/// A small `Copy` token: the file it came from (a hash of the file's random secret), the
+/// shard of its key, and a number that shard gave out once. A version is never given out
+/// twice for a file, across crashes, repairs and clears, so a compare-and-swap never
+/// succeeds against an entry that was changed and changed back, or removed and set
+/// again; a version of another key, or from another file (one that replaced this one),
+/// matches nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Version {
     file: u64,
+    shard: u32,
     number: u64,
 }
 
@@ -861,6 +863,7 @@ impl Cache {
         };
         let version = |number| Version {
             file: a.hasher.file_id(),
+            shard: idx as u32,
             number,
         };
         Ok(match found {
@@ -924,12 +927,15 @@ impl Cache {
         let (a, now) = self.enter_at(Wait::Yes)?;
         Self::check_key(&a, key)?;
         Self::check_value(&a, value.len())?;
-        if version.file != a.hasher.file_id() {
+        let h = a.hasher.hash(key);
+        let idx = a.geo.shard_of(h);
+        // Numbers are unique within a shard: one read from another shard (another key)
+        // or another file matches nothing.
+        if version.file != a.hasher.file_id() || version.shard as usize != idx {
             return Ok(false);
         }
         let expire = Self::expiry(now, ttl);
-        let h = a.hasher.hash(key);
-        let stored = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+        let stored = self.locked(&a, idx, Wait::Yes, Access::Write, |s| {
             table::set_if_version(s, key, h, value, expire, version.number, now)
         })?;
         Ok(stored.is_some())

@@ -51,7 +51,7 @@ pub const POINTS: &[&str] = &[
     "lock.held",
     "incr.after_store",
     "incr.after_version",
-    "overwrite.after_version",
+    "versioned_set.before_old_dead",
     "version.after_bump",
     "near.lease_taken",
     "near.flush_after_epoch",

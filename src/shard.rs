@@ -536,18 +536,15 @@ impl<'a> Shard<'a> {
             }
         }
         if let Some((slot, old)) = existing {
-            if old.klen == key.len() && old.vlen == value.len() && old.versioned == versioned {
+            // Not for a versioned set: an overwrite in place that a crash cuts short costs
+            // the entry, which a compare-and-swap must not.
+            if old.klen == key.len() && old.vlen == value.len() && !old.versioned && !versioned {
                 // Same lengths: overwrite in place. No log space, no eviction, and the
                 // entry keeps its place and visited bit. Readers are kept out by the odd
                 // sequence counter; a crash mid-copy is repaired by dropping this entry,
                 // which the intent record names.
                 self.set_intent(INTENT_OVERWRITE, slot);
                 crash_point!("overwrite.after_intent");
-                if versioned {
-                    let v = self.next_version();
-                    self.r.store(old.version_off(), v);
-                    crash_point!("overwrite.after_version");
-                }
                 let at = old.value_off();
                 // In two halves, with a crash point between, so the tests can crash with
                 // the value half old and half new (the state the intent record repairs).
@@ -618,13 +615,22 @@ impl<'a> Shard<'a> {
         crash_point!("set.mid_value");
         self.r.write_bytes(at + half, &value[half..]);
         crash_point!("set.after_value");
-        let outcome = if let Some((slot, old)) = existing {
-            self.mark_dead(&old);
-            crash_point!("set.after_mark_old_dead");
-            self.forget(slot, &old);
-            SetOutcome::Updated
-        } else {
-            SetOutcome::Inserted
+        // A versioned set keeps the old record live until the new one is published and
+        // indexed (a compare-and-swap, or the first `get_versioned`, must never lose the
+        // entry: a crash leaves the old value or the new one). A crash in between leaves
+        // two live records of the key, and repair keeps the first the logs hold (small
+        // log first): one of the two, never neither.
+        // Any other set marks the old record dead first, so that a crash never brings
+        // back an overwritten value.
+        let outcome = match existing {
+            Some((slot, old)) if !versioned => {
+                self.mark_dead(&old);
+                crash_point!("set.after_mark_old_dead");
+                self.forget(slot, &old);
+                SetOutcome::Updated
+            }
+            Some(_) => SetOutcome::Updated,
+            None => SetOutcome::Inserted,
         };
         crash_point!("set.before_publish");
         self.set_state(target, head, new_tail);
@@ -637,6 +643,12 @@ impl<'a> Shard<'a> {
             },
         );
         self.clear_visited(slot);
+        if let (true, Some((_, old))) = (versioned, existing) {
+            crash_point!("versioned_set.before_old_dead");
+            self.mark_dead(&old);
+            self.add(SH_ENTRIES, -1);
+            self.add(SH_LIVE_BYTES, -((old.klen + old.vlen) as i64));
+        }
         self.add(SH_ENTRIES, 1);
         self.add(SH_LIVE_BYTES, (key.len() + value.len()) as i64);
         self.add(

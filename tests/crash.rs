@@ -553,7 +553,7 @@ mod points {
         /// length.
         Cas,
         /// `set_if_version` over an existing versioned key, with a value of the same
-        /// length (in place).
+        /// length (never in place: a new record, published before the old one dies).
         CasSameLength,
         /// Taking the near-cache lease (which flushes the cache).
         Lease,
@@ -598,10 +598,11 @@ mod points {
         pub fn for_point(point: &str) -> Vec<Scenario> {
             use Scenario::*;
             match point {
-                "set.after_mark_old_dead" | "lock.held" => vec![Overwrite, Cas],
-                "overwrite.after_version" => vec![CasSameLength],
-                p if p.starts_with("overwrite.") => vec![OverwriteSameLength, CasSameLength],
-                p if p.starts_with("set.") => vec![Overwrite, Insert, Cas],
+                "set.after_mark_old_dead" => vec![Overwrite],
+                "lock.held" => vec![Overwrite, Cas],
+                p if p.starts_with("overwrite.") => vec![OverwriteSameLength],
+                p if p.starts_with("set.") => vec![Overwrite, Insert, Cas, CasSameLength],
+                "versioned_set.before_old_dead" => vec![Cas, CasSameLength],
                 "version.after_bump" => vec![Cas, CasSameLength, IncrVersioned],
                 "evict_slot.after_mark_dead" => vec![BucketFull],
                 p if p.starts_with("remove.") => vec![Remove],
@@ -997,6 +998,13 @@ mod points {
                 allowed.contains(&got) || (got.is_none() && dropped == 1),
                 "{ctx}: key under test holds {shown:?}"
             );
+            // A compare-and-swap never costs the entry: the old value or the new.
+            if scenario.target_versioned() {
+                assert!(
+                    got.is_some(),
+                    "{ctx}: a killed compare-and-swap lost the entry"
+                );
+            }
             // A changed value never keeps the version the old one had.
             if let (Some(version), Some(v)) = (old_version, &got) {
                 if v != &old {
