@@ -10,9 +10,10 @@
 //!
 //! The model also holds the version each key's entry was last seen with (`get_versioned`,
 //! `set_if_version`), cleared by every other write: a `get_versioned` of an entry whose
-//! version the model knows returns that version, any other returns one its shard never
-//! gave out before, and `set_if_version` stores exactly when the version it is given is
-//! the entry's (or, once an eviction may have taken the entry, fails).
+//! version the model knows returns that version, any other returns a new one (never seen
+//! before, and larger than every version of the shard seen before the entry was
+//! written), and `set_if_version` stores exactly when the version it is given is the
+//! entry's (or, once an eviction may have taken the entry, fails).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -171,6 +172,9 @@ struct Expect {
     sure: bool,
     /// The entry's version, if the model saw the one it has now.
     version: Option<u64>,
+    /// The largest version of the key's shard seen before the entry was written: one
+    /// the model has not seen the entry with is larger.
+    floor: u64,
 }
 
 impl Expect {
@@ -188,8 +192,10 @@ pub struct Harness {
     model: HashMap<u8, Expect>,
     /// Every version each key was seen with, oldest first.
     versions: HashMap<u8, Vec<u64>>,
-    /// The largest version seen of each shard: a new one must be larger.
+    /// The largest version seen of each shard.
     top: HashMap<usize, u64>,
+    /// Every `(shard, version)` seen: a new one must not be among them.
+    given: std::collections::HashSet<(usize, u64)>,
     /// Repairs the operations asked for; more would mean an operation found the
     /// (consistent) table damaged.
     allowed_recoveries: u64,
@@ -214,6 +220,7 @@ impl Harness {
             model: HashMap::new(),
             versions: HashMap::new(),
             top: HashMap::new(),
+            given: std::collections::HashSet::new(),
             allowed_recoveries: 0,
             allowed_drops: 0,
             checking: true,
@@ -361,6 +368,7 @@ impl Harness {
                     expire,
                     sure: true,
                     version: None,
+                    floor: self.floor(idx),
                 },
             );
             Some(idx)
@@ -446,6 +454,7 @@ impl Harness {
                 expire,
                 sure: true,
                 version: None,
+                floor: self.floor(idx),
             },
         );
         Some(idx)
@@ -488,6 +497,7 @@ impl Harness {
                 expire,
                 sure: true,
                 version: None,
+                floor: self.floor(idx),
             },
         );
         Some(idx)
@@ -512,20 +522,32 @@ impl Harness {
         }
     }
 
-    /// Records that key `idx` was seen with `version`: the one the model knew the entry
-    /// had (`known`), or else one its shard never gave out before.
-    fn saw_version(&mut self, idx: u8, version: u64, known: Option<u64>, what: &str) {
+    /// The largest version of key `idx`'s shard seen so far.
+    fn floor(&self, idx: u8) -> u64 {
         let shard = self.table.shard_of(&self.key(idx));
-        let top = self.top.entry(shard).or_insert(0);
+        self.top.get(&shard).copied().unwrap_or(0)
+    }
+
+    /// Records that key `idx` was seen with `version`: the one the model knew the entry
+    /// had (`known`), or else a new one, given out since the write that left the shard's
+    /// largest seen version at `floor`, and never seen before.
+    fn saw_version(&mut self, idx: u8, version: u64, known: Option<u64>, floor: u64, what: &str) {
+        let shard = self.table.shard_of(&self.key(idx));
         match known {
             Some(v) => assert_eq!(version, v, "{what} of key {idx}: the version changed"),
-            None => assert!(
-                version > *top,
-                "{what} of key {idx}: version {version}, but shard {shard} gave out {} \
-                 before",
-                *top
-            ),
+            None => {
+                assert!(
+                    version > floor,
+                    "{what} of key {idx}: version {version}, but shard {shard} gave out \
+                     {floor} before the entry was written"
+                );
+                assert!(
+                    self.given.insert((shard, version)),
+                    "{what} of key {idx}: version {version} of shard {shard} was seen before"
+                );
+            }
         }
+        let top = self.top.entry(shard).or_insert(0);
         *top = (*top).max(version);
         let seen = self.versions.entry(idx).or_default();
         if seen.last() != Some(&version) {
@@ -552,7 +574,7 @@ impl Harness {
                     v.len(),
                     e.value.len()
                 );
-                self.saw_version(idx, version, e.version, "get_versioned");
+                self.saw_version(idx, version, e.version, e.floor, "get_versioned");
                 if let Some(e) = self.model.get_mut(&idx) {
                     e.version = Some(version);
                     e.sure = true;
@@ -630,7 +652,8 @@ impl Harness {
             }
             (None, _) => None,
             (Some(new), _) => {
-                self.saw_version(idx, new, None, "set_if_version");
+                let floor = self.floor(idx);
+                self.saw_version(idx, new, None, floor, "set_if_version");
                 self.model.insert(
                     idx,
                     Expect {
@@ -638,6 +661,7 @@ impl Harness {
                         expire,
                         sure: true,
                         version: Some(new),
+                        floor,
                     },
                 );
                 Some(idx)
