@@ -302,8 +302,10 @@ fn killed_cas_incrementers_count_every_acknowledged_increment_once() {
                 acked(log) || kids.try_status(*i).is_some()
             });
             assert!(started, "a child never acknowledged an increment");
-            let instant = Duration::from_micros(rng.below(KILL_WINDOW_US));
-            std::thread::sleep(instant); // the kill's random instant, not a wait: poll_until's deadline above is the wait
+            // Then the kill's random instant: a polled wait whose deadline is that instant
+            // (it ends early only if the child exits on its own).
+            let instant = Instant::now() + Duration::from_micros(rng.below(KILL_WINDOW_US));
+            poll_until(instant, || kids.try_status(*i).is_some());
             let status = kids.kill_and_reap(*i);
             match (status.code(), status.signal()) {
                 (Some(_), _) => assert!(status.success(), "a child failed: {status:?}"),
