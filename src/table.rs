@@ -397,6 +397,42 @@ mod harness {
             })
         }
 
+        /// `get_versioned` (the locked path): the value of a fresh entry and its version,
+        /// giving an entry without one a version first.
+        pub fn get_versioned(
+            &self,
+            key: &[u8],
+            now: u64,
+        ) -> std::result::Result<Option<(Vec<u8>, u64)>, String> {
+            self.check(key, 0)?;
+            self.with_shard(key, Access::Write, |s, h| {
+                let mut out = Vec::new();
+                let v = super::read_versioned(s, key, h, &mut out, now)?;
+                Ok(v.map(|v| (out, v)))
+            })
+        }
+
+        /// `set_if_version`: the entry's new version if it stored the value.
+        pub fn set_if_version(
+            &self,
+            key: &[u8],
+            value: &[u8],
+            expire: u64,
+            version: u64,
+            now: u64,
+        ) -> std::result::Result<Option<u64>, String> {
+            self.check(key, value.len())?;
+            let expire = expire.min(crate::shard::MAX_EXPIRE);
+            self.with_shard(key, Access::Write, |s, h| {
+                super::set_if_version(s, key, h, value, expire, version, now)
+            })
+        }
+
+        /// The shard `key` lives in (versions are numbered per shard).
+        pub fn shard_of(&self, key: &[u8]) -> usize {
+            self.geo.shard_of(self.hasher.hash(key))
+        }
+
         /// `remove`.
         pub fn remove(&self, key: &[u8], now: u64) -> std::result::Result<bool, String> {
             self.check(key, 0)?;

@@ -61,6 +61,17 @@ fn harnesses_run_clean_inputs() {
                     len: i * 3,
                     ttl: (i % 4 == 0).then_some(i),
                 },
+                // Versions: read (giving an entry one), compare-and-swap with the
+                // version just read, with an older one, and with one never given out.
+                9 | 19 | 29 | 39 => Op::GetVersioned {
+                    key: (i * 37 % 251) as u8,
+                },
+                11 | 21 | 31 | 41 => Op::SetIfVersion {
+                    key: ((i - 2) * 37 % 251) as u8,
+                    len: i * 5,
+                    ttl: (i % 3 == 0).then_some(i),
+                    stale: (i % 20 == 1).then_some((i / 7) as u8),
+                },
                 _ => match i % 5 {
                     0 | 1 => Op::Set {
                         key: (i * 37 % 251) as u8,

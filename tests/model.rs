@@ -2,6 +2,13 @@
 //! model, in one process (exact, and with eviction) and split across several processes
 //! (per-key monotonic versions, so a stale or resurrected value is caught).
 //!
+//! Both models also know each key's `get_versioned` version (larder's [`larder::Version`],
+//! not the versions inside the values): it stays until the next write of the key other
+//! than `touch`, and a `set_if_version` stores exactly while it stays (and the entry is
+//! fresh). A version the model does not know is new: given out after the key's last
+//! write began, so larger than any version of the shard seen before that write, and
+//! never seen before.
+//!
 //! TTLs run on a manual test clock in ticks of 1000 s. The manual clock also runs with
 //! the system's, so real time adds a few milliseconds to every expiry and every "now";
 //! with TTLs and advances in whole ticks that drift can never move an entry across its
@@ -114,6 +121,19 @@ enum Op {
     GetMany {
         keys: Vec<u32>,
     },
+    GetVersioned {
+        key: u32,
+    },
+    /// `set_if_version` with the version the model knows an entry has (`stale: None`: of
+    /// the `pick`-th key, wrapping, of those it knows one of), or with one a key ever had
+    /// (`Some(i)`: the `i`-th of the `pick`-th key seen with one). Nothing if no key
+    /// qualifies.
+    SetIfVersion {
+        pick: u32,
+        len: usize,
+        ttl: u8,
+        stale: Option<u8>,
+    },
 }
 
 /// Operations on `keys` keys. Values are mostly short; with `big` (the eviction
@@ -144,9 +164,13 @@ fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op
         3 * others => (1u8..4).prop_map(|ticks| Op::Advance { ticks }),
         4 * others => (k.clone(), any::<i8>(), t.clone())
             .prop_map(|(key, delta, ttl)| Op::Incr { key, delta, ttl }),
-        3 * others => (k.clone(), len, t)
+        3 * others => (k.clone(), len.clone(), t.clone())
             .prop_map(|(key, len, ttl)| Op::Replace { key, len, ttl }),
-        2 * others => prop::collection::vec(k, 0..12).prop_map(|keys| Op::GetMany { keys }),
+        2 * others => prop::collection::vec(k.clone(), 0..12)
+            .prop_map(|keys| Op::GetMany { keys }),
+        6 * others => k.clone().prop_map(|key| Op::GetVersioned { key }),
+        6 * others => (k, len, t, prop::option::weighted(0.25, any::<u8>()))
+            .prop_map(|(pick, len, ttl, stale)| Op::SetIfVersion { pick, len, ttl, stale }),
     ]
 }
 
@@ -155,6 +179,20 @@ fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op
 /// must be exactly what is here.
 struct Model {
     entries: BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>,
+    /// The version each key's entry has, where the model saw it: from a
+    /// `get_versioned` with no write of the key since but `touch`.
+    versions: BTreeMap<Vec<u8>, larder::Version>,
+    /// Every version each key (by number) was seen with, oldest first.
+    history: BTreeMap<u32, Vec<larder::Version>>,
+    /// The largest version number seen in each shard.
+    top: BTreeMap<usize, u64>,
+    /// For each key, the largest version number of its shard seen before its last write
+    /// (but `touch`): a version of the entry the model has not seen is larger.
+    floors: BTreeMap<Vec<u8>, u64>,
+    /// Every `(shard, version number)` seen.
+    given: std::collections::BTreeSet<(usize, u64)>,
+    /// The cache, for the shard of a key.
+    cache: larder::Cache,
     now: u64,
     version: u32,
     evicting: bool,
@@ -177,7 +215,53 @@ impl Model {
     fn lost(&mut self, k: &[u8], what: &str) {
         if self.fresh(k).is_some() {
             assert!(self.evicting, "{what}: the fresh entry is missing");
-            self.entries.remove(k);
+            self.forget(k);
+        }
+    }
+
+    /// A write of `k` (any but `touch`): the entry's version, if any, is not known.
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>, expire: Option<u64>) {
+        self.versions.remove(&k);
+        let top = self.top.get(&self.cache.shard_of(&k)).copied().unwrap_or(0);
+        self.floors.insert(k.clone(), top);
+        self.entries.insert(k, (v, expire));
+    }
+
+    fn forget(&mut self, k: &[u8]) {
+        self.versions.remove(k);
+        self.entries.remove(k);
+    }
+
+    /// `get_versioned` of key `id` returned `version`: the one the model knows the entry
+    /// has, or else a new one (see the module docs).
+    fn saw_version(&mut self, id: u32, version: larder::Version) {
+        let k = &key(id)[..];
+        let shard = self.cache.shard_of(k);
+        let n = version.number();
+        match self.versions.get(k) {
+            Some(known) => assert_eq!(
+                version, *known,
+                "get_versioned {id}: the version changed with no write"
+            ),
+            None => {
+                let floor = self.floors.get(k).copied().unwrap_or(0);
+                assert!(
+                    n > floor,
+                    "get_versioned {id}: version {n}, but shard {shard} gave out {floor} \
+                     before the key's last write"
+                );
+                assert!(
+                    self.given.insert((shard, n)),
+                    "get_versioned {id}: version {n} of shard {shard} was seen before"
+                );
+            }
+        }
+        let top = self.top.entry(shard).or_insert(0);
+        *top = (*top).max(n);
+        self.versions.insert(k.to_vec(), version);
+        let seen = self.history.entry(id).or_default();
+        if seen.last() != Some(&version) {
+            seen.push(version);
         }
     }
 }
@@ -185,6 +269,12 @@ impl Model {
 fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evicting: bool) {
     let mut m = Model {
         entries: BTreeMap::new(),
+        versions: BTreeMap::new(),
+        history: BTreeMap::new(),
+        top: BTreeMap::new(),
+        floors: BTreeMap::new(),
+        given: std::collections::BTreeSet::new(),
+        cache: cache.clone(),
         now: 0,
         version: 0,
         evicting,
@@ -200,7 +290,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                 let v = value(id, m.version, len);
                 cache.set(&key(id), &v, ttl(t)).expect("set");
                 let e = m.expire(t);
-                m.entries.insert(key(id), (v, e));
+                m.put(key(id), v, e);
             }
             Op::Get { key: id } => {
                 let k = key(id);
@@ -230,7 +320,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                     (None, Some(_)) => {
                         // An expired entry may be reclaimed, a fresh one only evicted.
                         assert!(m.evicting, "get_stale {id}: entry missing");
-                        m.entries.remove(&k);
+                        m.forget(&k);
                     }
                     (None, None) => {}
                 }
@@ -248,7 +338,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                 {
                     m.lost(&k, "insert_if_absent");
                     let e = m.expire(t);
-                    m.entries.insert(k, (v, e));
+                    m.put(k, v, e);
                 } else {
                     assert!(
                         m.fresh(&k).is_some(),
@@ -266,7 +356,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                 } else {
                     m.lost(&k, "remove");
                 }
-                m.entries.remove(&k);
+                m.forget(&k);
             }
             Op::Touch { key: id, ttl: t } => {
                 let k = key(id);
@@ -288,6 +378,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                     assert_eq!(n as usize, m.entries.len(), "clear count");
                 }
                 m.entries.clear();
+                m.versions.clear();
             }
             Op::Fill {
                 key: id,
@@ -313,7 +404,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                             assert!(!fail);
                             assert_eq!(got, v, "fill {id} returned another value");
                             let e = m.expire(t);
-                            m.entries.insert(k, (v, e));
+                            m.put(k, v, e);
                         }
                         // A failed fill caches nothing: the model keeps what it had.
                         Err(FillError::Refused) => assert!(fail),
@@ -353,7 +444,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                         if let Ok(n) = got_text {
                             // An update keeps the entry's expiry.
                             let e = m.entries.get(&k).and_then(|(_, e)| *e);
-                            m.entries.insert(k, (n.to_le_bytes().to_vec(), e));
+                            m.put(k, n.to_le_bytes().to_vec(), e);
                         }
                     }
                     Some(v) => {
@@ -364,12 +455,12 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                             expect(v)
                         );
                         let e = m.expire(t);
-                        m.entries.insert(k, (delta.to_le_bytes().to_vec(), e));
+                        m.put(k, delta.to_le_bytes().to_vec(), e);
                     }
                     None => {
                         assert_eq!(got_text, as_new, "incr {id} of no fresh entry");
                         let e = m.expire(t);
-                        m.entries.insert(k, (delta.to_le_bytes().to_vec(), e));
+                        m.put(k, delta.to_le_bytes().to_vec(), e);
                     }
                 }
             }
@@ -383,7 +474,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                 if cache.replace(&k, &v, ttl(t)).expect("replace") {
                     assert!(m.fresh(&k).is_some(), "replace {id} stored over nothing");
                     let e = m.expire(t);
-                    m.entries.insert(k, (v, e));
+                    m.put(k, v, e);
                 } else {
                     m.lost(&k, "replace");
                 }
@@ -397,6 +488,62 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
                         Some(v) => assert_eq!(Some(&v), m.fresh(k), "get_many {k:?}"),
                         None => m.lost(k, "get_many"),
                     }
+                }
+            }
+            Op::GetVersioned { key: id } => {
+                let k = key(id);
+                match cache.get_versioned(&k).expect("get_versioned") {
+                    Some((v, version)) => {
+                        assert_eq!(Some(&v), m.fresh(&k), "get_versioned {id}");
+                        m.saw_version(id, version);
+                    }
+                    None => m.lost(&k, "get_versioned"),
+                }
+            }
+            Op::SetIfVersion {
+                pick,
+                len,
+                ttl: t,
+                stale,
+            } => {
+                let (id, version) = match stale {
+                    None => {
+                        let known: Vec<u32> = m
+                            .history
+                            .keys()
+                            .copied()
+                            .filter(|&id| m.versions.contains_key(&key(id)))
+                            .collect();
+                        let Some(&id) = known.get(pick as usize % known.len().max(1)) else {
+                            continue;
+                        };
+                        (id, m.versions[&key(id)])
+                    }
+                    Some(i) => {
+                        let n = pick as usize % m.history.len().max(1);
+                        let Some((&id, seen)) = m.history.iter().nth(n) else {
+                            continue;
+                        };
+                        (id, seen[i as usize % seen.len()])
+                    }
+                };
+                let k = key(id);
+                let v = value(id, m.version, len);
+                let current = m.fresh(&k).is_some() && m.versions.get(&k) == Some(&version);
+                if cache
+                    .set_if_version(&k, &v, ttl(t), version)
+                    .expect("set_if_version")
+                {
+                    assert!(
+                        current,
+                        "set_if_version {id} stored with version {}, not the entry's",
+                        version.number()
+                    );
+                    // The new version is the next get_versioned's to find out.
+                    let e = m.expire(t);
+                    m.put(k, v, e);
+                } else if current {
+                    m.lost(&k, "set_if_version with the entry's version");
                 }
             }
         }
@@ -541,6 +688,18 @@ enum MpOp {
     Incr {
         key: u32,
     },
+    GetVersioned {
+        owner: u32,
+        key: u32,
+    },
+    /// `set_if_version` of an own key with the version this process knows its entry has
+    /// (the `pick`-th key, wrapping, of those it knows one of), or with `stale`, the first
+    /// version it saw of the `pick`-th key it saw one of. Nothing if no key qualifies.
+    SetIfVersion {
+        pick: u32,
+        len: usize,
+        stale: bool,
+    },
 }
 
 /// Counters shared by every process of a case (`MpOp::Incr`).
@@ -560,12 +719,15 @@ fn mp_op_strategy(procs: u32, max_len: usize) -> impl Strategy<Value = MpOp> {
         2 => (k.clone(), len.clone()).prop_map(|(key, len)| MpOp::InsertIfAbsent { key, len }),
         2 => k.clone().prop_map(|key| MpOp::Remove { key }),
         1 => (k.clone(), any::<bool>()).prop_map(|(key, ttl)| MpOp::Touch { key, ttl }),
-        2 => (k.clone(), len, prop::bool::weighted(0.25))
+        2 => (k.clone(), len.clone(), prop::bool::weighted(0.25))
             .prop_map(|(key, len, fail)| MpOp::Fill { key, len, fail }),
         8 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::Get { owner, key }),
         3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetInto { owner, key }),
-        3 => (0..procs, k).prop_map(|(owner, key)| MpOp::GetStale { owner, key }),
+        3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetStale { owner, key }),
         3 => (0..MP_COUNTERS).prop_map(|key| MpOp::Incr { key }),
+        3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetVersioned { owner, key }),
+        3 => (k, len, prop::bool::weighted(0.2))
+            .prop_map(|(pick, len, stale)| MpOp::SetIfVersion { pick, len, stale }),
     ]
 }
 
@@ -581,6 +743,10 @@ impl MpOp {
             MpOp::Get { owner, key } => format!("get {owner} {key}"),
             MpOp::GetInto { owner, key } => format!("into {owner} {key}"),
             MpOp::GetStale { owner, key } => format!("stale {owner} {key}"),
+            MpOp::GetVersioned { owner, key } => format!("gv {owner} {key}"),
+            MpOp::SetIfVersion { pick, len, stale } => {
+                format!("cas {pick} {len} {}", u8::from(stale))
+            }
         }
     }
 
@@ -620,6 +786,15 @@ impl MpOp {
                 key: n(2),
             },
             "incr" => MpOp::Incr { key: n(1) },
+            "gv" => MpOp::GetVersioned {
+                owner: n(1),
+                key: n(2),
+            },
+            "cas" => MpOp::SetIfVersion {
+                pick: n(1),
+                len: n(2) as usize,
+                stale: n(3) == 1,
+            },
             other => panic!("unknown plan op {other:?}"),
         }
     }
@@ -691,6 +866,11 @@ struct Writer {
     /// returned: with no eviction, each is above the one before (others only add).
     increments: Vec<u64>,
     last_count: Vec<i64>,
+    /// The version each own key's entry has, where this process saw it: from its
+    /// `get_versioned`, with no write of the key since but `touch`.
+    token: Vec<Option<larder::Version>>,
+    /// Every version this process saw of each own key, oldest first.
+    tokens: Vec<Vec<larder::Version>>,
 }
 
 impl Writer {
@@ -701,6 +881,33 @@ impl Writer {
         if self.present[i] {
             assert!(self.evicting, "{what} p{}/k{k}: own entry missing", self.me);
             self.present[i] = false;
+        }
+        self.token[i] = None;
+    }
+
+    /// This process read own key `k` with `version`: the one it knows the entry has, or
+    /// else a newer one than any it saw of the key (another process's `get_versioned`
+    /// may have given the entry one since this process last wrote it).
+    fn saw_version(&mut self, k: u32, version: larder::Version) {
+        let i = k as usize;
+        match (self.token[i], self.tokens[i].last()) {
+            (Some(known), _) => assert_eq!(
+                version, known,
+                "get_versioned p{}/k{k}: the version changed with no write",
+                self.me
+            ),
+            (None, Some(last)) => assert!(
+                version.number() > last.number(),
+                "get_versioned p{}/k{k}: version {} after {}",
+                self.me,
+                version.number(),
+                last.number()
+            ),
+            (None, None) => {}
+        }
+        self.token[i] = Some(version);
+        if self.tokens[i].last() != Some(&version) {
+            self.tokens[i].push(version);
         }
     }
 
@@ -753,6 +960,7 @@ impl Writer {
                 let v = mp_value(&key, self.version[i], len);
                 cache.set(&key, &v, ttl.then_some(MP_TTL)).expect("set");
                 self.present[i] = true;
+                self.token[i] = None;
             }
             MpOp::InsertIfAbsent { key: k, len } => {
                 let i = k as usize;
@@ -765,6 +973,7 @@ impl Writer {
                     self.lost(k, "insert_if_absent");
                     self.version[i] += 1;
                     self.present[i] = true;
+                    self.token[i] = None;
                 } else {
                     assert!(
                         self.present[i],
@@ -779,6 +988,7 @@ impl Writer {
                     self.lost(k, "remove");
                 }
                 self.present[k as usize] = false;
+                self.token[k as usize] = None;
             }
             MpOp::Touch { key: k, ttl } => {
                 let touched = cache
@@ -811,6 +1021,7 @@ impl Writer {
                         assert_eq!(v, fresh);
                         self.version[i] += 1;
                         self.present[i] = true;
+                        self.token[i] = None;
                     }
                     Ok(v) => self.read(me, k, Some(&v)),
                     Err(FillError::Refused) => assert!(fail && called),
@@ -835,6 +1046,54 @@ impl Writer {
                     "nothing expires here"
                 );
                 self.read(owner, k, got.as_ref().map(|s| &s.value[..]));
+            }
+            MpOp::GetVersioned { owner, key: k } => {
+                let got = cache
+                    .get_versioned(&mp_key(owner, k))
+                    .expect("get_versioned");
+                self.read(owner, k, got.as_ref().map(|(v, _)| &v[..]));
+                if let (true, Some((_, version))) = (owner == me, got) {
+                    self.saw_version(k, version);
+                }
+            }
+            MpOp::SetIfVersion { pick, len, stale } => {
+                let keys: Vec<usize> = (0..OWN_KEYS as usize)
+                    .filter(|&i| {
+                        if stale {
+                            !self.tokens[i].is_empty()
+                        } else {
+                            self.token[i].is_some()
+                        }
+                    })
+                    .collect();
+                let Some(&i) = keys.get(pick as usize % keys.len().max(1)) else {
+                    return;
+                };
+                let version = if stale {
+                    self.tokens[i][0]
+                } else {
+                    self.token[i].expect("a known version")
+                };
+                let k = i as u32;
+                let key = mp_key(me, k);
+                let v = mp_value(&key, self.version[i] + 1, len);
+                // Only this process writes the key: its version is the entry's exactly
+                // while this process has not written it since.
+                let current = self.present[i] && self.token[i] == Some(version);
+                if cache
+                    .set_if_version(&key, &v, None, version)
+                    .expect("set_if_version")
+                {
+                    assert!(
+                        current,
+                        "set_if_version p{me}/k{k} stored with version {}, not the entry's",
+                        version.number()
+                    );
+                    self.version[i] += 1;
+                    self.token[i] = None;
+                } else if current {
+                    self.lost(k, "set_if_version with the entry's version");
+                }
             }
         }
     }
@@ -868,6 +1127,8 @@ fn child_main(spec: &str) {
         seen: vec![vec![0; OWN_KEYS as usize]; procs],
         increments: vec![0; MP_COUNTERS as usize],
         last_count: vec![0; MP_COUNTERS as usize],
+        token: vec![None; OWN_KEYS as usize],
+        tokens: vec![Vec::new(); OWN_KEYS as usize],
     };
     for _ in 0..ROUNDS {
         for op in &ops {

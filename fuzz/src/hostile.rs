@@ -24,7 +24,7 @@ use super::image::{
 
 /// Image shapes `(capacity, max_key_len, max_value_len)`, with what `populate` puts in.
 const IMAGES: [(u64, usize, usize); 3] =
-    [(81_920, 32, 300), (81_920, 32, 300), (73_728, 40, 2_000)];
+    [(94_208, 32, 300), (94_208, 32, 300), (86_016, 40, 2_000)];
 
 /// Word writes and operations per input.
 pub const MAX_WRITES: usize = 64;

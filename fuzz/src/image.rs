@@ -26,6 +26,9 @@ pub const STATS_SLOT_SIZE: usize = 128;
 /// Fill slots: 256 mutexes of 64 bytes.
 pub const FILL_SLOTS: usize = 256;
 pub const FILL_SLOT_SIZE: usize = 64;
+/// The near area (lease, epoch, heartbeat, counters): 256 bytes, then 1024 invalidation
+/// counters, between the fill slots and the shards (format 3).
+pub const NEAR_SIZE: usize = 256 + 1024 * 8;
 /// Bytes of a mutex (glibc's words are outside larder's promise: never written here).
 pub const MUTEX_SPACE: usize = 64;
 /// Bytes of a shard header; its first 64 are the shard's mutex.
@@ -95,17 +98,13 @@ pub struct Layout {
     pub main_cap: usize,
 }
 
-/// Bytes of the near area between the fill slots and the shards (format 3).
-pub const NEAR_AREA_SIZE: usize = 256 + 1024 * 8;
-
 impl Layout {
     /// The layout a (trusted) header describes.
     pub fn from_header(h: &[u8]) -> Layout {
         let f = |i: usize| word(h, i * 8) as usize;
         let fill_off = align_page(STATS_OFF + STATS_SLOTS * STATS_SLOT_SIZE);
-        // The near area (format 3): a lease, counters and 1024 invalidation counters.
         let near_off = align_page(fill_off + FILL_SLOTS * FILL_SLOT_SIZE);
-        let shards_off = align_page(near_off + NEAR_AREA_SIZE);
+        let shards_off = align_page(near_off + NEAR_SIZE);
         let slots = f(H_BUCKETS) * BUCKET_SLOTS;
         let bitmap_off = SHARD_HEADER + slots * 8;
         let bitmap_words = slots.div_ceil(64);

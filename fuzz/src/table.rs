@@ -7,6 +7,13 @@
 //! expired or foreign). Repairs drop at most one entry per writer that died (none for a
 //! consistent table), no operation finds a consistent table damaged (that would show as
 //! a recovery nobody asked for), and `verify` stays clean after every step.
+//!
+//! The model also holds the version each key's entry was last seen with (`get_versioned`,
+//! `set_if_version`), cleared by every other write: a `get_versioned` of an entry whose
+//! version the model knows returns that version, any other returns a new one (never seen
+//! before, and larger than every version of the shard seen before the entry was
+//! written), and `set_if_version` stores exactly when the version it is given is the
+//! entry's (or, once an eviction may have taken the entry, fails).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -20,13 +27,13 @@ use super::image::{
 
 /// Table shapes `(capacity, max_key_len, max_value_len)`: one, two and four shards with
 /// logs small enough that a few dozen operations wrap them, and one whose large values
-/// go straight to the main log.
-/// (Each with 12 KiB for the near area of format 3 on top of its shards.)
+/// go straight to the main log. (A capacity counts the 52 KiB before the shards too:
+/// header, statistics, fill slots and near area.)
 pub const CONFIGS: [(u64, usize, usize); 4] = [
-    (65_536 + 12_288, 32, 300),
-    (81_920 + 12_288, 32, 300),
-    (122_880 + 12_288, 16, 200),
-    (73_728 + 12_288, 40, 2_000),
+    (77_824, 32, 300),
+    (94_208, 32, 300),
+    (135_168, 16, 200),
+    (86_016, 40, 2_000),
 ];
 
 /// Operations per input: enough to wrap the logs many times, few enough to stay fast.
@@ -97,6 +104,20 @@ pub enum Op {
         op: u8,
         slot: u16,
     },
+    /// `get_versioned` (the locked path, which gives an entry without a version one).
+    GetVersioned {
+        key: u8,
+    },
+    /// `set_if_version` with the key's version as the model knows it (`stale: None`,
+    /// or, if it knows none, the key's last one), or one of the versions the key had
+    /// before (`Some(i)`, the `i`-th, wrapping); a key never seen with one uses 0, which
+    /// no shard gives out.
+    SetIfVersion {
+        key: u8,
+        len: u16,
+        ttl: Option<u16>,
+        stale: Option<u8>,
+    },
 }
 
 #[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
@@ -149,6 +170,11 @@ struct Expect {
     expire: u64,
     /// False once an eviction happened since the key was stored or seen: it may be gone.
     sure: bool,
+    /// The entry's version, if the model saw the one it has now.
+    version: Option<u64>,
+    /// The largest version of the key's shard seen before the entry was written: one
+    /// the model has not seen the entry with is larger.
+    floor: u64,
 }
 
 impl Expect {
@@ -164,6 +190,12 @@ pub struct Harness {
     now: u64,
     version: u64,
     model: HashMap<u8, Expect>,
+    /// Every version each key was seen with, oldest first.
+    versions: HashMap<u8, Vec<u64>>,
+    /// The largest version seen of each shard.
+    top: HashMap<usize, u64>,
+    /// Every `(shard, version)` seen: a new one must not be among them.
+    given: std::collections::HashSet<(usize, u64)>,
     /// Repairs the operations asked for; more would mean an operation found the
     /// (consistent) table damaged.
     allowed_recoveries: u64,
@@ -186,6 +218,9 @@ impl Harness {
             now: 1_000_000,
             version: 0,
             model: HashMap::new(),
+            versions: HashMap::new(),
+            top: HashMap::new(),
+            given: std::collections::HashSet::new(),
             allowed_recoveries: 0,
             allowed_drops: 0,
             checking: true,
@@ -275,6 +310,13 @@ impl Harness {
                 }
                 None
             }
+            Op::GetVersioned { key } => self.get_versioned(key),
+            Op::SetIfVersion {
+                key,
+                len,
+                ttl,
+                stale,
+            } => self.set_if_version(key, len, ttl, stale),
         };
         if self.evictions() != evictions {
             // Any entry but the one just stored (eviction comes before the write) may be
@@ -325,6 +367,8 @@ impl Harness {
                     value: v,
                     expire,
                     sure: true,
+                    version: None,
+                    floor: self.floor(idx),
                 },
             );
             Some(idx)
@@ -409,6 +453,8 @@ impl Harness {
                 value: v.to_le_bytes().to_vec(),
                 expire,
                 sure: true,
+                version: None,
+                floor: self.floor(idx),
             },
         );
         Some(idx)
@@ -450,6 +496,8 @@ impl Harness {
                 value: v,
                 expire,
                 sure: true,
+                version: None,
+                floor: self.floor(idx),
             },
         );
         Some(idx)
@@ -471,6 +519,153 @@ impl Harness {
                 )
             }
             _ => assert!(!removed, "remove of key {idx} removed a dead entry"),
+        }
+    }
+
+    /// The largest version of key `idx`'s shard seen so far.
+    fn floor(&self, idx: u8) -> u64 {
+        let shard = self.table.shard_of(&self.key(idx));
+        self.top.get(&shard).copied().unwrap_or(0)
+    }
+
+    /// Records that key `idx` was seen with `version`: the one the model knew the entry
+    /// had (`known`), or else a new one, given out since the write that left the shard's
+    /// largest seen version at `floor`, and never seen before.
+    fn saw_version(&mut self, idx: u8, version: u64, known: Option<u64>, floor: u64, what: &str) {
+        let shard = self.table.shard_of(&self.key(idx));
+        match known {
+            Some(v) => assert_eq!(version, v, "{what} of key {idx}: the version changed"),
+            None => {
+                assert!(
+                    version > floor,
+                    "{what} of key {idx}: version {version}, but shard {shard} gave out \
+                     {floor} before the entry was written"
+                );
+                assert!(
+                    self.given.insert((shard, version)),
+                    "{what} of key {idx}: version {version} of shard {shard} was seen before"
+                );
+            }
+        }
+        let top = self.top.entry(shard).or_insert(0);
+        *top = (*top).max(version);
+        let seen = self.versions.entry(idx).or_default();
+        if seen.last() != Some(&version) {
+            seen.push(version);
+        }
+    }
+
+    /// `get_versioned`; the key if it hit (an entry without a version is written again).
+    fn get_versioned(&mut self, idx: u8) -> Option<u8> {
+        let k = self.key(idx);
+        let r = self.table.get_versioned(&k, self.now);
+        if !self.checking {
+            return None;
+        }
+        let got =
+            r.unwrap_or_else(|e| panic!("get_versioned of key {idx} on a consistent table: {e}"));
+        let now = self.now;
+        let fresh = self.model.get(&idx).filter(|e| e.fresh(now)).cloned();
+        match (fresh, got) {
+            (Some(e), Some((v, version))) => {
+                assert!(
+                    v == e.value,
+                    "get_versioned of key {idx}: wrong value ({} bytes, expected {})",
+                    v.len(),
+                    e.value.len()
+                );
+                self.saw_version(idx, version, e.version, e.floor, "get_versioned");
+                if let Some(e) = self.model.get_mut(&idx) {
+                    e.version = Some(version);
+                    e.sure = true;
+                }
+                Some(idx)
+            }
+            (Some(e), None) => {
+                assert!(
+                    !e.sure,
+                    "get_versioned of key {idx}: lost without an eviction"
+                );
+                self.model.remove(&idx);
+                None
+            }
+            (None, Some((v, _))) => panic!(
+                "get_versioned of key {idx} returned {} bytes for a key removed, expired or \
+                 never stored",
+                v.len()
+            ),
+            (None, None) => None,
+        }
+    }
+
+    /// `set_if_version`; the key if it stored the value.
+    fn set_if_version(
+        &mut self,
+        idx: u8,
+        len: u16,
+        ttl: Option<u16>,
+        stale: Option<u8>,
+    ) -> Option<u8> {
+        let k = self.key(idx);
+        let max = self.layout.max_value_len;
+        let len = len as usize % (max + 9);
+        self.version += 1;
+        let v = value(self.version, len);
+        let expire = ttl.map_or(0, |t| self.now + t as u64);
+        let now = self.now;
+        let fresh = self.model.get(&idx).filter(|e| e.fresh(now)).cloned();
+        let seen = self.versions.get(&idx).map(Vec::as_slice).unwrap_or(&[]);
+        let version = match stale {
+            None => fresh
+                .as_ref()
+                .and_then(|e| e.version)
+                .or(seen.last().copied())
+                .unwrap_or(0),
+            Some(i) if !seen.is_empty() => seen[i as usize % seen.len()],
+            Some(_) => 0,
+        };
+        let r = self.table.set_if_version(&k, &v, expire, version, now);
+        if !self.checking {
+            return None;
+        }
+        if len > max {
+            assert_eq!(r, Err("too large".to_string()), "value of {len} bytes");
+            return None;
+        }
+        let stored =
+            r.unwrap_or_else(|e| panic!("set_if_version of key {idx} on a consistent table: {e}"));
+        let matches = fresh.as_ref().is_some_and(|e| e.version == Some(version));
+        match (stored, &fresh) {
+            (Some(_), _) if !matches => panic!(
+                "set_if_version of key {idx} stored with version {version}, which the entry \
+                 does not have ({:?})",
+                fresh.map(|e| e.version)
+            ),
+            (None, Some(e)) if matches => {
+                // Only an eviction (or a repair after a writer died) can have taken it.
+                assert!(
+                    !e.sure,
+                    "set_if_version of key {idx}: its version {version} did not match"
+                );
+                self.model.remove(&idx);
+                None
+            }
+            (None, _) => None,
+            (Some(new), _) => {
+                let floor = self.floor(idx);
+                self.saw_version(idx, new, None, floor, "set_if_version");
+                self.model.insert(
+                    idx,
+                    Expect {
+                        value: v,
+                        expire,
+                        sure: true,
+                        version: Some(new),
+                        floor,
+                    },
+                );
+                Some(idx)
+            }
         }
     }
 
