@@ -250,13 +250,10 @@ fn storm_child() -> ! {
 /// that plus the kills; no counter is ever lost (and started again); the file verifies
 /// clean.
 ///
-/// Open bug: a child killed inside `set_if_version` leaves the shard's intent record
-/// naming the entry it was overwriting in place (an 8-byte value of the same length),
-/// and the repair drops that entry, so the counter and every acknowledged increment in
-/// it are gone (a dozen kills of 500 land inside the lock; a few of those cost a
-/// counter). `incr` stores a counter with one atomic word for exactly this reason.
+/// This holds because a versioned set never overwrites in place and marks the old
+/// record dead only once the new one is published and indexed: a crash in between leaves
+/// the old value or the new one for the repair, never neither.
 #[test]
-#[ignore = "bug: a writer killed inside set_if_version loses the entry, and every acknowledged update in it"]
 fn killed_cas_incrementers_count_every_acknowledged_increment_once() {
     const TEST: &str = "killed_cas_incrementers_count_every_acknowledged_increment_once";
     if child_role().as_deref() == Some("storm") {
