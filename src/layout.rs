@@ -36,10 +36,12 @@
 //! ## Near area
 //! What a host's listener (`larder-redis`) and its readers share when the cache is a
 //! near cache in front of another store: a robust mutex held by the one listener (the
-//! lease), the epoch (bumped by every flush), the heartbeat (`CLOCK_MONOTONIC` ns of the
-//! last proven-current instant, 0 for none), the lease holder's pid, counters (leases,
-//! takeovers, invalidations, flushes by reason), then `NEAR_COUNTERS` invalidation
-//! counters, one per key-hash class, each bumped before its key is removed.
+//! lease), then on one cache line the epoch (bumped by every flush), the heartbeat
+//! (`CLOCK_MONOTONIC` ns of the last proven-current instant, 0 for none), the lease
+//! holder's pid and the scope (a hash of the prefixes it tracks), then on a line of
+//! their own counters (leases, takeovers, invalidations, flushes by reason), then
+//! `NEAR_COUNTERS` invalidation counters, one per key-hash class, each bumped before its
+//! key is removed.
 //!
 //! ## Statistics slot claims
 //! A process claims statistics slot `i` by holding an open file description lock
@@ -225,23 +227,31 @@ pub(crate) const NEAR_FLUSH_REASONS: usize = 5;
 #[repr(C)]
 pub(crate) struct NearArea {
     pub lease: [u64; 8],
+    /// The line every near-cache get reads: written only by flushes, the lease's
+    /// holder and its heartbeat.
     pub epoch: u64,
     pub heartbeat: u64,
     pub holder: u64,
+    /// A hash of the key prefixes the holder tracks (see `near::scope_of`).
+    pub scope: u64,
+    pub line_pad: [u64; 4],
+    /// Counters, on a line of their own.
     pub leases: u64,
     pub takeovers: u64,
     pub invalidations: u64,
     pub flushes: [u64; NEAR_FLUSH_REASONS],
-    pub reserved: [u64; 13],
+    pub reserved: [u64; 8],
     pub counters: [u64; NEAR_COUNTERS],
 }
 
 pub(crate) const NEAR_SIZE: usize = core::mem::size_of::<NearArea>();
 const _: () = assert!(NEAR_SIZE == 256 + NEAR_COUNTERS * 8);
 const _: () = assert!(offset_of!(NearArea, epoch) == 64);
+const _: () = assert!(offset_of!(NearArea, leases) == 128);
 pub(crate) const NA_EPOCH: usize = offset_of!(NearArea, epoch);
 pub(crate) const NA_HEARTBEAT: usize = offset_of!(NearArea, heartbeat);
 pub(crate) const NA_HOLDER: usize = offset_of!(NearArea, holder);
+pub(crate) const NA_SCOPE: usize = offset_of!(NearArea, scope);
 pub(crate) const NA_LEASES: usize = offset_of!(NearArea, leases);
 pub(crate) const NA_TAKEOVERS: usize = offset_of!(NearArea, takeovers);
 pub(crate) const NA_INVALIDATIONS: usize = offset_of!(NearArea, invalidations);

@@ -31,7 +31,7 @@ use crate::cache::Cache;
 use crate::error::Result;
 use crate::layout::{
     NA_COUNTERS, NA_EPOCH, NA_FLUSHES, NA_HEARTBEAT, NA_HOLDER, NA_INVALIDATIONS, NA_LEASES,
-    NA_TAKEOVERS, NEAR_COUNTERS, NEAR_FLUSH_REASONS,
+    NA_SCOPE, NA_TAKEOVERS, NEAR_COUNTERS, NEAR_FLUSH_REASONS,
 };
 use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::Entered;
@@ -109,7 +109,8 @@ pub struct NearStats {
     /// reconnecting).
     pub heartbeat_age: Option<Duration>,
     /// The pid of the lease holder as it recorded itself (in its pid namespace, which is
-    /// the file's); `None` when no one holds it.
+    /// the file's); `None` when it let the lease go. A holder that died leaves its pid
+    /// here until the next holder takes the lease (its heartbeat then goes stale).
     pub holder: Option<u32>,
     /// Times the lease was taken.
     pub leases: u64,
@@ -188,10 +189,27 @@ impl<'c> Near<'c> {
     }
 
     /// Whether the heartbeat is at most `max_age` old: whether the near cache may serve
-    /// a hit now. Read it before the get it guards.
+    /// a hit now.
     pub fn guarded(&self, max_age: Duration) -> Result<bool> {
         let a = self.cache.enter(Wait::Yes)?;
         Ok(fresh(word(&a, NA_HEARTBEAT).load(SeqCst), max_age))
+    }
+
+    /// The heartbeat, if any. A reader reads it before the get it guards and checks its
+    /// age after the get: every invalidation up to it was applied before it was
+    /// published, so the value read reflects every write of the store that completed
+    /// before it.
+    pub fn heartbeat(&self) -> Result<Option<Moment>> {
+        let a = self.cache.enter(Wait::Yes)?;
+        let hb = word(&a, NA_HEARTBEAT).load(SeqCst);
+        Ok((hb != 0).then_some(Moment(hb)))
+    }
+
+    /// The scope the lease holder published ([`Lease::publish_scope`]): a reader
+    /// that caches keys the listener does not track must not use the near cache.
+    pub fn scope(&self) -> Result<u64> {
+        let a = self.cache.enter(Wait::Yes)?;
+        Ok(word(&a, NA_SCOPE).load(SeqCst))
     }
 
     /// A ticket for a fill of `key`, to take before reading the store; `None` if the
@@ -299,6 +317,7 @@ impl<'c> Near<'c> {
             died
         };
         word(&a, NA_HEARTBEAT).store(0, SeqCst);
+        word(&a, NA_SCOPE).store(0, SeqCst);
         word(&a, NA_HOLDER).store(u64::from(std::process::id()), SeqCst);
         word(&a, NA_LEASES).fetch_add(1, SeqCst);
         if died {
@@ -318,6 +337,20 @@ impl<'c> Near<'c> {
     pub fn stats(&self) -> NearStats {
         near_stats(&self.cache.mapped())
     }
+}
+
+/// The scope of a set of tracked key prefixes (for [`Lease::publish_scope`]): the same
+/// for the same set in any order, never 0.
+pub fn scope_of<P: AsRef<[u8]>>(prefixes: &[P]) -> u64 {
+    let mut sorted: Vec<&[u8]> = prefixes.iter().map(|p| p.as_ref()).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut bytes = Vec::new();
+    for p in sorted {
+        bytes.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(p);
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
 }
 
 fn fresh(heartbeat: u64, max_age: Duration) -> bool {
@@ -364,6 +397,12 @@ impl Lease<'_> {
     pub fn publish_heartbeat(&self, sent: Moment) -> Result<bool> {
         word(&self.entered, NA_HEARTBEAT).store(sent.0.max(1), SeqCst);
         self.is_current()
+    }
+
+    /// Publishes what this holder tracks (a hash such as `larder-redis` makes of its key
+    /// prefixes), before its first heartbeat; readers compare it with their own.
+    pub fn publish_scope(&self, scope: u64) {
+        word(&self.entered, NA_SCOPE).store(scope, SeqCst);
     }
 
     /// Clears the heartbeat: readers go to the store until the next

@@ -211,8 +211,8 @@ pub enum Cmd {
         /// How often the listener proves it is current (P).
         #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = units::positive_duration)]
         ping_every: Duration,
-        /// The readers' bound on staleness (H): they bypass the near cache while the
-        /// listener's proof is older.
+        /// The bound on staleness (H) the readers are configured with: the listener
+        /// flushes when its own proof is older, and waits at most H/2 for a PING's reply.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = units::positive_duration)]
         bound: Duration,
         /// Print what happens (lease, connection, flushes) on stderr.

@@ -199,7 +199,25 @@ impl Config {
                 "timeouts and the TTL cap must be above zero".into(),
             ));
         }
+        // Redis refuses overlapping prefixes in one CLIENT TRACKING (and "" overlaps
+        // every other one).
+        for (i, a) in self.prefixes.iter().enumerate() {
+            for (j, b) in self.prefixes.iter().enumerate() {
+                if i != j && b.starts_with(a) {
+                    return Err(Error::Config(format!(
+                        "the prefix {:?} overlaps {:?}: name each key space once",
+                        String::from_utf8_lossy(a),
+                        String::from_utf8_lossy(b)
+                    )));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// What the listener publishes and readers compare: a hash of the prefixes.
+    fn scope(&self) -> u64 {
+        larder::near::scope_of(&self.prefixes)
     }
 
     fn tracked(&self, key: &[u8]) -> bool {
@@ -207,14 +225,23 @@ impl Config {
     }
 }
 
-/// The URL with RESP3 selected (pushes need it).
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
+/// The URL with RESP3 selected (invalidation pushes need it); a URL that asks for
+/// another protocol is refused.
+fn resp3(url: &str) -> Result<String> {
+    match url.split_once("protocol=") {
+        Some((_, rest)) => {
+            let asked = rest.split('&').next().unwrap_or_default();
+            if asked.eq_ignore_ascii_case("resp3") || asked == "3" {
+                Ok(url.to_string())
+            } else {
+                Err(Error::Config(format!(
+                    "the listener needs RESP3 (invalidations are pushes): remove \
+                     protocol={asked} from the URL"
+                )))
+            }
+        }
+        None if url.contains('?') => Ok(format!("{url}&protocol=resp3")),
+        None => Ok(format!("{url}?protocol=resp3")),
     }
 }
 
@@ -236,6 +263,7 @@ pub struct NearCache {
     con: Option<redis::Connection>,
     config: Config,
     limits: larder::Limits,
+    scope: u64,
     stats: ReaderStats,
 }
 
@@ -262,6 +290,7 @@ impl NearCache {
         let con = connect(url, config.io_timeout)?;
         Ok(NearCache {
             limits: cache.limits(),
+            scope: config.scope(),
             cache,
             url: url.to_string(),
             con: Some(con),
@@ -300,12 +329,30 @@ impl NearCache {
         }
         let near = self.cache.near();
         let bound = self.config.bound;
-        // The heartbeat before the entry: every invalidation up to it was applied.
-        if near.guarded(bound)? && self.cache.get_into(key, buf)? {
-            self.stats.hits += 1;
-            return Ok(true);
+        // The heartbeat before the entry (every invalidation up to it was applied), and
+        // its age after: a get that took long (a lock wait, a preemption) must not stretch
+        // the bound. A listener tracking other prefixes does not guard these keys.
+        let current = |hb: Option<Moment>| hb.is_some_and(|h| h.elapsed() <= bound);
+        let in_scope = near.scope()? == self.scope;
+        let hb = near.heartbeat()?;
+        if in_scope && current(hb) {
+            match self.cache.get_into(key, buf) {
+                Ok(true) if current(hb) => {
+                    self.stats.hits += 1;
+                    return Ok(true);
+                }
+                // The file was replaced by one with smaller limits: not kept near.
+                Ok(_) | Err(larder::Error::TooLarge { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        let ticket = near.ticket(key, bound)?;
+        // A ticket only where the near cache is guarded for these keys; a cache error
+        // costs the fill, never the read.
+        let ticket = if in_scope {
+            near.ticket(key, bound).ok().flatten()
+        } else {
+            None
+        };
         self.stats.redis_reads += 1;
         let sent = Instant::now();
         let (value, pttl): (Option<Vec<u8>>, i64) =
@@ -336,11 +383,11 @@ impl NearCache {
             _ => None,
         };
         if let Some(ttl) = ttl {
-            if v.len() <= self.limits.max_value_len {
-                if near.fill(key, v, Some(ttl), ticket)? {
-                    self.stats.fills += 1;
-                } else {
-                    self.stats.fills_refused += 1;
+            self.limits = self.cache.limits();
+            if key.len() <= self.limits.max_key_len && v.len() <= self.limits.max_value_len {
+                match near.fill(key, v, Some(ttl), ticket) {
+                    Ok(true) => self.stats.fills += 1,
+                    Ok(false) | Err(_) => self.stats.fills_refused += 1,
                 }
             }
         }
@@ -455,7 +502,7 @@ impl Listener {
         redis::Client::open(url)?;
         Ok(Listener {
             cache,
-            url: resp3(url),
+            url: resp3(url)?,
             config,
             name: format!("larder-listener-{}", std::process::id()),
         })
@@ -468,19 +515,30 @@ impl Listener {
 
     /// Runs until `stop` is set: waits for the lease (another listener may hold it:
     /// this one stands by, trying every ping interval), then keeps the near cache
-    /// current, reconnecting as needed. `events` hears what happens. Returns early only
-    /// on an error of the cache file.
+    /// current, reconnecting as needed. `events` hears what happens. An error of the
+    /// cache file (a shard lock held past its timeout by a stopped process, say) lets
+    /// the lease go, which clears the heartbeat, and the listener tries again after a
+    /// ping interval: it returns only once stopped.
     pub fn run(&self, stop: &AtomicBool, mut events: impl FnMut(Event)) -> Result<()> {
         while !stop.load(Ordering::Relaxed) {
             let near = self.cache.near();
             let before = near.stats().takeovers;
-            let Some(lease) = near.try_lease()? else {
-                std::thread::sleep(self.config.ping_every); // standby: retry the lease each interval
-                continue;
+            let outcome = match near.try_lease() {
+                Ok(Some(lease)) => {
+                    let takeover = near.stats().takeovers > before;
+                    lease.publish_scope(self.config.scope());
+                    events(Event::Leased { takeover });
+                    self.hold(&lease, stop, &mut events)
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
             };
-            let takeover = near.stats().takeovers > before;
-            events(Event::Leased { takeover });
-            self.hold(&lease, stop, &mut events)?;
+            if let Err(e) = outcome {
+                events(Event::Lost(format!("the cache: {e}")));
+            }
+            if !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(self.config.ping_every); // standby or retry: each ping interval
+            }
         }
         Ok(())
     }

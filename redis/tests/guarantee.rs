@@ -1209,3 +1209,78 @@ fn a_blackholed_listener_connection_stops_guarding_within_the_bound_and_recovers
     listener.stop();
     drop(proxy);
 }
+
+/// A reader whose prefixes are not the listener's never serves or fills from the near
+/// cache (the listener would never invalidate its keys): it bypasses, and a write by
+/// another client is seen at once.
+#[test]
+fn a_reader_with_other_prefixes_than_the_listener_bypasses_the_near_cache() {
+    let server = RedisServer::start().expect("redis-server");
+    let dir = TempDir::new("scope");
+    let cache = dir.open();
+    let listener = ThreadListener::start(&dir.cache_path(), &server.tcp_url(), config());
+    wait_current(&cache, None, "start");
+    let mut w = plain(&server.unix_url());
+    let other = Config::new(["o:"])
+        .ping_every(PING_EVERY)
+        .bound(BOUND)
+        .reply_timeout(REPLY_TIMEOUT)
+        .io_timeout(IO_TIMEOUT);
+    let mut near = NearCache::new(cache.clone(), &server.tcp_url(), other).expect("near");
+    redis_set(&mut w, "o:1", "v1");
+    for _ in 0..3 {
+        assert_eq!(get(&mut near, "o:1").as_deref(), Some("v1"));
+    }
+    redis_set(&mut w, "o:1", "v2");
+    assert_eq!(get(&mut near, "o:1").as_deref(), Some("v2"));
+    let s = near.stats();
+    assert_eq!((s.hits, s.fills), (0, 0), "{s:?}");
+    assert_eq!(s.bypasses, 4, "{s:?}");
+    assert_eq!(cache.entries().count(), 0);
+    listener.stop();
+}
+
+/// Configurations that cannot work are refused when the reader or listener is made:
+/// overlapping prefixes (Redis refuses them in one CLIENT TRACKING), a ping interval over
+/// half the bound, and a listener URL asking for RESP2 (no invalidation pushes).
+#[test]
+fn configurations_that_cannot_work_are_refused() {
+    let dir = TempDir::new("config");
+    let cache = dir.open();
+    let url = "redis://127.0.0.1:1/";
+    for (config, needle) in [
+        (Config::new(["k:", "k:a"]), "overlaps"),
+        (Config::new(["", "k:"]), "overlaps"),
+        (
+            Config::new(["k:"])
+                .ping_every(Duration::from_millis(600))
+                .bound(Duration::from_secs(1)),
+            "half the bound",
+        ),
+        (Config::new(Vec::<&str>::new()), "no prefix"),
+    ] {
+        match Listener::new(cache.clone(), url, config) {
+            Err(e @ larder_redis::Error::Config(_)) => {
+                assert!(e.to_string().contains(needle), "{e}")
+            }
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+    for url in [
+        "redis://127.0.0.1:1/?protocol=resp2",
+        "redis://127.0.0.1:1/?protocol=2",
+    ] {
+        match Listener::new(cache.clone(), url, Config::new(["k:"])) {
+            Err(e @ larder_redis::Error::Config(_)) => {
+                assert!(e.to_string().contains("RESP3"), "{e}")
+            }
+            other => panic!("{url}: expected a configuration error, got {other:?}"),
+        }
+    }
+    assert!(Listener::new(
+        cache,
+        "redis://127.0.0.1:1/?protocol=resp3",
+        Config::new(["k:"])
+    )
+    .is_ok());
+}
