@@ -769,7 +769,7 @@ impl Cache {
     /// any number of processes are never lost, and a writer killed in the middle of one
     /// leaves the counter before or after it, never torn and never dropped. A counter in
     /// use counts as read for eviction. Like any entry it can still be evicted from a
-    /// full cache, or lost with a writer that dies while eviction moves it between logs
+    /// full cache, or lost with a writer that dies while eviction moves it within a full log
     /// (the one entry such a crash may cost).
     ///
     /// ```
@@ -818,8 +818,9 @@ impl Cache {
     /// they cost no space for one); the first `get_versioned` of such an entry gives it
     /// one under the shard lock, by writing it again with its value and expiry. A
     /// versioned entry takes 8 bytes more in the log. Any write but `set_if_version`
-    /// leaves the entry without a version or with a new one, so a version is matched
-    /// only by the entry it was read from.
+    /// and `touch` (which keeps the version) leaves the entry without a version or with a
+    /// new one, so a version is matched only by the entry it was read from. A
+    /// `set_if_version` killed midway leaves the old value or the new one, never neither.
     ///
     /// ```
     /// # fn main() -> Result<(), larder::Error> {

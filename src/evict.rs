@@ -21,14 +21,18 @@
 //! the head only and mixed value sizes cannot fragment a shard.
 //!
 //! Eviction is for a cache that is really full. While a shard is *underfull* (its live
-//! records, headers and padding counted, fill less than 70% of its main log; in
-//! particular whenever they fill less than 60% of both logs), making room never evicts
-//! a live entry: the head of main is cleaned instead (dead records are dropped, live
-//! ones are moved on to the tail, keeping their visited bit), and the small log moves
-//! its unread entries on to main rather than evicting them. While underfull, main also
-//! keeps a reserve of one largest record free, so that the record at its very start can
-//! always be moved on (a log keeps 8 bytes free to tell full from empty, so a full log
-//! whose head is at its start could not move that record anywhere).
+//! keys and values, plus 30 bytes per entry for its header and padding, fill less than
+//! 70% of its main log, which is 63% of both logs), making room does not evict a live
+//! entry: the head of main is cleaned instead (dead records are dropped, live ones are
+//! moved on to the tail, keeping their visited bit), and the small log moves its unread
+//! entries on to main rather than evicting them. While underfull, main also keeps a
+//! reserve of one largest record free, so that the record at its very start can always
+//! be moved on (a log keeps 8 bytes free to tell full from empty, so a full log whose
+//! head is at its start could not move that record anywhere). Two cases still evict:
+//! a call whose budget of one lap is spent (possible only if the live records are
+//! counted low: a versioned entry's word is not in the 30 bytes), and that record at
+//! main's start in a shard that became underfull (by removals) before its reserve was
+//! free.
 //!
 //! Work is bounded in bytes: one call to make room moves at most one main log's worth
 //! of records (a lap: enough to reach every dead record, since an underfull main is at
@@ -183,6 +187,12 @@ impl Shard<'_> {
             self.drop_head(which, new_head, tail, slot, &rec, SH_EXPIRATIONS);
             return Ok(Popped::Done);
         }
+        // A move within a main without room for the copy beside the old record may end
+        // in an eviction (see `move_to_main`): not when told never to evict.
+        if which == LogId::Main && evict == Evict::Never && !self.fits(which, head, tail, rec.size)
+        {
+            return Ok(Popped::WouldEvict);
+        }
         match which {
             LogId::Small if self.is_visited(slot) => {
                 self.clear_visited(slot);
@@ -194,7 +204,6 @@ impl Shard<'_> {
             LogId::Small if self.main_has_room(rec.size)? || self.underfull() => {
                 self.move_to_main(which, new_head, tail, &rec, now, budget)?;
             }
-            LogId::Small if evict == Evict::Never => return Ok(Popped::WouldEvict),
             LogId::Small => {
                 self.ghost_insert(slot, self.slot_word(slot).tag);
                 self.drop_head(which, new_head, tail, slot, &rec, SH_EVICTIONS);
@@ -251,10 +260,17 @@ impl Shard<'_> {
         self.clear_intent();
     }
 
-    /// Moves the record at the head of `from` to the tail of main. The record is popped
-    /// first and published last, so a crash in between drops it rather than leaving two
-    /// copies; the copy runs forwards, which is correct even where the new place overlaps
-    /// the old one (it is always at or before it).
+    /// Moves the record at the head of `from` to the tail of main.
+    ///
+    /// Where main has room for the copy with the old record still in place (for a move
+    /// within main, the old record is main's head and counts as used), the copy is
+    /// written and published first and the old record popped last: a crash in between
+    /// leaves two live copies, of which repair keeps the first the logs hold, so no
+    /// crash costs the entry. Otherwise (a move within a full main, into the room its
+    /// own record frees) the record is popped first and published last, so a crash in
+    /// between drops it rather than leaving two copies; that copy runs forwards, which is
+    /// correct even where the new place overlaps the old one (it is always at or before
+    /// it).
     fn move_to_main(
         &self,
         from: LogId,
@@ -269,6 +285,35 @@ impl Shard<'_> {
             self.make_room_with(LogId::Main, rec.size, now, budget)?;
         }
         self.set_intent(crate::layout::INTENT_MOVE, slot);
+        let (mhead, mtail) = self.state(LogId::Main)?;
+        if self.fits(LogId::Main, mhead, mtail, rec.size) {
+            let (dst, new_tail) = self.place(LogId::Main, mtail, rec.size);
+            self.add(SH_MOVED, rec.size as i64);
+            // No overlap: the free space lies outside the old record.
+            self.r.move_forward(
+                dst + RECORD_HEADER,
+                rec.off + RECORD_HEADER,
+                rec.size - RECORD_HEADER,
+            );
+            crash_point!("move.after_copy");
+            self.r.store(dst, rec.w0);
+            self.r.store(dst + 8, rec.w1);
+            self.set_state(LogId::Main, mhead, new_tail);
+            crash_point!("move.after_publish");
+            let moved = SlotWord {
+                loc: self.loc(dst),
+                ..self.slot_word(slot)
+            };
+            self.set_slot_word(slot, moved);
+            if from == LogId::Main {
+                self.set_state(LogId::Main, new_head, new_tail);
+            } else {
+                self.set_state(from, new_head, tail);
+            }
+            crash_point!("move.after_pop");
+            self.clear_intent();
+            return Ok(());
+        }
         self.set_state(from, new_head, tail);
         crash_point!("move.after_pop");
         let (mhead, mtail) = self.state(LogId::Main)?;

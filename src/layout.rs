@@ -70,9 +70,10 @@
 //! Each shard header holds the last version it gave out (`version`, starting at 0).
 //! Writing a versioned record first stores the shard's next version there, then the
 //! record, so no crash can hand a version out twice; repair never lowers it (it raises it
-//! to the largest version found in the logs). An in-place change of a versioned record
-//! (`incr`, an overwrite of equal length) stores a new version in the record before the
-//! value. A record without a version matches no version.
+//! to the largest version found in the logs). `incr` of a versioned counter, the one
+//! in-place change of a versioned record, stores a new version in the record before the
+//! value (a versioned set never overwrites in place). A record without a version matches
+//! no version.
 //!
 //! ## Log state word
 //! bits 0..32 head, bits 32..64 tail, both in 8-byte units from the log's start. The log

@@ -10,11 +10,15 @@
 //! crash cannot split, so that the logs alone always describe the shard:
 //! - a record is written in free space past the log's tail, then published by one store
 //!   of the log state; an entry it replaces is marked dead *before* that store, so a
-//!   crash can lose the entry being written but never resurrect an overwritten one;
+//!   crash can lose the entry being written but never resurrect an overwritten one (a
+//!   versioned set instead marks the old record dead after the new one is published and
+//!   indexed: a crash leaves the old value or the new one, never neither);
 //! - a removal marks the record dead before clearing its slot;
 //! - eviction advances the head past a record with one store;
-//! - a record moved by eviction is popped from its old place before it is published in
-//!   the new one, so a crash drops it instead of duplicating it.
+//! - a record moved by eviction or cleaning is copied and published in its new place
+//!   before it is popped from the old one, so a crash leaves two copies, of which repair
+//!   keeps the first the logs hold; only a move within a full main, into the room its
+//!   own record frees, pops first, so that a crash there drops it instead.
 //!
 //! Repair therefore rebuilds the index from the logs (see [`Shard::repair`]).
 
@@ -138,6 +142,16 @@ pub(crate) enum SetOutcome {
     Updated,
     /// `insert_if_absent` found a live entry.
     Exists,
+}
+
+/// What putting a record back in the index did (repair).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reindexed {
+    Yes,
+    /// Its key is indexed already, from an earlier record.
+    Duplicate,
+    /// It cannot be indexed: it is dropped.
+    No,
 }
 
 /// A mutation found the shard inconsistent: it must be repaired.
@@ -476,7 +490,8 @@ impl<'a> Shard<'a> {
     /// repair and no intent is set. An overwrite by `set` may cost its entry on a crash;
     /// an increment must not, or every acknowledged increment before it would go with it.
     /// (Like any entry, a counter can still be evicted, or lost with a writer that dies
-    /// while eviction moves it between logs: the one entry such a crash may cost.)
+    /// while eviction moves it within a full main log: the one entry such a crash may
+    /// cost.)
     ///
     /// A versioned counter gets a new version first: a crash between the two stores
     /// leaves a new version over the old count, which only fails a compare-and-swap that
@@ -822,9 +837,17 @@ impl<'a> Shard<'a> {
             if let Some(v) = self.version(&rec) {
                 *top = (*top).max(v);
             }
-            if rec.state == STATE_LIVE && !self.reindex(&rec, key) {
-                self.mark_dead(&rec);
-                dropped += 1;
+            if rec.state == STATE_LIVE {
+                match self.reindex(&rec, key) {
+                    Reindexed::Yes => {}
+                    // A second live copy of a key (a crash mid-move or mid-versioned-set
+                    // leaves one): the key keeps the first, nothing is lost.
+                    Reindexed::Duplicate => self.mark_dead(&rec),
+                    Reindexed::No => {
+                        self.mark_dead(&rec);
+                        dropped += 1;
+                    }
+                }
             }
             remaining -= rec.size;
             pos = (pos + rec.size) % cap;
@@ -836,20 +859,20 @@ impl<'a> Shard<'a> {
         dropped
     }
 
-    /// Puts a live record back in the index; false if it cannot be (a duplicate key, or
-    /// no room in its buckets).
-    fn reindex(&self, rec: &Rec, key: &mut [u8; MAX_KEY_LIMIT]) -> bool {
+    /// Puts a live record back in the index, unless its key is already there (a
+    /// duplicate) or it cannot be (no room in its buckets, or a key of another shard).
+    fn reindex(&self, rec: &Rec, key: &mut [u8; MAX_KEY_LIMIT]) -> Reindexed {
         self.read_key(rec, key);
         let k = &key[..rec.klen];
         let h = self.hasher.hash(k);
         if self.g.shard_of(h) != self.index() {
             // A key that belongs to another shard (its bytes were damaged) could never be
             // found here: drop it rather than keep an unreachable entry.
-            return false;
+            return Reindexed::No;
         }
         let kh = self.locate(h);
         if !matches!(self.find(k, &kh), Probe::Miss) {
-            return false;
+            return Reindexed::Duplicate;
         }
         let in_pair = |s: usize| s / BUCKET_SLOTS == kh.b1 || s / BUCKET_SLOTS == kh.b2;
         let slot = if in_pair(rec.slot) && self.slot_word(rec.slot).is_empty() {
@@ -863,7 +886,7 @@ impl<'a> Shard<'a> {
                 .find(|&s| self.slot_word(s).is_empty())
         };
         let Some(slot) = slot else {
-            return false;
+            return Reindexed::No;
         };
         if slot != rec.slot {
             self.r
@@ -878,7 +901,7 @@ impl<'a> Shard<'a> {
         );
         self.add(SH_ENTRIES, 1);
         self.add(SH_LIVE_BYTES, (rec.klen + rec.vlen) as i64);
-        true
+        Reindexed::Yes
     }
 
     /// Calls `f` for every live entry (lock held).

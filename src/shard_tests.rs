@@ -1034,45 +1034,53 @@ fn crash_head(fx: &Fixture, which: LogId, stage: HeadCrash, now: u64) -> Option<
             .map(drop)
     };
     // The points the pop reaches, in order, on a twin. A head moved out of the small
-    // log first makes room in main, whose own pops come first: the head's own steps
-    // start at the last `move.after_pop`. An evicted head reaches `evict.after_pop`
-    // alone.
+    // log first makes room in main, whose own moves come first: the head's own steps
+    // are the last ones. A move with room for its copy runs copy, publish, pop (a crash
+    // anywhere keeps the entry: two copies, of which repair keeps one); a move into the
+    // room its own record frees runs pop, copy, publish (a crash before the publish
+    // drops it), or pop alone if it does not fit even then (evicted). An evicted head
+    // reaches `evict.after_pop` alone.
     let ((), trace) = {
         let twin = fx.twin();
         armed::trace(|| twin.write(pop))
     };
-    let (kill, op, before, after, dropped) =
-        match trace.iter().rposition(|p| *p == "move.after_pop") {
-            None => {
-                assert_eq!(trace, ["evict.after_pop"], "{which:?} head");
-                (at("evict.after_pop"), INTENT_EVICT, fx.contents(), None, 0)
-            }
-            Some(own) => {
-                let earlier = |p: &str| trace[..own].iter().filter(|q| **q == p).count() as u64;
-                let popped = Kill::At("move.after_pop", earlier("move.after_pop"));
-                // The entries as the move begins: its pop moves the head only, and the
-                // slot still names the record, whose bytes are intact.
-                let before = fx.contents_if_killed(popped, &pop);
-                let kept = before.get(&k).cloned();
-                let point = match stage {
-                    HeadCrash::Pop => "move.after_pop",
-                    HeadCrash::Copy => "move.after_copy",
-                    HeadCrash::Publish => "move.after_publish",
-                };
-                if !trace[own..].contains(&point) {
-                    // A record that does not fit in main after its pop is evicted
-                    // instead, with no point after the pop: lost either way.
-                    (popped, INTENT_MOVE, before, None, 1)
-                } else if stage == HeadCrash::Publish {
-                    // The slot still names the old place.
-                    let k = Kill::At(point, earlier(point));
-                    (k, INTENT_MOVE, before, kept, 0)
-                } else {
-                    let k = Kill::At(point, earlier(point));
-                    (k, INTENT_MOVE, before, None, 1)
-                }
-            }
-        };
+    let n = trace.len();
+    let ends = |tail: &[&str]| n >= tail.len() && trace[n - tail.len()..] == *tail;
+    let copy_first = ends(&["move.after_copy", "move.after_publish", "move.after_pop"]);
+    let pop_first = ends(&["move.after_pop", "move.after_copy", "move.after_publish"]);
+    let point = match stage {
+        HeadCrash::Pop => "move.after_pop",
+        HeadCrash::Copy => "move.after_copy",
+        HeadCrash::Publish => "move.after_publish",
+    };
+    let (kill, op, before, after, dropped) = if copy_first || pop_first {
+        let own = n - 3;
+        let earlier = |p: &str| trace[..own].iter().filter(|q| **q == p).count() as u64;
+        let first = trace[own];
+        // The entries as the move begins: its first step changes nothing a repair keeps.
+        let before = fx.contents_if_killed(Kill::At(first, earlier(first)), &pop);
+        let kept = before.get(&k).cloned();
+        let kill = Kill::At(point, earlier(point));
+        if copy_first || stage == HeadCrash::Publish {
+            // Two live copies (or the slot still naming the old place): kept.
+            (kill, INTENT_MOVE, before, kept, 0)
+        } else {
+            (kill, INTENT_MOVE, before, None, 1)
+        }
+    } else if ends(&["move.after_pop"]) {
+        // Popped first, then no room even so: evicted, lost either way.
+        let own = n - 1;
+        let earlier = trace[..own]
+            .iter()
+            .filter(|q| **q == "move.after_pop")
+            .count() as u64;
+        let popped = Kill::At("move.after_pop", earlier);
+        let before = fx.contents_if_killed(popped, &pop);
+        (popped, INTENT_MOVE, before, None, 1)
+    } else {
+        assert_eq!(trace, ["evict.after_pop"], "{which:?} head");
+        (at("evict.after_pop"), INTENT_EVICT, fx.contents(), None, 0)
+    };
     assert!(
         fx.write_killed(kill, &pop),
         "{which:?} head: the pop never reached {kill:?}"

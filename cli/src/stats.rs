@@ -29,6 +29,15 @@ enum Kind {
     Bytes,
     /// A count that only grows.
     Counter,
+    /// Bytes that only grow (written, moved).
+    ByteCounter,
+}
+
+impl Kind {
+    /// Whether the exposition format calls it a counter.
+    fn counts(self) -> bool {
+        matches!(self, Kind::Counter | Kind::ByteCounter)
+    }
 }
 
 /// One counter: its name in JSON (and, prefixed, in Prometheus), its label in the text
@@ -145,14 +154,14 @@ const TOTALS: &[Field<Stats>] = &[
         Stats,
         bytes_written,
         "bytes written",
-        Bytes,
+        ByteCounter,
         "Bytes of records appended by sets."
     ),
     field!(
         Stats,
         bytes_moved,
         "bytes moved",
-        Bytes,
+        ByteCounter,
         "Bytes of records moved by eviction and cleaning (write amplification: (written + moved) / written)."
     ),
     field!(
@@ -410,7 +419,7 @@ fn text(
         let v = (f.get)(s);
         let mut line = format!("{:<16}", f.label);
         match f.kind {
-            Kind::Bytes => line.push_str(&bytes(v)),
+            Kind::Bytes | Kind::ByteCounter => line.push_str(&bytes(v)),
             Kind::Gauge | Kind::Counter => line.push_str(&v.to_string()),
         }
         // A few numbers mean more next to what they are a part of.
@@ -422,7 +431,7 @@ fn text(
             ),
             _ => String::new(),
         };
-        if f.kind == Kind::Counter {
+        if f.kind.counts() {
             if let Some((p, dt)) = prev {
                 let secs = dt.as_secs_f64().max(1e-3);
                 let rate = v.saturating_sub((f.get)(p)) as f64 / secs;
@@ -510,11 +519,14 @@ fn metric_name<T>(prefix: &str, f: &Field<T>) -> String {
         "bytes_live" => "live",
         "bytes_used" => "log_used",
         "bytes_free" => "log_free",
+        "bytes_written" => "log_written",
+        "bytes_moved" => "log_moved",
         other => other,
     };
     match f.kind {
         Kind::Counter => format!("{prefix}{base}_total"),
         Kind::Bytes => format!("{prefix}{base}_bytes"),
+        Kind::ByteCounter => format!("{prefix}{base}_bytes_total"),
         Kind::Gauge => format!("{prefix}{base}"),
     }
 }
@@ -539,11 +551,7 @@ fn prometheus(path: &str, s: &Stats, n: &NearStats, shards: bool) -> String {
     }
     for f in TOTALS {
         let name = metric_name("larder_", f);
-        let kind = if f.kind == Kind::Counter {
-            "counter"
-        } else {
-            "gauge"
-        };
+        let kind = if f.kind.counts() { "counter" } else { "gauge" };
         let _ = writeln!(o, "# HELP {name} {}", f.help);
         let _ = writeln!(o, "# TYPE {name} {kind}");
         let _ = writeln!(o, "{name}{{cache=\"{cache}\"}} {}", (f.get)(s));
@@ -552,11 +560,7 @@ fn prometheus(path: &str, s: &Stats, n: &NearStats, shards: bool) -> String {
         // Separate metric names, so that summing a metric never counts a shard twice.
         for f in SHARD {
             let name = metric_name("larder_shard_", f);
-            let kind = if f.kind == Kind::Counter {
-                "counter"
-            } else {
-                "gauge"
-            };
+            let kind = if f.kind.counts() { "counter" } else { "gauge" };
             let _ = writeln!(o, "# HELP {name} {}", f.help);
             let _ = writeln!(o, "# TYPE {name} {kind}");
             for (i, sh) in s.shards.iter().enumerate() {
