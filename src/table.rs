@@ -217,9 +217,10 @@ pub(crate) fn read_versioned(
                 return Ok(Some(v));
             }
             s.set(key, &kh, out, rec.expire, Put::Versioned, now)?;
-            // The rewrite cleared the visited bit the read had just set: set it again (the
-            // set keeps the entry's slot).
-            s.mark_visited(slot);
+            // The rewrite cleared the visited bit the read had just set: set it again.
+            if let Probe::Hit { slot, .. } = s.find(key, &kh) {
+                s.mark_visited(slot);
+            }
             Ok(Some(s.counter(SH_VERSION)))
         }
         Probe::Hit { .. } | Probe::Miss => Ok(None),
