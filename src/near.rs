@@ -205,6 +205,15 @@ impl<'c> Near<'c> {
         Ok((hb != 0).then_some(Moment(hb)))
     }
 
+    /// The heartbeat, if any and if the lease holder's scope is `scope` (one read of
+    /// the line both are on): what a reader checks around each get.
+    pub fn heartbeat_in(&self, scope: u64) -> Result<Option<Moment>> {
+        let a = self.cache.enter(Wait::Yes)?;
+        let hb = word(&a, NA_HEARTBEAT).load(SeqCst);
+        let published = word(&a, NA_SCOPE).load(SeqCst);
+        Ok((hb != 0 && published == scope).then_some(Moment(hb)))
+    }
+
     /// The scope the lease holder published ([`Lease::publish_scope`]): a reader
     /// that caches keys the listener does not track must not use the near cache.
     pub fn scope(&self) -> Result<u64> {

@@ -332,12 +332,10 @@ impl NearCache {
         // The heartbeat before the entry (every invalidation up to it was applied), and
         // its age after: a get that took long (a lock wait, a preemption) must not stretch
         // the bound. A listener tracking other prefixes does not guard these keys.
-        let current = |hb: Option<Moment>| hb.is_some_and(|h| h.elapsed() <= bound);
-        let in_scope = near.scope()? == self.scope;
-        let hb = near.heartbeat()?;
-        if in_scope && current(hb) {
+        let hb = near.heartbeat_in(self.scope)?;
+        if let Some(hb) = hb {
             match self.cache.get_into(key, buf) {
-                Ok(true) if current(hb) => {
+                Ok(true) if hb.elapsed() <= bound => {
                     self.stats.hits += 1;
                     return Ok(true);
                 }
@@ -348,7 +346,7 @@ impl NearCache {
         }
         // A ticket only where the near cache is guarded for these keys; a cache error
         // costs the fill, never the read.
-        let ticket = if in_scope {
+        let ticket = if hb.is_some() {
             near.ticket(key, bound).ok().flatten()
         } else {
             None
