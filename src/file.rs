@@ -92,12 +92,12 @@ pub(crate) struct Attached {
     pub kind: u32,
     pub dev: u64,
     pub ino: u64,
-    /// Statistics slot claimed by this process: `(fork generation << 32) | (slot + 1)`,
-    /// 0 when none is claimed yet.
-    pub stats_slot: AtomicU64,
-    /// The file description whose lock claims that slot (see `stats`); closing it gives
-    /// the slot back.
-    pub stats_claim: std::sync::Mutex<Option<OwnedFd>>,
+    /// Statistics slots claimed by this process, one per stripe of its threads (see
+    /// `stats`): `(fork generation << 32) | (slot + 1)`, 0 when none is claimed yet.
+    pub stats_slots: [AtomicU64; crate::stats::STAT_STRIPES],
+    /// The file descriptions whose locks claim those slots; closing one gives its slot
+    /// back.
+    pub stats_claims: std::sync::Mutex<[Option<OwnedFd>; crate::stats::STAT_STRIPES]>,
     /// The mapping of the file (the region owns it and unmaps it when dropped).
     pub region: Region,
     // Dropped after the region: the file holds the shared flock for as long as the
@@ -344,8 +344,8 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
         kind: info.kind,
         dev: st.st_dev,
         ino: st.st_ino,
-        stats_slot: AtomicU64::new(0),
-        stats_claim: std::sync::Mutex::new(None),
+        stats_slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        stats_claims: std::sync::Mutex::new(std::array::from_fn(|_| None)),
         region,
         _file: file,
     })

@@ -10,7 +10,8 @@
 //! offset                      size            what
 //! 0                           4096            FileHeader (below), rest zero
 //! 4096                        129 * 128       StatsSlot[129]: slot 0 is shared overflow,
-//!                                             1..=128 are claimed one per process
+//!                                             1..=128 are claimed by processes, one
+//!                                             per stripe of their threads (up to 4)
 //! stats_off + 16512 (page up) 256 * 64        FillSlot[256]: a robust mutex each
 //! fill_off + 16384            8448            NearArea: the near-cache lease, epoch,
 //!                                             heartbeat, counters (see "Near area")
@@ -101,7 +102,8 @@ pub(crate) const HEADER_SIZE: usize = 4096;
 /// Alignment of areas and shards: a page, so that shards never share a page.
 pub(crate) const PAGE: usize = 4096;
 
-/// Per-process statistics slots, claimed one per process (slot 0 is the shared overflow
+/// Statistics slots, claimed by processes, one per stripe of a process's threads (up to
+/// `stats::STAT_STRIPES` per process; slot 0 is the shared overflow
 /// for processes that find none free).
 pub(crate) const STATS_SLOTS: usize = 129;
 /// Single-flight fill slots; a key uses slot `hash % FILL_SLOTS`.

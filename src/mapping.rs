@@ -130,9 +130,9 @@ impl Drop for Entered<'_> {
     }
 }
 
-/// This thread's stripe.
+/// This thread's stripe (threads take stripes in turn, `0..STRIPES`).
 #[inline]
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     use std::cell::Cell as StdCell;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
