@@ -281,6 +281,8 @@ pub struct ReaderStats {
     pub fills: u64,
     /// Fills refused because an invalidation or a flush came first.
     pub fills_refused: u64,
+    /// Errors of the cache file met on the way (each sent the read to Redis instead).
+    pub cache_errors: u64,
 }
 
 impl NearCache {
@@ -332,16 +334,20 @@ impl NearCache {
         // The heartbeat before the entry (every invalidation up to it was applied), and
         // its age after: a get that took long (a lock wait, a preemption) must not stretch
         // the bound. A listener tracking other prefixes does not guard these keys.
-        let hb = near.heartbeat_in(self.scope)?;
+        // An error of the cache file (a lock timeout behind a stopped process, a file
+        // replaced by one with smaller limits) costs the near copy, never the read.
+        let hb = near.heartbeat_in(self.scope).unwrap_or_else(|_| {
+            self.stats.cache_errors += 1;
+            None
+        });
         if let Some(hb) = hb {
             match self.cache.get_into(key, buf) {
                 Ok(true) if hb.elapsed() <= bound => {
                     self.stats.hits += 1;
                     return Ok(true);
                 }
-                // The file was replaced by one with smaller limits: not kept near.
-                Ok(_) | Err(larder::Error::TooLarge { .. }) => {}
-                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+                Err(_) => self.stats.cache_errors += 1,
             }
         }
         // A ticket only where the near cache is guarded for these keys; a cache error
