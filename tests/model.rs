@@ -709,10 +709,10 @@ fn mp_counter(k: u32) -> Vec<u8> {
     format!("counter/{k}").into_bytes()
 }
 
-/// The operations of one process; values of up to `max_len` bytes.
-fn mp_op_strategy(procs: u32, max_len: usize) -> impl Strategy<Value = MpOp> {
+/// The operations of one process; values of `lens` bytes.
+fn mp_op_strategy(procs: u32, lens: std::ops::Range<usize>) -> impl Strategy<Value = MpOp> {
     let k = 0..OWN_KEYS;
-    let len = 0usize..max_len;
+    let len = lens;
     prop_oneof![
         6 => (k.clone(), len.clone(), any::<bool>())
             .prop_map(|(key, len, ttl)| MpOp::Set { key, len, ttl }),
@@ -1113,12 +1113,10 @@ fn child_main(spec: &str) {
     let cache = mp_options()
         .attach(dir.join("cache").to_str().expect("utf-8"))
         .expect("attach");
-    cache
-        .set(format!("ready/{me}").as_bytes(), b"1", None)
-        .expect("ready");
-    wait_for("the parent's go", || {
-        cache.get(b"go").expect("get go").is_some()
-    });
+    // Files, not entries: once the first child starts, a small cache may evict any
+    // entry, "go" included, before a slower child has read it.
+    fs::write(dir.join(format!("ready-{me}")), b"1").expect("ready");
+    wait_for("the parent's go", || dir.join("go").exists());
     let mut w = Writer {
         me,
         evicting: parts[2] == "1",
@@ -1186,13 +1184,10 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
             if let Some(status) = child.try_status() {
                 panic!("child {i} exited early ({status}):\n{}", child.log());
             }
-            cache
-                .get(format!("ready/{i}").as_bytes())
-                .expect("get")
-                .is_some()
+            t.dir.join(format!("ready-{i}")).exists()
         });
     }
-    cache.set(b"go", b"1", None).expect("go");
+    fs::write(t.dir.join("go"), b"1").expect("go");
     let deadline = Instant::now() + DEADLINE;
     for (i, child) in children.iter_mut().enumerate() {
         let status = child.wait_or_fail(deadline, &format!("child {i}"));
@@ -1255,12 +1250,17 @@ fn multi_process(test: &str, evicting: bool) -> Vec<larder::Stats> {
         child_main(&spec);
         return Vec::new();
     }
-    // With eviction, values large enough that a case's live entries fill the one small
-    // shard past the fraction below which it only cleans (see `run_processes`).
-    let max_len = if evicting { 1000 } else { 300 };
+    // With eviction, values and plans large enough that every case's live entries fill
+    // the one small shard past the fraction below which it only cleans (see
+    // `run_processes`), even with two processes.
+    let (lens, ops) = if evicting {
+        (300..1000, 40..120)
+    } else {
+        (0..300, 10..80)
+    };
     let plans = (2u32..=4).prop_flat_map(|procs| {
         prop::collection::vec(
-            prop::collection::vec(mp_op_strategy(procs, max_len), 10..80),
+            prop::collection::vec(mp_op_strategy(procs, lens.clone()), ops.clone()),
             procs as usize,
         )
     });
