@@ -287,24 +287,8 @@ impl Shard<'_> {
         self.set_intent(crate::layout::INTENT_MOVE, slot);
         let (mhead, mtail) = self.state(LogId::Main)?;
         if self.fits(LogId::Main, mhead, mtail, rec.size) {
-            let (dst, new_tail) = self.place(LogId::Main, mtail, rec.size);
-            self.add(SH_MOVED, rec.size as i64);
             // No overlap: the free space lies outside the old record.
-            self.r.move_forward(
-                dst + RECORD_HEADER,
-                rec.off + RECORD_HEADER,
-                rec.size - RECORD_HEADER,
-            );
-            crash_point!("move.after_copy");
-            self.r.store(dst, rec.w0);
-            self.r.store(dst + 8, rec.w1);
-            self.set_state(LogId::Main, mhead, new_tail);
-            crash_point!("move.after_publish");
-            let moved = SlotWord {
-                loc: self.loc(dst),
-                ..self.slot_word(slot)
-            };
-            self.set_slot_word(slot, moved);
+            let new_tail = self.publish_copy(rec, mhead, mtail);
             if from == LogId::Main {
                 self.set_state(LogId::Main, new_head, new_tail);
             } else {
@@ -324,6 +308,15 @@ impl Shard<'_> {
             self.clear_intent();
             return Ok(());
         }
+        self.publish_copy(rec, mhead, mtail);
+        self.clear_intent();
+        Ok(())
+    }
+
+    /// Writes `rec` at main's tail (its state is `mhead`, `mtail`; the caller checked
+    /// that it fits), publishes it, and points its slot there; returns main's new tail.
+    /// The copy runs forwards (see `move_to_main`).
+    fn publish_copy(&self, rec: &Rec, mhead: usize, mtail: usize) -> usize {
         let (dst, new_tail) = self.place(LogId::Main, mtail, rec.size);
         self.add(SH_MOVED, rec.size as i64);
         self.r.move_forward(
@@ -338,11 +331,10 @@ impl Shard<'_> {
         crash_point!("move.after_publish");
         let moved = SlotWord {
             loc: self.loc(dst),
-            ..self.slot_word(slot)
+            ..self.slot_word(rec.slot)
         };
-        self.set_slot_word(slot, moved);
-        self.clear_intent();
-        Ok(())
+        self.set_slot_word(rec.slot, moved);
+        new_tail
     }
 }
 
