@@ -557,6 +557,8 @@ mod points {
         CasSameLength,
         /// Taking the near-cache lease (which flushes the cache).
         Lease,
+        /// `replace` over an existing key, with a value of another length.
+        Replace,
     }
 
     pub const ALL: &[Scenario] = &[
@@ -580,6 +582,7 @@ mod points {
         Scenario::Cas,
         Scenario::CasSameLength,
         Scenario::Lease,
+        Scenario::Replace,
     ];
 
     impl Scenario {
@@ -598,10 +601,12 @@ mod points {
         pub fn for_point(point: &str) -> Vec<Scenario> {
             use Scenario::*;
             match point {
-                "set.after_mark_old_dead" => vec![Overwrite],
+                "set.after_mark_old_dead" => vec![Overwrite, Replace],
                 "lock.held" => vec![Overwrite, Cas],
                 p if p.starts_with("overwrite.") => vec![OverwriteSameLength],
-                p if p.starts_with("set.") => vec![Overwrite, Insert, Cas, CasSameLength],
+                p if p.starts_with("set.") => {
+                    vec![Overwrite, Insert, Cas, CasSameLength, Replace]
+                }
                 "versioned_set.before_old_dead" => vec![Cas, CasSameLength],
                 "version.after_bump" => vec![Cas, CasSameLength, IncrVersioned],
                 "evict_slot.after_mark_dead" => vec![BucketFull],
@@ -669,6 +674,7 @@ mod points {
                     | Scenario::Repair
                     | Scenario::Cas
                     | Scenario::CasSameLength
+                    | Scenario::Replace
             )
         }
 
@@ -688,6 +694,7 @@ mod points {
                     | Scenario::Repair
                     | Scenario::Cas
                     | Scenario::CasSameLength
+                    | Scenario::Replace
             )
         }
     }
@@ -776,6 +783,12 @@ mod points {
             }
             Scenario::Repair => {
                 c.get(key).expect("get");
+            }
+            Scenario::Replace => {
+                assert!(
+                    c.replace(key, &new, None).expect("replace"),
+                    "the target exists"
+                );
             }
             Scenario::Cas | Scenario::CasSameLength => {
                 let (_, version) = c
