@@ -879,7 +879,9 @@ impl Cache {
         })
     }
 
-    /// The optimistic part of `get_versioned`: `Some(None)` for no fresh entry,
+    /// The optimistic part of `get_versioned` (the loop of [`Cache::read_optimistic`],
+    /// kept apart: sharing it through a closure measured 5 to 10 more instructions per
+    /// get hit): `Some(None)` for no fresh entry,
     /// `Some(Some(version))` for a versioned one, `None` if it must take the lock (an
     /// entry without a version, or too many torn tries).
     fn read_versioned_optimistic(

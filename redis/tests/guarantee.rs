@@ -52,7 +52,12 @@ const PATH_ENV: &str = "LARDER_REDIS_GUARANTEE_PATH";
 const URL_ENV: &str = "LARDER_REDIS_GUARANTEE_URL";
 
 fn config() -> Config {
-    Config::new(["k:"])
+    config_for("k:")
+}
+
+/// The test settings, tracking `prefix`.
+fn config_for(prefix: &str) -> Config {
+    Config::new([prefix])
         .ping_every(PING_EVERY)
         .bound(BOUND)
         .reply_timeout(REPLY_TIMEOUT)
@@ -1221,12 +1226,8 @@ fn a_reader_with_other_prefixes_than_the_listener_bypasses_the_near_cache() {
     let listener = ThreadListener::start(&dir.cache_path(), &server.tcp_url(), config());
     wait_current(&cache, None, "start");
     let mut w = plain(&server.unix_url());
-    let other = Config::new(["o:"])
-        .ping_every(PING_EVERY)
-        .bound(BOUND)
-        .reply_timeout(REPLY_TIMEOUT)
-        .io_timeout(IO_TIMEOUT);
-    let mut near = NearCache::new(cache.clone(), &server.tcp_url(), other).expect("near");
+    let mut near =
+        NearCache::new(cache.clone(), &server.tcp_url(), config_for("o:")).expect("near");
     redis_set(&mut w, "o:1", "v1");
     for _ in 0..3 {
         assert_eq!(get(&mut near, "o:1").as_deref(), Some("v1"));
