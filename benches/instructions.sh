@@ -7,6 +7,7 @@
 # of its own.
 #
 #   benches/instructions.sh [N]        (default N = 20000)
+#   OPS="set_existing remove" benches/instructions.sh   (some operations only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-20000}"
@@ -25,7 +26,7 @@ per_op() {
     echo $(( (b - a) * 10 / n )) | sed 's/\(.\)$/.\1/'
 }
 printf '| op | ceiling instr | larder instr | larder/ceiling |\n|---|---|---|---|\n'
-for op in get_hit get_miss set_existing set_evicting remove fill_hit; do
+for op in ${OPS:-get_hit get_miss set_existing set_evicting remove fill_hit fill_miss}; do
     c=$(per_op ceiling "$op")
     l=$(per_op larder "$op")
     ratio=$(awk -v l="$l" -v c="$c" 'BEGIN { printf "%.2fx", l / c }')

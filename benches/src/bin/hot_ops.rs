@@ -4,7 +4,7 @@
 //! out.
 //!
 //! ```text
-//! hot_ops <larder|ceiling> <get_hit|get_miss|set_existing|set_evicting|remove|fill_hit> <n>
+//! hot_ops <larder|ceiling> <get_hit|get_miss|set_existing|set_evicting|remove|fill_hit|fill_miss> <n>
 //! ```
 //!
 //! Keys are 32 bytes and values 256 bytes, as in every benchmark of this crate; 1,000
@@ -30,7 +30,7 @@ type Ceiling = Mutex<HashMap<Box<[u8]>, Box<[u8]>>>;
 fn usage() -> ! {
     eprintln!(
         "usage: hot_ops <larder|ceiling> \
-         <get_hit|get_miss|set_existing|set_evicting|remove|fill_hit> <n>"
+         <get_hit|get_miss|set_existing|set_evicting|remove|fill_hit|fill_miss> <n>"
     );
     std::process::exit(2)
 }
@@ -128,6 +128,16 @@ fn larder_ops(op: &str, n: u64) -> Result<()> {
                 black_box(got);
             }
         }
+        // A fill of a missing key: the miss, the fill slot, the value computed (a copy)
+        // and stored.
+        "fill_miss" => {
+            for i in 0..n {
+                let got = cache.get_or_insert_with(&fresh(i), None, || {
+                    Ok::<_, larder::Error>(v.clone())
+                })?;
+                black_box(got);
+            }
+        }
         _ => usage(),
     }
     Ok(())
@@ -186,6 +196,16 @@ fn ceiling_ops(op: &str, n: u64) -> Result<()> {
         "remove" => {
             for i in 0..n {
                 black_box(lock().remove(&fresh(i)[..]));
+            }
+        }
+        // A miss, then the value computed (a copy) and inserted.
+        "fill_miss" => {
+            for i in 0..n {
+                if !get(&fresh(i), &mut buf) {
+                    let computed = v.clone();
+                    lock().insert(fresh(i).into(), computed.clone().into());
+                    black_box(computed);
+                }
             }
         }
         _ => usage(),
