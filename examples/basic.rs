@@ -10,7 +10,7 @@ use std::time::Duration;
 use larder::{Cache, Error, Options};
 
 fn main() -> Result<(), Error> {
-    // A bare name lives in /dev/shm (as `<name>.larder3`); the pid makes it this run's.
+    // A bare name lives in /dev/shm (as `<name>.larder4`); the pid makes it this run's.
     let name = format!("larder-basic-{}", std::process::id());
     // Every process runs the same open: the first creates the file, the others attach.
     // Sizes are fixed at creation: an open asking for others fails with Incompatible.

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use crate::clock::{coarse_ms, Clock};
 use crate::error::{Error, Result};
+use crate::fence::{self, Fences, Ticket};
 use crate::file::{self, Attached, OpenSpec};
 use crate::header;
 use crate::layout::{
-    Params, FILL_SLOTS, SH_ENTRIES, SS_FILLS, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS,
+    Params, SH_ENTRIES, SS_FILLS, SS_FILLS_FENCED, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS,
     SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES, SS_STALE_HITS,
 };
 // `Wait` also says whether an operation may wait for a replacement's file lock, and
@@ -436,6 +437,11 @@ impl Cache {
         Ok((self.inner.maps.enter(), self.inner.clock.at(now)))
     }
 
+    /// Now, on this handle's clock (what [`Cache::enter_at`] gives).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.clock.at(coarse_ms())
+    }
+
     #[cold]
     fn recheck(&self, now: u64, wait: Wait) -> Result<()> {
         let inner = &self.inner;
@@ -724,7 +730,7 @@ impl Cache {
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
-        self.locked(&a, idx, wait, Access::Write, |s| {
+        self.locked(&a, idx, wait, Access::Revoke(h), |s| {
             let kh = s.locate(h);
             let put = match when {
                 Store::Always => Put::Always,
@@ -800,7 +806,7 @@ impl Cache {
         let h = a.hasher.hash(key);
         // Allocated before the critical section, which must not allocate.
         let mut buf = Vec::with_capacity(COUNTER_LEN);
-        let counted = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+        let counted = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Revoke(h), |s| {
             table::incr(s, key, h, delta, init, new_expire, now, &mut buf)
         })?;
         match counted {
@@ -938,7 +944,7 @@ impl Cache {
             return Ok(false);
         }
         let expire = Self::expiry(now, ttl);
-        let stored = self.locked(&a, idx, Wait::Yes, Access::Write, |s| {
+        let stored = self.locked(&a, idx, Wait::Yes, Access::Revoke(h), |s| {
             table::set_if_version(s, key, h, value, expire, version.number, now)
         })?;
         Ok(stored.is_some())
@@ -967,7 +973,7 @@ impl Cache {
         Self::check_value(&a, value.len())?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Revoke(h), |s| {
             table::replace(s, key, h, value, expire, now)
         })
     }
@@ -1062,12 +1068,20 @@ impl Cache {
             .collect())
     }
 
-    /// Removes `key`; true if a fresh entry was removed.
+    /// Removes `key`; true if a fresh entry was removed. Whether or not there was one,
+    /// every fill of `key` in flight is fenced off (see [`Cache::ticket`]): a remove
+    /// that finds nothing still revokes.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         let (a, now) = self.enter_at(Wait::Yes)?;
         Self::check_key(&a, key)?;
+        self.remove_in(&a, key, now)
+    }
+
+    /// [`Cache::remove`] in the file `a` maps (the near cache's lease removes in its own
+    /// file, whatever the handle maps by then).
+    pub(crate) fn remove_in(&self, a: &Attached, key: &[u8], now: u64) -> Result<bool> {
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+        self.locked(a, a.geo.shard_of(h), Wait::Yes, Access::Revoke(h), |s| {
             let kh = s.locate(h);
             s.remove(key, &kh, now)
         })
@@ -1085,12 +1099,32 @@ impl Cache {
         })
     }
 
-    /// Removes every entry, shard by shard; returns how many there were.
+    /// Removes every entry whose key starts with one of `prefixes` (every entry if one is
+    /// empty) in the file `a` maps, shard by shard, fencing off every fill in flight in
+    /// each; returns how many there were.
+    pub(crate) fn remove_prefixed_in(&self, a: &Attached, prefixes: &[&[u8]]) -> Result<u64> {
+        let everything = prefixes.iter().any(|p| p.is_empty());
+        let now = self.now_ms();
+        let mut n = 0;
+        for idx in 0..a.geo.shard_count {
+            n += self.locked(a, idx, Wait::Yes, Access::RevokeAll, |s| {
+                if everything {
+                    Ok(s.clear())
+                } else {
+                    table::remove_prefixed(s, &a.hasher, prefixes, now)
+                }
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Removes every entry, shard by shard; returns how many there were. Every fill in
+    /// flight is fenced off (see [`Cache::ticket`]).
     pub fn clear(&self) -> Result<u64> {
         let a = self.enter(Wait::Yes)?;
         let mut n = 0;
         for idx in 0..a.geo.shard_count {
-            n += self.locked(&a, idx, Wait::Yes, Access::Write, |s| Ok(s.clear()))?;
+            n += self.locked(&a, idx, Wait::Yes, Access::RevokeAll, |s| Ok(s.clear()))?;
         }
         Ok(n)
     }
@@ -1108,6 +1142,13 @@ impl Cache {
     /// Keys share 256 fill slots by hash, so an unrelated key's fill can delay this one
     /// (never beyond the fill timeout). `f` must not call `get_or_insert_with` for a key
     /// in the same slot: that waits for itself until the timeout.
+    ///
+    /// A fill is fenced like [`Cache::set_with_ticket`]: if the key is revoked while `f`
+    /// runs (a `remove`, even one that found nothing, a `set`, `insert_if_absent`,
+    /// `replace`, `incr`, `set_if_version` or `clear`, from any process), the value `f`
+    /// computed is returned to this caller but not stored, so the next reader sees the
+    /// revocation, never a value computed from the state before it. Such fills are
+    /// counted in [`Stats::fills_fenced`].
     ///
     /// ```
     /// # fn main() -> Result<(), larder::Error> {
@@ -1140,7 +1181,8 @@ impl Cache {
             Found::Nothing => None,
         };
         let a = self.enter(Wait::Yes)?;
-        let slot = (a.hasher.hash(key) % FILL_SLOTS as u64) as usize;
+        let h = a.hasher.hash(key);
+        let slot = fence::fill_slot_of(h);
         const WHAT: &str = "a fill slot";
         let m = RobustMutex::at(&a.region, a.geo.fill_slot(slot), a.kind)
             .map_err(|e| e.into_error(&a.path, WHAT, Duration::ZERO, Wait::Yes))?;
@@ -1184,12 +1226,151 @@ impl Cache {
         if self.read(key, &mut out, Expired::Hide, Wait::Yes)? == Found::Fresh {
             return Ok(out);
         }
+        // Before `f` reads anything: a revocation from here on fences the store off.
+        fence::mark_fill(&a.region, &a.geo, h);
         crash_point!("fill.holding_slot");
-        let value = f()?;
-        self.set(key, &value, ttl)?;
-        stats::bump(&a, SS_FILLS);
+        let value = f();
+        let stored = match &value {
+            Ok(value) => {
+                let now = self.now_ms();
+                let fill = (key, &value[..], ttl);
+                self.store_fenced(&a, now, fill, |_| fence::fill_admits(&a.region, &a.geo, h))
+            }
+            Err(_) => Ok(false),
+        };
+        fence::end_fill(&a.region, &a.geo, h);
         drop(guard);
+        let value = value?;
+        stats::bump(&a, if stored? { SS_FILLS } else { SS_FILLS_FENCED });
         Ok(value)
+    }
+
+    /// A ticket to store a value of `key` computed from now on, for cache-aside code of
+    /// one's own (get, miss, compute, store): take it on a miss, *before* reading what
+    /// the value is computed from, and store with [`Cache::set_with_ticket`].
+    ///
+    /// It closes the race that makes cache-aside undo revocations: a worker misses a
+    /// token, reads its state (valid) and computes its claims; meanwhile another worker
+    /// revokes the token at the source, then removes it here (finding nothing, or an
+    /// older entry). A plain [`Cache::set`] of the claims would then serve the revoked
+    /// token for the whole TTL. With a ticket, the store is refused: every write of a key
+    /// but `touch` (a `remove`, found or not, `set`, `insert_if_absent`, `replace`,
+    /// `incr`, `set_if_version`, `clear`), from any process, fences off the tickets of
+    /// that key taken before it (memcached's leases). A ticket is a number: a process
+    /// that dies holding one leaves nothing to clean up. Revoking a key also fences a
+    /// few unrelated keys' tickets (64 classes a shard): their stores are refused
+    /// (`false`), never wrong. [`Cache::get_or_insert_with`] takes one for each fill.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-ticket-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// use std::time::Duration;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("tokens"))?;
+    /// let ttl = Some(Duration::from_secs(300));
+    /// let claims = match cache.get(b"token:abc")? {
+    ///     Some(claims) => claims,
+    ///     None => {
+    ///         let ticket = cache.ticket(b"token:abc")?; // before reading the source
+    ///         let claims = b"user=alice".to_vec(); // validate the token here
+    ///         // Meanwhile another worker revokes the token (here: this one).
+    ///         cache.remove(b"token:abc")?;
+    ///         let stored = cache.set_with_ticket(b"token:abc", &claims, ttl, ticket)?;
+    ///         assert!(!stored); // the revocation wins
+    ///         claims
+    ///     }
+    /// };
+    /// assert_eq!(claims, b"user=alice"); // this caller still has its answer
+    /// assert_eq!(cache.get(b"token:abc")?, None); // nobody is served it later
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ticket(&self, key: &[u8]) -> Result<Ticket> {
+        let a = self.enter(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        Ok(Self::ticket_in(&a, key))
+    }
+
+    /// A ticket for `key` in the file `a` maps.
+    pub(crate) fn ticket_in(a: &Attached, key: &[u8]) -> Ticket {
+        let h = a.hasher.hash(key);
+        let (seq, count) = Fences::of(&a.region, &a.geo, a.geo.shard_of(h)).read(h);
+        Ticket {
+            file: a.hasher.file_id(),
+            hash: h,
+            seq,
+            count,
+        }
+    }
+
+    /// Stores `value` under `key` (as [`Cache::set`]) only if no write revoked `key`
+    /// since `ticket` was taken (see [`Cache::ticket`]); true if it stored it. False also
+    /// for a ticket of a file the handle has since left (the file was replaced). A
+    /// ticket taken for another key is [`Error::InvalidArgument`].
+    pub fn set_with_ticket(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        ticket: Ticket,
+    ) -> Result<bool> {
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        Self::check_value(&a, value.len())?;
+        self.store_with_ticket(&a, now, (key, value, ttl), ticket, || true)
+    }
+
+    /// [`Cache::set_with_ticket`] in the file `a` maps, which also stores only if
+    /// `still` holds under the shard lock (the near cache's epoch).
+    pub(crate) fn store_with_ticket(
+        &self,
+        a: &Attached,
+        now: u64,
+        fill: (&[u8], &[u8], Option<Duration>),
+        ticket: Ticket,
+        still: impl Fn() -> bool,
+    ) -> Result<bool> {
+        if ticket.file != a.hasher.file_id() {
+            return Ok(false);
+        }
+        if a.hasher.hash(fill.0) != ticket.hash {
+            return Err(Error::InvalidArgument(
+                "set_with_ticket: the ticket was taken for another key".into(),
+            ));
+        }
+        self.store_fenced(a, now, fill, |f| {
+            f.admits(ticket.hash, ticket.seq, ticket.count) && still()
+        })
+    }
+
+    /// Stores a fill (as [`Cache::set`]) in the file `a` maps if `admits` says, under
+    /// the shard lock, that no revocation fenced it off (see `fence`); true if it did.
+    fn store_fenced(
+        &self,
+        a: &Attached,
+        now: u64,
+        (key, value, ttl): (&[u8], &[u8], Option<Duration>),
+        admits: impl Fn(&Fences<'_>) -> bool,
+    ) -> Result<bool> {
+        Self::check_key(a, key)?;
+        Self::check_value(a, value.len())?;
+        let h = a.hasher.hash(key);
+        let expire = Self::expiry(now, ttl);
+        let idx = a.geo.shard_of(h);
+        let fences = Fences::of(&a.region, &a.geo, idx);
+        // A store, not a revocation: two fills of one key (each computed after the last
+        // revocation) do not fence each other.
+        self.locked(a, idx, Wait::Yes, Access::Write, |s| {
+            // Under the lock, which orders this check after every revocation that took
+            // the lock before (see `fence`).
+            if !admits(&fences) {
+                return Ok(false);
+            }
+            let kh = s.locate(h);
+            s.set(key, &kh, value, expire, Put::Always, now)?;
+            Ok(true)
+        })
     }
 
     /// The near-cache side of this cache (lease, heartbeat, tickets, invalidations),

@@ -49,6 +49,7 @@ pub const POINTS: &[&str] = &[
     "fill.holding_slot",
     "create.after_init",
     "lock.held",
+    "fence.after_bump",
     "incr.after_store",
     "incr.after_version",
     "versioned_set.before_old_dead",

@@ -1,6 +1,6 @@
 //! The file format: header, statistics slots, fill slots, shards, records.
 //!
-//! # Byte map (format version 3)
+//! # Byte map (format version 4)
 //!
 //! Every field is a little-endian `u64` word unless it says otherwise, and every word is
 //! read and written with 8-byte atomic operations (see `region`).
@@ -12,14 +12,20 @@
 //! 4096                        129 * 128       StatsSlot[129]: slot 0 is shared overflow,
 //!                                             1..=128 are claimed by processes, one
 //!                                             per stripe of their threads (up to 4)
-//! stats_off + 16512 (page up) 256 * 64        FillSlot[256]: a robust mutex each
-//! fill_off + 16384            8448            NearArea: the near-cache lease, epoch,
+//! stats_off + 16512 (page up) 256 * 128       FillSlot[256]: a robust mutex, then on a
+//!                                             line of its own the fill's word (see
+//!                                             "Fences")
+//! fill_off + 32768            256             NearArea: the near-cache lease, epoch,
 //!                                             heartbeat, counters (see "Near area")
-//! near_off + 8448 (page up)   n * shard_size  Shard[n], each page aligned:
+//! near_off + 256 (page up)    n * shard_size  Shard[n], each page aligned:
 //!
 //!   shard + 0                 256             ShardHeader: lock, sequence counter,
 //!                                             intent record, log states, counters
-//!   shard + 256               buckets * 64    index: Bucket[buckets], 8 slot words each
+//!   shard + 256               64 * 8          fence ring: the hashes of the shard's last
+//!                                             64 revocations (see "Fences")
+//!   shard + 768               64 * 8          fence classes: one revocation counter per
+//!                                             class of the shard's keys
+//!   shard + 1280              buckets * 64    index: Bucket[buckets], 8 slot words each
 //!   + index                   slots / 8       visited bits, one per slot (u64 words)
 //!   + bitmap                  ghost_len * 8   ghost fingerprints (S3-FIFO's ghost queue)
 //!   + ghost                   small_cap       small log (S3-FIFO's small FIFO)
@@ -40,9 +46,22 @@
 //! lease), then on one cache line the epoch (bumped by every flush), the heartbeat
 //! (`CLOCK_MONOTONIC` ns of the last proven-current instant, 0 for none), the lease
 //! holder's pid and the scope (a hash of the prefixes it tracks), then on a line of
-//! their own counters (leases, takeovers, invalidations, flushes by reason), then
-//! `NEAR_COUNTERS` invalidation counters, one per key-hash class, each bumped before its
-//! key is removed.
+//! their own counters (leases, takeovers, invalidations, flushes by reason). A near
+//! cache's invalidation is a remove, fenced like any other (below).
+//!
+//! ## Fences
+//! What a revocation leaves for the fills in flight to find (see `fence`), all written
+//! under the shard lock by every write that revokes a key (remove, set, add, replace,
+//! incr, set_if_version), before it changes anything else, in this order:
+//! - the class counter of the key (`FENCE_CLASSES` per shard, `hash % FENCE_CLASSES`),
+//!   plus one;
+//! - the key's hash into the ring at `(fence_seq + 1) % FENCE_RING`;
+//! - `fence_seq` (in the shard header), plus one.
+//!
+//! `clear` (and a near-cache flush) adds one to every class counter and `FENCE_RING` to
+//! `fence_seq`. A fill of `get_or_insert_with` also writes its key's hash, with bit 0
+//! set, into its fill slot's word while it holds the slot; a revocation of that hash
+//! clears bit 0 there. Nothing ever lowers a counter: repair and clear leave them.
 //!
 //! ## Statistics slot claims
 //! A process claims statistics slot `i` by holding an open file description lock
@@ -95,7 +114,11 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"LARDERc\x01");
 /// - 3: the near area (lease, epoch, heartbeat, invalidation counters) between the fill
 ///   slots and the shards; records may carry a version word (bit 28 of word 1), and each
 ///   shard header the last version it gave out.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+/// - 4: each shard's fences (a ring of revoked hashes and revocation counters) follow
+///   its header, which counts revocations; fill slots are 128 bytes, with a word for the
+///   fill in flight; the near area loses its invalidation counters (a near invalidation
+///   is a fenced remove); statistics slots count fills that a revocation fenced off.
+pub(crate) const FORMAT_VERSION: u32 = 4;
 
 /// Bytes of the header page.
 pub(crate) const HEADER_SIZE: usize = 4096;
@@ -195,11 +218,26 @@ pub(crate) struct ShardHeader {
     /// Bytes of records moved by eviction and cleaning (small to main, reinsertion,
     /// compaction).
     pub moved: u64,
-    pub reserved: [u64; 7],
+    /// Revocations made in this shard (see "Fences").
+    pub fence_seq: u64,
+    pub reserved: [u64; 6],
 }
 
-pub(crate) const SHARD_HEADER: usize = 256;
-const _: () = assert!(core::mem::size_of::<ShardHeader>() == SHARD_HEADER);
+/// Revoked hashes a shard remembers (see "Fences"): a ticket whose shard saw fewer
+/// revocations than this since it was taken is checked against each of them, exactly.
+pub(crate) const FENCE_RING: usize = 64;
+/// Revocation counters per shard, for a ticket that outlived the ring: it is then
+/// fenced off by a revocation of any key of its class (spuriously, which costs that
+/// store, never correctness), so enough classes that this is rare.
+pub(crate) const FENCE_CLASSES: usize = 64;
+/// Offset of the fence ring in a shard, right after its header.
+pub(crate) const SH_FENCE_RING: usize = core::mem::size_of::<ShardHeader>();
+/// Offset of the fence classes in a shard.
+pub(crate) const SH_FENCE_CLASSES: usize = SH_FENCE_RING + FENCE_RING * 8;
+/// Bytes before a shard's index: its header and its fences.
+pub(crate) const SHARD_HEADER: usize = SH_FENCE_CLASSES + FENCE_CLASSES * 8;
+const _: () = assert!(core::mem::size_of::<ShardHeader>() == 256);
+const _: () = assert!(SHARD_HEADER == 1280);
 const _: () = assert!(offset_of!(ShardHeader, seq) == 64);
 const _: () = assert!(offset_of!(ShardHeader, dropped) == 160);
 
@@ -220,9 +258,8 @@ pub(crate) const SH_INDEX_EVICTIONS: usize = offset_of!(ShardHeader, index_evict
 pub(crate) const SH_VERSION: usize = offset_of!(ShardHeader, version);
 pub(crate) const SH_WRITTEN: usize = offset_of!(ShardHeader, written);
 pub(crate) const SH_MOVED: usize = offset_of!(ShardHeader, moved);
+pub(crate) const SH_FENCE_SEQ: usize = offset_of!(ShardHeader, fence_seq);
 
-/// Invalidation counters of the near area: a key uses counter `hash % NEAR_COUNTERS`.
-pub(crate) const NEAR_COUNTERS: usize = 1024;
 /// Flush reasons counted in the near area (see `near::FlushReason`).
 pub(crate) const NEAR_FLUSH_REASONS: usize = 5;
 
@@ -244,11 +281,10 @@ pub(crate) struct NearArea {
     pub invalidations: u64,
     pub flushes: [u64; NEAR_FLUSH_REASONS],
     pub reserved: [u64; 8],
-    pub counters: [u64; NEAR_COUNTERS],
 }
 
 pub(crate) const NEAR_SIZE: usize = core::mem::size_of::<NearArea>();
-const _: () = assert!(NEAR_SIZE == 256 + NEAR_COUNTERS * 8);
+const _: () = assert!(NEAR_SIZE == 256);
 const _: () = assert!(offset_of!(NearArea, epoch) == 64);
 const _: () = assert!(offset_of!(NearArea, leases) == 128);
 pub(crate) const NA_EPOCH: usize = offset_of!(NearArea, epoch);
@@ -259,7 +295,6 @@ pub(crate) const NA_LEASES: usize = offset_of!(NearArea, leases);
 pub(crate) const NA_TAKEOVERS: usize = offset_of!(NearArea, takeovers);
 pub(crate) const NA_INVALIDATIONS: usize = offset_of!(NearArea, invalidations);
 pub(crate) const NA_FLUSHES: usize = offset_of!(NearArea, flushes);
-pub(crate) const NA_COUNTERS: usize = offset_of!(NearArea, counters);
 
 /// One per-process statistics slot: its counters, then a cache line of padding (the
 /// adjacent-line prefetcher moves 64-byte lines in pairs, so two processes' slots never
@@ -276,7 +311,8 @@ pub(crate) struct StatsSlot {
     pub fill_timeouts: u64,
     pub locks: u64,
     pub fill_handovers: u64,
-    pub padding: [u64; 8],
+    pub fills_fenced: u64,
+    pub padding: [u64; 7],
 }
 
 pub(crate) const STATS_SLOT_SIZE: usize = 128;
@@ -289,9 +325,13 @@ pub(crate) const SS_FILLS: usize = offset_of!(StatsSlot, fills);
 pub(crate) const SS_FILL_TIMEOUTS: usize = offset_of!(StatsSlot, fill_timeouts);
 pub(crate) const SS_LOCKS: usize = offset_of!(StatsSlot, locks);
 pub(crate) const SS_FILL_HANDOVERS: usize = offset_of!(StatsSlot, fill_handovers);
+pub(crate) const SS_FILLS_FENCED: usize = offset_of!(StatsSlot, fills_fenced);
 
-/// One fill slot: just a robust mutex on its own cache line.
-pub(crate) const FILL_SLOT_SIZE: usize = 64;
+/// One fill slot: a robust mutex on its own cache line, then the word of the fill its
+/// holder runs (see "Fences") on the next, which revocations read.
+pub(crate) const FILL_SLOT_SIZE: usize = 128;
+/// Offset of the fill's word in a fill slot.
+pub(crate) const FILL_WORD: usize = 64;
 
 /// Intent record operations (bits 0..8 of the intent word; bits 32..64 hold the slot of
 /// the entry in flight).
@@ -351,7 +391,7 @@ pub(crate) fn tag_text(t: u64) -> String {
 /// Hash of every layout constant of this build: sizes and offsets of the on-file structs
 /// and the record encoding. Two builds share files only when it matches.
 pub(crate) fn fingerprint() -> u64 {
-    let parts: [u64; 17] = [
+    let parts: [u64; 18] = [
         FORMAT_VERSION as u64,
         core::mem::size_of::<FileHeader>() as u64,
         SHARD_HEADER as u64,
@@ -367,7 +407,8 @@ pub(crate) fn fingerprint() -> u64 {
         crate::lock::MUTEX_SPACE as u64,
         core::mem::size_of::<libc::pthread_mutex_t>() as u64,
         NEAR_SIZE as u64,
-        NEAR_COUNTERS as u64,
+        FENCE_RING as u64,
+        FENCE_CLASSES as u64,
         SH_VERSION as u64,
     ];
     let mut bytes = Vec::with_capacity(parts.len() * 8);

@@ -68,6 +68,11 @@
 //!   and marks the mutex consistent. Repair is idempotent.
 //! - **Single flight** ([`Cache::get_or_insert_with`]): robust fill-slot mutexes, with
 //!   their own timeout.
+//! - **Revocation fencing** (`fence`, [`Cache::ticket`]): every write of a key but
+//!   `touch` bumps a counter of the key's class under the shard lock; a fill, and
+//!   cache-aside code with a [`Ticket`], stores only if the counter has not moved since
+//!   it began, checked under the same lock. A value computed from state read before a
+//!   revocation is never stored after it.
 //! - **Statistics** (`stats`): per-shard counters under the shard lock, and per-process
 //!   slots for read counters, so gets share no cache line across processes. A slot is
 //!   claimed with an open file description lock, so larder starts no threads.
@@ -109,6 +114,7 @@ mod cache;
 mod clock;
 mod error;
 mod evict;
+mod fence;
 mod file;
 mod header;
 mod layout;
@@ -137,6 +143,7 @@ mod shard_tests;
 pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue, Version};
 pub use clock::Clock;
 pub use error::{Error, Result};
+pub use fence::Ticket;
 pub use options::{
     Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT, DEFAULT_LOCK_TIMEOUT,
     DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN,

@@ -5,33 +5,41 @@
 //! The file's near area (see `layout`) holds:
 //! - **the lease**, a robust mutex held by the one listener of the host. Its holder's
 //!   death is seen at once by the next [`Near::try_lease`], which gets `EOWNERDEAD`.
-//!   Taking the lease flushes the cache: its new holder cannot know what the old one
-//!   missed.
+//!   Taking the lease flushes the near cache: its new holder cannot know what the old
+//!   one missed.
+//! - **the scope**: the key prefixes the listener tracks. A flush removes the entries
+//!   under them only: local entries outside them (counters, rate limits) survive
+//!   takeovers, reconnects and server flushes.
 //! - **the epoch**, bumped by every flush before the entries are removed;
 //! - **the heartbeat**: an instant on `CLOCK_MONOTONIC` (the host's clock: every
 //!   process of a file shares its time namespace, which the file's stamp checks) up to
 //!   which the listener has applied every invalidation of the store. 0 says there is
 //!   none: taking the lease, losing the connection and stopping clear it. Readers treat
 //!   the near cache as unguarded when it is older than their bound, and go to the store;
-//! - **invalidation counters**, one per class of key hashes, each bumped before its key
-//!   is removed.
 //!
-//! A fill takes a [`Ticket`] (the epoch and the key's counter) *before* it reads the
-//! store, and [`Near::fill`] stores only if neither moved, checked under the shard lock.
-//! An invalidation bumps the counter before it takes the same lock to remove the key:
-//! either the fill's locked check comes after the removal's lock (and sees the bump),
-//! or the removal comes after the fill's store (and removes it). So a fill that raced an
+//! A fill takes a [`Ticket`] (the epoch and the key's fence, the cache's own
+//! [`crate::Ticket`]) *before* it reads the store, and [`Near::fill`] stores only if
+//! neither moved, checked under the shard lock. An invalidation is a remove, which
+//! bumps the key's fence under that lock (the rule every write of the cache follows):
+//! either the fill's locked check comes after the removal (and sees the bump), or the
+//! removal comes after the fill's store (and removes it). So a fill that raced an
 //! invalidation never leaves the old value behind, which is how near caches keep
 //! entries stale for ever. A ticket also reads the heartbeat after the epoch, so a
 //! ticket taken after a new lease holder bumped the epoch sees its cleared heartbeat.
+//!
+//! A [`Lease`] invalidates and flushes in the file it was taken in, the one its
+//! heartbeat is published in, even once the handle has moved to a replacement: a
+//! heartbeat vouches only for invalidations applied to its own file. A reader that
+//! still maps a replaced file reads that file's heartbeat, which its listener keeps
+//! current (or lets go stale) until it moves to the new file's lease.
 
 use std::time::Duration;
 
 use crate::cache::Cache;
 use crate::error::Result;
 use crate::layout::{
-    NA_COUNTERS, NA_EPOCH, NA_FLUSHES, NA_HEARTBEAT, NA_HOLDER, NA_INVALIDATIONS, NA_LEASES,
-    NA_SCOPE, NA_TAKEOVERS, NEAR_COUNTERS, NEAR_FLUSH_REASONS,
+    NA_EPOCH, NA_FLUSHES, NA_HEARTBEAT, NA_HOLDER, NA_INVALIDATIONS, NA_LEASES, NA_SCOPE,
+    NA_TAKEOVERS, NEAR_FLUSH_REASONS,
 };
 use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::Entered;
@@ -90,13 +98,12 @@ impl FlushReason {
 
 const _: () = assert!(NEAR_FLUSH_REASONS == 5);
 
-/// What a fill read before it went to the store: the file, the epoch and the key's
-/// invalidation counter. See [`Near::ticket`].
+/// What a fill read before it went to the store: the epoch and the key's fence (a
+/// [`crate::Ticket`]). See [`Near::ticket`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
-    file: u64,
+    fence: crate::Ticket,
     epoch: u64,
-    count: u64,
 }
 
 /// The near area's counters, from [`Near::stats`].
@@ -145,7 +152,7 @@ pub struct NearStats {
 /// // No listener yet: readers go to the store.
 /// assert!(near.ticket(b"user:1", bound)?.is_none());
 /// // The listener: takes the lease (which flushes), then proves itself current.
-/// let lease = near.try_lease()?.expect("no other listener");
+/// let lease = near.try_lease(&["user:"])?.expect("no other listener");
 /// let sent = Moment::now(); // a PING is sent to the store here, and its reply read
 /// assert!(lease.publish_heartbeat(sent)?);
 /// // A reader's miss: the ticket before reading the store, the fill after.
@@ -175,10 +182,6 @@ fn word(a: &crate::file::Attached, field: usize) -> &core::sync::atomic::AtomicU
     a.region
         .atomic(a.geo.near_off + field)
         .expect("the geometry keeps the near area inside the file")
-}
-
-fn counter_field(h: u64) -> usize {
-    NA_COUNTERS + (h % NEAR_COUNTERS as u64) as usize * 8
 }
 
 use core::sync::atomic::Ordering::SeqCst;
@@ -227,18 +230,13 @@ impl<'c> Near<'c> {
     pub fn ticket(&self, key: &[u8], max_age: Duration) -> Result<Option<Ticket>> {
         let a = self.cache.enter(Wait::Yes)?;
         Cache::check_key(&a, key)?;
-        let h = a.hasher.hash(key);
         let epoch = word(&a, NA_EPOCH).load(SeqCst);
-        let count = word(&a, counter_field(h)).load(SeqCst);
+        let fence = Cache::ticket_in(&a, key);
         // After the epoch: a new lease holder clears the heartbeat before it bumps it.
         if !fresh(word(&a, NA_HEARTBEAT).load(SeqCst), max_age) {
             return Ok(None);
         }
-        Ok(Some(Ticket {
-            file: a.hasher.file_id(),
-            epoch,
-            count,
-        }))
+        Ok(Some(Ticket { fence, epoch }))
     }
 
     /// Stores `value` under `key` only if no flush and no invalidation of `key`'s class
@@ -254,64 +252,39 @@ impl<'c> Near<'c> {
         let (a, now) = self.cache.enter_at(Wait::Yes)?;
         Cache::check_key(&a, key)?;
         Cache::check_value(&a, value.len())?;
-        if ticket.file != a.hasher.file_id() {
-            return Ok(false);
-        }
-        let expire = Cache::expiry(now, ttl);
-        let h = a.hasher.hash(key);
         let epoch = word(&a, NA_EPOCH);
-        let count = word(&a, counter_field(h));
-        self.cache.locked(
-            &a,
-            a.geo.shard_of(h),
-            Wait::Yes,
-            crate::table::Access::Write,
-            |s| {
-                if epoch.load(SeqCst) != ticket.epoch || count.load(SeqCst) != ticket.count {
-                    return Ok(false);
-                }
-                let kh = s.locate(h);
-                s.set(key, &kh, value, expire, crate::shard::Put::Always, now)?;
-                Ok(true)
-            },
-        )
+        self.cache
+            .store_with_ticket(&a, now, (key, value, ttl), ticket.fence, || {
+                epoch.load(SeqCst) == ticket.epoch
+            })
     }
 
-    /// Invalidates `key`: bumps its class's counter (so a fill in flight is refused),
-    /// then removes it. True if a fresh entry was removed. A key longer than the file's
-    /// limit cannot be cached: nothing to do.
+    /// Invalidates `key`: removes it, which fences off every fill of it in flight (see
+    /// [`Cache::ticket`]). True if a fresh entry was removed. A key longer than the
+    /// file's limit cannot be cached: nothing to do.
     pub fn invalidate(&self, key: &[u8]) -> Result<bool> {
-        let a = self.cache.enter(Wait::Yes)?;
-        if key.len() > a.geo.params.max_key_len {
-            return Ok(false);
-        }
-        let h = a.hasher.hash(key);
-        word(&a, counter_field(h)).fetch_add(1, SeqCst);
-        word(&a, NA_INVALIDATIONS).fetch_add(1, SeqCst);
-        drop(a);
-        self.cache.remove(key)
+        let (a, now) = self.cache.enter_at(Wait::Yes)?;
+        invalidate_in(self.cache, &a, key, now)
     }
 
-    /// Empties the near cache: bumps the epoch (so every fill in flight is refused),
-    /// then removes every entry. Returns how many there were.
-    pub fn flush(&self, reason: FlushReason) -> Result<u64> {
-        {
-            let a = self.cache.enter(Wait::Yes)?;
-            word(&a, NA_EPOCH).fetch_add(1, SeqCst);
-            word(&a, NA_FLUSHES + reason.index() * 8).fetch_add(1, SeqCst);
-        }
-        crash_point!("near.flush_after_epoch");
-        self.cache.clear()
+    /// Empties the near cache of the keys under `prefixes` (an empty prefix covers every
+    /// key): bumps the epoch (so every fill in flight is refused), then removes them,
+    /// shard by shard, fencing off every fill in flight. Returns how many there were.
+    pub fn flush<P: AsRef<[u8]>>(&self, prefixes: &[P], reason: FlushReason) -> Result<u64> {
+        let a = self.cache.enter(Wait::Yes)?;
+        let prefixes: Vec<&[u8]> = prefixes.iter().map(|p| p.as_ref()).collect();
+        flush_in(self.cache, &a, &prefixes, reason)
     }
 
     /// Takes the lease if no live process holds it: `None` if one does. The new holder
-    /// clears the heartbeat and flushes the cache ([`FlushReason::Lease`]) before this
-    /// returns. A holder that died is seen at once (its robust mutex comes back
-    /// owner-dead), and counted as a takeover.
+    /// clears the heartbeat, publishes its scope (the key prefixes it tracks: see
+    /// [`scope_of`]) and flushes the keys under them ([`FlushReason::Lease`]) before
+    /// this returns; other entries stay. A holder that died is seen at once (its robust
+    /// mutex comes back owner-dead), and counted as a takeover.
     ///
     /// The lease belongs to the calling thread (it is not `Send`), and is held until it
     /// is dropped or the thread or process ends.
-    pub fn try_lease(&self) -> Result<Option<Lease<'c>>> {
+    pub fn try_lease<P: AsRef<[u8]>>(&self, prefixes: &[P]) -> Result<Option<Lease<'c>>> {
         const WHAT: &str = "the near-cache lease";
         let a = self.cache.enter(Wait::Yes)?;
         let off = a.geo.near_off;
@@ -326,7 +299,7 @@ impl<'c> Near<'c> {
             died
         };
         word(&a, NA_HEARTBEAT).store(0, SeqCst);
-        word(&a, NA_SCOPE).store(0, SeqCst);
+        word(&a, NA_SCOPE).store(scope_of(prefixes), SeqCst);
         word(&a, NA_HOLDER).store(u64::from(std::process::id()), SeqCst);
         word(&a, NA_LEASES).fetch_add(1, SeqCst);
         if died {
@@ -335,6 +308,7 @@ impl<'c> Near<'c> {
         let lease = Lease {
             near: *self,
             entered: a,
+            prefixes: prefixes.iter().map(|p| p.as_ref().to_vec()).collect(),
             _not_send: core::marker::PhantomData,
         };
         crash_point!("near.lease_taken");
@@ -360,6 +334,28 @@ pub fn scope_of<P: AsRef<[u8]>>(prefixes: &[P]) -> u64 {
         bytes.extend_from_slice(p);
     }
     xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
+}
+
+/// [`Near::invalidate`] in the file `a` maps.
+fn invalidate_in(cache: &Cache, a: &crate::file::Attached, key: &[u8], now: u64) -> Result<bool> {
+    if key.len() > a.geo.params.max_key_len {
+        return Ok(false);
+    }
+    word(a, NA_INVALIDATIONS).fetch_add(1, SeqCst);
+    cache.remove_in(a, key, now)
+}
+
+/// [`Near::flush`] in the file `a` maps.
+fn flush_in(
+    cache: &Cache,
+    a: &crate::file::Attached,
+    prefixes: &[&[u8]],
+    reason: FlushReason,
+) -> Result<u64> {
+    word(a, NA_EPOCH).fetch_add(1, SeqCst);
+    word(a, NA_FLUSHES + reason.index() * 8).fetch_add(1, SeqCst);
+    crash_point!("near.flush_after_epoch");
+    cache.remove_prefixed_in(a, prefixes)
 }
 
 fn fresh(heartbeat: u64, max_age: Duration) -> bool {
@@ -391,8 +387,11 @@ pub(crate) fn near_stats(a: &crate::file::Attached) -> NearStats {
 #[must_use = "the lease is let go when dropped"]
 pub struct Lease<'c> {
     near: Near<'c>,
-    /// The mapping the lease's mutex is in, kept mapped while it is held.
+    /// The mapping the lease's mutex is in, kept mapped while it is held: the file its
+    /// heartbeat, invalidations and flushes go to.
     entered: Entered<'c>,
+    /// The key prefixes it tracks (its scope).
+    prefixes: Vec<Vec<u8>>,
     /// A robust mutex belongs to the thread that locked it.
     _not_send: core::marker::PhantomData<*const ()>,
 }
@@ -406,12 +405,6 @@ impl Lease<'_> {
     pub fn publish_heartbeat(&self, sent: Moment) -> Result<bool> {
         word(&self.entered, NA_HEARTBEAT).store(sent.0.max(1), SeqCst);
         self.is_current()
-    }
-
-    /// Publishes what this holder tracks (a hash such as `larder-redis` makes of its key
-    /// prefixes), before its first heartbeat; readers compare it with their own.
-    pub fn publish_scope(&self, scope: u64) {
-        word(&self.entered, NA_SCOPE).store(scope, SeqCst);
     }
 
     /// Clears the heartbeat: readers go to the store until the next
@@ -435,14 +428,21 @@ impl Lease<'_> {
         ))
     }
 
-    /// As [`Near::flush`].
+    /// [`Near::flush`] of this lease's prefixes, in the file the lease was taken in.
     pub fn flush(&self, reason: FlushReason) -> Result<u64> {
-        self.near.flush(reason)
+        let prefixes: Vec<&[u8]> = self.prefixes.iter().map(Vec::as_slice).collect();
+        flush_in(self.near.cache, &self.entered, &prefixes, reason)
     }
 
-    /// As [`Near::invalidate`].
+    /// [`Near::invalidate`], in the file the lease was taken in.
     pub fn invalidate(&self, key: &[u8]) -> Result<bool> {
-        self.near.invalidate(key)
+        let now = self.near.cache.now_ms();
+        invalidate_in(self.near.cache, &self.entered, key, now)
+    }
+
+    /// The key prefixes this lease tracks.
+    pub fn prefixes(&self) -> &[Vec<u8>] {
+        &self.prefixes
     }
 }
 

@@ -208,7 +208,7 @@ impl Options {
     /// Creates the cache, or attaches to it if it exists with the same parameters.
     ///
     /// A bare name (`[A-Za-z0-9._-]`, 1 to 200 bytes, not starting with `.`) lives in
-    /// /dev/shm (as `<name>.larder3`); anything with a `/` is a path used as given.
+    /// /dev/shm (as `<name>.larder4`); anything with a `/` is a path used as given.
     pub fn open(&self, name: impl AsRef<Path>) -> Result<Cache> {
         Cache::open_with(name.as_ref(), self, true)
     }

@@ -54,13 +54,13 @@ const OPTIMISTIC_TRIES: usize = 4;
 /// sequences; natively they run them all.
 const MIRI: bool = cfg!(miri);
 
-/// One shard of about 20 KiB: a small log of about 1.6 KiB, a main log of about
-/// 14 KiB and 320 index slots, so that eviction and wrap-around come quickly (and Miri
-/// stays fast).
+/// One shard of 28 KiB, so that eviction and wrap-around come quickly (and Miri stays
+/// fast).
 fn small_params() -> Params {
     Params {
-        // 60 KiB of shard and headers, plus the 12 KiB near area (format 3).
-        capacity: 61_440 + 12_288,
+        // 60 KiB of header, statistics and fill slots and near area (format 4), then
+        // one shard of 28 KiB.
+        capacity: 61_440 + 28_672,
         max_key_len: 32,
         max_value_len: 256,
         shards: 1,
@@ -626,7 +626,7 @@ fn logs_wrap_around_many_times_and_stay_consistent() {
 /// A shorter run of the same, for Miri.
 #[test]
 fn logs_wrap_around_and_stay_consistent() {
-    wrap_around(120, 30);
+    wrap_around(160, 30);
 }
 
 fn wrap_around(ops: u32, verify_every: u32) {

@@ -91,6 +91,9 @@ pub struct Stats {
     pub fill_timeouts: u64,
     /// Fills taken over from a process that died while computing.
     pub fill_handovers: u64,
+    /// Fills whose value was returned to their caller but not stored, because a write
+    /// revoked the key while it was computed (see [`Cache::ticket`](crate::Cache::ticket)).
+    pub fills_fenced: u64,
     /// Shard lock acquisitions attempted (a debug counter: read-only hits take none).
     pub locks: u64,
     /// Per-shard counters.
@@ -138,8 +141,8 @@ pub(crate) fn gather(a: &Attached) -> Stats {
     use crate::layout::{
         SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INDEX_EVICTIONS, SH_INSERTS,
         SH_LIVE_BYTES, SH_MOVED, SH_RECOVERIES, SH_REMOVALS, SH_UPDATES, SH_WRITTEN, SS_FILLS,
-        SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS, SS_MISSES,
-        SS_STALE_HITS, STATS_SLOTS,
+        SS_FILLS_FENCED, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS, SS_LOCKS, SS_LOCK_TIMEOUTS,
+        SS_MISSES, SS_STALE_HITS, STATS_SLOTS,
     };
     use crate::shard::{LogId, Shard};
     let r = &a.region;
@@ -189,6 +192,7 @@ pub(crate) fn gather(a: &Attached) -> Stats {
         add(&mut s.fill_timeouts, SS_FILL_TIMEOUTS);
         add(&mut s.locks, SS_LOCKS);
         add(&mut s.fill_handovers, SS_FILL_HANDOVERS);
+        add(&mut s.fills_fenced, SS_FILLS_FENCED);
     }
     s
 }

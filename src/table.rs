@@ -10,6 +10,7 @@
 //! region, with its single caller standing in for the lock, so the fuzzer exercises
 //! the protocol that ships rather than a copy of it.
 
+use crate::fence::Fences;
 use crate::layout::Geometry;
 use crate::layout::SH_VERSION;
 use crate::region::Region;
@@ -25,11 +26,25 @@ pub(crate) enum Owner {
     Died,
 }
 
-/// Whether an operation writes the shard (the sequence counter is odd around it).
+/// Whether an operation writes the shard (the sequence counter is odd around it), and
+/// whether it revokes keys (see `fence`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Access {
     Read,
+    /// A write that revokes nothing: a `touch`, a fill's store, the version a
+    /// `get_versioned` gives an entry, a repair.
     Write,
+    /// A write that revokes the key of this hash: every fill of it in flight is fenced
+    /// off.
+    Revoke(u64),
+    /// A write that revokes every key of the shard (`clear`, a near-cache flush).
+    RevokeAll,
+}
+
+impl Access {
+    fn writes(self) -> bool {
+        self != Access::Read
+    }
 }
 
 /// A view of a cache's table.
@@ -76,12 +91,23 @@ impl<'a> Table<'a> {
         }
         let mut retried = false;
         loop {
-            if access == Access::Write {
+            if access.writes() {
                 seqlock::write_begin(seq);
+            }
+            // The first store of a revocation (see `fence`): a crash after it costs a
+            // fill its store at worst; a crash before it changed nothing.
+            let fences = || Fences::of(self.region, self.geo, idx);
+            match access {
+                Access::Revoke(h) => fences().revoke(self.geo, h),
+                Access::RevokeAll => fences().revoke_all(self.geo, idx),
+                Access::Read | Access::Write => {}
+            }
+            if matches!(access, Access::Revoke(_) | Access::RevokeAll) {
+                crash_point!("fence.after_bump");
             }
             match f(&shard) {
                 Ok(r) => {
-                    if access == Access::Write {
+                    if access.writes() {
                         seqlock::write_end(seq);
                     }
                     return Ok(r);
@@ -228,8 +254,43 @@ pub(crate) fn read_versioned(
     }
 }
 
+/// Removes every live entry of the shard whose key starts with one of `prefixes` (the
+/// near cache's flush of its scope); returns how many. No allocation: each key is read
+/// into a buffer on the stack, as repair does.
+pub(crate) fn remove_prefixed(
+    s: &Shard<'_>,
+    hasher: &Hasher,
+    prefixes: &[&[u8]],
+    now: u64,
+) -> Result<u64, Damaged> {
+    let mut key = [0u8; crate::layout::MAX_KEY_LIMIT];
+    let mut removed = 0;
+    let mut damage = None;
+    // `remove` empties the slot it reads and marks its record dead; `for_each` reads
+    // each slot word afresh, so what it visits next is still whole.
+    s.for_each(|rec| {
+        if damage.is_some() || rec.klen > key.len() {
+            return;
+        }
+        let k = &mut key[..rec.klen];
+        s.read_key(rec, k);
+        if !prefixes.iter().any(|p| k.starts_with(p)) {
+            return;
+        }
+        let kh = s.locate(hasher.hash(k));
+        match s.remove(k, &kh, now) {
+            Ok(_) => removed += 1,
+            Err(d) => damage = Some(d),
+        }
+    });
+    match damage {
+        Some(d) => Err(d),
+        None => Ok(removed),
+    }
+}
+
 #[cfg(fuzzing)]
-pub use harness::HeapTable;
+pub use harness::{FuzzTicket, HeapTable};
 
 /// The fuzz harness's table: a whole cache layout on the heap, driven through
 /// [`Table::section`] exactly as `Cache` drives a mapping. Not a stable API.
@@ -241,6 +302,14 @@ mod harness {
     use crate::region::Region;
     use crate::seqlock;
     use crate::shard::{Damaged, Hasher, Probe, SetOutcome, Shard};
+
+    /// What a ticket of the fuzz harness recorded (see [`HeapTable::ticket`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct FuzzTicket {
+        hash: u64,
+        seq: u64,
+        count: u64,
+    }
 
     /// A heap region laid out as a cache file of the given limits.
     pub struct HeapTable {
@@ -299,15 +368,16 @@ mod harness {
             self.region.load(off)
         }
 
+        /// Runs `f` on `key`'s shard; `access` says how, from the key's hash.
         fn with_shard<R>(
             &self,
             key: &[u8],
-            access: Access,
+            access: fn(u64) -> Access,
             f: impl Fn(&Shard<'_>, u64) -> std::result::Result<R, Damaged>,
         ) -> std::result::Result<R, String> {
             let h = self.hasher.hash(key);
             self.table()
-                .section(self.geo.shard_of(h), Owner::Clean, access, |s| f(s, h))
+                .section(self.geo.shard_of(h), Owner::Clean, access(h), |s| f(s, h))
                 .map_err(|d| d.0)
         }
 
@@ -328,7 +398,7 @@ mod harness {
             now: u64,
         ) -> std::result::Result<bool, String> {
             self.check(key, value.len())?;
-            self.with_shard(key, Access::Write, |s, h| {
+            self.with_shard(key, Access::Revoke, |s, h| {
                 let kh = s.locate(h);
                 let put = if only_if_absent {
                     crate::shard::Put::IfAbsent
@@ -350,18 +420,22 @@ mod harness {
         /// `get`: the value if present and not expired at `now` (the locked path).
         pub fn get(&self, key: &[u8], now: u64) -> std::result::Result<Option<Vec<u8>>, String> {
             self.check(key, 0)?;
-            self.with_shard(key, Access::Read, |s, h| {
-                let kh = s.locate(h);
-                match s.find(key, &kh) {
-                    Probe::Hit { rec, .. } if !rec.expired(now) => {
-                        let mut out = Vec::new();
-                        s.read_value(&rec, &mut out);
-                        Ok(Some(out))
+            self.with_shard(
+                key,
+                |_| Access::Read,
+                |s, h| {
+                    let kh = s.locate(h);
+                    match s.find(key, &kh) {
+                        Probe::Hit { rec, .. } if !rec.expired(now) => {
+                            let mut out = Vec::new();
+                            s.read_value(&rec, &mut out);
+                            Ok(Some(out))
+                        }
+                        Probe::Hit { .. } | Probe::Miss => Ok(None),
+                        Probe::Bad => Err(Damaged("bad slot".into())),
                     }
-                    Probe::Hit { .. } | Probe::Miss => Ok(None),
-                    Probe::Bad => Err(Damaged("bad slot".into())),
-                }
-            })
+                },
+            )
         }
 
         /// `incr`: the counter's new value, or `Err` with what `Cache::incr` reports.
@@ -375,7 +449,7 @@ mod harness {
         ) -> std::result::Result<std::result::Result<i64, &'static str>, String> {
             self.check(key, super::COUNTER_LEN)?;
             let expire = expire.min(crate::shard::MAX_EXPIRE);
-            let counted = self.with_shard(key, Access::Write, |s, h| {
+            let counted = self.with_shard(key, Access::Revoke, |s, h| {
                 let mut buf = Vec::with_capacity(super::COUNTER_LEN);
                 super::incr(s, key, h, delta, init, expire, now, &mut buf)
             })?;
@@ -396,7 +470,7 @@ mod harness {
         ) -> std::result::Result<bool, String> {
             self.check(key, value.len())?;
             let expire = expire.min(crate::shard::MAX_EXPIRE);
-            self.with_shard(key, Access::Write, |s, h| {
+            self.with_shard(key, Access::Revoke, |s, h| {
                 super::replace(s, key, h, value, expire, now)
             })
         }
@@ -409,11 +483,15 @@ mod harness {
             now: u64,
         ) -> std::result::Result<Option<(Vec<u8>, u64)>, String> {
             self.check(key, 0)?;
-            self.with_shard(key, Access::Write, |s, h| {
-                let mut out = Vec::new();
-                let v = super::read_versioned(s, key, h, &mut out, now)?;
-                Ok(v.map(|v| (out, v)))
-            })
+            self.with_shard(
+                key,
+                |_| Access::Write,
+                |s, h| {
+                    let mut out = Vec::new();
+                    let v = super::read_versioned(s, key, h, &mut out, now)?;
+                    Ok(v.map(|v| (out, v)))
+                },
+            )
         }
 
         /// `set_if_version`: the entry's new version if it stored the value.
@@ -427,9 +505,63 @@ mod harness {
         ) -> std::result::Result<Option<u64>, String> {
             self.check(key, value.len())?;
             let expire = expire.min(crate::shard::MAX_EXPIRE);
-            self.with_shard(key, Access::Write, |s, h| {
+            self.with_shard(key, Access::Revoke, |s, h| {
                 super::set_if_version(s, key, h, value, expire, version, now)
             })
+        }
+
+        /// A ticket for `key` (as `Cache::ticket`): its hash, and the shard's revocation
+        /// count and the key's class counter now.
+        pub fn ticket(&self, key: &[u8]) -> FuzzTicket {
+            let h = self.hasher.hash(key);
+            let shard = self.geo.shard_of(h);
+            let (seq, count) = crate::fence::Fences::of(&self.region, &self.geo, shard).read(h);
+            FuzzTicket {
+                hash: h,
+                seq,
+                count,
+            }
+        }
+
+        /// `set_with_ticket`: stores only if no revocation of `key` came since `ticket`
+        /// (checked in the section); true if it stored the value.
+        pub fn set_with_ticket(
+            &self,
+            key: &[u8],
+            value: &[u8],
+            expire: u64,
+            ticket: FuzzTicket,
+            now: u64,
+        ) -> std::result::Result<bool, String> {
+            self.check(key, value.len())?;
+            if self.hasher.hash(key) != ticket.hash {
+                return Err("a ticket of another key".into());
+            }
+            let expire = expire.min(crate::shard::MAX_EXPIRE);
+            self.with_shard(
+                key,
+                |_| Access::Write,
+                |s, h| {
+                    let fences = crate::fence::Fences::of(&self.region, &self.geo, s.index());
+                    if !fences.admits(h, ticket.seq, ticket.count) {
+                        return Ok(false);
+                    }
+                    let kh = s.locate(h);
+                    s.set(key, &kh, value, expire, crate::shard::Put::Always, now)?;
+                    Ok(true)
+                },
+            )
+        }
+
+        /// `clear` of every shard (fencing off every ticket).
+        pub fn clear(&self) -> u64 {
+            (0..self.geo.shard_count)
+                .map(|i| {
+                    self.table()
+                        .section(i, Owner::Clean, Access::RevokeAll, |s| Ok(s.clear()))
+                        .unwrap_or(0)
+                })
+                .sum()
         }
 
         /// The shard `key` lives in (versions are numbered per shard).
@@ -440,7 +572,7 @@ mod harness {
         /// `remove`.
         pub fn remove(&self, key: &[u8], now: u64) -> std::result::Result<bool, String> {
             self.check(key, 0)?;
-            self.with_shard(key, Access::Write, |s, h| {
+            self.with_shard(key, Access::Revoke, |s, h| {
                 let kh = s.locate(h);
                 s.remove(key, &kh, now)
             })

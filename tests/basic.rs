@@ -55,7 +55,7 @@ fn names_and_paths_are_accepted_as_any_as_ref_path() {
     assert_eq!(larder::Cache::path_of(&odd).expect("path"), odd);
     assert_eq!(
         larder::Cache::path_of(std::path::Path::new("authz")).expect("bare"),
-        std::path::Path::new("/dev/shm/authz.larder3")
+        std::path::Path::new("/dev/shm/authz.larder4")
     );
     let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
     assert!(matches!(

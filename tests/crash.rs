@@ -603,6 +603,7 @@ mod points {
             match point {
                 "set.after_mark_old_dead" => vec![Overwrite, Replace],
                 "lock.held" => vec![Overwrite, Cas],
+                "fence.after_bump" => vec![Overwrite, Remove, Clear, Cas, Replace],
                 p if p.starts_with("overwrite.") => vec![OverwriteSameLength],
                 p if p.starts_with("set.") => {
                     vec![Overwrite, Insert, Cas, CasSameLength, Replace]
@@ -757,7 +758,7 @@ mod points {
         }
         if s == Scenario::Lease {
             let c = s.options().attach(path).expect("attach");
-            let lease = c.near().try_lease().expect("try_lease");
+            let lease = c.near().try_lease(&[""]).expect("try_lease");
             assert!(lease.is_some(), "the lease was held");
             return;
         }
@@ -1158,7 +1159,7 @@ mod points {
             "{ctx}: a heartbeat survived the holder's death"
         );
         let lease = near
-            .try_lease()
+            .try_lease(&[""])
             .unwrap_or_else(|e| panic!("{ctx}: try_lease after the crash: {e}"))
             .unwrap_or_else(|| panic!("{ctx}: the dead holder's lease is still held"));
         let s = near.stats();

@@ -435,7 +435,7 @@ fn other_format_version_is_refused() {
                 else {
                     unreachable!()
                 };
-                assert_eq!((path, *found, *expected), (&copy, 1, 3));
+                assert_eq!((path, *found, *expected), (&copy, 1, 4));
                 let msg = e.to_string();
                 assert!(msg.contains("use a build of the same version"), "{msg}");
             }
@@ -1230,7 +1230,7 @@ fn writer_stopped_mid_write_makes_others_time_out_then_proceed() {
 /// Refusals name a remedy, not only the problem.
 #[test]
 fn refusal_messages_say_what_to_do() {
-    let p = PathBuf::from("/dev/shm/x.larder3");
+    let p = PathBuf::from("/dev/shm/x.larder4");
     let cases: [(Error, &[&str]); 5] = [
         (
             Error::NotACache { path: p.clone() },

@@ -35,7 +35,7 @@ fn real_header(capacity: u64, max_key: usize, max_value: usize) -> Vec<u8> {
 
 #[test]
 fn harnesses_run_clean_inputs() {
-    hostile::run_header(&real_header(73_728, 40, 2_000));
+    hostile::run_header(&real_header(94_208, 40, 2_000));
     for config in 0..table::CONFIGS.len() as u8 {
         let ops = (0..200u16)
             .map(|i| match i % 50 {
@@ -149,7 +149,7 @@ fn harnesses_run_clean_inputs() {
 /// arithmetic otherwise. It must be a clean error.
 #[test]
 fn header_with_huge_capacity_and_entry_size_is_an_error_not_an_overflow() {
-    let mut h = real_header(73_728, 40, 2_000);
+    let mut h = real_header(94_208, 40, 2_000);
     image::put(&mut h, 3 * 8, 0x8000_0001_2000); // capacity
     image::put(&mut h, 12 * 8, 16_776_895); // expected_entry
     hostile::run_header(&h);

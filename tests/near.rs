@@ -27,7 +27,7 @@ fn a_heartbeat_guards_reads_until_it_is_older_than_the_bound() {
     let t = TempCache::new("near-heartbeat");
     let c = t.open();
     let near = c.near();
-    let lease = near.try_lease().expect("try_lease").expect("free");
+    let lease = near.try_lease(&[""]).expect("try_lease").expect("free");
     let sent = Moment::now();
     assert!(lease.publish_heartbeat(sent).expect("publish"));
     assert!(near.guarded(BOUND).expect("guarded"));
@@ -53,7 +53,7 @@ fn a_fill_that_raced_an_invalidation_or_a_flush_is_refused() {
     let t = TempCache::new("near-race");
     let c = t.open();
     let near = c.near();
-    let lease = near.try_lease().expect("try_lease").expect("free");
+    let lease = near.try_lease(&[""]).expect("try_lease").expect("free");
     assert!(lease.publish_heartbeat(Moment::now()).expect("publish"));
 
     // No race: stored.
@@ -124,7 +124,7 @@ fn a_fill_keeps_the_ttl_it_is_given() {
     let t = TempCache::new("near-ttl");
     let (c, clock) = t.open_on_manual_clock();
     let near = c.near();
-    let lease = near.try_lease().expect("try_lease").expect("free");
+    let lease = near.try_lease(&[""]).expect("try_lease").expect("free");
     assert!(lease.publish_heartbeat(Moment::now()).expect("publish"));
     let ticket = near.ticket(b"k", BOUND).expect("ticket").expect("guarded");
     assert!(near
@@ -140,13 +140,13 @@ fn one_holder_at_a_time_and_every_new_holder_flushes() {
     let c = t.open();
     let other = t.open();
     let near = c.near();
-    let lease = near.try_lease().expect("try_lease").expect("free");
-    assert!(other.near().try_lease().expect("try_lease").is_none());
+    let lease = near.try_lease(&[""]).expect("try_lease").expect("free");
+    assert!(other.near().try_lease(&[""]).expect("try_lease").is_none());
     c.set(b"k", b"v", None).expect("set");
     drop(lease);
     let lease = other
         .near()
-        .try_lease()
+        .try_lease(&[""])
         .expect("try_lease")
         .expect("free now");
     assert_eq!(c.get(b"k").expect("get"), None, "the new holder flushed");
@@ -164,7 +164,7 @@ fn a_killed_holders_lease_is_taken_at_once() {
         let c = larder::Options::new()
             .attach(child_env("LARDER_TEST_PATH"))
             .expect("attach");
-        let lease = c.near().try_lease().expect("try_lease").expect("free");
+        let lease = c.near().try_lease(&[""]).expect("try_lease").expect("free");
         assert!(lease.publish_heartbeat(Moment::now()).expect("publish"));
         std::fs::write(child_env("LARDER_TEST_READY"), b"1").expect("ready");
         // Held until killed; the parent's deadline bounds this child.
@@ -185,13 +185,13 @@ fn a_killed_holders_lease_is_taken_at_once() {
     );
     let near = c.near();
     assert!(near.guarded(BOUND).expect("guarded"));
-    assert!(near.try_lease().expect("try_lease").is_none(), "held");
+    assert!(near.try_lease(&[""]).expect("try_lease").is_none(), "held");
     c.set(b"filled-before", b"v", None).expect("set");
     holder.signal(libc::SIGKILL);
     holder.wait_or_fail(deadline_in(30), "the killed holder");
     let taken = std::time::Instant::now();
     let lease = near
-        .try_lease()
+        .try_lease(&[""])
         .expect("try_lease")
         .expect("the dead holder's lease");
     let waited = taken.elapsed();
@@ -213,7 +213,7 @@ fn a_lease_in_a_replaced_file_says_it_is_not_current() {
     let t = TempCache::new("near-replaced");
     let c = t.open();
     let near = c.near();
-    let lease = near.try_lease().expect("try_lease").expect("free");
+    let lease = near.try_lease(&[""]).expect("try_lease").expect("free");
     assert!(lease.publish_heartbeat(Moment::now()).expect("publish"));
     // Another file, moved over this one's path.
     let other = t.dir.join("other");
@@ -233,7 +233,7 @@ fn a_lease_in_a_replaced_file_says_it_is_not_current() {
         "the new file has no heartbeat"
     );
     let new_lease = near
-        .try_lease()
+        .try_lease(&[""])
         .expect("try_lease")
         .expect("the new file's lease");
     assert!(new_lease.is_current().expect("is_current"));

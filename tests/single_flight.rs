@@ -1,6 +1,7 @@
 //! Single flight: `get_or_insert_with` computes a missing value at most once at a time
 //! across processes, hands the fill on when its filler dies, caches nothing when the
-//! fill fails, and gives up with `Error::Timeout` after the fill timeout.
+//! fill fails, gives up with `Error::Timeout` after the fill timeout, and never stores
+//! over a revocation of its key made while it computed.
 //!
 //! Multi-process tests re-run this test binary as their children (see
 //! `common::self_command`); a child learns its role from the environment.
@@ -21,6 +22,8 @@ use common::{
 };
 
 const KEY: &[u8] = b"single-flight-key";
+/// What a fill computes from a token's state read before its revocation.
+const CLAIMS: &[u8] = b"claims:alice";
 
 /// Generous lock and fill timeouts: on a loaded machine a fill must never time out
 /// unless the test means it to.
@@ -94,6 +97,19 @@ fn child_main(role: &str) -> ! {
                 })
                 .expect_err("the parent kills this filler");
             panic!("the blocking filler was never killed");
+        }
+        "revoked-filler" => {
+            // Reads the token's state (valid), then pauses inside `f` until the parent
+            // has revoked the token: a fill that started before the revocation.
+            let v = cache
+                .get_or_insert_with(KEY, Some(Duration::from_secs(300)), || {
+                    mark(&dir, "in-fill");
+                    let revoked = poll_until(deadline_in(60), || dir.join("revoked").exists());
+                    assert!(revoked, "the parent never revoked the token");
+                    Ok::<_, Error>(CLAIMS.to_vec())
+                })
+                .expect("get_or_insert_with");
+            std::fs::write(result_path(&dir, &id), v).expect("write result");
         }
         "waiter" => {
             mark(&dir, &format!("arrived-{id}"));
@@ -363,4 +379,103 @@ fn fill_timeout_gives_timeout() {
         .expect("get after the fill");
     assert_eq!(v, b"slow value");
     assert!(!ran);
+}
+
+/// The writes that revoke a key, each made while another process's fill of the key is
+/// computing: what the next reader must see once the fill has returned.
+#[derive(Debug, Clone, Copy)]
+enum Revocation {
+    Remove,
+    Set,
+    InsertIfAbsent,
+    Replace,
+    Incr,
+    Clear,
+}
+
+impl Revocation {
+    const ALL: [Revocation; 6] = [
+        Revocation::Remove,
+        Revocation::Set,
+        Revocation::InsertIfAbsent,
+        Revocation::Replace,
+        Revocation::Incr,
+        Revocation::Clear,
+    ];
+
+    /// Revokes `KEY` in `cache`; returns what a get must give afterwards.
+    fn apply(self, cache: &larder::Cache) -> Option<Vec<u8>> {
+        let ttl = Some(Duration::from_secs(300));
+        match self {
+            Revocation::Remove => {
+                // Nothing is cached yet: the remove finds nothing, and still revokes.
+                assert!(!cache.remove(KEY).expect("remove"));
+                None
+            }
+            Revocation::Set => {
+                cache.set(KEY, b"revoked", ttl).expect("set");
+                Some(b"revoked".to_vec())
+            }
+            Revocation::InsertIfAbsent => {
+                assert!(cache.insert_if_absent(KEY, b"revoked", ttl).expect("add"));
+                Some(b"revoked".to_vec())
+            }
+            Revocation::Replace => {
+                // Nothing to replace: the cache must stay without the fill's value.
+                assert!(!cache.replace(KEY, b"revoked", ttl).expect("replace"));
+                None
+            }
+            Revocation::Incr => {
+                assert_eq!(cache.incr(KEY, 1, 0, ttl).expect("incr"), 1);
+                Some(1i64.to_le_bytes().to_vec())
+            }
+            Revocation::Clear => {
+                cache.clear().expect("clear");
+                None
+            }
+        }
+    }
+}
+
+/// A fill that started before a revocation of its key (a remove that found nothing, a
+/// set, an add, a replace, an incr, a clear) never stores over it: its caller gets the
+/// value it computed, and the next reader sees the revocation. The filler is another
+/// process, paused inside `f` until the revocation is acknowledged.
+#[test]
+fn a_fill_in_flight_never_stores_over_a_revocation() {
+    const TEST: &str = "a_fill_in_flight_never_stores_over_a_revocation";
+    if let Some(role) = child_role() {
+        child_main(&role);
+    }
+    for revocation in Revocation::ALL {
+        let t = TempCache::new("sf-revoke");
+        let cache = options().open(t.name()).expect("create");
+        let mut kids = Children::new();
+        let filler = spawn_child(&mut kids, TEST, "revoked-filler", &t, "f", &[]);
+        assert!(
+            poll_until(deadline_in(60), || t.dir.join("in-fill").exists()),
+            "{revocation:?}: the filler never entered f"
+        );
+        let expected = revocation.apply(&cache);
+        mark(&t.dir, "revoked");
+        assert_exited_cleanly(&mut kids, filler, &t, "revoked filler");
+        let got = std::fs::read(result_path(&t.dir, "f")).expect("result");
+        assert_eq!(
+            got, CLAIMS,
+            "{revocation:?}: the filler's caller lost its value"
+        );
+        assert_eq!(
+            cache.get(KEY).expect("get"),
+            expected,
+            "{revocation:?}: the fill undid the revocation"
+        );
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.fills, stats.fills_fenced),
+            (0, 1),
+            "{revocation:?}: {stats:?}"
+        );
+        let report = cache.verify().expect("verify");
+        assert!(report.is_clean(), "{revocation:?}: {report}");
+    }
 }

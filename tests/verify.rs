@@ -19,10 +19,10 @@ use larder::{Cache, Error, Options, Report};
 // Statistics slots (counters only) and fill slots (a robust mutex each).
 const STATS_OFF: usize = 4096;
 const STATS_SLOT_SIZE: usize = 128;
-const FILL_SLOT_SIZE: usize = 64;
+const FILL_SLOT_SIZE: usize = 128;
 const FILL_SLOTS_BYTES: usize = 256 * FILL_SLOT_SIZE;
-/// The near area after the fill slots (format 3): 8448 bytes, page-aligned.
-const NEAR_AREA_BYTES: usize = 3 * PAGE;
+/// The near area after the fill slots (format 4): 256 bytes, page-aligned.
+const NEAR_AREA_BYTES: usize = PAGE;
 const PAGE: usize = 4096;
 // Shard header words.
 const SH_SEQ: usize = 64;
@@ -30,7 +30,9 @@ const SH_INTENT: usize = 72;
 const SH_SMALL: usize = 80;
 const SH_ENTRIES: usize = 96;
 const SH_LIVE_BYTES: usize = 104;
-const SHARD_HEADER: usize = 256;
+/// The shard header (256 bytes) and the shard's fences (a ring of 64 words, 64 class
+/// counters).
+const SHARD_HEADER: usize = 1280;
 const BUCKET_SLOTS: usize = 8;
 const RECORD_HEADER: usize = 16;
 const STATE_LIVE: u64 = 1;
@@ -425,7 +427,7 @@ fn changed_mutex_kind_of_the_lease_is_found() {
         "{report}"
     );
     assert!(
-        matches!(c.near().try_lease(), Err(Error::Corrupt { .. })),
+        matches!(c.near().try_lease(&[""]), Err(Error::Corrupt { .. })),
         "a damaged lease was taken"
     );
     drop(c);
@@ -433,7 +435,7 @@ fn changed_mutex_kind_of_the_lease_is_found() {
     let c = options().open(t.name()).expect("reopen");
     let after = c.verify().expect("verify");
     assert!(after.is_clean(), "{after}");
-    assert!(c.near().try_lease().expect("try_lease").is_some());
+    assert!(c.near().try_lease(&[""]).expect("try_lease").is_some());
 }
 
 /// A shard lock whose static field changed: verify cannot take that lock, and says so

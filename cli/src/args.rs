@@ -11,7 +11,7 @@ use crate::units;
 
 /// Inspect and manage larder cache files.
 ///
-/// NAME is a bare name (`authz` is /dev/shm/authz.larder3) or a path containing '/'.
+/// NAME is a bare name (`authz` is /dev/shm/authz.larder4) or a path containing '/'.
 #[derive(Debug, Parser)]
 #[command(name = "larder", version, propagate_version = true)]
 pub struct Cli {

@@ -100,14 +100,14 @@ struct Row {
 pub fn run(g: &Global, dir: &Path) -> Outcome {
     let listing = std::fs::read_dir(dir)
         .map_err(|e| Failure::new(format!("cannot list {}: {e}", dir.display())))?;
-    // Where bare names live and the suffix this build gives them ("x.larder3").
+    // Where bare names live and the suffix this build gives them ("x.larder4").
     let probe = larder::Cache::path_of("x")?;
     let shm_dir = probe.parent().map(Path::to_path_buf);
     let suffix = probe
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix('x'))
-        .unwrap_or(".larder3")
+        .unwrap_or(".larder4")
         .to_string();
     let family = suffix
         .trim_end_matches(|c: char| c.is_ascii_digit())

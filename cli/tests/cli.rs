@@ -734,7 +734,7 @@ fn verify_exits_2_when_it_cannot_check() {
 #[test]
 fn repair_refuses_while_attached_unless_online_and_ls_counts_the_process() {
     let t = TempCache::new("repair");
-    let c = t.file("auth.larder3");
+    let c = t.file("auth.larder4");
     create(&c);
     larder(&["set", &c, "k", "v"]).ok();
     let holder = attached_process(&c);
@@ -801,15 +801,15 @@ fn rm_removes_caches_and_nothing_else() {
 fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     let t = TempCache::new("ls");
     let dir = common::s(&t.dir);
-    let a = t.file("alpha.larder3");
+    let a = t.file("alpha.larder4");
     create(&a);
     larder(&["set", &a, "k1", "v"]).ok();
     larder(&["set", &a, "k2", "v"]).ok();
-    let junk = t.file("junk.larder3");
+    let junk = t.file("junk.larder4");
     write_not_a_cache(&junk);
     std::fs::write(t.file("unrelated.txt"), b"x").unwrap();
     std::fs::write(t.file("future.larder9"), b"x").unwrap();
-    let other = t.file("other.larder3");
+    let other = t.file("other.larder4");
     create(&other);
     let chowned = chown_other(&other);
 
@@ -826,7 +826,7 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
             .find(|l| l.starts_with(&t.file(name)))
             .unwrap_or_else(|| panic!("no {name} in {out}"))
     };
-    let alpha: Vec<&str> = row("alpha.larder3").split_whitespace().collect();
+    let alpha: Vec<&str> = row("alpha.larder4").split_whitespace().collect();
     assert_eq!(alpha[3], "2", "entries: {out}");
     assert!(alpha[4].ends_with('%'), "fill: {out}");
     if std::fs::metadata(&a)
@@ -838,10 +838,10 @@ fn ls_lists_cache_files_with_owner_mode_entries_and_notes() {
     }
     assert_eq!(alpha[6], "0600");
     assert_eq!(alpha[7], "0", "processes: {out}");
-    assert!(row("junk.larder3").ends_with("not a larder cache"), "{out}");
+    assert!(row("junk.larder4").ends_with("not a larder cache"), "{out}");
     assert!(row("future.larder9").ends_with("format version 9"), "{out}");
     if chowned {
-        let r = row("other.larder3");
+        let r = row("other.larder4");
         assert!(
             r.contains(" 12345 ") && r.contains("owned by uid 12345"),
             "{out}"
@@ -865,7 +865,7 @@ fn bare_names_live_in_dev_shm() {
     let name = common::unique_name("cli-test");
     let guard = common::UnlinkOnDrop(name.clone());
     let out = larder(&["create", &name, "--capacity", "1MiB", "--max-value", "1KiB"]).ok();
-    let path = format!("/dev/shm/{name}.larder3");
+    let path = format!("/dev/shm/{name}.larder4");
     assert!(out.contains(&path), "{out}");
     assert!(Path::new(&path).exists());
     larder(&["set", &name, "k", "v"]).ok();

@@ -24,7 +24,7 @@ use super::image::{
 
 /// Image shapes `(capacity, max_key_len, max_value_len)`, with what `populate` puts in.
 const IMAGES: [(u64, usize, usize); 3] =
-    [(94_208, 32, 300), (94_208, 32, 300), (86_016, 40, 2_000)];
+    [(102_400, 32, 300), (102_400, 32, 300), (94_208, 40, 2_000)];
 
 /// Word writes and operations per input.
 pub const MAX_WRITES: usize = 64;

@@ -23,16 +23,17 @@ pub const SECRET_SIZE: usize = 192;
 pub const STATS_OFF: usize = 4096;
 pub const STATS_SLOTS: usize = 129;
 pub const STATS_SLOT_SIZE: usize = 128;
-/// Fill slots: 256 mutexes of 64 bytes.
+/// Fill slots: 256 of 128 bytes, a mutex and the word of the fill in flight.
 pub const FILL_SLOTS: usize = 256;
-pub const FILL_SLOT_SIZE: usize = 64;
-/// The near area (lease, epoch, heartbeat, counters): 256 bytes, then 1024 invalidation
-/// counters, between the fill slots and the shards (format 3).
-pub const NEAR_SIZE: usize = 256 + 1024 * 8;
+pub const FILL_SLOT_SIZE: usize = 128;
+/// The near area (lease, epoch, heartbeat, counters): 256 bytes between the fill slots
+/// and the shards (format 4).
+pub const NEAR_SIZE: usize = 256;
 /// Bytes of a mutex (glibc's words are outside larder's promise: never written here).
 pub const MUTEX_SPACE: usize = 64;
-/// Bytes of a shard header; its first 64 are the shard's mutex.
-pub const SHARD_HEADER: usize = 256;
+/// Bytes of a shard header and its fences (a ring of 64 words, 64 class counters); its
+/// first 64 are the shard's mutex.
+pub const SHARD_HEADER: usize = 1280;
 pub const BUCKET_SLOTS: usize = 8;
 
 /// Shard header words (`ShardHeader` in src/layout.rs).

@@ -184,7 +184,7 @@ def test_attach_uses_file_parameters(path):
     assert b.limits()["max_value_len"] == 2048
     a["k"] = b"v"
     assert b["k"] == b"v"
-    assert larder.Cache.path_of("name") == "/dev/shm/name.larder3"
+    assert larder.Cache.path_of("name") == "/dev/shm/name.larder4"
     a.close()
     b.close()
 

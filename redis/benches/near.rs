@@ -149,7 +149,9 @@ fn run(server: &RedisServer, cache: &larder::Cache, config: &Config) -> Result<(
             pipe = redis::pipe();
         }
     }
-    cache.near().flush(larder::near::FlushReason::Requested)?;
+    cache
+        .near()
+        .flush(&[""], larder::near::FlushReason::Requested)?;
     let mut near = NearCache::new(cache.clone(), &server.unix_url(), config.clone())?;
     let sampler = KeySampler::new(Distribution::zipf(), workload::LIVE_KEYS)?;
     let mut rng = Rng::new(7);

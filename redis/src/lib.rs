@@ -527,10 +527,9 @@ impl Listener {
         while !stop.load(Ordering::Relaxed) {
             let near = self.cache.near();
             let before = near.stats().takeovers;
-            let outcome = match near.try_lease() {
+            let outcome = match near.try_lease(&self.config.prefixes) {
                 Ok(Some(lease)) => {
                     let takeover = near.stats().takeovers > before;
-                    lease.publish_scope(self.config.scope());
                     events(Event::Leased { takeover });
                     self.hold(&lease, stop, &mut events)
                 }

@@ -132,9 +132,8 @@ fn larder_ops(op: &str, n: u64) -> Result<()> {
         // and stored.
         "fill_miss" => {
             for i in 0..n {
-                let got = cache.get_or_insert_with(&fresh(i), None, || {
-                    Ok::<_, larder::Error>(v.clone())
-                })?;
+                let got = cache
+                    .get_or_insert_with(&fresh(i), None, || Ok::<_, larder::Error>(v.clone()))?;
                 black_box(got);
             }
         }
