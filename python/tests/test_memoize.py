@@ -1,4 +1,4 @@
-"""Cache.memoize: keys made of the arguments' values, and refusals."""
+"""Cache.memoize: keys made of the arguments' values, refusals, and invalidate."""
 
 import collections
 import enum
@@ -157,6 +157,8 @@ def test_arguments_without_a_value_encoding_are_refused(cache, value, type_name)
 
     with pytest.raises(TypeError):
         fn.cache_key(value)
+    with pytest.raises(TypeError):
+        fn.invalidate(value)
     assert calls == []
     assert cache.stats()["entries"] == 0
 
@@ -348,6 +350,45 @@ def test_key_is_prefixed_by_module_and_qualname(cache):
     assert first.cache_key(1) != second.cache_key(1)
     assert first(1) == b"1" and second(1) == b"2"
     assert cache.get(key) == b"1"
+
+
+def test_invalidate_removes_exactly_that_calls_entry(cache):
+    calls = []
+
+    @cache.memoize
+    def square(x):
+        calls.append(x)
+        return b"%d" % (x * x)
+
+    assert square(3) == b"9" and square(4) == b"16" and square(x=3) == b"9"
+    assert calls == [3, 4, 3]
+    assert square.invalidate(3) is True
+    assert square.invalidate(3) is False
+    assert square(4) == b"16" and square(x=3) == b"9"
+    assert calls == [3, 4, 3]
+    assert square(3) == b"9"
+    assert calls == [3, 4, 3, 3]
+    assert square.invalidate(x=3) is True
+    assert square(x=3) == b"9"
+    assert calls == [3, 4, 3, 3, 3]
+
+
+def test_invalidate_uses_the_key_function(cache):
+    calls = []
+
+    @cache.memoize(key=lambda name, *, lang="en": f"greeting:{lang}:{name}")
+    def greet(name, *, lang="en"):
+        calls.append(name)
+        return f"{lang}: hello {name}".encode()
+
+    assert greet("ann") == b"en: hello ann"
+    assert greet.cache_key("ann") == "greeting:en:ann"
+    assert "greeting:en:ann" in cache
+    assert greet.invalidate("bob") is False
+    assert greet.invalidate("ann") is True
+    assert "greeting:en:ann" not in cache
+    assert greet("ann") == b"en: hello ann"
+    assert calls == ["ann", "ann"]
 
 
 def test_wrapper_keeps_the_functions_name_and_doc(cache):

@@ -110,9 +110,10 @@ class Cache(_larder.Cache):
         ``str``), e.g. ``key=lambda user: f"perms:{user.uid}"``, and is used as is, so
         it must tell apart every pair of calls whose results differ.
 
-        The wrapper's ``cache_key(*args, **kwargs)`` is the key of the call with those
-        arguments. Results go through the cache's serializer, so without one the
-        function returns bytes-like values.
+        The wrapper has ``cache_key(*args, **kwargs)``, the key of the call with those
+        arguments, and ``invalidate(*args, **kwargs)``, which deletes that call's
+        entry and returns whether there was one. Results go through the cache's
+        serializer, so without one the function returns bytes-like values.
         ``@cache.memoize`` without parentheses works too.
         """
         if callable(ttl) and key is None:
@@ -127,12 +128,18 @@ class Cache(_larder.Cache):
                     return key(*args, **kwargs)
                 return prefix + _arguments_digest(fn, args, kwargs)
 
+            def invalidate(*args, **kwargs):
+                """Deletes the cached result of the call with these arguments; returns
+                whether there was one."""
+                return self.delete(cache_key(*args, **kwargs))
+
             @_functools.wraps(fn)
             def wrapper(*args, **kwargs):
                 k = cache_key(*args, **kwargs)
                 return self.get_or_set(k, lambda: fn(*args, **kwargs), ttl)
 
             wrapper.cache_key = cache_key
+            wrapper.invalidate = invalidate
             return wrapper
 
         return decorate
