@@ -72,6 +72,33 @@ def hold_lock_and_die(lock, ready):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def memoize_probe(cache):
+    """A memoized function with the same module and qualname in every process that
+    imports this file, so that processes can compare the keys of their calls."""
+
+    @cache.memoize
+    def probe(*args, **kwargs):
+        raise AssertionError("only the probe's keys are used")
+
+    return probe
+
+
+def serve_memoize_keys(path):
+    """Writes hash("larder") on the first line of stdout, then reads pickled
+    ``(args, kwargs)`` calls from stdin until EOF and writes each call's memoize key on
+    a line."""
+    import pickle
+
+    probe = memoize_probe(larder.Cache(path))
+    print(hash("larder"), flush=True)
+    while True:
+        try:
+            args, kwargs = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        print(probe.cache_key(*args, **kwargs), flush=True)
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "hammer":

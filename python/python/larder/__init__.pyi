@@ -1,6 +1,8 @@
 from datetime import timedelta
 from os import PathLike
-from typing import Any, Callable, Iterable, List, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Iterable, List, Optional, Protocol, TypeVar, Union, overload
+
+from typing_extensions import ParamSpec
 
 from ._errors import (
     Corrupt as Corrupt,
@@ -37,7 +39,18 @@ DEFAULT_FILL_TIMEOUT: float
 
 Key = Union[bytes, str]
 Seconds = Union[int, float, timedelta]
-F = TypeVar("F", bound=Callable[..., Any])
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+
+class _Memoized(Protocol[_P, _R_co]):
+    """What Cache.memoize returns: the function, plus its keys and their invalidation."""
+
+    @property
+    def __wrapped__(self) -> Callable[_P, _R_co]: ...
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
+    def cache_key(self, *args: _P.args, **kwargs: _P.kwargs) -> Key: ...
+    def invalidate(self, *args: _P.args, **kwargs: _P.kwargs) -> bool: ...
 
 class Cache:
     def __init__(
@@ -75,11 +88,11 @@ class Cache:
     def get_stale(self, key: Key, default: Any = None) -> Any: ...
     def get_or_set(self, key: Key, fill: Callable[[], Any], ttl: Optional[Seconds] = None) -> Any: ...
     @overload
-    def memoize(self, ttl: F) -> F: ...
+    def memoize(self, ttl: Callable[_P, _R]) -> _Memoized[_P, _R]: ...
     @overload
     def memoize(
         self, ttl: Optional[Seconds] = None, key: Optional[Callable[..., Key]] = None
-    ) -> Callable[[F], F]: ...
+    ) -> Callable[[Callable[_P, _R]], _Memoized[_P, _R]]: ...
     def stats(self) -> dict[str, Any]: ...
     def verify(self) -> list[tuple[Optional[int], str]]: ...
     def repair(self) -> dict[str, int]: ...
