@@ -162,6 +162,19 @@ impl From<Error> for FillError {
     }
 }
 
+/// A claim to store one key's value, taken before computing it (`Cache.ticket`).
+#[pyclass(frozen, module = "larder._larder", name = "Ticket")]
+struct PyTicket {
+    ticket: larder::Ticket,
+}
+
+#[pymethods]
+impl PyTicket {
+    fn __repr__(&self) -> &'static str {
+        "<larder.Ticket>"
+    }
+}
+
 /// A handle on one cache file.
 #[pyclass(frozen, subclass, module = "larder._larder", name = "Cache")]
 struct PyCache {
@@ -543,6 +556,48 @@ impl PyCache {
         }
     }
 
+    /// A ticket to store `key`'s value computed from now on: take it on a miss, before
+    /// reading what the value is computed from, then store with `set_with_ticket`.
+    fn ticket(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<PyTicket> {
+        let cache = self.cache()?;
+        let k = key_bytes(key)?;
+        let ticket = py.detach(|| cache.ticket(&k)).map_err(to_py)?;
+        Ok(PyTicket { ticket })
+    }
+
+    /// Stores `value` only if nothing revoked `key` since `ticket` was taken; True if it
+    /// stored it.
+    #[pyo3(signature = (key, value, ticket, ttl=None))]
+    fn set_with_ticket(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ticket: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let ticket = ticket
+            .cast::<PyTicket>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "ticket must be a larder.Ticket from Cache.ticket(), not {}",
+                    ticket
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?
+            .get()
+            .ticket;
+        let cache = self.cache()?;
+        let k = key_bytes(key)?;
+        let v = self.encode(value)?;
+        py.detach(|| cache.set_with_ticket(&k, &v, ttl, ticket))
+            .map_err(to_py)
+    }
+
     /// The value for `key`, computed by `fill()` and stored if missing, with at most one
     /// process computing it at a time.
     #[pyo3(signature = (key, fill, ttl=None))]
@@ -584,7 +639,7 @@ impl PyCache {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.cache()?.stats();
         let d = PyDict::new(py);
-        let fields: [(&str, u64); 24] = [
+        let fields: [(&str, u64); 25] = [
             ("entries", s.entries),
             ("bytes_live", s.bytes_live),
             ("bytes_used", s.bytes_used),
@@ -608,6 +663,7 @@ impl PyCache {
             ("fills", s.fills),
             ("fill_timeouts", s.fill_timeouts),
             ("fill_handovers", s.fill_handovers),
+            ("fills_fenced", s.fills_fenced),
             ("locks", s.locks),
         ];
         for (k, v) in fields {
@@ -754,6 +810,7 @@ fn codec(py: Python<'_>, ser: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, 
 #[pymodule]
 fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCache>()?;
+    m.add_class::<PyTicket>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", larder::DEFAULT_CAPACITY)?;
     m.add("DEFAULT_MAX_KEY_LEN", larder::DEFAULT_MAX_KEY_LEN)?;

@@ -63,6 +63,16 @@ def hammer(path, worker, seconds):
     sys.exit(0)
 
 
+def paused_fill(dir):
+    open(os.path.join(dir, "in-fill"), "w").close()
+    end = time.monotonic() + 60
+    while not os.path.exists(os.path.join(dir, "revoked")):
+        if time.monotonic() > end:
+            raise TimeoutError("the parent never revoked the token")
+        time.sleep(0.001)  # poll interval; the deadline above bounds the wait
+    return b"claims:alice"
+
+
 def hold_lock_and_die(lock, ready):
     """The seed design's failure: a worker killed while it holds the table's lock."""
     import signal
@@ -110,4 +120,9 @@ if __name__ == "__main__":
     elif cmd == "fill":
         c = larder.Cache(sys.argv[2])
         c.get_or_set(sys.argv[3], lambda: b"child-fill")
+    elif cmd == "paused-fill":
+        # A fill that reads the token's state, then pauses until the parent has revoked
+        # the token (argv[4]/revoked exists); prints what get_or_set returned.
+        c = larder.Cache(sys.argv[2])
+        sys.stdout.buffer.write(c.get_or_set(sys.argv[3], lambda: paused_fill(sys.argv[4])))
     sys.exit(0)

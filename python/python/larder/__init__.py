@@ -15,6 +15,19 @@ are any bytes-like object and come back as ``bytes`` copied out of the file, unl
 ``loads``). Unpickling runs code chosen by whoever wrote the bytes, so a pickle
 serializer is only as safe as the file's permissions: every process that can write
 the file (its owner, and its group with ``mode=0o660``) can run code in every reader.
+
+A revoked token stays revoked. Every write of a key but ``touch`` (``delete``, even of
+a key that is not cached, ``set``, ``add``, ``replace``, ``incr``, ``clear``) fences
+off the fills of that key in flight, in every process: a ``get_or_set`` (or memoized
+call) whose key is revoked while it computes returns its value to its caller but does
+not store it. Cache-aside code of one's own gets the same with a ticket, taken on a
+miss before reading what the value is computed from::
+
+    claims = cache.get("token:abc")
+    if claims is None:
+        ticket = cache.ticket("token:abc")
+        claims = validate("abc")       # meanwhile another worker may revoke the token
+        cache.set_with_ticket("token:abc", claims, ticket, ttl=300)  # False if it did
 """
 
 import functools as _functools
@@ -26,6 +39,7 @@ from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _errors_all
 
 __version__ = _larder.__version__
+Ticket = _larder.Ticket
 DEFAULT_CAPACITY = _larder.DEFAULT_CAPACITY
 DEFAULT_MAX_KEY_LEN = _larder.DEFAULT_MAX_KEY_LEN
 DEFAULT_MAX_VALUE_LEN = _larder.DEFAULT_MAX_VALUE_LEN
@@ -263,4 +277,4 @@ def _encode_argument(fn, where, value, out):
         ) from None
 
 
-__all__ = ["Cache", *_errors_all]
+__all__ = ["Cache", "Ticket", *_errors_all]
