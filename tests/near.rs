@@ -217,15 +217,27 @@ fn a_lease_in_a_replaced_file_says_it_is_not_current() {
     assert!(lease.publish_heartbeat(Moment::now()).expect("publish"));
     // Another file, moved over this one's path.
     let other = t.dir.join("other");
-    drop(
-        t.options()
+    {
+        let replacement = t
+            .options()
             .open(common::s(&other))
-            .expect("create the replacement"),
-    );
+            .expect("create the replacement");
+        replacement
+            .set(b"user:1", b"in the new file", None)
+            .expect("set");
+    }
     std::fs::rename(&other, &t.path).expect("rename over");
     assert!(
         poll_until(deadline_in(10), || !lease.is_current().expect("is_current")),
         "the handle never moved to the replacement"
+    );
+    // Its invalidations and flushes still go to its own file, the one its heartbeat
+    // vouches for: the new file is the new lease holder's to flush.
+    assert!(!lease.invalidate(b"user:1").expect("invalidate"));
+    assert_eq!(lease.flush(FlushReason::Requested).expect("flush"), 0);
+    assert_eq!(
+        c.get(b"user:1").expect("get").as_deref(),
+        Some(&b"in the new file"[..])
     );
     assert!(!lease.publish_heartbeat(Moment::now()).expect("publish"));
     assert!(
@@ -239,4 +251,52 @@ fn a_lease_in_a_replaced_file_says_it_is_not_current() {
     assert!(new_lease.is_current().expect("is_current"));
     drop(lease);
     drop(new_lease);
+}
+
+/// A flush covers the near cache's scope, the prefixes its listener tracks: a
+/// listener's start (which flushes) and a server flush leave local entries outside
+/// them, such as rate-limit counters, where they are.
+#[test]
+fn a_flush_covers_the_tracked_prefixes_only() {
+    let t = TempCache::new("near-scope");
+    let c = t.open();
+    assert_eq!(c.incr(b"ratelimit:alice", 3, 0, None).expect("incr"), 3);
+    for k in [&b"token:a"[..], b"token:b", b"user:x"] {
+        c.set(k, b"from redis", None).expect("set");
+    }
+    let near = c.near();
+    let lease = near
+        .try_lease(&["token:", "user:"])
+        .expect("try_lease")
+        .expect("free");
+    assert_eq!(near.stats().flushes_lease, 1);
+    assert_eq!(
+        near.scope().expect("scope"),
+        larder::near::scope_of(&["user:", "token:"])
+    );
+    for k in [&b"token:a"[..], b"token:b", b"user:x"] {
+        assert_eq!(
+            c.get(k).expect("get"),
+            None,
+            "{:?}",
+            String::from_utf8_lossy(k)
+        );
+    }
+    assert_eq!(
+        c.get(b"ratelimit:alice").expect("get"),
+        Some(3i64.to_le_bytes().to_vec()),
+        "a listener's start lost a local counter"
+    );
+    c.set(b"token:c", b"from redis", None).expect("set");
+    assert_eq!(lease.flush(FlushReason::ServerFlush).expect("flush"), 1);
+    assert!(c.get(b"ratelimit:alice").expect("get").is_some());
+    assert_eq!(lease.prefixes(), [b"token:".to_vec(), b"user:".to_vec()]);
+    // A flush of other prefixes, asked for by an operator.
+    assert_eq!(
+        near.flush(&["ratelimit:"], FlushReason::Requested)
+            .expect("flush"),
+        1
+    );
+    assert_eq!(c.get(b"ratelimit:alice").expect("get"), None);
+    assert!(c.verify().expect("verify").is_clean());
 }
