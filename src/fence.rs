@@ -68,9 +68,14 @@ pub struct Ticket {
 
 /// The fences of one shard.
 pub(crate) struct Fences<'r> {
-    r: &'r Region,
-    base: usize,
+    /// The shard's revocation count (`fence_seq` in its header).
+    seq: &'r AtomicU64,
+    /// Its ring, then its class counters.
+    words: &'r [AtomicU64; FENCE_WORDS],
 }
+
+const FENCE_WORDS: usize = FENCE_RING + FENCE_CLASSES;
+const _: () = assert!(SH_FENCE_CLASSES == SH_FENCE_RING + FENCE_RING * 8);
 
 /// Bit 0 of a fill slot's word: the fill of the hash in the other bits is in flight and
 /// nothing revoked it.
@@ -79,28 +84,24 @@ const IN_FLIGHT: u64 = 1;
 impl<'r> Fences<'r> {
     /// The fences of shard `shard`.
     pub(crate) fn of(r: &'r Region, g: &Geometry, shard: usize) -> Fences<'r> {
+        let base = g.shard_base(shard);
+        let inside = "the geometry keeps every shard's fences inside the file";
         Fences {
-            r,
-            base: g.shard_base(shard),
+            seq: r.atomic(base + SH_FENCE_SEQ).expect(inside),
+            words: r.atomic_array(base + SH_FENCE_RING).expect(inside),
         }
     }
 
-    fn word(&self, off: usize) -> &'r AtomicU64 {
-        self.r
-            .atomic(self.base + off)
-            .expect("the geometry keeps every shard's fences inside the file")
-    }
-
     fn seq(&self) -> &'r AtomicU64 {
-        self.word(SH_FENCE_SEQ)
+        self.seq
     }
 
     fn ring(&self, seq: u64) -> &'r AtomicU64 {
-        self.word(SH_FENCE_RING + (seq % FENCE_RING as u64) as usize * 8)
+        &self.words[(seq % FENCE_RING as u64) as usize]
     }
 
     fn class(&self, h: u64) -> &'r AtomicU64 {
-        self.word(SH_FENCE_CLASSES + (h % FENCE_CLASSES as u64) as usize * 8)
+        &self.words[FENCE_RING + (h % FENCE_CLASSES as u64) as usize]
     }
 
     /// What a ticket for hash `h` records (no lock).
@@ -111,26 +112,26 @@ impl<'r> Fences<'r> {
         (seq, self.class(h).load(Ordering::Acquire))
     }
 
-    /// Revokes hash `h` (the shard lock is held). `g` and `shard` locate a fill of `h`
-    /// that may be in flight.
-    pub(crate) fn revoke(&self, g: &Geometry, h: u64) {
+    /// Revokes hash `h` (the shard lock is held). `r` and `g` locate a fill of `h` that
+    /// may be in flight.
+    pub(crate) fn revoke(&self, r: &Region, g: &Geometry, h: u64) {
         bump(self.class(h), 1);
         let seq = self.seq().load(Ordering::Relaxed).wrapping_add(1);
         self.ring(seq).store(h, Ordering::Release);
         self.seq().store(seq, Ordering::Release);
-        unmark_fill(self.r, g, h);
+        unmark_fill(r, g, h);
     }
 
     /// Revokes every key of shard `shard` (the shard lock is held): every class, a
     /// whole ring's worth of revocations (so every ticket falls back on its class), and
     /// every fill in flight of a key of the shard.
-    pub(crate) fn revoke_all(&self, g: &Geometry, shard: usize) {
+    pub(crate) fn revoke_all(&self, r: &Region, g: &Geometry, shard: usize) {
         for c in 0..FENCE_CLASSES as u64 {
             bump(self.class(c), 1);
         }
         bump(self.seq(), FENCE_RING as u64);
         for slot in 0..FILL_SLOTS {
-            if let Some(w) = fill_word(self.r, g, slot) {
+            if let Some(w) = fill_word(r, g, slot) {
                 let v = w.load(Ordering::SeqCst);
                 if v & IN_FLIGHT != 0 && g.shard_of(v) == shard {
                     let _ =

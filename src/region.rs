@@ -171,6 +171,13 @@ impl Region {
         self.word(off)
     }
 
+    /// The `N` words from `off`, if they lie inside the region: one bounds check for a
+    /// fixed run of words, which constant indexes then need no other.
+    #[inline]
+    pub(crate) fn atomic_array<const N: usize>(&self, off: usize) -> Option<&[AtomicU64; N]> {
+        self.words(off, N)?.try_into().ok()
+    }
+
     /// Relaxed fetch-or; returns the previous value.
     #[inline]
     pub(crate) fn fetch_or(&self, off: usize, v: u64) -> u64 {

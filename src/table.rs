@@ -98,8 +98,8 @@ impl<'a> Table<'a> {
             // fill its store at worst; a crash before it changed nothing.
             let fences = || Fences::of(self.region, self.geo, idx);
             match access {
-                Access::Revoke(h) => fences().revoke(self.geo, h),
-                Access::RevokeAll => fences().revoke_all(self.geo, idx),
+                Access::Revoke(h) => fences().revoke(self.region, self.geo, h),
+                Access::RevokeAll => fences().revoke_all(self.region, self.geo, idx),
                 Access::Read | Access::Write => {}
             }
             if matches!(access, Access::Revoke(_) | Access::RevokeAll) {
