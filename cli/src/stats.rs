@@ -206,6 +206,20 @@ const TOTALS: &[Field<Stats>] = &[
         Counter,
         "get_or_insert_with calls that gave up waiting for another process's fill."
     ),
+    field!(
+        Stats,
+        fill_handovers,
+        "fill handovers",
+        Counter,
+        "Fills taken over from a process that died while computing."
+    ),
+    field!(
+        Stats,
+        fills_fenced,
+        "fills fenced",
+        Counter,
+        "Fills not stored because a write revoked the key while the value was computed."
+    ),
     field!(Stats, locks, "locks", Counter, "Shard locks taken."),
 ];
 
