@@ -594,12 +594,38 @@ impl Cache {
     fn read(&self, key: &[u8], out: &mut Vec<u8>, expired: Expired, wait: Wait) -> Result<Found> {
         let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
+        self.read_in(&a, now, key, out, expired, wait)
+    }
+
+    /// [`Cache::read`] in the file `a` maps, whose key is checked.
+    fn read_in(
+        &self,
+        a: &Attached,
+        now: u64,
+        key: &[u8],
+        out: &mut Vec<u8>,
+        expired: Expired,
+        wait: Wait,
+    ) -> Result<Found> {
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
         let shard = Shard::new(&a.region, &a.geo, idx, &a.hasher);
         let kh = shard.locate(h);
         shard.prefetch_buckets(&kh);
-        self.read_located(&a, now, key, (idx, kh), out, expired, wait)
+        self.read_located(a, now, key, (idx, kh), out, expired, wait)
+    }
+
+    /// [`Cache::get_into`] in the file `a` maps (the near cache reads the heartbeat and
+    /// the entry in one file).
+    pub(crate) fn get_into_in(
+        &self,
+        a: &Attached,
+        now: u64,
+        key: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<bool> {
+        Self::check_key(a, key)?;
+        Ok(self.read_in(a, now, key, buf, Expired::Hide, Wait::Yes)? == Found::Fresh)
     }
 
     /// The rest of [`Cache::read`], for a key whose shard and buckets are known.

@@ -67,6 +67,18 @@ impl Moment {
     }
 }
 
+/// What a guarded near-cache read found (see [`Near::get_into`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    /// A fresh entry, under a heartbeat at most the bound old: serve it.
+    Hit,
+    /// No fresh entry, under a fresh heartbeat: read the store, and fill.
+    Miss,
+    /// No heartbeat, one older than the bound, or a listener of another scope: read the
+    /// store, and do not fill.
+    Unguarded,
+}
+
 /// Why the near cache was flushed (counted apart in [`NearStats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -215,6 +227,31 @@ impl<'c> Near<'c> {
         let hb = word(&a, NA_HEARTBEAT).load(SeqCst);
         let published = word(&a, NA_SCOPE).load(SeqCst);
         Ok((hb != 0 && published == scope).then_some(Moment(hb)))
+    }
+
+    /// A near-cache read of `key` into `buf`, for readers whose listener tracks `scope`:
+    /// the heartbeat (and the scope) before the entry, and the heartbeat's age after it,
+    /// all in one file, so that neither a slow get nor a handle that moves to a
+    /// replaced file between them stretches the bound. [`Guarded::Hit`] may be served;
+    /// on anything else the reader goes to the store.
+    pub fn get_into(
+        &self,
+        key: &[u8],
+        scope: u64,
+        max_age: Duration,
+        buf: &mut Vec<u8>,
+    ) -> Result<Guarded> {
+        let (a, now) = self.cache.enter_at(Wait::Yes)?;
+        let hb = word(&a, NA_HEARTBEAT).load(SeqCst);
+        if hb == 0 || word(&a, NA_SCOPE).load(SeqCst) != scope {
+            return Ok(Guarded::Unguarded);
+        }
+        let found = self.cache.get_into_in(&a, now, key, buf)?;
+        Ok(match (fresh(hb, max_age), found) {
+            (false, _) => Guarded::Unguarded,
+            (true, true) => Guarded::Hit,
+            (true, false) => Guarded::Miss,
+        })
     }
 
     /// The scope the lease holder published ([`Lease::publish_scope`]): a reader
