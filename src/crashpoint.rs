@@ -43,6 +43,7 @@ pub const POINTS: &[&str] = &[
     "repair.after_rebuild",
     "repair.after_in_flight",
     "evict.after_pop",
+    "evict.after_cut",
     "move.after_pop",
     "move.after_copy",
     "move.after_publish",

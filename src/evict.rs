@@ -34,10 +34,24 @@
 //! main's start in a shard that became underfull (by removals) before its reserve was
 //! free.
 //!
+//! A versioned set (`set_if_version`, or the first `get_versioned` of an entry, which
+//! writes it again with a version) keeps its old record live until its new one is
+//! published, and the room made for it keeps that record too
+//! ([`Shard::make_room_keeping`]): a pop that reaches it never evicts it, even unread,
+//! and moves it only with its copy published before it is popped (out of the small
+//! log, main first makes room for the copy; within main, only where main has room for
+//! the copy beside it). Where the record is main's head and main has no such room, the
+//! only bytes a pop could free are the record's own, so the room is made at the other
+//! end: main's newest records are cut off from its tail (evicted), as few as the new
+//! record needs, with one store of the log state, and the old record leaves the head
+//! later, dead, like any overwritten one. Those few records leave out of FIFO order;
+//! it happens only when the entry being written is among the oldest of a full main.
+//!
 //! Work is bounded in bytes: one call to make room moves at most one main log's worth
 //! of records (a lap: enough to reach every dead record, since an underfull main is at
 //! least 30% dead or free), at most [`MAX_REINSERTS`] read entries within main, and
-//! each record of the small log once. In a steady state where live records are a
+//! each record of the small log once; a cut from main's tail reads main's record
+//! headers at most twice. In a steady state where live records are a
 //! fraction f of main, every byte a set appends makes the cleaner pass 1/(1-f) bytes of
 //! log and move f/(1-f) of them, so the log writes per byte written are 1/(1-f)
 //! (`Stats::bytes_moved` against `Stats::bytes_written`). Expired entries at the head
@@ -45,7 +59,7 @@
 
 use crate::layout::{
     BUCKET_SLOTS, RECORD_HEADER, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_LIVE_BYTES, SH_MOVED,
-    STATE_LIVE,
+    STATE_LIVE, STATE_PAD,
 };
 use crate::shard::{Damaged, KeyHash, LogId, Rec, Shard};
 use crate::words::SlotWord;
@@ -54,7 +68,8 @@ use crate::words::SlotWord;
 /// room-making call.
 pub(crate) const MAX_REINSERTS: usize = 32;
 
-/// What one room-making call may still do without evicting.
+/// What one room-making call may still do without evicting, and the record it must
+/// never pop unpublished.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Budget {
     /// Read entries it may still move within main.
@@ -62,14 +77,23 @@ pub(crate) struct Budget {
     /// Bytes of live records it may still move on from main's head while the shard is
     /// underfull.
     pub compact_bytes: usize,
+    /// The index slot of the entry whose record must stay live until its new record is
+    /// published (a versioned set's old record; see [`Shard::make_room_keeping`]), or
+    /// [`Budget::KEEP_NONE`]. A plain number rather than an `Option`: every pop of a full
+    /// shard compares it, and this is one comparison.
+    pub keep: usize,
 }
 
 impl Budget {
+    /// [`Budget::keep`] when the call keeps no record: no slot has this number.
+    pub(crate) const KEEP_NONE: usize = usize::MAX;
+
     /// The budget of one call in a shard whose main log holds `main_cap` bytes.
     pub(crate) fn new(main_cap: usize) -> Budget {
         Budget {
             reinserts: MAX_REINSERTS,
             compact_bytes: main_cap,
+            keep: Budget::KEEP_NONE,
         }
     }
 }
@@ -90,6 +114,9 @@ pub(crate) enum Popped {
     Done,
     /// Would have evicted a live entry, and was told not to: nothing changed.
     WouldEvict,
+    /// The head is the record the call must keep ([`Budget::keep`]) and main has no
+    /// room for its copy beside it: nothing changed.
+    Kept,
 }
 
 impl Shard<'_> {
@@ -97,6 +124,26 @@ impl Shard<'_> {
     /// evicting only if the shard is not underfull (see the module docs).
     pub(crate) fn make_room(&self, which: LogId, need: usize, now: u64) -> Result<(), Damaged> {
         let mut budget = Budget::new(self.g.main_cap);
+        self.make_room_with(which, need, now, &mut budget)
+    }
+
+    /// [`Shard::make_room`] for a set that writes the entry in `keep` again and must keep
+    /// its old record live until the new one is published (a versioned set): that
+    /// record is never evicted, and moved only where its copy is published before it is
+    /// popped. Where it is main's head and main has no room for its copy, the room is
+    /// made at main's tail instead (see the module docs).
+    // Not inlined: inlined into `Shard::set`, it cost a set over an existing key (which
+    // makes no room at all) 7 instructions more (benches/instructions.sh, set_existing).
+    #[inline(never)]
+    pub(crate) fn make_room_keeping(
+        &self,
+        which: LogId,
+        need: usize,
+        now: u64,
+        keep: usize,
+    ) -> Result<(), Damaged> {
+        let mut budget = Budget::new(self.g.main_cap);
+        budget.keep = keep;
         self.make_room_with(which, need, now, &mut budget)
     }
 
@@ -127,7 +174,9 @@ impl Shard<'_> {
                     )));
                 }
                 steps -= 1;
-                self.pop_head(which, head, tail, now, budget, Evict::IfFull)?;
+                if self.pop_head(which, head, tail, now, budget, Evict::IfFull)? == Popped::Kept {
+                    self.cut_tail(which, need, now)?;
+                }
                 continue;
             }
             // It fits. An underfull main also cleans until its reserve is free, but never
@@ -141,7 +190,8 @@ impl Shard<'_> {
                 return Ok(());
             }
             steps -= 1;
-            if self.pop_head(which, head, tail, now, budget, Evict::Never)? == Popped::WouldEvict {
+            // WouldEvict, or Kept: the head stays, and what the set needs fits already.
+            if self.pop_head(which, head, tail, now, budget, Evict::Never)? != Popped::Done {
                 return Ok(());
             }
         }
@@ -149,7 +199,9 @@ impl Shard<'_> {
 
     /// Pops the head of `which` (its state is `head`, `tail`): evicts or moves the
     /// record there, or skips it if it is dead or no slot names it. With
-    /// [`Evict::Never`], a live entry that would be evicted is left alone.
+    /// [`Evict::Never`], a live entry that would be evicted is left alone. The record
+    /// of [`Budget::keep`] is never evicted, and moved only with its copy published
+    /// first ([`Popped::Kept`] where that cannot be).
     pub(crate) fn pop_head(
         &self,
         which: LogId,
@@ -186,6 +238,9 @@ impl Shard<'_> {
         if rec.expired(now) {
             self.drop_head(which, new_head, tail, slot, &rec, SH_EXPIRATIONS);
             return Ok(Popped::Done);
+        }
+        if slot == budget.keep {
+            return self.pop_kept(which, head, tail, &rec, now, budget, evict);
         }
         // A move within a main without room for the copy beside the old record may end
         // in an eviction (see `move_to_main`): not when told never to evict.
@@ -227,6 +282,31 @@ impl Shard<'_> {
         Ok(Popped::Done)
     }
 
+    /// [`Shard::pop_head`] of the record [`Budget::keep`] names (`rec`, live, fresh and
+    /// owned): never evicted, and moved only with its copy published first (a move out
+    /// of the small log makes room in main for it before it begins; within main, only
+    /// where main has room for the copy beside it). [`Popped::Kept`] where it stays.
+    #[cold]
+    #[allow(clippy::too_many_arguments)] // pop_head's own, which it continues
+    fn pop_kept(
+        &self,
+        which: LogId,
+        head: usize,
+        tail: usize,
+        rec: &Rec,
+        now: u64,
+        budget: &mut Budget,
+        evict: Evict,
+    ) -> Result<Popped, Damaged> {
+        let copy_fits = which == LogId::Small || self.fits(which, head, tail, rec.size);
+        if evict == Evict::IfFull && copy_fits {
+            let (_, cap, _) = self.log_bounds(which);
+            self.move_to_main(which, (head + rec.size) % cap, tail, rec, now, budget)?;
+            return Ok(Popped::Done);
+        }
+        Ok(Popped::Kept)
+    }
+
     /// Whether the shard's live records (keys and values, with their headers and at
     /// most 14 bytes of padding each) fill less than 70% of main: the rest of a full main
     /// is then dead records, whose space moving live ones on reclaims.
@@ -260,6 +340,89 @@ impl Shard<'_> {
         self.clear_intent();
     }
 
+    /// Makes room for `need` bytes at the tail of `which` by evicting its newest
+    /// records, for a set whose own old record is the log's head with no room for its
+    /// copy beside it ([`Popped::Kept`]): the set then publishes its new record while
+    /// the old one is still live. The records are cut off with one store of the log
+    /// state, its tail moved back to the last record boundary from which `need` fits
+    /// (the fewest records), and only then are their entries forgotten: a crash in
+    /// between leaves an index that names records past the tail, which repair rebuilds
+    /// from the shortened log. Reads record headers only, in two walks: one from the
+    /// head to the tail for the boundary, one over the records cut.
+    // Rare (the entry being written is main's oldest): kept out of the eviction loop.
+    #[cold]
+    #[inline(never)]
+    fn cut_tail(&self, which: LogId, need: usize, now: u64) -> Result<(), Damaged> {
+        let (start, cap, _) = self.log_bounds(which);
+        let (head, tail) = self.state(which)?;
+        let mut cut = None;
+        let mut pos = head;
+        let mut remaining = Self::used(cap, head, tail);
+        while remaining > 0 {
+            let (size, _) = self.walk_step(which, pos, remaining)?;
+            remaining -= size;
+            pos = (pos + size) % cap;
+            if remaining > 0 && self.fits(which, head, pos, need) {
+                cut = Some(pos);
+            }
+        }
+        let cut = cut.ok_or_else(|| {
+            Damaged(format!(
+                "{which:?} log cannot make room for {need} bytes beside its head"
+            ))
+        })?;
+        // The intent names the oldest record cut off (repair has nothing to redo).
+        let first = self.read_rec(start + cut, which).map_or(0, |r| r.slot);
+        self.set_intent(crate::layout::INTENT_EVICT, first);
+        self.set_state(which, head, cut);
+        crash_point!("evict.after_cut");
+        let mut pos = cut;
+        let mut remaining = Self::used(cap, cut, tail);
+        while remaining > 0 {
+            let (size, rec) = self.walk_step(which, pos, remaining)?;
+            if let Some(rec) = rec.filter(|r| r.state == STATE_LIVE) {
+                if rec.slot < self.slots() && self.slot_word(rec.slot).loc == self.loc(rec.off) {
+                    self.forget(rec.slot, &rec);
+                    let counter = if rec.expired(now) {
+                        SH_EXPIRATIONS
+                    } else {
+                        SH_EVICTIONS
+                    };
+                    self.add(counter, 1);
+                }
+            }
+            remaining -= size;
+            pos = (pos + size) % cap;
+        }
+        self.clear_intent();
+        Ok(())
+    }
+
+    /// One step of a walk of `which` from its head: the size of the record (or pad) at
+    /// `pos`, which lies `remaining` bytes before the tail, and the record unless it is
+    /// a pad.
+    fn walk_step(
+        &self,
+        which: LogId,
+        pos: usize,
+        remaining: usize,
+    ) -> Result<(usize, Option<Rec>), Damaged> {
+        let (start, cap, _) = self.log_bounds(which);
+        let (size, rec) = if cap - pos < RECORD_HEADER {
+            // Implicit pad at the end of the log.
+            (cap - pos, None)
+        } else {
+            let rec = self
+                .read_rec(start + pos, which)
+                .ok_or_else(|| Damaged(format!("{which:?} log record does not decode")))?;
+            (rec.size, (rec.state != STATE_PAD).then_some(rec))
+        };
+        if size > remaining {
+            return Err(Damaged(format!("{which:?} log record crosses its tail")));
+        }
+        Ok((size, rec))
+    }
+
     /// Moves the record at the head of `from` to the tail of main.
     ///
     /// Where main has room for the copy with the old record still in place (for a move
@@ -270,7 +433,8 @@ impl Shard<'_> {
     /// own record frees) the record is popped first and published last, so a crash in
     /// between drops it rather than leaving two copies; that copy runs forwards, which is
     /// correct even where the new place overlaps the old one (it is always at or before
-    /// it).
+    /// it). The record a versioned set must keep never takes that second way
+    /// (`pop_head`).
     fn move_to_main(
         &self,
         from: LogId,

@@ -12,13 +12,19 @@
 //!   of the log state; an entry it replaces is marked dead *before* that store, so a
 //!   crash can lose the entry being written but never resurrect an overwritten one (a
 //!   versioned set instead marks the old record dead after the new one is published and
-//!   indexed: a crash leaves the old value or the new one, never neither);
+//!   indexed, and making room for it never pops the old record unpublished, below: a
+//!   crash leaves the old value or the new one, never neither, in a full shard too);
 //! - a removal marks the record dead before clearing its slot;
-//! - eviction advances the head past a record with one store;
+//! - eviction advances the head past a record with one store, or, for a versioned set
+//!   whose own old record is main's head, moves the tail back over main's newest
+//!   records with one store before it forgets their entries;
 //! - a record moved by eviction or cleaning is copied and published in its new place
 //!   before it is popped from the old one, so a crash leaves two copies, of which repair
 //!   keeps the first the logs hold; only a move within a full main, into the room its
-//!   own record frees, pops first, so that a crash there drops it instead.
+//!   own record frees, pops first, so that a crash there drops it instead. That move is
+//!   never made of the old record of a versioned set: making room for the set keeps
+//!   that record live (see `Shard::make_room_keeping`), cutting the room from main's
+//!   tail where the record is main's head and main has no room for its copy.
 //!
 //! Repair therefore rebuilds the index from the logs (see [`Shard::repair`]).
 
@@ -587,7 +593,12 @@ impl<'a> Shard<'a> {
             None => LogId::Small,
         };
         let target = if big { LogId::Main } else { target };
-        self.make_room(target, size, now)?;
+        match existing {
+            // A versioned set keeps the old record live until the new one is published
+            // (below), so making room must not pop it either.
+            Some((slot, _)) if versioned => self.make_room_keeping(target, size, now, slot)?,
+            _ => self.make_room(target, size, now)?,
+        }
         crash_point!("set.after_make_room");
         // Eviction may have moved or dropped the entry: look again.
         let existing = match self.find(key, kh) {
@@ -632,9 +643,9 @@ impl<'a> Shard<'a> {
         crash_point!("set.after_value");
         // A versioned set keeps the old record live until the new one is published and
         // indexed (a compare-and-swap, or the first `get_versioned`, must never lose the
-        // entry: a crash leaves the old value or the new one). A crash in between leaves
-        // two live records of the key, and repair keeps the first the logs hold (small
-        // log first): one of the two, never neither.
+        // entry: a crash leaves the old value or the new one; making room above kept it
+        // too). A crash in between leaves two live records of the key, and repair keeps
+        // the first the logs hold (small log first): one of the two, never neither.
         // Any other set marks the old record dead first, so that a crash never brings
         // back an overwritten value.
         let outcome = match existing {

@@ -35,7 +35,7 @@ use proptest::prelude::*;
 use crate::crashpoint::armed::{self, Killed};
 use crate::evict::{Budget, Evict};
 use crate::layout::{
-    record_size, Geometry, Params, BUCKET_SLOTS, INTENT_EVICT, INTENT_MOVE, RECORD_HEADER,
+    align8, record_size, Geometry, Params, BUCKET_SLOTS, INTENT_EVICT, INTENT_MOVE, RECORD_HEADER,
     SECRET_SIZE, SH_DROPPED, SH_ENTRIES, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT, SH_LIVE_BYTES,
     SH_RECOVERIES, STATE_LIVE,
 };
@@ -1365,6 +1365,189 @@ fn killed_move_after_main_made_room_for_it_keeps_every_other_entry() {
             "{stage:?}: main did not make room"
         );
         check_recovery(&fx, c, RepairCrash::No, START_MS);
+    }
+}
+
+/// Where the old record of a versioned rewrite is when making room for it reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OldAt {
+    /// Main's head, in a main without room for its copy beside it.
+    MainHeadNoRoom,
+    /// Main's head, in a main with room for its copy but not for the new record.
+    MainHeadRoomForCopy,
+    /// The small log's head, unread, with both logs full.
+    SmallHeadUnread,
+}
+
+/// The key of the `i`th entry [`fill_main_leaving`] writes: all of one length, so all
+/// its records have one header and key size.
+fn main_key(i: u32) -> Vec<u8> {
+    format!("main{i:04}").into_bytes()
+}
+
+/// Fills main, from its start and without wrapping, with entries of values too big for
+/// the small log (keys from `main_key(from)` on), until exactly `free` bytes are left for
+/// one more record; returns the next unused key number.
+fn fill_main_leaving(fx: &Fixture, free: usize, from: u32) -> u32 {
+    let min_value = align8(fx.g.small_cap / 4 + 1);
+    let mut i = from;
+    loop {
+        let (head, tail) = {
+            let _g = fx.guard();
+            fx.shard().state(LogId::Main).expect("main state")
+        };
+        assert_eq!(head, 0, "main wrapped or popped while it was filled");
+        // Bytes a record fits in: the log keeps 8 free between its tail and its head.
+        let left = fx.g.main_cap - 8 - tail - free;
+        if left == 0 {
+            return i;
+        }
+        let k = main_key(i);
+        let over = record_size(k.len(), 0);
+        let (min, max) = (over + min_value, over + (fx.g.params.max_value_len & !7));
+        let rec = if left <= max {
+            left
+        } else if left - max >= min {
+            max
+        } else {
+            left - min
+        };
+        assert!(rec >= min, "cannot leave exactly {free} bytes free");
+        fx.set(&k, &value(i, 1, rec - over), 0, START_MS);
+        assert_eq!(fx.log_of(&k), Some(LogId::Main));
+        i += 1;
+    }
+}
+
+/// A shard whose logs are full and whose oldest entry, `oldest`, has its record where
+/// `at` says, written with `old` (with a version if `versioned`); nothing evicted yet.
+fn full_with_oldest(at: OldAt, oldest: &[u8], old: &[u8], versioned: bool) -> Fixture {
+    let fx = Fixture::new(big_value_params());
+    let kh = fx.kh(oldest);
+    let put = if versioned {
+        Put::Versioned
+    } else {
+        Put::Always
+    };
+    fx.write(|s| s.set(oldest, &kh, old, 0, put, START_MS));
+    let size = record_size(oldest.len(), old.len()) + if versioned { 8 } else { 0 };
+    match at {
+        OldAt::MainHeadNoRoom => {
+            fill_main_leaving(&fx, size - 8, 0);
+        }
+        OldAt::MainHeadRoomForCopy => {
+            fill_main_leaving(&fx, size, 0);
+        }
+        OldAt::SmallHeadUnread => {
+            let mut i = fill_main_leaving(&fx, 0, 0);
+            // Then the small log, until one more entry would pop its head.
+            loop {
+                let (k, v) = (key(i), value(i, 1, old.len()));
+                let twin = fx.twin();
+                twin.set(&k, &v, 0, START_MS);
+                let popped = {
+                    let _g = twin.guard();
+                    twin.shard().state(LogId::Small).expect("small state").0 != 0
+                };
+                if popped {
+                    break;
+                }
+                fx.set(&k, &v, 0, START_MS);
+                assert_eq!(fx.log_of(&k), Some(LogId::Small));
+                i += 1;
+            }
+        }
+    }
+    let log = if at == OldAt::SmallHeadUnread {
+        LogId::Small
+    } else {
+        LogId::Main
+    };
+    assert_eq!(fx.log_of(oldest), Some(log), "{at:?}");
+    assert_eq!(fx.counter(SH_EVICTIONS), 0, "{at:?}: the setup evicted");
+    fx
+}
+
+/// A versioned rewrite of the oldest entry of a full shard (the first `get_versioned`
+/// of an entry, which writes its value again with a version, or `set_if_version`)
+/// never costs the entry when its writer is killed, at any step, also the steps of
+/// making room: its old record is never evicted (even unread), moved only with its
+/// copy published first, and where it is main's head with no room for that copy, room
+/// is cut from main's tail instead. The repair keeps the old value or the new one and
+/// drops nothing.
+#[test]
+fn killed_versioned_rewrite_of_a_full_shards_oldest_entry_keeps_it() {
+    let k = b"oldest".to_vec();
+    for at in [
+        OldAt::MainHeadNoRoom,
+        OldAt::MainHeadRoomForCopy,
+        OldAt::SmallHeadUnread,
+    ] {
+        // An entry without a version written again with its value (`get_versioned`),
+        // and a versioned one given a longer value (`set_if_version`).
+        for versioned in [false, true] {
+            if MIRI && (at, versioned) != (OldAt::MainHeadNoRoom, false) {
+                continue;
+            }
+            let len = if at == OldAt::SmallHeadUnread {
+                40
+            } else {
+                600
+            };
+            let old = value(1, 1, len);
+            let new = if versioned {
+                value(1, 2, len + 64)
+            } else {
+                old.clone()
+            };
+            let fx = full_with_oldest(at, &k, &old, versioned);
+            let kh = fx.kh(&k);
+            let rewrite =
+                |s: &Shard<'_>| s.set(&k, &kh, &new, 0, Put::Versioned, START_MS).map(drop);
+            let what = format!("{at:?}, versioned {versioned}");
+            let ((), trace) = {
+                let twin = fx.twin();
+                let done = armed::trace(|| twin.write(rewrite));
+                assert_eq!(twin.get(&k, START_MS), Found::Fresh(new.clone()), "{what}");
+                assert!(twin.counter(SH_EVICTIONS) > 0, "{what}: no room was made");
+                twin.assert_clean();
+                done
+            };
+            let first_move = trace.iter().find(|p| p.starts_with("move."));
+            match at {
+                OldAt::MainHeadNoRoom => {
+                    assert!(trace.contains(&"evict.after_cut"), "{what}: {trace:?}");
+                    assert_eq!(first_move, None, "{what}: {trace:?}");
+                }
+                OldAt::MainHeadRoomForCopy | OldAt::SmallHeadUnread => {
+                    assert!(!trace.contains(&"evict.after_cut"), "{what}: {trace:?}");
+                    assert_eq!(first_move, Some(&"move.after_copy"), "{what}: {trace:?}");
+                }
+            }
+            for (n, &point) in trace.iter().enumerate() {
+                if MIRI && !matches!(point, "evict.after_cut" | "set.before_publish") {
+                    continue;
+                }
+                let earlier = trace[..n].iter().filter(|p| **p == point).count() as u64;
+                let twin = fx.twin();
+                assert!(
+                    twin.write_killed(Kill::At(point, earlier), &rewrite),
+                    "{what}: never reached {point}"
+                );
+                let dropped = twin.counter(SH_DROPPED);
+                let got = twin.get(&k, START_MS);
+                assert!(
+                    got == Found::Fresh(old.clone()) || got == Found::Fresh(new.clone()),
+                    "{what}, killed at {point} ({earlier} earlier): {got:?}"
+                );
+                assert_eq!(
+                    twin.counter(SH_DROPPED),
+                    dropped,
+                    "{what}, killed at {point}: the repair dropped an entry"
+                );
+                twin.assert_clean();
+            }
+        }
     }
 }
 

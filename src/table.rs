@@ -203,7 +203,9 @@ pub(crate) fn replace(
 }
 
 /// `set_if_version` inside its shard's locked section: stores `value` with a new version
-/// only over a fresh entry whose version is `version`; the new version, or `None`.
+/// only over a fresh entry whose version is `version`; the new version, or `None`. The
+/// old record stays live until the new one is published, also where making room for it
+/// must evict (see `shard`): a crash leaves the old value or the new one.
 pub(crate) fn set_if_version(
     s: &Shard<'_>,
     key: &[u8],
@@ -226,7 +228,8 @@ pub(crate) fn set_if_version(
 
 /// `get_versioned` inside its shard's locked section: the value of a fresh entry into
 /// `out` and its version. An entry without a version is given one first (rewritten
-/// with its value and expiry, as a set would).
+/// with its value and expiry, as a versioned set would, so a crash never costs the
+/// entry: a read must not destroy what it reads, in a full shard either).
 pub(crate) fn read_versioned(
     s: &Shard<'_>,
     key: &[u8],

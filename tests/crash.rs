@@ -559,6 +559,13 @@ mod points {
         Lease,
         /// `replace` over an existing key, with a value of another length.
         Replace,
+        /// The first `get_versioned` of an existing key (which writes it again, with a
+        /// version) whose record is the oldest of its shard's main log, full of big
+        /// values: making room reaches the entry's own record.
+        VersionFull,
+        /// `set_if_version` over an existing versioned key whose record is the oldest of
+        /// its shard's full main log.
+        CasFull,
     }
 
     pub const ALL: &[Scenario] = &[
@@ -583,6 +590,8 @@ mod points {
         Scenario::CasSameLength,
         Scenario::Lease,
         Scenario::Replace,
+        Scenario::VersionFull,
+        Scenario::CasFull,
     ];
 
     impl Scenario {
@@ -606,10 +615,23 @@ mod points {
                 "fence.after_bump" => vec![Overwrite, Remove, Clear, Cas, Replace],
                 p if p.starts_with("overwrite.") => vec![OverwriteSameLength],
                 p if p.starts_with("set.") => {
-                    vec![Overwrite, Insert, Cas, CasSameLength, Replace]
+                    vec![
+                        Overwrite,
+                        Insert,
+                        Cas,
+                        CasSameLength,
+                        Replace,
+                        VersionFull,
+                        CasFull,
+                    ]
                 }
-                "versioned_set.before_old_dead" => vec![Cas, CasSameLength],
-                "version.after_bump" => vec![Cas, CasSameLength, IncrVersioned],
+                "versioned_set.before_old_dead" => {
+                    vec![Cas, CasSameLength, VersionFull, CasFull]
+                }
+                "version.after_bump" => {
+                    vec![Cas, CasSameLength, IncrVersioned, VersionFull, CasFull]
+                }
+                "evict.after_cut" => vec![VersionFull, CasFull],
                 "evict_slot.after_mark_dead" => vec![BucketFull],
                 p if p.starts_with("remove.") => vec![Remove],
                 p if p.starts_with("touch.") => vec![Touch],
@@ -664,6 +686,12 @@ mod points {
             }
         }
 
+        /// Whether the scenario's key is the oldest record of its shard's full main log
+        /// (filled before the child runs: see [`fill_full`]).
+        fn full(self) -> bool {
+            matches!(self, Scenario::VersionFull | Scenario::CasFull)
+        }
+
         /// Whether the key under test exists before the crash.
         fn target_exists(self) -> bool {
             matches!(
@@ -676,12 +704,23 @@ mod points {
                     | Scenario::Cas
                     | Scenario::CasSameLength
                     | Scenario::Replace
+                    | Scenario::VersionFull
+                    | Scenario::CasFull
             )
         }
 
         /// Whether the key under test is given a version before the crash.
         fn target_versioned(self) -> bool {
-            matches!(self, Scenario::Cas | Scenario::CasSameLength)
+            matches!(
+                self,
+                Scenario::Cas | Scenario::CasSameLength | Scenario::CasFull
+            )
+        }
+
+        /// Whether the crash must leave the key under test in place: a compare-and-swap
+        /// leaves the old value or the new one, and a read never destroys what it reads.
+        fn keeps_target(self) -> bool {
+            self.target_versioned() || self == Scenario::VersionFull
         }
 
         /// Whether the crashing operation writes the key under test's new value.
@@ -696,26 +735,86 @@ mod points {
                     | Scenario::Cas
                     | Scenario::CasSameLength
                     | Scenario::Replace
+                    | Scenario::CasFull
             )
         }
     }
 
-    fn old_value(key: &[u8]) -> Vec<u8> {
-        make_value(key, 1, 40)
+    /// Filler bytes of the values of the full-shard scenarios: about a twentieth of a
+    /// shard's logs, twice the size above which a record goes straight to main (see
+    /// `fill_shard`), so a main log holds 18 of them.
+    const FULL_FILLER: usize = 12 << 10;
+
+    fn old_value(scenario: Scenario, key: &[u8]) -> Vec<u8> {
+        make_value(key, 1, if scenario.full() { FULL_FILLER } else { 40 })
     }
 
     /// The value a scenario writes over [`old_value`]: of another length, except for
     /// `OverwriteSameLength`.
     pub fn new_value(scenario: Scenario, key: &[u8]) -> Vec<u8> {
-        let filler = if matches!(
-            scenario,
-            Scenario::OverwriteSameLength | Scenario::CasSameLength
-        ) {
-            40
-        } else {
-            56
+        let filler = match scenario {
+            Scenario::OverwriteSameLength | Scenario::CasSameLength => 40,
+            Scenario::VersionFull | Scenario::CasFull => FULL_FILLER + 16,
+            _ => 56,
         };
         make_value(key, 2, filler)
+    }
+
+    /// The key a full-shard scenario rewrites, in the crash shard: one of a fixed length,
+    /// so its record is as long in every file.
+    fn full_target(c: &larder::Cache) -> Vec<u8> {
+        (0u64..)
+            .map(|i| format!("full-target-{i:05}").into_bytes())
+            .find(|k| c.shard_of(k) == CRASH_SHARD)
+            .expect("a key of the crash shard")
+    }
+
+    /// Fills the crash shard's main log for a full-shard scenario: `target` with its old
+    /// value (given a version at once, while main is empty, for `CasFull`), then up to
+    /// `fillers` values as big, under keys of one length; returns how many fillers it
+    /// wrote before the shard first evicted (all if it never did).
+    fn fill_full(c: &larder::Cache, s: Scenario, target: &[u8], fillers: usize) -> usize {
+        c.set(target, &old_value(s, target), None)
+            .expect("set target");
+        if s.target_versioned() {
+            c.get_versioned(target)
+                .expect("get_versioned")
+                .expect("the target");
+        }
+        let keys = (0u64..)
+            .map(|i| format!("full-fill-{i:05}").into_bytes())
+            .filter(|k| c.shard_of(k) == CRASH_SHARD)
+            .take(fillers);
+        for (n, key) in keys.enumerate() {
+            c.set(&key, &make_value(&key, 1, FULL_FILLER), None)
+                .expect("set filler");
+            if c.stats().shards[CRASH_SHARD].evictions > 0 {
+                return n;
+            }
+        }
+        fillers
+    }
+
+    /// How many fillers [`fill_full`] writes for scenario `s` before the crash shard
+    /// evicts: found once per test process, on a file of its own (every file of these
+    /// options has the same geometry, and every record here the same length).
+    fn full_fillers(s: Scenario) -> usize {
+        use std::sync::OnceLock;
+        static VERSION_FULL: OnceLock<usize> = OnceLock::new();
+        static CAS_FULL: OnceLock<usize> = OnceLock::new();
+        let cell = match s {
+            Scenario::VersionFull => &VERSION_FULL,
+            Scenario::CasFull => &CAS_FULL,
+            other => unreachable!("{other:?} is not a full-shard scenario"),
+        };
+        *cell.get_or_init(|| {
+            let t = TempCache::new("full-probe");
+            let c = s.options().open(t.name()).expect("create probe");
+            let target = full_target(&c);
+            let n = fill_full(&c, s, &target, MAX_FILL_KEYS);
+            assert!(n < MAX_FILL_KEYS, "{s:?}: the probe never evicted");
+            n
+        })
     }
 
     /// A crash-point child: runs its scenario; a crash point ends it by a signal, or by
@@ -791,7 +890,14 @@ mod points {
                     "the target exists"
                 );
             }
-            Scenario::Cas | Scenario::CasSameLength => {
+            Scenario::VersionFull => {
+                let (v, _) = c
+                    .get_versioned(key)
+                    .expect("get_versioned")
+                    .expect("the target exists");
+                assert_eq!(v, old_value(s, key), "get_versioned changed the value");
+            }
+            Scenario::Cas | Scenario::CasSameLength | Scenario::CasFull => {
                 let (_, version) = c
                     .get_versioned(key)
                     .expect("get_versioned")
@@ -909,9 +1015,21 @@ mod points {
                 acked.push((key, v));
             }
         }
-        let target = common::keys_in_shard(&cache, CRASH_SHARD, "target", 1).remove(0);
-        let (old, new) = (old_value(&target), new_value(scenario, &target));
-        if scenario.target_exists() {
+        let target = if scenario.full() {
+            full_target(&cache)
+        } else {
+            common::keys_in_shard(&cache, CRASH_SHARD, "target", 1).remove(0)
+        };
+        let (old, new) = (old_value(scenario, &target), new_value(scenario, &target));
+        if scenario.full() {
+            // The target is main's oldest record, and main has no room for another.
+            let fillers = full_fillers(scenario);
+            assert_eq!(
+                fill_full(&cache, scenario, &target, fillers),
+                fillers,
+                "{ctx}: setup evicted"
+            );
+        } else if scenario.target_exists() {
             cache.set(&target, &old, None).expect("set target");
         }
         let old_version = scenario.target_versioned().then(|| {
@@ -1012,11 +1130,12 @@ mod points {
                 allowed.contains(&got) || (got.is_none() && dropped == 1),
                 "{ctx}: key under test holds {shown:?}"
             );
-            // A compare-and-swap never costs the entry: the old value or the new.
-            if scenario.target_versioned() {
+            // A compare-and-swap never costs the entry (the old value or the new), nor
+            // does a read.
+            if scenario.keeps_target() {
                 assert!(
                     got.is_some(),
-                    "{ctx}: a killed compare-and-swap lost the entry"
+                    "{ctx}: a killed compare-and-swap or versioned read lost the entry"
                 );
             }
             // A changed value never keeps the version the old one had.

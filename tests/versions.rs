@@ -4,8 +4,10 @@
 //! its processes are SIGKILLed at random instants; a version is never given out twice
 //! for a file (across removals, clears, online and offline repairs and increments); every
 //! write but `touch` ends an entry's version, as does its expiry or the file's
-//! replacement; and the first `get_versioned` of an entry gives it a version without
-//! changing its value or TTL.
+//! replacement; the first `get_versioned` of an entry gives it a version without
+//! changing its value or TTL; and a process killed inside a versioning rewrite (the
+//! first `get_versioned`, `set_if_version`) of the oldest entry of a full shard never
+//! costs the entry.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -637,4 +639,216 @@ fn get_versioned_gives_an_entry_a_version_and_keeps_its_value_and_ttl() {
     assert_eq!(c.get_versioned(b"k").expect("get_versioned"), None);
     let report = c.verify().expect("verify");
     assert!(report.is_clean(), "{report}");
+}
+
+// ----- a kill inside a versioning rewrite in a full shard -------------------------------
+
+/// Bytes of every value of the full-shard tests: more than a quarter of the small log,
+/// so each record goes straight to the main log.
+#[cfg(feature = "crash-points")]
+const FULL_VALUE: usize = 100 << 10;
+
+/// One shard of a 4 MiB file, whose main log holds a few dozen [`FULL_VALUE`] values.
+#[cfg(feature = "crash-points")]
+fn full_shard_options() -> Options {
+    long_timeouts(
+        small_options()
+            .capacity(4 << 20)
+            .shards(1)
+            .max_value_len(128 << 10),
+    )
+}
+
+/// The key the full-shard tests rewrite: the oldest entry of its main log.
+#[cfg(feature = "crash-points")]
+const OLDEST: &[u8] = b"oldest";
+
+/// A whole value of [`FULL_VALUE`] bytes for `key` (`version` tells the writes apart).
+#[cfg(feature = "crash-points")]
+fn full_value(key: &[u8], version: u64) -> Vec<u8> {
+    let v = common::make_value(key, version, FULL_VALUE - 18 - key.len());
+    assert_eq!(v.len(), FULL_VALUE);
+    v
+}
+
+/// The operation a child of the full-shard test is killed in.
+#[cfg(feature = "crash-points")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rewrite {
+    /// The first `get_versioned` of an entry written by `set`: it writes the entry again,
+    /// with a version.
+    FirstGetVersioned,
+    /// `set_if_version` with the entry's version, a value of the same length.
+    SetIfVersion,
+}
+
+#[cfg(feature = "crash-points")]
+impl Rewrite {
+    fn parse(s: &str) -> Rewrite {
+        match s {
+            "FirstGetVersioned" => Rewrite::FirstGetVersioned,
+            "SetIfVersion" => Rewrite::SetIfVersion,
+            other => panic!("unknown rewrite {other}"),
+        }
+    }
+
+    /// Writes [`OLDEST`] first (given a version at once, while the shard is empty, for
+    /// `SetIfVersion`), then `fillers` other values; returns how many of those it wrote
+    /// before the first eviction (all of them if none evicted).
+    fn fill(self, c: &Cache, fillers: usize) -> usize {
+        c.set(OLDEST, &full_value(OLDEST, 1), None).expect("set");
+        if self == Rewrite::SetIfVersion {
+            let (v, _) = versioned(c, OLDEST);
+            assert_eq!(v, full_value(OLDEST, 1));
+        }
+        for i in 0..fillers {
+            let key = format!("fill-{i:03}").into_bytes();
+            c.set(&key, &full_value(&key, 1), None).expect("set");
+            if c.stats().evictions > 0 {
+                return i;
+            }
+        }
+        fillers
+    }
+}
+
+/// A child of the full-shard test: runs its rewrite of [`OLDEST`] (a crash point armed
+/// by the parent may kill it inside), and exits 0 if the rewrite finished.
+#[cfg(feature = "crash-points")]
+fn rewrite_child() -> ! {
+    disable_core_dumps();
+    let rewrite = Rewrite::parse(&child_env("LARDER_TEST_REWRITE"));
+    let c = full_shard_options()
+        .attach(child_env("LARDER_TEST_PATH"))
+        .expect("attach");
+    let (v, version) = versioned(&c, OLDEST);
+    assert_eq!(v, full_value(OLDEST, 1), "get_versioned read another value");
+    if rewrite == Rewrite::SetIfVersion {
+        assert!(
+            c.set_if_version(OLDEST, &full_value(OLDEST, 2), None, version)
+                .expect("set_if_version"),
+            "no one else wrote the entry"
+        );
+    }
+    std::process::exit(0)
+}
+
+/// A process SIGKILLed inside a versioning rewrite of the oldest entry of a full shard
+/// (one shard whose main log holds a few dozen 100 KiB values and has no room for
+/// another) never costs the entry: after the first `get_versioned` (a read, which gives
+/// the entry a version by writing it again) the entry holds its value, and after
+/// `set_if_version` its old value or its new one, never neither. The kill lands at each
+/// step of making room and of the rewrite (a step the rewrite does not reach lets it
+/// finish); the repair drops nothing and `verify` is clean.
+///
+/// Making room in a full main log pops its oldest record, which here is the entry's
+/// own: the rewrite must publish its new record while the old one is still live.
+#[cfg(feature = "crash-points")]
+#[test]
+fn killed_versioning_rewrite_in_a_full_shard_keeps_the_entry() {
+    const TEST: &str = "killed_versioning_rewrite_in_a_full_shard_keeps_the_entry";
+    const POINTS: &[&str] = &[
+        "move.after_pop",
+        "move.after_copy",
+        "move.after_publish",
+        "evict.after_pop",
+        "evict.after_cut",
+        "set.after_make_room",
+        "set.after_intent",
+        "set.after_value",
+        "set.before_publish",
+        "set.after_publish",
+        "versioned_set.before_old_dead",
+        "set.after_slot",
+    ];
+    if child_role().as_deref() == Some("rewrite") {
+        rewrite_child();
+    }
+    for rewrite in [Rewrite::FirstGetVersioned, Rewrite::SetIfVersion] {
+        // How many fillers fit: found on a file of its own, filled the same way until
+        // it evicts.
+        let fillers = {
+            let t = TempCache::new("ver-full-probe");
+            let probe = full_shard_options().open(t.name()).expect("create");
+            rewrite.fill(&probe, 1000)
+        };
+        let mut reached = Vec::new();
+        for &point in POINTS {
+            let ctx = format!("{rewrite:?} killed at {point}");
+            let t = TempCache::new("ver-full");
+            let c = full_shard_options().open(t.name()).expect("create");
+            assert_eq!(
+                rewrite.fill(&c, fillers),
+                fillers,
+                "{ctx}: the setup evicted"
+            );
+            let before = c.stats();
+            assert_eq!(before.evictions, 0, "{ctx}: the setup evicted");
+
+            let mut cmd = self_command(TEST, "rewrite");
+            cmd.env("LARDER_TEST_PATH", &t.path)
+                .env("LARDER_TEST_REWRITE", format!("{rewrite:?}"))
+                .env("LARDER_CRASH_AT", point)
+                .env("LARDER_CRASH_ACTION", "kill");
+            let mut kid = ChildGuard::spawn_logged(&mut cmd, t.dir.join("child.log"));
+            let status = kid.wait_or_fail(deadline_in(60), &ctx);
+            let killed = match (status.code(), status.signal()) {
+                (Some(0), _) => false,
+                (None, Some(libc::SIGKILL)) => true,
+                _ => panic!("{ctx}: the child failed ({status}):\n{}", kid.log()),
+            };
+            if killed {
+                reached.push(point);
+            }
+
+            let got = c.get(OLDEST).expect("get");
+            let after = c.stats();
+            let mut allowed = vec![full_value(OLDEST, 1)];
+            if rewrite == Rewrite::SetIfVersion {
+                allowed.push(full_value(OLDEST, 2));
+            }
+            assert!(
+                got.as_ref().is_some_and(|v| allowed.contains(v)),
+                "{ctx}: the entry holds {:?} ({} recoveries, {} entries dropped by \
+                 repairs)",
+                got.as_ref().map(|v| common::check_value(OLDEST, v)),
+                after.recoveries - before.recoveries,
+                after.repair_dropped - before.repair_dropped
+            );
+            if !killed {
+                assert!(
+                    after.evictions > 0,
+                    "{ctx}: the rewrite finished without evicting: the shard was not full"
+                );
+                if rewrite == Rewrite::SetIfVersion {
+                    assert_eq!(got, Some(full_value(OLDEST, 2)), "{ctx}: finished");
+                }
+            }
+            assert_eq!(
+                after.repair_dropped, before.repair_dropped,
+                "{ctx}: a repair dropped an entry"
+            );
+            if killed {
+                assert!(
+                    after.recoveries > before.recoveries,
+                    "{ctx}: the shard was not repaired"
+                );
+            }
+            let report = c.verify().expect("verify");
+            assert!(report.is_clean(), "{ctx}: {report}");
+            // The entry can still be compare-and-swapped.
+            let (v, version) = versioned(&c, OLDEST);
+            assert!(allowed.contains(&v), "{ctx}");
+            assert!(
+                c.set_if_version(OLDEST, &full_value(OLDEST, 3), None, version)
+                    .expect("set_if_version"),
+                "{ctx}: the entry's version did not match"
+            );
+        }
+        eprintln!("{rewrite:?} ({fillers} fillers): killed at {reached:?}");
+        assert!(
+            reached.contains(&"set.before_publish") && reached.contains(&"set.after_publish"),
+            "{rewrite:?}: the rewrite never reached its own steps ({reached:?})"
+        );
+    }
 }
