@@ -852,7 +852,9 @@ impl Cache {
     /// versioned entry takes 8 bytes more in the log. Any write but `set_if_version`
     /// and `touch` (which keeps the version) leaves the entry without a version or with a
     /// new one, so a version is matched only by the entry it was read from. A
-    /// `set_if_version` killed midway leaves the old value or the new one, never neither.
+    /// `set_if_version` killed midway leaves the old value or the new one, never neither,
+    /// and a `get_versioned` killed while it writes the entry again with its version
+    /// leaves the entry as it was, in a full shard too.
     ///
     /// ```
     /// # fn main() -> Result<(), larder::Error> {
