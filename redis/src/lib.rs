@@ -46,12 +46,12 @@
 //!   the listener reconnects, which flushes. (A restart closes the connection, which
 //!   does the same.)
 //!
-//! Refused: a server that does not let the listener run `INFO` or whose `INFO` lacks
-//! what it reads: [`Listener::run`] returns [`Error::Unsupported`] and lets the lease
-//! go, and readers go to Redis.
+//! Refused: a server in cluster mode (`cluster_enabled:1`), where tracking reports the
+//! writes of one node only, and a server that does not let the listener run `INFO`
+//! or whose `INFO` lacks what it reads: [`Listener::run`] returns
+//! [`Error::Unsupported`] and lets the lease go, and readers go to Redis.
 //!
 //! Not covered:
-//! - cluster mode: tracking reports the writes of the node the listener is on only;
 //! - readers and the listener on different servers (the readers on the primary and
 //!   the listener on a replica, say): a heartbeat vouches for what the listener's
 //!   server has applied. Point both at the same server;
@@ -149,9 +149,10 @@ pub enum Error {
     Redis(redis::RedisError),
     /// A configuration that cannot work (say which in the text).
     Config(String),
-    /// A server the listener cannot keep the near cache current with: one that does
-    /// not let it read what it checks (say which in the text, and what to do). The
-    /// listener stops, leaving the near cache unguarded (readers go to Redis).
+    /// A server the listener cannot keep the near cache current with: one in cluster
+    /// mode, or one that does not let it read what it checks (say which in the text,
+    /// and what to do). The listener stops, leaving the near cache unguarded (readers
+    /// go to Redis).
     Unsupported(String),
 }
 
@@ -603,8 +604,8 @@ impl Listener {
     /// ping interval.
     ///
     /// Returns `Ok` once stopped, or [`Error::Unsupported`] as soon as it connects to
-    /// a server it cannot keep the near cache current with (no permission to run
-    /// `INFO`): it then lets the lease go, and readers go to Redis.
+    /// a server it cannot keep the near cache current with (cluster mode, or no
+    /// permission to run `INFO`): it then lets the lease go, and readers go to Redis.
     pub fn run(&self, stop: &AtomicBool, mut events: impl FnMut(Event)) -> Result<()> {
         while !stop.load(Ordering::Relaxed) {
             let near = self.cache.near();
@@ -680,8 +681,8 @@ impl Listener {
     }
 
     /// A tracking connection, and the server's first [`Reading`] (taken once
-    /// tracking is on). [`Error::Unsupported`] for a server that refuses `INFO` or
-    /// whose `INFO` lacks what the checks read.
+    /// tracking is on). [`Error::Unsupported`] for a server in cluster mode, or one
+    /// that refuses `INFO` or whose `INFO` lacks what the checks read.
     fn connect(&self) -> Result<(redis::Connection, mpsc::Receiver<PushInfo>, Reading)> {
         let mut con = connect(&self.url, self.config.io_timeout)?;
         let (tx, rx) = mpsc::channel();
@@ -697,18 +698,21 @@ impl Listener {
         }
         cmd.exec(&mut con)?;
         let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("cluster");
         Reading::request(&mut pipe);
-        let (server, stats): (String, String) = pipe.query(&mut con).map_err(|e| {
-            if e.code() == Some("NOPERM") {
-                Error::Unsupported(format!(
-                    "the listener's Redis user may not run INFO, which the listener \
+        let (cluster, server, stats): (String, String, String) =
+            pipe.query(&mut con).map_err(|e| {
+                if e.code() == Some("NOPERM") {
+                    Error::Unsupported(format!(
+                        "the listener's Redis user may not run INFO, which the listener \
                          reads with every ping to detect changes client-side caching does \
                          not report (SWAPDB): allow it (ACL SETUSER <user> +info); {e}"
-                ))
-            } else {
-                Error::Redis(e)
-            }
-        })?;
+                    ))
+                } else {
+                    Error::Redis(e)
+                }
+            })?;
+        unreported::refuse_cluster(&cluster)?;
         let reading = Reading::parse(&server, &stats).map_err(|e| {
             Error::Unsupported(format!(
                 "{e}: the listener reads it with every ping to detect changes client-side \

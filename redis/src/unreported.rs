@@ -5,10 +5,11 @@
 //! `COPY … DB` included, and reports a flush (`FLUSHALL`, `FLUSHDB`, `DEBUG RELOAD`,
 //! a replica's full resynchronisation, whatever its `repl-diskless-load`) as a
 //! null invalidation. It does not report (checked on redis-server 7.0.15 by
-//! `tests/protocol.rs`, findings (g) to (j)):
+//! `tests/protocol.rs`, findings (g) to (k)):
 //! - `SWAPDB`, alone, in `MULTI`/`EXEC`, in a script, or replicated from the primary
 //!   of a replica the listener is on: every key of the database changes at once;
-//! - `DEBUG RELOAD NOFLUSH MERGE`: the RDB file's values replace the dataset's.
+//! - `DEBUG RELOAD NOFLUSH MERGE`: the RDB file's values replace the dataset's;
+//! - the writes of other nodes, in cluster mode.
 //!
 //! Each of these runs a command, and Redis counts every command it runs in
 //! `INFO commandstats`, for every client, in transactions, scripts and the
@@ -18,9 +19,10 @@
 //! reset followed by as many `SWAPDB`s as were counted would leave `swapdb` where it
 //! was), so the sum of every command's calls must have grown too: the listener's
 //! own `INFO` and `PING` since the last reading count in it, so it grows unless the
-//! statistics were reset.
+//! statistics were reset. Cluster mode is refused when the listener connects
+//! ([`refuse_cluster`]).
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// Commands that change the dataset without an invalidation (`swapdb`, `debug`),
 /// or empty it (`flushall`, `flushdb`: reported, and watched too, so a server that
@@ -138,6 +140,22 @@ fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Refuses a server in cluster mode (`cluster_enabled:1` in `INFO cluster`): its
+/// tracking reports the writes of the node the listener is connected to, never those
+/// of the other nodes.
+pub(crate) fn refuse_cluster(info_cluster: &str) -> Result<()> {
+    if field(info_cluster, "cluster_enabled") == Some("1") {
+        return Err(Error::Unsupported(
+            "the server runs in cluster mode, where client-side caching reports the \
+             writes of one node only: a near cache would keep serving values changed on \
+             the other nodes. Use a standalone Redis or Valkey (a primary, or a replica \
+             that the readers read too)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +237,13 @@ mod tests {
         let a = reading(&[("info", 10)]);
         let other = Reading::parse(&SERVER.replace("abc", "def"), &stats(&[("info", 11)])).unwrap();
         assert_eq!(other.since(&a), Since::Restarted);
+    }
+
+    #[test]
+    fn cluster_mode_is_refused() {
+        assert!(refuse_cluster("# Cluster\r\ncluster_enabled:0\r\n").is_ok());
+        let e = refuse_cluster("# Cluster\r\ncluster_enabled:1\r\n").unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e:?}");
+        assert!(e.to_string().contains("cluster mode"), "{e}");
     }
 }

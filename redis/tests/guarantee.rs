@@ -4,8 +4,8 @@
 //! connection, a Redis restart, `FLUSHALL`, racing readers and a half-open connection;
 //! a change tracking does not report (`SWAPDB`, also in a transaction, a script,
 //! behind a `CONFIG RESETSTAT` or on a replica; `DEBUG RELOAD … MERGE`) stops being
-//! served within the bound; a server that denies the listener `INFO` is refused; and
-//! near-cache TTLs never exceed what Redis has left on the key.
+//! served within the bound; a server in cluster mode is refused; and near-cache TTLs
+//! never exceed what Redis has left on the key.
 //!
 //! Each test has its own redis-server and its own larder file in a temp directory
 //! removed on drop, so the tests run in parallel. The listener runs in a thread of the
@@ -1153,6 +1153,15 @@ fn assert_refused(url: &str, needle: &str) {
     assert_eq!((s.heartbeat_age, s.holder), (None, None), "{s:?}");
     assert!(!cache.near().guarded(BOUND).expect("guarded"));
     eprintln!("refused ({needle}) {took:?} after the start; {s:?}");
+}
+
+/// A listener refuses a Redis in cluster mode (tracking there reports one node's
+/// writes only): `Listener::run` returns `Error::Unsupported` saying so, having let
+/// the lease go, so readers go to Redis.
+#[test]
+fn a_listener_refuses_a_server_in_cluster_mode() {
+    let server = RedisServer::start_with(&["--cluster-enabled", "yes"]).expect("redis-server");
+    assert_refused(&server.tcp_url(), "cluster mode");
 }
 
 /// A listener whose Redis user may not run `INFO` cannot see what tracking does not
