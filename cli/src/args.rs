@@ -198,7 +198,9 @@ pub enum Cmd {
     /// Run this host's near-cache listener for NAME in front of Redis: hold the
     /// file's lease (standing by while another process holds it), track the prefixes
     /// with Redis client-side caching in broadcast mode, drop what Redis says changed,
-    /// and prove every --ping-every that the near cache is current. Runs until killed.
+    /// flush on what it does not say (SWAPDB), and prove every --ping-every that the
+    /// near cache is current. Runs until killed; exits with an error for a Redis it
+    /// cannot keep the near cache current with (cluster mode, or a user without INFO).
     Listen {
         /// The cache (created by the workers, or with `larder create`).
         name: String,

@@ -107,7 +107,14 @@ fn listen(
                 eprintln!("larder listen: {event:?}");
             }
         })
-        .map_err(|e| Failure::new(e.to_string()))?;
+        .map_err(|e| match e {
+            // The listener let the lease go: say what that leaves the workers with.
+            larder_redis::Error::Unsupported(why) => Failure::new(format!(
+                "listen: the Redis at --redis cannot keep {name} current: {why}. No \
+                 listener holds {name}: its workers read Redis directly"
+            )),
+            e => Failure::new(e.to_string()),
+        })?;
     Ok(ExitCode::SUCCESS)
 }
 

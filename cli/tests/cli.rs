@@ -1094,3 +1094,30 @@ fn listen_holds_the_lease_and_a_standby_takes_over_when_it_is_killed() {
     assert!(text.contains("near listener"), "{text}");
     assert!(text.contains("takeovers         1"), "{text}");
 }
+
+/// `larder listen` in front of a Redis in cluster mode (tracking there reports one
+/// node's writes only) refuses at once, in one line that says why and what to do, and
+/// leaves no listener holding the cache.
+#[test]
+fn listen_refuses_a_redis_in_cluster_mode() {
+    use larder_redis::testing::RedisServer;
+    let t = TempCache::new("cli-listen-cluster");
+    let name = t.name();
+    create(name);
+    let server = RedisServer::start_with(&["--cluster-enabled", "yes"]).expect("redis-server");
+    let url = server.tcp_url();
+    let out = larder(&["listen", name, "--redis", &url, "--prefix", "k:"]);
+    out.fails(1, "cluster mode");
+    for needle in ["--redis", "standalone", "read Redis directly"] {
+        assert!(
+            out.stderr.contains(needle),
+            "{:?} lacks {needle:?}",
+            out.stderr
+        );
+    }
+    let stats = larder(&["stats", name, "--json"]).ok();
+    assert!(
+        stats.contains("\"holder\":0,\"heartbeat_age_ms\":-1"),
+        "{stats}"
+    );
+}

@@ -10,28 +10,95 @@
 //!
 //! # The guarantee
 //!
-//! A near-cache hit at time `t` reflects every Redis write to a tracked prefix that
-//! completed before `t - H` (the readers' [`bound`](NearCache::new), 1 s by default),
-//! through listener death, listener stop, connection loss, Redis restarts and
-//! flushes, without any clock shared between hosts (only the host's monotonic clock).
+//! A near-cache hit at time `t` reflects every change Redis made to a key under a
+//! tracked prefix that completed before `t - H` (the readers'
+//! [`bound`](Config::bound), 1 s by default), through listener death, listener stop,
+//! connection loss, Redis restarts, flushes, and the server-side changes that
+//! client-side caching does not report, without any clock shared between hosts (only
+//! the host's monotonic clock). In practice a change stops being served about one ping
+//! interval `P` (100 ms by default) and a round trip after it completed.
 //!
-//! Why it holds:
-//! - The listener sends a `PING` every `P` (100 ms by default). Redis queues the
-//!   invalidation of a write on the listener's connection when the write executes, so
-//!   the reply to a `PING` sent at `s` comes after the invalidations of every write
-//!   that completed before `s`. The listener applies those, then publishes `s` as the
-//!   heartbeat (`larder::near`).
+//! ## What it covers
+//!
+//! Reported by tracking (a push on the listener's connection, checked on
+//! redis-server 7.0.15: `tests/protocol.rs` and `NOTES-protocol.md`):
+//! - every write to a tracked key by any client: alone, in `MULTI`/`EXEC`, in a script
+//!   or function, `MOVE`, `COPY … DB`, `RENAME`, `RESTORE`, expiry and eviction, and
+//!   on a replica every write it applies from its primary. Tracking goes by key name,
+//!   whatever the database: a write to `p:x` in db 1 invalidates `p:x` for a listener
+//!   on db 0 (harmless: the next read fills again);
+//! - flushes, as a null invalidation: `FLUSHALL`, `FLUSHDB` (of any db), `DEBUG
+//!   RELOAD`, and a replica's full resynchronisation (whatever its
+//!   `repl-diskless-load`). The listener flushes the near cache
+//!   ([`Event::ServerFlush`]).
+//!
+//! Not reported by tracking, detected by the listener (it flushes,
+//! [`Event::UnreportedChange`], counted as a server flush):
+//! - `SWAPDB` (a dataset reload: build the data in db 1, swap), alone, in a
+//!   transaction, in a script, or replicated to the replica the listener is on, and
+//!   `DEBUG RELOAD NOFLUSH MERGE`: Redis counts every command it runs in `INFO
+//!   commandstats`, and the listener flushes when the calls of `swapdb`, `debug`,
+//!   `flushall`, `flushdb` or `config|resetstat` moved since its last reading;
+//! - a reset of those counters (`CONFIG RESETSTAT`, which could hide a `SWAPDB` run
+//!   after it): the sum of every command's calls must have grown since the last
+//!   reading (the listener's own commands count in it);
+//! - another server process answering on the same connection (its `run_id` changed):
+//!   the listener reconnects, which flushes. (A restart closes the connection, which
+//!   does the same.)
+//!
+//! Refused: a server in cluster mode (`cluster_enabled:1`), where tracking reports the
+//! writes of one node only, and a server that does not let the listener run `INFO`
+//! or whose `INFO` lacks what it reads: [`Listener::run`] returns
+//! [`Error::Unsupported`] and lets the lease go, and readers go to Redis.
+//!
+//! Not covered:
+//! - readers and the listener on different servers (the readers on the primary and
+//!   the listener on a replica, say): a heartbeat vouches for what the listener's
+//!   server has applied. Point both at the same server;
+//! - a module that changes keys without signalling them, and on server versions other
+//!   than the one checked, any command that changes keys without an invalidation and
+//!   is not among those watched;
+//! - a `CONFIG RESETSTAT` followed, within one ping interval, by as many `SWAPDB`s as
+//!   were counted before it and by more commands than the server had counted since its
+//!   previous reset.
+//!
+//! ## Why it holds
+//!
+//! - Every `P` the listener takes the instant `s` and writes `PING`, `INFO server`
+//!   and `INFO commandstats` in one go. Redis runs them after every command that
+//!   completed before `s` (its client had the reply before the listener wrote), and
+//!   queues a write's invalidation on the listener's connection before the write's
+//!   own reply goes out. So once the three replies are read, the pushes before them
+//!   hold the invalidation of every write that completed before `s`, and the `INFO`s
+//!   count every command that completed before `s`.
+//! - The listener applies those invalidations, compares the server's reading with the
+//!   one before it and flushes if it moved, and only then publishes `s` as the
+//!   heartbeat (`larder::near`). So no heartbeat vouches for a window in which an
+//!   unreported change happened: for a change completed at `x`, the first reading
+//!   that counts it is compared with one that does not, and flushes before its
+//!   heartbeat is published; every heartbeat later than `x` comes from that round or
+//!   a later one, so it is published after that flush. The first reading on a
+//!   connection is taken once tracking is on and before the reconnect flush (or, on
+//!   the lease's first connection, after the lease's flush, when no reader fills:
+//!   fills need a heartbeat), so changes before it are flushed too.
 //! - A reader serves or fills from larder only while the heartbeat is at most `H`
-//!   old, reading it before the entry; otherwise it goes to Redis.
+//!   old, reading it before the entry and checking its age after: a hit at `t` read a
+//!   heartbeat later than `t - H`, so every change completed before `t - H` was
+//!   applied or flushed before that heartbeat was published.
 //! - A fill takes a ticket before it reads Redis and stores only if no invalidation of
 //!   the key and no flush came since (checked under the shard lock), so a fill that
-//!   raced an invalidation never leaves the old value behind.
+//!   raced an invalidation or a flush never leaves the old value behind.
 //! - Whoever takes the lease flushes first (its predecessor may have missed
-//!   invalidations), and so does every reconnect; a `FLUSHALL`/`FLUSHDB` (a null
-//!   invalidation) flushes too. Losing the connection, a `PING` without a reply
-//!   within its timeout, and stopping clear the heartbeat at once.
+//!   invalidations), and so does every reconnect. Losing the connection, a round
+//!   without its replies within the reply timeout, and stopping clear the heartbeat at
+//!   once.
 //! - Near-cache TTLs never exceed what Redis has left on the key (read with the value)
 //!   nor the configured cap.
+//!
+//! The checks cost the listener's round two `INFO` replies (about 3 KB with 30 kinds
+//! of command in `INFO commandstats`) and about 14 µs of the server's time (20 µs
+//! more of the round trip over a unix socket), once per `P`, per host: see
+//! `l_the_listeners_round_trip_with_the_info_checks` in `tests/protocol.rs`.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), larder_redis::Error> {
@@ -57,9 +124,11 @@ use std::time::{Duration, Instant};
 use larder::near::{FlushReason, Lease, Moment};
 use larder::Cache;
 use redis::{ConnectionLike, PushInfo, PushKind, Value};
+use unreported::{Reading, Since};
 
 #[doc(hidden)]
 pub mod testing;
+mod unreported;
 
 /// The default bound `H` on a hit's staleness.
 pub const DEFAULT_BOUND: Duration = Duration::from_secs(1);
@@ -80,6 +149,11 @@ pub enum Error {
     Redis(redis::RedisError),
     /// A configuration that cannot work (say which in the text).
     Config(String),
+    /// A server the listener cannot keep the near cache current with: one in cluster
+    /// mode, or one that does not let it read what it checks (say which in the text,
+    /// and what to do). The listener stops, leaving the near cache unguarded (readers
+    /// go to Redis).
+    Unsupported(String),
 }
 
 impl fmt::Display for Error {
@@ -88,6 +162,7 @@ impl fmt::Display for Error {
             Error::Larder(e) => write!(f, "near cache: {e}"),
             Error::Redis(e) => write!(f, "redis: {e}"),
             Error::Config(e) => write!(f, "configuration: {e}"),
+            Error::Unsupported(e) => write!(f, "unsupported server: {e}"),
         }
     }
 }
@@ -97,7 +172,7 @@ impl std::error::Error for Error {
         match self {
             Error::Larder(e) => Some(e),
             Error::Redis(e) => Some(e),
-            Error::Config(_) => None,
+            Error::Config(_) | Error::Unsupported(_) => None,
         }
     }
 }
@@ -483,6 +558,10 @@ pub enum Event {
     Lost(String),
     /// The store was emptied: the near cache was flushed.
     ServerFlush,
+    /// The server's counters showed a change that client-side caching does not
+    /// report (a `SWAPDB`, a `DEBUG RELOAD … MERGE`, a reset of the counters
+    /// themselves; the text says which): the near cache was flushed.
+    UnreportedChange(String),
     /// The listener's own heartbeat went older than the bound (it was stopped or
     /// starved): it flushed before going on.
     Stale,
@@ -522,7 +601,11 @@ impl Listener {
     /// current, reconnecting as needed. `events` hears what happens. An error of the
     /// cache file (a shard lock held past its timeout by a stopped process, say) lets
     /// the lease go, which clears the heartbeat, and the listener tries again after a
-    /// ping interval: it returns only once stopped.
+    /// ping interval.
+    ///
+    /// Returns `Ok` once stopped, or [`Error::Unsupported`] as soon as it connects to
+    /// a server it cannot keep the near cache current with (cluster mode, or no
+    /// permission to run `INFO`): it then lets the lease go, and readers go to Redis.
     pub fn run(&self, stop: &AtomicBool, mut events: impl FnMut(Event)) -> Result<()> {
         while !stop.load(Ordering::Relaxed) {
             let near = self.cache.near();
@@ -536,8 +619,11 @@ impl Listener {
                 Ok(None) => Ok(()),
                 Err(e) => Err(e.into()),
             };
-            if let Err(e) = outcome {
-                events(Event::Lost(format!("the cache: {e}")));
+            match outcome {
+                // The lease was dropped with `hold`'s end: the heartbeat is clear.
+                Err(e @ Error::Unsupported(_)) => return Err(e),
+                Err(e) => events(Event::Lost(format!("the cache: {e}"))),
+                Ok(()) => {}
             }
             if !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(self.config.ping_every); // standby or retry: each ping interval
@@ -547,7 +633,8 @@ impl Listener {
     }
 
     /// Keeps the near cache current while holding `lease`; returns when stopped or when
-    /// the file was replaced.
+    /// the file was replaced, or with [`Error::Unsupported`] for a server it cannot
+    /// guard.
     fn hold(
         &self,
         lease: &Lease<'_>,
@@ -555,23 +642,29 @@ impl Listener {
         events: &mut impl FnMut(Event),
     ) -> Result<()> {
         // The lease flushed already: the first connection needs no flush of its own.
+        // (From the lease's flush to the first heartbeat no reader fills: tickets
+        // need a heartbeat. So the near cache holds nothing a change before the first
+        // reading could have made stale.)
         let mut first = true;
         while !stop.load(Ordering::Relaxed) {
             lease.suspend();
-            let (mut con, rx) = match self.connect() {
+            let (mut con, rx, reading) = match self.connect() {
                 Ok(c) => c,
+                Err(e @ Error::Unsupported(_)) => return Err(e),
                 Err(e) => {
                     events(Event::Lost(e.to_string()));
                     std::thread::sleep(self.config.ping_every); // reconnect backoff, then retry
                     continue;
                 }
             };
+            // After the first reading: whatever changed before it, unreported or
+            // not, is flushed here.
             if !first {
                 lease.flush(FlushReason::Reconnect)?;
             }
             first = false;
             events(Event::Connected);
-            match self.track(lease, &mut con, &rx, stop, events)? {
+            match self.track(lease, &mut con, &rx, reading, stop, events)? {
                 Ended::Stopped => return Ok(()),
                 Ended::Replaced => {
                     events(Event::FileReplaced);
@@ -586,7 +679,10 @@ impl Listener {
         Ok(())
     }
 
-    fn connect(&self) -> Result<(redis::Connection, mpsc::Receiver<PushInfo>)> {
+    /// A tracking connection, and the server's first [`Reading`] (taken once
+    /// tracking is on). [`Error::Unsupported`] for a server in cluster mode, or one
+    /// that refuses `INFO` or whose `INFO` lacks what the checks read.
+    fn connect(&self) -> Result<(redis::Connection, mpsc::Receiver<PushInfo>, Reading)> {
         let mut con = connect(&self.url, self.config.io_timeout)?;
         let (tx, rx) = mpsc::channel();
         con.set_push_sender(tx);
@@ -600,20 +696,53 @@ impl Listener {
             cmd.arg("PREFIX").arg(&p[..]);
         }
         cmd.exec(&mut con)?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("cluster");
+        Reading::request(&mut pipe);
+        let (cluster, server, stats): (String, String, String) =
+            pipe.query(&mut con).map_err(|e| {
+                if e.code() == Some("NOPERM") {
+                    Error::Unsupported(format!(
+                        "the listener's Redis user may not run INFO, which the listener \
+                         reads with every ping to detect changes client-side caching does \
+                         not report (SWAPDB): allow it (ACL SETUSER <user> +info); {e}"
+                    ))
+                } else {
+                    Error::Redis(e)
+                }
+            })?;
+        unreported::refuse_cluster(&cluster)?;
+        let reading = Reading::parse(&server, &stats).map_err(|e| {
+            Error::Unsupported(format!(
+                "{e}: the listener reads it with every ping to detect changes client-side \
+                 caching does not report (SWAPDB), and cannot keep the near cache current \
+                 without it"
+            ))
+        })?;
         con.set_read_timeout(Some(self.config.reply_timeout))?;
-        Ok((con, rx))
+        Ok((con, rx, reading))
     }
 
-    /// The tracking loop on one connection.
+    /// The tracking loop on one connection; `last` is the server's reading taken
+    /// when it was made.
+    ///
+    /// Each round sends `PING`, `INFO server` and `INFO commandstats` in one write at
+    /// `sent`, reads the three replies, applies the invalidations that came before
+    /// them, compares the server's reading with the last one and flushes if they
+    /// differ, and only then publishes `sent` as the heartbeat (see the crate docs).
     fn track(
         &self,
         lease: &Lease<'_>,
         con: &mut redis::Connection,
         rx: &mpsc::Receiver<PushInfo>,
+        mut last: Reading,
         stop: &AtomicBool,
         events: &mut impl FnMut(Event),
     ) -> Result<Ended> {
         let mut last_tick = Instant::now();
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        Reading::request(&mut pipe);
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(Ended::Stopped);
@@ -628,11 +757,14 @@ impl Listener {
                 lease.flush(FlushReason::Stale)?;
                 events(Event::Stale);
             }
-            let pong: redis::RedisResult<String> = redis::cmd("PING").query(con);
-            if let Err(e) = pong {
-                return Ok(Ended::Lost(format!("PING: {e}")));
-            }
-            // Every invalidation of a write that completed before `sent` is in `rx`.
+            let replies: redis::RedisResult<(String, String, String)> = pipe.query(con);
+            let (_pong, server, stats) = match replies {
+                Ok(r) => r,
+                Err(e) => return Ok(Ended::Lost(format!("PING: {e}"))),
+            };
+            // Every invalidation of a write that completed before `sent` is in `rx`,
+            // and every command that completed before `sent` is in `stats`.
+            let mut flush = None;
             while let Ok(push) = rx.try_recv() {
                 match push.kind {
                     PushKind::Invalidate => match push.data.first() {
@@ -643,10 +775,7 @@ impl Listener {
                                 }
                             }
                         }
-                        _ => {
-                            lease.flush(FlushReason::ServerFlush)?;
-                            events(Event::ServerFlush);
-                        }
+                        _ => flush = Some(Event::ServerFlush),
                     },
                     PushKind::Disconnection => {
                         return Ok(Ended::Lost("disconnected".into()));
@@ -656,6 +785,29 @@ impl Listener {
             }
             if !con.is_open() {
                 return Ok(Ended::Lost("connection closed".into()));
+            }
+            let reading = match Reading::parse(&server, &stats) {
+                Ok(r) => r,
+                Err(e) => return Ok(Ended::Lost(format!("the server's INFO: {e}"))),
+            };
+            match reading.since(&last) {
+                Since::Same => {}
+                // A reported flush this round covers it (FLUSHALL is watched too).
+                Since::Changed(why) => {
+                    flush.get_or_insert(Event::UnreportedChange(why));
+                }
+                // No heartbeat for this round; the reconnect flushes.
+                Since::Restarted => {
+                    return Ok(Ended::Lost(
+                        "the server restarted (its run_id changed) under this connection".into(),
+                    ));
+                }
+            }
+            last = reading;
+            // One flush for whatever this round saw, before its heartbeat.
+            if let Some(event) = flush {
+                lease.flush(FlushReason::ServerFlush)?;
+                events(event);
             }
             if !lease.publish_heartbeat(sent)? {
                 return Ok(Ended::Replaced);

@@ -91,7 +91,8 @@ enum StartError {
 
 /// A private redis-server listening on a unix socket in a fresh temp
 /// directory and on a TCP port of 127.0.0.1, with persistence off
-/// (`--save "" --appendonly no`).
+/// (`--save "" --appendonly no`), and with any further arguments given to
+/// [`RedisServer::start_with`].
 ///
 /// Dropping it kills the server (SIGKILL), waits for it and removes the
 /// directory; this also happens when a test panics, as the value is dropped
@@ -100,6 +101,9 @@ pub struct RedisServer {
     // Declared before `dir`, so the server is gone before its directory is removed.
     child: Option<Child>,
     port: u16,
+    /// Arguments after the defaults (a later argument overrides an earlier one),
+    /// kept for restarts.
+    extra: Vec<String>,
     dir: TempDir,
 }
 
@@ -109,10 +113,19 @@ impl RedisServer {
     /// answers (its port was taken) is retried on a new port, a bounded
     /// number of times.
     pub fn start() -> io::Result<RedisServer> {
+        RedisServer::start_with(&[])
+    }
+
+    /// As [`RedisServer::start`], with `extra` after the default arguments,
+    /// e.g. `["--cluster-enabled", "yes"]` (its `nodes.conf` goes to the
+    /// server's own directory) or `["--enable-debug-command", "yes"]`.
+    /// [`RedisServer::restart`] starts the server with them again.
+    pub fn start_with(extra: &[&str]) -> io::Result<RedisServer> {
         let dir = TempDir::new()?;
         let mut server = RedisServer {
             child: None,
             port: 0,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             dir,
         };
         // sun_path holds 108 bytes with its terminating NUL.
@@ -299,6 +312,7 @@ impl RedisServer {
             .arg(&self.dir.path)
             .arg("--logfile")
             .arg(self.log_path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

@@ -2,7 +2,10 @@
 //! private redis-server: a write made in Redis by any client stops being served by the
 //! near cache, through listener death (SIGKILL), listener stop (SIGSTOP), a killed
 //! connection, a Redis restart, `FLUSHALL`, racing readers and a half-open connection;
-//! and near-cache TTLs never exceed what Redis has left on the key.
+//! a change tracking does not report (`SWAPDB`, also in a transaction, a script,
+//! behind a `CONFIG RESETSTAT` or on a replica; `DEBUG RELOAD … MERGE`) stops being
+//! served within the bound; a server in cluster mode is refused; and near-cache TTLs
+//! never exceed what Redis has left on the key.
 //!
 //! Each test has its own redis-server and its own larder file in a temp directory
 //! removed on drop, so the tests run in parallel. The listener runs in a thread of the
@@ -824,6 +827,357 @@ fn flushall_empties_the_near_cache() {
     }
     eprintln!("flushall: near cache emptied within {emptied:?}; {s:?}");
     listener.stop();
+}
+
+// ----- changes tracking does not report ----------------------------------------------
+
+/// Reads `key` through `near` from `changed` on (an instant by which Redis had
+/// replaced `old` with `new` in a way tracking does not report) until it reads `new`,
+/// asserting that no read that began more than the bound after `changed` served `old`;
+/// then that `old` is never served again. Returns how many reads served `old` and how
+/// long after `changed` the last of them began.
+fn assert_old_stops_within_the_bound(
+    near: &mut NearCache,
+    key: &str,
+    old: &str,
+    new: &str,
+    changed: Instant,
+    what: &str,
+) -> (u64, Option<Duration>) {
+    let mut served_old = 0u64;
+    let mut last_old = None;
+    let ok = poll_until(settle(), || {
+        let began = Instant::now();
+        let got = get(near, key);
+        if got.as_deref() == Some(old) {
+            let late = began - changed;
+            assert!(
+                late <= BOUND,
+                "{what}: {key} = {old:?} served {late:?} after the change (H = {BOUND:?}), \
+                 {served_old} times before: {:?}, {:?}",
+                near.stats(),
+                near.cache().near().stats()
+            );
+            served_old += 1;
+            last_old = Some(late);
+            return false;
+        }
+        assert_eq!(got.as_deref(), Some(new), "{what}: {key}");
+        true
+    });
+    assert!(ok, "{what}: {key} never read as {new:?}");
+    for _ in 0..100 {
+        assert_eq!(get(near, key).as_deref(), Some(new), "{what}: {key}");
+    }
+    (served_old, last_old)
+}
+
+fn select(con: &mut redis::Connection, db: u32) {
+    redis::cmd("SELECT").arg(db).exec(con).expect("SELECT");
+}
+
+/// Waits until the listener has published a heartbeat sent after now: every write
+/// that completed before this call is then applied.
+fn wait_caught_up(cache: &Cache, what: &str) {
+    let now = Moment::now();
+    let near = cache.near();
+    let ok = poll_until(settle(), || {
+        let since = now.elapsed();
+        near.stats().heartbeat_age.is_some_and(|age| age < since)
+    });
+    assert!(ok, "{what}: no heartbeat sent after it: {:?}", near.stats());
+}
+
+/// The values of `k:1` before and after a swap: `old` in db 0 (cached), `new` in db 1.
+/// The write to db 1 invalidates `k:1` too (tracking goes by key name, whatever the
+/// db), so `old` is cached again after it, from db 0.
+fn stage_a_swap(w: &mut redis::Connection, near: &mut NearCache, old: &str, new: &str) {
+    redis_set(w, "k:1", old);
+    wait_caught_up(near.cache(), "the write to db 0");
+    fill_until_hit(near, "k:1", old);
+    select(w, 1);
+    redis_set(w, "k:1", new);
+    select(w, 0);
+    wait_caught_up(near.cache(), "the write to db 1");
+    fill_until_hit(near, "k:1", old);
+}
+
+/// `SWAPDB 0 1` (a dataset reload: build the new data in db 1, swap) sends no
+/// invalidation. The listener sees it in the server's command counters before it
+/// publishes the next heartbeat and flushes, so the old value is served at most the
+/// bound after the swap returned, and then never again.
+#[test]
+fn a_swapdb_stops_the_old_value_being_served_within_the_bound() {
+    let server = RedisServer::start().expect("redis-server");
+    let dir = TempDir::new("swapdb");
+    let cache = dir.open();
+    let listener = ThreadListener::start(&dir.cache_path(), &server.unix_url(), config());
+    wait_current(&cache, None, "start");
+    let mut w = plain(&server.tcp_url());
+    let mut near = NearCache::new(cache.clone(), &server.tcp_url(), config()).expect("near");
+    stage_a_swap(&mut w, &mut near, "old", "new");
+
+    let before = cache.near().stats();
+    redis::cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .exec(&mut w)
+        .expect("SWAPDB");
+    let swapped = Instant::now();
+    let (served_old, last_old) =
+        assert_old_stops_within_the_bound(&mut near, "k:1", "old", "new", swapped, "SWAPDB");
+    let s = wait_stat(&cache, "flushes_server", before.flushes_server, |s| {
+        s.flushes_server
+    });
+    fill_until_hit(&mut near, "k:1", "new");
+    let events = listener.events();
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::UnreportedChange(why) if why.contains("SWAPDB"))),
+        "{events:?}"
+    );
+    eprintln!(
+        "swapdb: the old value served {served_old} times, the last read beginning \
+         {last_old:?} after the swap (H = {BOUND:?}, P = {PING_EVERY:?}); {s:?}; events \
+         {events:?}"
+    );
+    listener.stop();
+}
+
+/// The same unreported replacement of the dataset in other forms: `SWAPDB` in a
+/// transaction and in a script, a `SWAPDB` behind a `CONFIG RESETSTAT` that leaves
+/// the swap counter where it was, and `DEBUG RELOAD NOSAVE NOFLUSH MERGE` (the RDB
+/// file's values over the dataset). Each stops the old value being served within the
+/// bound.
+#[test]
+fn swaps_in_transactions_scripts_behind_a_stats_reset_and_debug_reload_merge_are_caught() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]).expect("redis-server");
+    let dir = TempDir::new("unreported");
+    let cache = dir.open();
+    let listener = ThreadListener::start(&dir.cache_path(), &server.tcp_url(), config());
+    wait_current(&cache, None, "start");
+    let mut w = plain(&server.unix_url());
+    let mut near = NearCache::new(cache.clone(), &server.tcp_url(), config()).expect("near");
+    let swap_in_multi = |w: &mut redis::Connection| {
+        redis::pipe()
+            .atomic()
+            .cmd("SWAPDB")
+            .arg(0)
+            .arg(1)
+            .exec(w)
+            .expect("MULTI SWAPDB EXEC");
+    };
+    let swap_in_script = |w: &mut redis::Connection| {
+        redis::cmd("EVAL")
+            .arg("redis.call('swapdb', 0, 1)")
+            .arg(0)
+            .exec(w)
+            .expect("EVAL swapdb");
+    };
+    // Both counters stay at 1 across it: only their sum going down shows the reset.
+    let reset_and_swap = |w: &mut redis::Connection| {
+        redis::pipe()
+            .atomic()
+            .cmd("CONFIG")
+            .arg("RESETSTAT")
+            .cmd("SWAPDB")
+            .arg(0)
+            .arg(1)
+            .exec(w)
+            .expect("MULTI CONFIG RESETSTAT SWAPDB EXEC");
+    };
+    // The listener's account of the last change, once it has one after `seen` events.
+    let told = |seen: usize, what: &str, needle: &str| {
+        let mut events = Vec::new();
+        let ok = poll_until(settle(), || {
+            events = listener.events();
+            events[seen..]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::UnreportedChange(why) if why.contains(needle)))
+        });
+        assert!(
+            ok,
+            "{what}: no UnreportedChange naming {needle:?}: {events:?}"
+        );
+    };
+    let mut report = Vec::new();
+    type Change<'a> = &'a dyn Fn(&mut redis::Connection);
+    let changes: [(&str, Change<'_>, &str); 3] = [
+        ("SWAPDB in MULTI", &swap_in_multi, "SWAPDB"),
+        ("SWAPDB in EVAL", &swap_in_script, "SWAPDB"),
+        ("CONFIG RESETSTAT then SWAPDB", &reset_and_swap, "reset"),
+    ];
+    for (i, (what, change, needle)) in changes.iter().enumerate() {
+        if i == 2 {
+            // So that `config|resetstat` and `swapdb` count 1 each before the change.
+            reset_and_swap(&mut w);
+        }
+        let (old, new) = (format!("old {i}"), format!("new {i}"));
+        stage_a_swap(&mut w, &mut near, &old, &new);
+        let seen = listener.events().len();
+        change(&mut w);
+        let changed = Instant::now();
+        report.push((
+            *what,
+            assert_old_stops_within_the_bound(&mut near, "k:1", &old, &new, changed, what),
+        ));
+        told(seen, what, needle);
+    }
+
+    // DEBUG RELOAD NOSAVE NOFLUSH MERGE: the saved value comes back over the newer one.
+    redis_set(&mut w, "k:1", "saved");
+    redis::cmd("SAVE").exec(&mut w).expect("SAVE");
+    redis_set(&mut w, "k:1", "newer");
+    wait_caught_up(&cache, "the write of the newer value");
+    fill_until_hit(&mut near, "k:1", "newer");
+    let seen = listener.events().len();
+    redis::cmd("DEBUG")
+        .arg(&["RELOAD", "NOSAVE", "NOFLUSH", "MERGE"])
+        .exec(&mut w)
+        .expect("DEBUG RELOAD");
+    let changed = Instant::now();
+    assert_eq!(redis_get(&mut w, "k:1").as_deref(), Some("saved"));
+    let what = "DEBUG RELOAD NOSAVE NOFLUSH MERGE";
+    report.push((
+        what,
+        assert_old_stops_within_the_bound(&mut near, "k:1", "newer", "saved", changed, what),
+    ));
+    told(seen, what, "DEBUG");
+    eprintln!(
+        "unreported changes: (change, (old value served, the last read beginning this \
+         long after the change)): {report:?} (H = {BOUND:?}); {:?}",
+        cache.near().stats()
+    );
+    listener.stop();
+}
+
+/// The listener and the readers on a replica: a `SWAPDB` run on the primary reaches
+/// the replica through replication, unreported there too, and is caught in the
+/// replica's own counters.
+#[test]
+fn a_swapdb_on_the_primary_is_caught_by_a_listener_on_a_replica() {
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).expect("primary");
+    let replica = RedisServer::start().expect("replica");
+    let mut r = plain(&replica.tcp_url());
+    let at = primary.tcp_addr();
+    redis::cmd("REPLICAOF")
+        .arg(at.ip().to_string())
+        .arg(at.port())
+        .exec(&mut r)
+        .expect("REPLICAOF");
+    let mut w = plain(&primary.tcp_url());
+    redis_set(&mut w, "k:synced", "yes");
+    assert!(
+        poll_until(settle(), || redis_get(&mut r, "k:synced").is_some()),
+        "the replica never synced"
+    );
+    let dir = TempDir::new("replica");
+    let cache = dir.open();
+    let listener = ThreadListener::start(&dir.cache_path(), &replica.unix_url(), config());
+    wait_current(&cache, None, "start");
+    let mut near = NearCache::new(cache.clone(), &replica.tcp_url(), config()).expect("near");
+
+    redis_set(&mut w, "k:1", "old");
+    select(&mut w, 1);
+    redis_set(&mut w, "k:1", "new");
+    select(&mut w, 0);
+    let mut r1 = plain(&replica.tcp_url());
+    select(&mut r1, 1);
+    assert!(
+        poll_until(settle(), || redis_get(&mut r1, "k:1").as_deref()
+            == Some("new")),
+        "db 1's write never reached the replica"
+    );
+    wait_caught_up(&cache, "the writes on the replica");
+    fill_until_hit(&mut near, "k:1", "old");
+    redis::cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .exec(&mut w)
+        .expect("SWAPDB");
+    // The bound counts from when the replica had applied it: by the time it shows.
+    assert!(
+        poll_until(settle(), || redis_get(&mut r, "k:1").as_deref()
+            == Some("new")),
+        "the swap never reached the replica"
+    );
+    let applied = Instant::now();
+    let (served_old, last_old) = assert_old_stops_within_the_bound(
+        &mut near,
+        "k:1",
+        "old",
+        "new",
+        applied,
+        "SWAPDB on the primary",
+    );
+    eprintln!(
+        "replica: the old value served {served_old} times after the swap showed on the \
+         replica, the last read beginning {last_old:?} after; {:?}",
+        cache.near().stats()
+    );
+    listener.stop();
+}
+
+/// Runs a listener on `url` (in a thread, stopped after the deadline if it still
+/// runs) and asserts that it refuses the server with `Error::Unsupported` mentioning
+/// `needle`, having let the lease go so that readers go to Redis.
+fn assert_refused(url: &str, needle: &str) {
+    let dir = TempDir::new("refused");
+    let cache = dir.open();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (path, url, s) = (dir.cache_path(), url.to_string(), Arc::clone(&stop));
+    let t = Instant::now();
+    let handle = thread::spawn(move || {
+        let cache = cache_options().attach(&path)?;
+        let mut events = Vec::new();
+        let r = Listener::new(cache, &url, config())?.run(&s, |e| events.push(e));
+        r.map(|()| events)
+    });
+    let refused = poll_until(settle(), || handle.is_finished());
+    let took = t.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let r = join_by(handle, settle(), "the listener");
+    assert!(
+        refused,
+        "{needle}: the listener still ran {took:?} after it started: {:?}",
+        cache.near().stats()
+    );
+    match r {
+        Err(e @ larder_redis::Error::Unsupported(_)) => {
+            assert!(e.to_string().contains(needle), "{e}")
+        }
+        other => panic!("{needle}: expected a refusal, got {other:?}"),
+    }
+    let s = cache.near().stats();
+    assert_eq!((s.heartbeat_age, s.holder), (None, None), "{s:?}");
+    assert!(!cache.near().guarded(BOUND).expect("guarded"));
+    eprintln!("refused ({needle}) {took:?} after the start; {s:?}");
+}
+
+/// A listener refuses a Redis in cluster mode (tracking there reports one node's
+/// writes only): `Listener::run` returns `Error::Unsupported` saying so, having let
+/// the lease go, so readers go to Redis.
+#[test]
+fn a_listener_refuses_a_server_in_cluster_mode() {
+    let server = RedisServer::start_with(&["--cluster-enabled", "yes"]).expect("redis-server");
+    assert_refused(&server.tcp_url(), "cluster mode");
+}
+
+/// A listener whose Redis user may not run `INFO` cannot see what tracking does not
+/// report: it refuses, saying which permission to grant.
+#[test]
+fn a_listener_refuses_a_server_that_denies_it_info() {
+    let server = RedisServer::start().expect("redis-server");
+    let mut admin = plain(&server.tcp_url());
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "noinfo", "on", ">pw", "~*", "&*", "+@all", "-info",
+        ])
+        .exec(&mut admin)
+        .expect("ACL SETUSER");
+    let url = format!("redis://noinfo:pw@{}", server.tcp_addr());
+    assert_refused(&url, "+info");
 }
 
 /// Both clocks behind TTLs count whole milliseconds, and larder's is the coarse

@@ -518,3 +518,376 @@ fn f4_pubsub_ping_takes_a_push_for_its_reply() {
     drop(sub);
     assert_eq!(keys(&delivered(&rx)[0]), ["p:x"]);
 }
+
+// ----- what tracking does not report -------------------------------------------------
+
+/// `INFO <section>` as text (a RESP3 verbatim string on L).
+fn info(con: &mut Connection, section: &str) -> String {
+    redis::cmd("INFO").arg(section).query(con).unwrap()
+}
+
+/// The `calls` of `cmdstat_<command>` in `INFO commandstats` (0 when absent: a
+/// command never called since the last reset has no line).
+fn calls(con: &mut Connection, command: &str) -> u64 {
+    let line = format!("cmdstat_{command}:calls=");
+    info(con, "commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+/// The sum of `calls` over every line of `INFO commandstats`.
+fn all_calls(con: &mut Connection) -> u64 {
+    info(con, "commandstats")
+        .lines()
+        .filter_map(|l| l.split_once(":calls="))
+        .map(|(_, rest)| rest.split(',').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn get(con: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(con).unwrap()
+}
+
+/// Finding (g): tracking is keyed by key name, not by database: a write to
+/// `p:x` in db 1 invalidates `p:x` for L, which tracks from db 0, and so do
+/// `MOVE` and `COPY … DB` into or out of L's db. But `SWAPDB 0 1`, which
+/// replaces every key of db 0 at once, sends L nothing, whether it runs alone,
+/// in `MULTI`/`EXEC` or in a script. Each run counts in `INFO commandstats`
+/// (`cmdstat_swapdb:calls=N`), from a transaction and a script too.
+#[test]
+fn g_swapdb_is_not_reported_but_counted_and_other_dbs_writes_are_reported() {
+    let server = RedisServer::start().unwrap();
+    let url = server.tcp_url();
+    let (mut l, rx) = listener(&url);
+    let mut w = writer(&url);
+
+    redis::cmd("SELECT").arg(1).exec(&mut w).unwrap();
+    set(&mut w, "p:x");
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    let got = delivered(&rx);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(keys(&got[0]), ["p:x"]);
+    redis::cmd("MOVE").arg("p:x").arg(0).exec(&mut w).unwrap();
+    redis::cmd("SELECT").arg(0).exec(&mut w).unwrap();
+    redis::cmd("COPY")
+        .arg(&["p:x", "p:y", "DB", "1"])
+        .exec(&mut w)
+        .unwrap();
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    let got: Vec<Vec<String>> = delivered(&rx).iter().map(keys).collect();
+    assert_eq!(got, [vec!["p:x"], vec!["p:y"]]);
+
+    let before = calls(&mut l, "swapdb");
+    let swaps: [&dyn Fn(&mut Connection); 3] = [
+        &|w| redis::cmd("SWAPDB").arg(0).arg(1).exec(w).unwrap(),
+        &|w| {
+            redis::pipe()
+                .atomic()
+                .cmd("SWAPDB")
+                .arg(0)
+                .arg(1)
+                .exec(w)
+                .unwrap()
+        },
+        &|w| {
+            redis::cmd("EVAL")
+                .arg("redis.call('swapdb', 0, 1)")
+                .arg(0)
+                .exec(w)
+                .unwrap()
+        },
+    ];
+    for (i, swap) in swaps.iter().enumerate() {
+        // A value of this round in db 0 only, so that each swap changes what db 0
+        // holds.
+        let value = format!("round {i}");
+        redis::cmd("SET")
+            .arg("p:z")
+            .arg(&value)
+            .exec(&mut w)
+            .unwrap();
+        assert_eq!(ping(&mut l).unwrap(), "PONG");
+        assert_eq!(delivered(&rx).len(), 1);
+        swap(&mut w);
+        assert_ne!(get(&mut w, "p:z"), Some(value), "swap {i}");
+        assert_eq!(ping(&mut l).unwrap(), "PONG");
+        assert_eq!(delivered(&rx), [], "swap {i}");
+        assert_eq!(calls(&mut l, "swapdb"), before + i as u64 + 1, "swap {i}");
+    }
+}
+
+/// Finding (h): `CONFIG RESETSTAT` zeroes `INFO commandstats`: every line goes
+/// (the call of `config|resetstat` itself is counted after the reset, as 1), so a
+/// reset followed by as many `SWAPDB`s as were counted before leaves
+/// `cmdstat_swapdb` where it was. The sum of every command's `calls` goes down
+/// though, unless more commands ran since the reset than in all the time before it.
+#[test]
+fn h_config_resetstat_zeroes_the_command_counters() {
+    let server = RedisServer::start().unwrap();
+    let (mut l, _rx) = listener(&server.tcp_url());
+    let mut w = writer(&server.tcp_url());
+    redis::cmd("SWAPDB").arg(0).arg(1).exec(&mut w).unwrap();
+    for _ in 0..20 {
+        set(&mut w, "q:busy");
+    }
+    assert_eq!(calls(&mut l, "swapdb"), 1);
+    let total = all_calls(&mut l);
+    redis::pipe()
+        .atomic()
+        .cmd("CONFIG")
+        .arg("RESETSTAT")
+        .cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .exec(&mut w)
+        .unwrap();
+    assert_eq!(calls(&mut l, "swapdb"), 1);
+    assert_eq!(calls(&mut l, "config|resetstat"), 1);
+    let after = all_calls(&mut l);
+    assert!(after < total, "{after} >= {total}");
+}
+
+/// Finding (i): `DEBUG RELOAD` (save, empty, load) gives the null invalidation of
+/// a flush, but `DEBUG RELOAD NOSAVE NOFLUSH MERGE` loads the RDB file over the
+/// dataset, replacing values, with no push at all; it counts in
+/// `cmdstat_debug`. (`DEBUG` is refused unless the server runs with
+/// `enable-debug-command`.)
+#[test]
+fn i_debug_reload_merge_replaces_values_unreported() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]).unwrap();
+    let (mut l, rx) = listener(&server.tcp_url());
+    let mut w = writer(&server.tcp_url());
+    redis::cmd("SET")
+        .arg("p:k")
+        .arg("saved")
+        .exec(&mut w)
+        .unwrap();
+    redis::cmd("DEBUG").arg("RELOAD").exec(&mut w).unwrap();
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    let got = delivered(&rx);
+    assert_eq!(
+        got.last(),
+        Some(&PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Nil]
+        }),
+        "{got:?}"
+    );
+    redis::cmd("SET")
+        .arg("p:k")
+        .arg("newer")
+        .exec(&mut w)
+        .unwrap();
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    assert_eq!(delivered(&rx).len(), 1);
+    let debug = calls(&mut l, "debug");
+    redis::cmd("DEBUG")
+        .arg(&["RELOAD", "NOSAVE", "NOFLUSH", "MERGE"])
+        .exec(&mut w)
+        .unwrap();
+    assert_eq!(get(&mut w, "p:k").as_deref(), Some("saved"));
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    assert_eq!(delivered(&rx), []);
+    assert_eq!(calls(&mut l, "debug"), debug + 1);
+}
+
+/// Runs `REPLICAOF` on `replica` towards `primary` and waits (bounded) until the
+/// link is up and the replica has `p:marker` = `want`.
+fn replicate(replica: &mut Connection, primary: &RedisServer, want: &str) {
+    let addr = primary.tcp_addr();
+    redis::cmd("REPLICAOF")
+        .arg(addr.ip().to_string())
+        .arg(addr.port())
+        .exec(replica)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let up = info(replica, "replication").contains("master_link_status:up");
+        if up && get(replica, "p:marker").as_deref() == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the replica never synced");
+        thread::sleep(Duration::from_millis(5)); // poll: deadline above
+    }
+}
+
+/// Finding (j): L on a replica. A full resynchronisation (here: the replica is
+/// pointed at another primary, whose data differ) empties the replica's dataset
+/// and loads the primary's, and L gets the null invalidation of a flush for it
+/// (with `repl-diskless-load` `disabled`, `on-empty-db` and `swapdb` alike). A
+/// `SWAPDB` run on the primary is replicated: it counts in the replica's own
+/// `cmdstat_swapdb` and L gets no push for it, as on a primary.
+#[test]
+fn j_a_replicas_full_resync_is_reported_and_a_replicated_swapdb_is_counted() {
+    // No delay before a diskless sync: the primaries serve the replica at once.
+    let fast = ["--repl-diskless-sync-delay", "0"];
+    let primaries = [
+        RedisServer::start_with(&fast).unwrap(),
+        RedisServer::start_with(&fast).unwrap(),
+    ];
+    let replica = RedisServer::start().unwrap();
+    for (i, p) in primaries.iter().enumerate() {
+        let mut w = writer(&p.tcp_url());
+        redis::cmd("SET")
+            .arg("p:marker")
+            .arg(format!("primary{i}"))
+            .exec(&mut w)
+            .unwrap();
+    }
+    let (mut l, rx) = listener(&replica.tcp_url());
+    let mut r = writer(&replica.tcp_url());
+    let null = PushInfo {
+        kind: PushKind::Invalidate,
+        data: vec![Value::Nil],
+    };
+    for (round, load) in ["disabled", "on-empty-db", "swapdb"].iter().enumerate() {
+        redis::cmd("CONFIG")
+            .arg(&["SET", "repl-diskless-load", load])
+            .exec(&mut r)
+            .unwrap();
+        let i = round % 2;
+        replicate(&mut r, &primaries[i], &format!("primary{i}"));
+        assert_eq!(ping(&mut l).unwrap(), "PONG");
+        let got = delivered(&rx);
+        assert!(got.contains(&null), "{load}: {got:?}");
+    }
+
+    // The replica follows primaries[0] since the last round.
+    let mut w = writer(&primaries[0].tcp_url());
+    redis::cmd("SELECT").arg(1).exec(&mut w).unwrap();
+    redis::cmd("SET")
+        .arg("p:marker")
+        .arg("swapped in")
+        .exec(&mut w)
+        .unwrap();
+    // Once the replica has the write to db 1 (its invalidation then came), the swap.
+    let mut r1 = writer(&replica.tcp_url());
+    redis::cmd("SELECT").arg(1).exec(&mut r1).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut r1, "p:marker").as_deref() != Some("swapped in") {
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the replica"
+        );
+        thread::sleep(Duration::from_millis(5)); // poll: deadline above
+    }
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    assert_eq!(delivered(&rx).len(), 1);
+    let before = calls(&mut l, "swapdb");
+    redis::cmd("SWAPDB").arg(0).arg(1).exec(&mut w).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut r, "p:marker").as_deref() != Some("swapped in") {
+        assert!(
+            Instant::now() < deadline,
+            "the SWAPDB never reached the replica"
+        );
+        thread::sleep(Duration::from_millis(5)); // poll: deadline above
+    }
+    assert_eq!(ping(&mut l).unwrap(), "PONG");
+    assert_eq!(delivered(&rx), []);
+    assert_eq!(calls(&mut l, "swapdb"), before + 1);
+}
+
+/// Finding (k): a server started with `--cluster-enabled yes` (one node, no
+/// slots assigned: enough to see the mode) says `cluster_enabled:1` in `INFO
+/// cluster`; a standalone one says `cluster_enabled:0`. Tracking is per node in
+/// cluster mode: a listener on one node hears nothing of the others' writes.
+#[test]
+fn k_cluster_mode_shows_in_info_cluster() {
+    let standalone = RedisServer::start().unwrap();
+    let cluster = RedisServer::start_with(&["--cluster-enabled", "yes"]).unwrap();
+    let mut s = writer(&standalone.tcp_url());
+    let mut c = writer(&cluster.tcp_url());
+    assert!(info(&mut s, "cluster").contains("cluster_enabled:0"));
+    assert!(info(&mut c, "cluster").contains("cluster_enabled:1"));
+}
+
+/// What the listener's round costs (printed, not asserted beyond sanity): `PING`
+/// alone against `PING` + `INFO server` + `INFO commandstats` in one write, on a
+/// server that has run 30 kinds of command (so `INFO commandstats` has 30-odd lines):
+/// the round trip as the listener sees it, the server's time in the `INFO`s (from
+/// `cmdstat_info`'s `usec`), and the bytes of the replies.
+#[test]
+fn l_the_listeners_round_trip_with_the_info_checks() {
+    const ROUNDS: u32 = 2000;
+    let server = RedisServer::start().unwrap();
+    let (mut l, _rx) = listener(&server.unix_url());
+    let mut w = writer(&server.unix_url());
+    for cmd in [
+        "SET p:a 1",
+        "GET p:a",
+        "INCR p:n",
+        "DECR p:n",
+        "LPUSH p:l 1",
+        "RPUSH p:l 2",
+        "LPOP p:l",
+        "RPOP p:l",
+        "SADD p:s 1",
+        "SMEMBERS p:s",
+        "SREM p:s 1",
+        "HSET p:h f 1",
+        "HGET p:h f",
+        "HGETALL p:h",
+        "HDEL p:h f",
+        "ZADD p:z 1 m",
+        "ZRANGE p:z 0 -1",
+        "ZSCORE p:z m",
+        "MSET p:a 1 p:b 2",
+        "MGET p:a p:b",
+        "EXPIRE p:a 100",
+        "TTL p:a",
+        "PTTL p:a",
+        "EXISTS p:a",
+        "DEL p:b",
+        "TYPE p:a",
+        "STRLEN p:a",
+        "APPEND p:a x",
+        "GETRANGE p:a 0 1",
+        "SCAN 0",
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        redis::cmd(args[0]).arg(&args[1..]).exec(&mut w).unwrap();
+    }
+    let mut ping = redis::pipe();
+    ping.cmd("PING");
+    let mut checked = redis::pipe();
+    checked
+        .cmd("PING")
+        .cmd("INFO")
+        .arg("server")
+        .cmd("INFO")
+        .arg("commandstats");
+    let usec = |con: &mut Connection| -> u64 {
+        let stats = info(con, "commandstats");
+        let line = stats
+            .lines()
+            .find(|l| l.starts_with("cmdstat_info:"))
+            .unwrap();
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix("usec="))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut bytes = 0;
+    let mut times = Vec::new();
+    for (what, pipe) in [("PING", &ping), ("PING + 2 INFO", &checked)] {
+        let server_before = usec(&mut l);
+        let t = Instant::now();
+        for _ in 0..ROUNDS {
+            let replies: Vec<String> = pipe.query(&mut l).unwrap();
+            bytes = replies.iter().map(String::len).sum::<usize>();
+        }
+        let round = t.elapsed() / ROUNDS;
+        // (With the INFO of the first `usec` call: 1 in 2000 rounds.)
+        let server = (usec(&mut l) - server_before) as f64 / f64::from(ROUNDS);
+        times.push(round);
+        eprintln!(
+            "l: {what}: {round:?} a round as the listener sees it; server time in INFO \
+             {server:.1} µs a round; replies {bytes} bytes"
+        );
+    }
+    assert!(times[1] < Duration::from_millis(5), "{times:?}");
+}
