@@ -1033,13 +1033,23 @@ fn usage_mistakes_are_one_line_too() {
 /// `larder listen` against a real redis-server: it takes the near-cache lease (stats
 /// show its pid and a heartbeat), a FLUSHALL is counted as a server flush, and a second
 /// listener stands by until the first is killed, then takes over (a takeover, counted)
-/// and publishes its own heartbeat.
+/// and publishes its own heartbeat. Each of those flushes covers the tracked prefix
+/// only: a local rate-limit counter set before the listener started is still there.
 #[test]
 fn listen_holds_the_lease_and_a_standby_takes_over_when_it_is_killed() {
     use larder_redis::testing::RedisServer;
     let t = TempCache::new("cli-listen");
     let name = t.name();
     create(name);
+    larder(&["set", name, "ratelimit:alice", "3"]).ok();
+    larder(&["set", name, "k:1", "from redis"]).ok();
+    let local_counter_kept = |when: &str| {
+        assert_eq!(
+            larder(&["get", name, "ratelimit:alice"]).ok(),
+            "3\n",
+            "{when}"
+        );
+    };
     let server = RedisServer::start().expect("redis-server");
     let url = server.unix_url();
     let spawn = || {
@@ -1070,6 +1080,8 @@ fn listen_holds_the_lease_and_a_standby_takes_over_when_it_is_killed() {
         "the listener never took the lease: {}",
         stats()
     );
+    larder(&["get", name, "k:1"]).fails(1, "no fresh entry for key k:1");
+    local_counter_kept("after the listener took the lease");
     let mut con = redis::Client::open(url.as_str())
         .and_then(|c| c.get_connection())
         .expect("connect");
@@ -1079,6 +1091,7 @@ fn listen_holds_the_lease_and_a_standby_takes_over_when_it_is_killed() {
         "FLUSHALL was not counted: {}",
         stats()
     );
+    local_counter_kept("after a server flush");
     let _standby = spawn();
     first.signal(libc::SIGKILL);
     first.wait_or_fail(deadline, "the killed listener");
@@ -1090,6 +1103,7 @@ fn listen_holds_the_lease_and_a_standby_takes_over_when_it_is_killed() {
         "the standby never took over: {}",
         stats()
     );
+    local_counter_kept("after a takeover");
     let text = larder(&["stats", name]).ok();
     assert!(text.contains("near listener"), "{text}");
     assert!(text.contains("takeovers         1"), "{text}");

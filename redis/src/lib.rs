@@ -121,7 +121,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use larder::near::{FlushReason, Lease, Moment};
+use larder::near::{FlushReason, Guarded, Lease, Moment};
 use larder::Cache;
 use redis::{ConnectionLike, PushInfo, PushKind, Value};
 use unreported::{Reading, Since};
@@ -407,27 +407,26 @@ impl NearCache {
         let near = self.cache.near();
         let bound = self.config.bound;
         // The heartbeat before the entry (every invalidation up to it was applied), and
-        // its age after: a get that took long (a lock wait, a preemption) must not stretch
-        // the bound. A listener tracking other prefixes does not guard these keys.
-        // An error of the cache file (a lock timeout behind a stopped process, a file
-        // replaced by one with smaller limits) costs the near copy, never the read.
-        let hb = near.heartbeat_in(self.scope).unwrap_or_else(|_| {
-            self.stats.cache_errors += 1;
-            None
-        });
-        if let Some(hb) = hb {
-            match self.cache.get_into(key, buf) {
-                Ok(true) if hb.elapsed() <= bound => {
-                    self.stats.hits += 1;
-                    return Ok(true);
-                }
-                Ok(_) => {}
-                Err(_) => self.stats.cache_errors += 1,
+        // its age after (a get that took long, a lock wait or a preemption, must not
+        // stretch the bound), all in one file. A listener tracking other prefixes does
+        // not guard these keys. An error of the cache file (a lock timeout behind a
+        // stopped process, a file replaced by one with smaller limits) costs the near
+        // copy, never the read.
+        let guarded = match near.get_into(key, self.scope, bound, buf) {
+            Ok(Guarded::Hit) => {
+                self.stats.hits += 1;
+                return Ok(true);
             }
-        }
+            Ok(Guarded::Miss) => true,
+            Ok(_) => false,
+            Err(_) => {
+                self.stats.cache_errors += 1;
+                false
+            }
+        };
         // A ticket only where the near cache is guarded for these keys; a cache error
         // costs the fill, never the read.
-        let ticket = if hb.is_some() {
+        let ticket = if guarded {
             near.ticket(key, bound).ok().flatten()
         } else {
             None
