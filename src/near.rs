@@ -254,7 +254,7 @@ impl<'c> Near<'c> {
         })
     }
 
-    /// The scope the lease holder published ([`Lease::publish_scope`]): a reader
+    /// The scope the lease holder published (taking it: [`Near::try_lease`]): a reader
     /// that caches keys the listener does not track must not use the near cache.
     pub fn scope(&self) -> Result<u64> {
         let a = self.cache.enter(Wait::Yes)?;
@@ -359,7 +359,7 @@ impl<'c> Near<'c> {
     }
 }
 
-/// The scope of a set of tracked key prefixes (for [`Lease::publish_scope`]): the same
+/// The scope of a set of tracked key prefixes (what [`Near::try_lease`] publishes): the same
 /// for the same set in any order, never 0.
 pub fn scope_of<P: AsRef<[u8]>>(prefixes: &[P]) -> u64 {
     let mut sorted: Vec<&[u8]> = prefixes.iter().map(|p| p.as_ref()).collect();
