@@ -51,9 +51,13 @@ pub struct Stats {
     pub file_size: u64,
     /// Number of shards.
     pub shard_count: u64,
-    /// Gets that found a fresh entry.
+    /// Lookups that found a fresh entry. A lookup is a `get`, `get_into`, `try_get`, a
+    /// key of `get_many`, a `get_versioned`, or a `get_or_insert_with`, which counts
+    /// once: a hit, a stale hit or a miss, whatever it then waited for or computed.
     pub hits: u64,
-    /// Gets that found nothing (or only an expired entry).
+    /// Lookups that found nothing (or only an expired entry), including every
+    /// `get_or_insert_with` that was not a hit or a stale hit (its caller computed the
+    /// value, or waited for another process's fill).
     pub misses: u64,
     /// Expired values served by `get_stale`, or by `get_or_insert_with` while another
     /// process refreshed them.
@@ -85,7 +89,7 @@ pub struct Stats {
     pub recoveries: u64,
     /// Entries dropped by those repairs (at most one per repair).
     pub repair_dropped: u64,
-    /// Values computed by `get_or_insert_with`.
+    /// Values computed by `get_or_insert_with` and stored.
     pub fills: u64,
     /// `get_or_insert_with` calls that gave up waiting for another process's fill.
     pub fill_timeouts: u64,
