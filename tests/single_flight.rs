@@ -238,7 +238,11 @@ fn killed_filler_hands_the_fill_to_a_waiter() {
     }
     assert_eq!(cache.get(KEY).expect("get"), Some(expected));
     let s = cache.stats();
-    assert_eq!((s.fills, s.recoveries), (1, 0), "{s:?}");
+    assert_eq!(
+        (s.fills, s.recoveries, s.fill_handovers),
+        (1, 0, 1),
+        "{s:?}"
+    );
     let report = cache.verify().expect("verify");
     assert!(report.is_clean(), "{report}");
 }
