@@ -203,9 +203,25 @@ fn check_size(path: &Path, st: &rustix::fs::Stat, info: &HeaderInfo) -> Result<(
     Ok(())
 }
 
+/// The latest instant after `start` this platform represents, within a century: what
+/// a timeout of `Duration::MAX` waits until.
+fn far_future(start: Instant) -> Instant {
+    let mut wait = Duration::from_secs(100 * 365 * 24 * 3600);
+    loop {
+        match start.checked_add(wait) {
+            Some(t) => return t,
+            None => wait /= 2,
+        }
+    }
+}
+
 fn shared_lock(path: &Path, fd: &OwnedFd, timeout: Duration) -> Result<()> {
     // flock has no timed form: poll the non-blocking one with backoff up to the deadline.
-    let deadline = Instant::now() + timeout;
+    // A timeout past what an Instant can hold waits for as long as it can.
+    let start = Instant::now();
+    let deadline = start
+        .checked_add(timeout)
+        .unwrap_or_else(|| far_future(start));
     let mut pause = Duration::from_micros(100);
     loop {
         match rustix::fs::flock(fd, FlockOperation::NonBlockingLockShared) {

@@ -66,3 +66,40 @@ fn names_and_paths_are_accepted_as_any_as_ref_path() {
     larder::Cache::unlink(&odd).expect("unlink");
     assert!(!odd.exists());
 }
+
+/// Timeouts as long as `Duration` holds (or any TTL) never overflow a deadline: open,
+/// attach and every waiting operation work, as with any long timeout.
+#[test]
+fn huge_timeouts_and_ttls_never_panic() {
+    let t = TempCache::new("huge");
+    let opts = t
+        .options()
+        .lock_timeout(Duration::MAX)
+        .fill_timeout(Duration::MAX);
+    let c = opts
+        .open(t.name())
+        .expect("open with Duration::MAX timeouts");
+    let attached = opts.attach(t.name()).expect("attach");
+    c.set(b"k", b"v", Some(Duration::MAX)).unwrap();
+    assert_eq!(attached.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(attached.incr(b"n", 1, 0, Some(Duration::MAX)).unwrap(), 1);
+    let v = attached
+        .get_or_insert_with(b"f", Some(Duration::MAX), || {
+            Ok::<_, larder::Error>(b"filled".to_vec())
+        })
+        .unwrap();
+    assert_eq!(v, b"filled");
+    assert!(attached.touch(b"k", Some(Duration::MAX)).unwrap());
+    drop(attached);
+    drop(c);
+    assert_eq!(
+        larder::Options::new()
+            .lock_timeout(Duration::MAX)
+            .attach(t.name())
+            .unwrap()
+            .get(b"f")
+            .unwrap()
+            .as_deref(),
+        Some(&b"filled"[..])
+    );
+}

@@ -132,6 +132,9 @@ mod unreported;
 
 /// The default bound `H` on a hit's staleness.
 pub const DEFAULT_BOUND: Duration = Duration::from_secs(1);
+/// The longest duration a [`Config`] setting accepts (a day).
+pub const MAX_SETTING: Duration = Duration::from_secs(24 * 3600);
+
 /// The default interval `P` between the listener's pings.
 pub const DEFAULT_PING_EVERY: Duration = Duration::from_millis(100);
 /// The resolution of larder's clock for TTLs (`CLOCK_MONOTONIC_COARSE`: a few ms).
@@ -262,6 +265,22 @@ impl Config {
             return Err(Error::Config(
                 "no prefix: name at least one (an empty prefix tracks every key)".into(),
             ));
+        }
+        // Every duration here ends up added to an Instant or handed to a socket: one
+        // past a day is a mistake, refused rather than overflowing.
+        let longest = [
+            ("the bound", self.bound),
+            ("the ping interval", self.ping_every),
+            ("the reply timeout", self.reply_timeout),
+            ("the TTL cap", self.ttl_cap),
+            ("the I/O timeout", self.io_timeout),
+        ];
+        for (what, d) in longest {
+            if d > MAX_SETTING {
+                return Err(Error::Config(format!(
+                    "{what} {d:?} is over the longest accepted, {MAX_SETTING:?}"
+                )));
+            }
         }
         if self.ping_every.is_zero() || self.ping_every * 2 > self.bound {
             return Err(Error::Config(format!(
@@ -812,7 +831,7 @@ impl Listener {
                 return Ok(Ended::Replaced);
             }
             last_tick = started;
-            let next = started + self.config.ping_every;
+            let next = started + self.config.ping_every; // at most a day: see Config::check
             std::thread::sleep(next.saturating_duration_since(Instant::now())); // the ping interval
         }
     }
@@ -830,5 +849,32 @@ impl fmt::Debug for Listener {
             .field("cache", &self.cache.path())
             .field("name", &self.name)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    /// Settings past a day are refused with `Error::Config`, never an overflow panic
+    /// when they are added to an instant or doubled.
+    #[test]
+    fn huge_settings_are_refused_not_overflowed() {
+        let base = || Config::new(["k:"]);
+        let huge = [
+            base().bound(Duration::MAX),
+            base().bound(Duration::MAX).ping_every(Duration::MAX),
+            base().ping_every(Duration::MAX),
+            base().reply_timeout(Duration::MAX),
+            base().ttl_cap(Duration::MAX),
+            base().io_timeout(Duration::MAX),
+        ];
+        for c in huge {
+            match c.check() {
+                Err(Error::Config(msg)) => assert!(msg.contains("longest accepted"), "{msg}"),
+                other => panic!("expected Error::Config, got {other:?}"),
+            }
+        }
+        assert!(base().bound(MAX_SETTING).check().is_ok());
     }
 }
