@@ -615,10 +615,11 @@ fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
                 let t = TempCache::new("model-evict");
                 let clock = larder::Clock::manual();
                 // One shard of 24 KiB: about 22 KiB of logs, for some 80 KiB of values
-                // (the rest of the 76 KiB: headers, statistics, fill slots, near area).
+                // (the rest of the 84 KiB: headers, statistics, fill slots, near area;
+                // the shard's own header and fences take 1.25 KiB of its 24).
                 let cache = t
                     .options()
-                    .capacity(76 << 10)
+                    .capacity(84 << 10)
                     .shards(1)
                     .clock(clock.clone())
                     .open(t.name())
@@ -1150,10 +1151,10 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
     let procs = plans.len();
     let t = TempCache::new("model-mp");
     let opts = if evicting {
-        // One shard with the smallest data area (16 KiB: 1.6 KiB of small log, 14.4 KiB
-        // of main), which a case's live values of up to 1,000 bytes overfill: eviction,
-        // not only cleaning, all the time.
-        mp_options().capacity(72 << 10).shards(1)
+        // One shard of 20 KiB, the smallest there is (80 KiB of capacity, 60 of them
+        // before the shards): 18 KiB of logs, which a case's live values of up to 1,000
+        // bytes overfill: eviction, not only cleaning, all the time.
+        mp_options().capacity(80 << 10).shards(1)
     } else {
         // Four shards of 16 MiB: a case never writes more than a small log holds.
         mp_options().capacity(64 << 20).shards(4)
