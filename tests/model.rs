@@ -280,273 +280,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
         evicting,
     };
     for op in ops {
-        m.version += 1;
-        match *op {
-            Op::Set {
-                key: id,
-                len,
-                ttl: t,
-            } => {
-                let v = value(id, m.version, len);
-                cache.set(&key(id), &v, ttl(t)).expect("set");
-                let e = m.expire(t);
-                m.put(key(id), v, e);
-            }
-            Op::Get { key: id } => {
-                let k = key(id);
-                match cache.get(&k).expect("get") {
-                    Some(v) => assert_eq!(Some(&v), m.fresh(&k), "get {id}"),
-                    None => m.lost(&k, "get"),
-                }
-            }
-            Op::GetInto { key: id } => {
-                let k = key(id);
-                let mut buf = b"left over from before".to_vec();
-                if cache.get_into(&k, &mut buf).expect("get_into") {
-                    assert_eq!(Some(&buf), m.fresh(&k), "get_into {id}");
-                } else {
-                    m.lost(&k, "get_into");
-                }
-            }
-            Op::GetStale { key: id } => {
-                let k = key(id);
-                let got = cache.get_stale(&k).expect("get_stale");
-                match (&got, m.entries.get(&k)) {
-                    (Some(s), Some((v, _))) => {
-                        assert_eq!(&s.value, v, "get_stale {id}");
-                        assert_eq!(s.expired, m.fresh(&k).is_none(), "get_stale {id} flag");
-                    }
-                    (Some(s), None) => panic!("get_stale {id}: unknown value {s:?}"),
-                    (None, Some(_)) => {
-                        // An expired entry may be reclaimed, a fresh one only evicted.
-                        assert!(m.evicting, "get_stale {id}: entry missing");
-                        m.forget(&k);
-                    }
-                    (None, None) => {}
-                }
-            }
-            Op::InsertIfAbsent {
-                key: id,
-                len,
-                ttl: t,
-            } => {
-                let k = key(id);
-                let v = value(id, m.version, len);
-                if cache
-                    .insert_if_absent(&k, &v, ttl(t))
-                    .expect("insert_if_absent")
-                {
-                    m.lost(&k, "insert_if_absent");
-                    let e = m.expire(t);
-                    m.put(k, v, e);
-                } else {
-                    assert!(
-                        m.fresh(&k).is_some(),
-                        "insert_if_absent {id} kept a non-fresh entry"
-                    );
-                }
-            }
-            Op::Remove { key: id } => {
-                let k = key(id);
-                if cache.remove(&k).expect("remove") {
-                    assert!(
-                        m.fresh(&k).is_some(),
-                        "remove {id} removed an unknown entry"
-                    );
-                } else {
-                    m.lost(&k, "remove");
-                }
-                m.forget(&k);
-            }
-            Op::Touch { key: id, ttl: t } => {
-                let k = key(id);
-                if cache.touch(&k, ttl(t)).expect("touch") {
-                    assert!(m.fresh(&k).is_some(), "touch {id} found an unknown entry");
-                    let e = m.expire(t);
-                    if let Some(entry) = m.entries.get_mut(&k) {
-                        entry.1 = e;
-                    }
-                } else {
-                    m.lost(&k, "touch");
-                }
-            }
-            Op::Clear => {
-                let n = cache.clear().expect("clear");
-                if evicting {
-                    assert!(n as usize <= m.entries.len(), "clear counted {n}");
-                } else {
-                    assert_eq!(n as usize, m.entries.len(), "clear count");
-                }
-                m.entries.clear();
-                m.versions.clear();
-            }
-            Op::Fill {
-                key: id,
-                len,
-                ttl: t,
-                fail,
-            } => {
-                let k = key(id);
-                let v = value(id, m.version, len);
-                let mut called = false;
-                let got = cache.get_or_insert_with(&k, ttl(t), || {
-                    called = true;
-                    if fail {
-                        Err(FillError::Refused)
-                    } else {
-                        Ok(v.clone())
-                    }
-                });
-                if called {
-                    m.lost(&k, "get_or_insert_with");
-                    match got {
-                        Ok(got) => {
-                            assert!(!fail);
-                            assert_eq!(got, v, "fill {id} returned another value");
-                            let e = m.expire(t);
-                            m.put(k, v, e);
-                        }
-                        // A failed fill caches nothing: the model keeps what it had.
-                        Err(FillError::Refused) => assert!(fail),
-                        Err(FillError::Cache(e)) => panic!("fill {id}: {e}"),
-                    }
-                } else {
-                    let got = got.unwrap_or_else(|e| panic!("fill {id} without f: {e:?}"));
-                    assert_eq!(Some(&got), m.fresh(&k), "fill {id} served a wrong value");
-                }
-            }
-            Op::Advance { ticks } => {
-                clock.advance(TICK * u32::from(ticks));
-                m.now += u64::from(ticks);
-            }
-            Op::Incr {
-                key: id,
-                delta,
-                ttl: t,
-            } => {
-                let k = key(id);
-                let delta = i64::from(delta);
-                let fresh = m.fresh(&k).cloned();
-                let got = cache.incr(&k, delta, 0, ttl(t));
-                let expect = |v: &Vec<u8>| match <[u8; 8]>::try_from(&v[..]) {
-                    Ok(w) => i64::from_le_bytes(w).checked_add(delta).ok_or("overflow"),
-                    Err(_) => Err("not a counter"),
-                };
-                let got_text = match &got {
-                    Ok(n) => Ok(*n),
-                    Err(larder::Error::Overflow { .. }) => Err("overflow"),
-                    Err(larder::Error::NotACounter { .. }) => Err("not a counter"),
-                    Err(e) => panic!("incr {id}: {e}"),
-                };
-                let as_new = Ok(delta);
-                match &fresh {
-                    Some(v) if got_text == expect(v) => {
-                        if let Ok(n) = got_text {
-                            // An update keeps the entry's expiry.
-                            let e = m.entries.get(&k).and_then(|(_, e)| *e);
-                            m.put(k, n.to_le_bytes().to_vec(), e);
-                        }
-                    }
-                    Some(v) => {
-                        // Only an evicted entry starts again from init.
-                        assert!(
-                            m.evicting && got_text == as_new,
-                            "incr {id}: {got_text:?}, expected {:?}",
-                            expect(v)
-                        );
-                        let e = m.expire(t);
-                        m.put(k, delta.to_le_bytes().to_vec(), e);
-                    }
-                    None => {
-                        assert_eq!(got_text, as_new, "incr {id} of no fresh entry");
-                        let e = m.expire(t);
-                        m.put(k, delta.to_le_bytes().to_vec(), e);
-                    }
-                }
-            }
-            Op::Replace {
-                key: id,
-                len,
-                ttl: t,
-            } => {
-                let k = key(id);
-                let v = value(id, m.version, len);
-                if cache.replace(&k, &v, ttl(t)).expect("replace") {
-                    assert!(m.fresh(&k).is_some(), "replace {id} stored over nothing");
-                    let e = m.expire(t);
-                    m.put(k, v, e);
-                } else {
-                    m.lost(&k, "replace");
-                }
-            }
-            Op::GetMany { ref keys } => {
-                let ks: Vec<Vec<u8>> = keys.iter().map(|&id| key(id)).collect();
-                let got = cache.get_many(&ks).expect("get_many");
-                assert_eq!(got.len(), ks.len());
-                for (k, v) in ks.iter().zip(got) {
-                    match v {
-                        Some(v) => assert_eq!(Some(&v), m.fresh(k), "get_many {k:?}"),
-                        None => m.lost(k, "get_many"),
-                    }
-                }
-            }
-            Op::GetVersioned { key: id } => {
-                let k = key(id);
-                match cache.get_versioned(&k).expect("get_versioned") {
-                    Some((v, version)) => {
-                        assert_eq!(Some(&v), m.fresh(&k), "get_versioned {id}");
-                        m.saw_version(id, version);
-                    }
-                    None => m.lost(&k, "get_versioned"),
-                }
-            }
-            Op::SetIfVersion {
-                pick,
-                len,
-                ttl: t,
-                stale,
-            } => {
-                let (id, version) = match stale {
-                    None => {
-                        let known: Vec<u32> = m
-                            .history
-                            .keys()
-                            .copied()
-                            .filter(|&id| m.versions.contains_key(&key(id)))
-                            .collect();
-                        let Some(&id) = known.get(pick as usize % known.len().max(1)) else {
-                            continue;
-                        };
-                        (id, m.versions[&key(id)])
-                    }
-                    Some(i) => {
-                        let n = pick as usize % m.history.len().max(1);
-                        let Some((&id, seen)) = m.history.iter().nth(n) else {
-                            continue;
-                        };
-                        (id, seen[i as usize % seen.len()])
-                    }
-                };
-                let k = key(id);
-                let v = value(id, m.version, len);
-                let current = m.fresh(&k).is_some() && m.versions.get(&k) == Some(&version);
-                if cache
-                    .set_if_version(&k, &v, ttl(t), version)
-                    .expect("set_if_version")
-                {
-                    assert!(
-                        current,
-                        "set_if_version {id} stored with version {}, not the entry's",
-                        version.number()
-                    );
-                    // The new version is the next get_versioned's to find out.
-                    let e = m.expire(t);
-                    m.put(k, v, e);
-                } else if current {
-                    m.lost(&k, "set_if_version with the entry's version");
-                }
-            }
-        }
+        step(cache, clock, &mut m, op);
     }
     // Everything the cache holds, the model holds, with the same length and TTL.
     let listed: Vec<larder::EntryInfo> =
@@ -564,6 +298,277 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
     }
     let report = cache.verify().expect("verify");
     assert!(report.is_clean(), "{report}");
+}
+
+/// Runs one operation and checks its result against the model.
+fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
+    m.version += 1;
+    match *op {
+        Op::Set {
+            key: id,
+            len,
+            ttl: t,
+        } => {
+            let v = value(id, m.version, len);
+            cache.set(&key(id), &v, ttl(t)).expect("set");
+            let e = m.expire(t);
+            m.put(key(id), v, e);
+        }
+        Op::Get { key: id } => {
+            let k = key(id);
+            match cache.get(&k).expect("get") {
+                Some(v) => assert_eq!(Some(&v), m.fresh(&k), "get {id}"),
+                None => m.lost(&k, "get"),
+            }
+        }
+        Op::GetInto { key: id } => {
+            let k = key(id);
+            let mut buf = b"left over from before".to_vec();
+            if cache.get_into(&k, &mut buf).expect("get_into") {
+                assert_eq!(Some(&buf), m.fresh(&k), "get_into {id}");
+            } else {
+                m.lost(&k, "get_into");
+            }
+        }
+        Op::GetStale { key: id } => {
+            let k = key(id);
+            let got = cache.get_stale(&k).expect("get_stale");
+            match (&got, m.entries.get(&k)) {
+                (Some(s), Some((v, _))) => {
+                    assert_eq!(&s.value, v, "get_stale {id}");
+                    assert_eq!(s.expired, m.fresh(&k).is_none(), "get_stale {id} flag");
+                }
+                (Some(s), None) => panic!("get_stale {id}: unknown value {s:?}"),
+                (None, Some(_)) => {
+                    // An expired entry may be reclaimed, a fresh one only evicted.
+                    assert!(m.evicting, "get_stale {id}: entry missing");
+                    m.forget(&k);
+                }
+                (None, None) => {}
+            }
+        }
+        Op::InsertIfAbsent {
+            key: id,
+            len,
+            ttl: t,
+        } => {
+            let k = key(id);
+            let v = value(id, m.version, len);
+            if cache
+                .insert_if_absent(&k, &v, ttl(t))
+                .expect("insert_if_absent")
+            {
+                m.lost(&k, "insert_if_absent");
+                let e = m.expire(t);
+                m.put(k, v, e);
+            } else {
+                assert!(
+                    m.fresh(&k).is_some(),
+                    "insert_if_absent {id} kept a non-fresh entry"
+                );
+            }
+        }
+        Op::Remove { key: id } => {
+            let k = key(id);
+            if cache.remove(&k).expect("remove") {
+                assert!(
+                    m.fresh(&k).is_some(),
+                    "remove {id} removed an unknown entry"
+                );
+            } else {
+                m.lost(&k, "remove");
+            }
+            m.forget(&k);
+        }
+        Op::Touch { key: id, ttl: t } => {
+            let k = key(id);
+            if cache.touch(&k, ttl(t)).expect("touch") {
+                assert!(m.fresh(&k).is_some(), "touch {id} found an unknown entry");
+                let e = m.expire(t);
+                if let Some(entry) = m.entries.get_mut(&k) {
+                    entry.1 = e;
+                }
+            } else {
+                m.lost(&k, "touch");
+            }
+        }
+        Op::Clear => {
+            let n = cache.clear().expect("clear");
+            if m.evicting {
+                assert!(n as usize <= m.entries.len(), "clear counted {n}");
+            } else {
+                assert_eq!(n as usize, m.entries.len(), "clear count");
+            }
+            m.entries.clear();
+            m.versions.clear();
+        }
+        Op::Fill {
+            key: id,
+            len,
+            ttl: t,
+            fail,
+        } => {
+            let k = key(id);
+            let v = value(id, m.version, len);
+            let mut called = false;
+            let got = cache.get_or_insert_with(&k, ttl(t), || {
+                called = true;
+                if fail {
+                    Err(FillError::Refused)
+                } else {
+                    Ok(v.clone())
+                }
+            });
+            if called {
+                m.lost(&k, "get_or_insert_with");
+                match got {
+                    Ok(got) => {
+                        assert!(!fail);
+                        assert_eq!(got, v, "fill {id} returned another value");
+                        let e = m.expire(t);
+                        m.put(k, v, e);
+                    }
+                    // A failed fill caches nothing: the model keeps what it had.
+                    Err(FillError::Refused) => assert!(fail),
+                    Err(FillError::Cache(e)) => panic!("fill {id}: {e}"),
+                }
+            } else {
+                let got = got.unwrap_or_else(|e| panic!("fill {id} without f: {e:?}"));
+                assert_eq!(Some(&got), m.fresh(&k), "fill {id} served a wrong value");
+            }
+        }
+        Op::Advance { ticks } => {
+            clock.advance(TICK * u32::from(ticks));
+            m.now += u64::from(ticks);
+        }
+        Op::Incr {
+            key: id,
+            delta,
+            ttl: t,
+        } => {
+            let k = key(id);
+            let delta = i64::from(delta);
+            let fresh = m.fresh(&k).cloned();
+            let got = cache.incr(&k, delta, 0, ttl(t));
+            let expect = |v: &Vec<u8>| match <[u8; 8]>::try_from(&v[..]) {
+                Ok(w) => i64::from_le_bytes(w).checked_add(delta).ok_or("overflow"),
+                Err(_) => Err("not a counter"),
+            };
+            let got_text = match &got {
+                Ok(n) => Ok(*n),
+                Err(larder::Error::Overflow { .. }) => Err("overflow"),
+                Err(larder::Error::NotACounter { .. }) => Err("not a counter"),
+                Err(e) => panic!("incr {id}: {e}"),
+            };
+            let as_new = Ok(delta);
+            match &fresh {
+                Some(v) if got_text == expect(v) => {
+                    if let Ok(n) = got_text {
+                        // An update keeps the entry's expiry.
+                        let e = m.entries.get(&k).and_then(|(_, e)| *e);
+                        m.put(k, n.to_le_bytes().to_vec(), e);
+                    }
+                }
+                Some(v) => {
+                    // Only an evicted entry starts again from init.
+                    assert!(
+                        m.evicting && got_text == as_new,
+                        "incr {id}: {got_text:?}, expected {:?}",
+                        expect(v)
+                    );
+                    let e = m.expire(t);
+                    m.put(k, delta.to_le_bytes().to_vec(), e);
+                }
+                None => {
+                    assert_eq!(got_text, as_new, "incr {id} of no fresh entry");
+                    let e = m.expire(t);
+                    m.put(k, delta.to_le_bytes().to_vec(), e);
+                }
+            }
+        }
+        Op::Replace {
+            key: id,
+            len,
+            ttl: t,
+        } => {
+            let k = key(id);
+            let v = value(id, m.version, len);
+            if cache.replace(&k, &v, ttl(t)).expect("replace") {
+                assert!(m.fresh(&k).is_some(), "replace {id} stored over nothing");
+                let e = m.expire(t);
+                m.put(k, v, e);
+            } else {
+                m.lost(&k, "replace");
+            }
+        }
+        Op::GetMany { ref keys } => {
+            let ks: Vec<Vec<u8>> = keys.iter().map(|&id| key(id)).collect();
+            let got = cache.get_many(&ks).expect("get_many");
+            assert_eq!(got.len(), ks.len());
+            for (k, v) in ks.iter().zip(got) {
+                match v {
+                    Some(v) => assert_eq!(Some(&v), m.fresh(k), "get_many {k:?}"),
+                    None => m.lost(k, "get_many"),
+                }
+            }
+        }
+        Op::GetVersioned { key: id } => {
+            let k = key(id);
+            match cache.get_versioned(&k).expect("get_versioned") {
+                Some((v, version)) => {
+                    assert_eq!(Some(&v), m.fresh(&k), "get_versioned {id}");
+                    m.saw_version(id, version);
+                }
+                None => m.lost(&k, "get_versioned"),
+            }
+        }
+        Op::SetIfVersion {
+            pick,
+            len,
+            ttl: t,
+            stale,
+        } => {
+            let (id, version) = match stale {
+                None => {
+                    let known: Vec<u32> = m
+                        .history
+                        .keys()
+                        .copied()
+                        .filter(|&id| m.versions.contains_key(&key(id)))
+                        .collect();
+                    let Some(&id) = known.get(pick as usize % known.len().max(1)) else {
+                        return;
+                    };
+                    (id, m.versions[&key(id)])
+                }
+                Some(i) => {
+                    let n = pick as usize % m.history.len().max(1);
+                    let Some((&id, seen)) = m.history.iter().nth(n) else {
+                        return;
+                    };
+                    (id, seen[i as usize % seen.len()])
+                }
+            };
+            let k = key(id);
+            let v = value(id, m.version, len);
+            let current = m.fresh(&k).is_some() && m.versions.get(&k) == Some(&version);
+            if cache
+                .set_if_version(&k, &v, ttl(t), version)
+                .expect("set_if_version")
+            {
+                assert!(
+                    current,
+                    "set_if_version {id} stored with version {}, not the entry's",
+                    version.number()
+                );
+                // The new version is the next get_versioned's to find out.
+                let e = m.expire(t);
+                m.put(k, v, e);
+            } else if current {
+                m.lost(&k, "set_if_version with the entry's version");
+            }
+        }
+    }
 }
 
 fn model_config(cases: u32) -> ProptestConfig {
