@@ -9,6 +9,16 @@
 //! write began, so larger than any version of the shard seen before that write, and
 //! never seen before.
 //!
+//! The one-process model also knows the fences (larder's revocation fencing): every
+//! write of a key but `touch` revokes it (a `remove` or `replace` that finds nothing,
+//! an `insert_if_absent` that finds an entry and an `incr` of a value that is not a
+//! counter included; a fill's store and a store with a ticket revoke nothing), and a
+//! `clear` revokes every key and counts as a whole ring of revocations in every shard.
+//! A `set_with_ticket` must be refused if its key was revoked since the ticket, must
+//! store if not and its shard saw fewer revocations than the ring holds, and may do
+//! either beyond that (the model follows). A fill whose function revokes its key is
+//! fenced off exactly: its caller gets the value, the cache keeps the revocation.
+//!
 //! TTLs run on a manual test clock in ticks of 1000 s. The manual clock also runs with
 //! the system's, so real time adds a few milliseconds to every expiry and every "now";
 //! with TTLs and advances in whole ticks that drift can never move an entry across its
@@ -99,11 +109,14 @@ enum Op {
         ttl: u8,
     },
     Clear,
+    /// `get_or_insert_with`; if it computes, its function first runs `inner` (never a
+    /// fill) on the same handle: a revocation of the key there fences the fill off.
     Fill {
         key: u32,
         len: usize,
         ttl: u8,
         fail: bool,
+        inner: Option<Box<Op>>,
     },
     Advance {
         ticks: u8,
@@ -134,6 +147,75 @@ enum Op {
         ttl: u8,
         stale: Option<u8>,
     },
+    /// `ticket`, which the model remembers as the key's (replacing one it had).
+    Ticket {
+        key: u32,
+    },
+    /// `set_with_ticket` of the `pick`-th key (wrapping) of those the model remembers a
+    /// ticket for, with that ticket; with `wrong`, of the next such key (if there is
+    /// another), which is an invalid argument. Nothing if the model remembers none.
+    SetWithTicket {
+        pick: u32,
+        len: usize,
+        ttl: u8,
+        wrong: bool,
+    },
+}
+
+impl Op {
+    /// The same operation on key `id` instead (those without a key are left as they
+    /// are).
+    fn on_key(self, id: u32) -> Op {
+        match self {
+            Op::Set { len, ttl, .. } => Op::Set { key: id, len, ttl },
+            Op::Get { .. } => Op::Get { key: id },
+            Op::GetInto { .. } => Op::GetInto { key: id },
+            Op::GetStale { .. } => Op::GetStale { key: id },
+            Op::InsertIfAbsent { len, ttl, .. } => Op::InsertIfAbsent { key: id, len, ttl },
+            Op::Remove { .. } => Op::Remove { key: id },
+            Op::Touch { ttl, .. } => Op::Touch { key: id, ttl },
+            Op::Incr { delta, ttl, .. } => Op::Incr {
+                key: id,
+                delta,
+                ttl,
+            },
+            Op::Replace { len, ttl, .. } => Op::Replace { key: id, len, ttl },
+            Op::GetVersioned { .. } => Op::GetVersioned { key: id },
+            Op::Ticket { .. } => Op::Ticket { key: id },
+            other => other,
+        }
+    }
+}
+
+/// What a fill's function does before it returns (`Op::Fill`'s `inner`): mostly
+/// revocations, but also writes that revoke nothing (`touch`, a store with a ticket)
+/// and reads; of the fill's own key with `same`, else of any key.
+fn inner_strategy(
+    keys: u32,
+    len: BoxedStrategy<usize>,
+    t: BoxedStrategy<u8>,
+) -> impl Strategy<Value = Op> {
+    let k = 0..keys;
+    prop_oneof![
+        3 => (k.clone(), len.clone(), t.clone())
+            .prop_map(|(key, len, ttl)| Op::Set { key, len, ttl }),
+        3 => k.clone().prop_map(|key| Op::Remove { key }),
+        2 => (k.clone(), len.clone(), t.clone())
+            .prop_map(|(key, len, ttl)| Op::InsertIfAbsent { key, len, ttl }),
+        2 => (k.clone(), len.clone(), t.clone())
+            .prop_map(|(key, len, ttl)| Op::Replace { key, len, ttl }),
+        2 => (k.clone(), any::<i8>(), t.clone())
+            .prop_map(|(key, delta, ttl)| Op::Incr { key, delta, ttl }),
+        1 => (k.clone(), len.clone(), t.clone(), prop::option::weighted(0.25, any::<u8>()))
+            .prop_map(|(pick, len, ttl, stale)| Op::SetIfVersion { pick, len, ttl, stale }),
+        2 => (k.clone(), t.clone()).prop_map(|(key, ttl)| Op::Touch { key, ttl }),
+        1 => k.clone().prop_map(|key| Op::Get { key }),
+        1 => k.clone().prop_map(|key| Op::GetVersioned { key }),
+        1 => k.prop_map(|key| Op::Ticket { key }),
+        2 => (any::<u32>(), len, t, prop::bool::weighted(0.1))
+            .prop_map(|(pick, len, ttl, wrong)| Op::SetWithTicket { pick, len, ttl, wrong }),
+        1 => Just(Op::Clear),
+    ]
 }
 
 /// Operations on `keys` keys. Values are mostly short; with `big` (the eviction
@@ -146,8 +228,15 @@ fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op
     } else {
         prop_oneof![3 => 8usize..96, 1 => 0usize..=max_len].boxed()
     };
-    let t = prop_oneof![2 => Just(0u8), 1 => 1u8..5];
+    let t = prop_oneof![2 => Just(0u8), 1 => 1u8..5].boxed();
     let (clear, others) = if big { (1, 8) } else { (1, 1) };
+    let inner = prop::option::weighted(
+        0.3,
+        (
+            inner_strategy(keys, len.clone(), t.clone()),
+            prop::bool::weighted(0.7),
+        ),
+    );
     prop_oneof![
         12 * others => (k.clone(), len.clone(), t.clone())
             .prop_map(|(key, len, ttl)| Op::Set { key, len, ttl }),
@@ -159,8 +248,14 @@ fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op
         4 * others => k.clone().prop_map(|key| Op::Remove { key }),
         3 * others => (k.clone(), t.clone()).prop_map(|(key, ttl)| Op::Touch { key, ttl }),
         clear => Just(Op::Clear),
-        4 * others => (k.clone(), len.clone(), t.clone(), prop::bool::weighted(0.25))
-            .prop_map(|(key, len, ttl, fail)| Op::Fill { key, len, ttl, fail }),
+        4 * others => (k.clone(), len.clone(), t.clone(), prop::bool::weighted(0.25), inner)
+            .prop_map(|(key, len, ttl, fail, inner)| Op::Fill {
+                key,
+                len,
+                ttl,
+                fail,
+                inner: inner.map(|(op, same)| Box::new(if same { op.on_key(key) } else { op })),
+            }),
         3 * others => (1u8..4).prop_map(|ticks| Op::Advance { ticks }),
         4 * others => (k.clone(), any::<i8>(), t.clone())
             .prop_map(|(key, delta, ttl)| Op::Incr { key, delta, ttl }),
@@ -169,9 +264,49 @@ fn op_strategy(keys: u32, max_len: usize, big: bool) -> impl Strategy<Value = Op
         2 * others => prop::collection::vec(k.clone(), 0..12)
             .prop_map(|keys| Op::GetMany { keys }),
         6 * others => k.clone().prop_map(|key| Op::GetVersioned { key }),
-        6 * others => (k, len, t, prop::option::weighted(0.25, any::<u8>()))
+        6 * others => (k.clone(), len.clone(), t.clone(), prop::option::weighted(0.25, any::<u8>()))
             .prop_map(|(pick, len, ttl, stale)| Op::SetIfVersion { pick, len, ttl, stale }),
+        3 * others => k.prop_map(|key| Op::Ticket { key }),
+        4 * others => (any::<u32>(), len, t, prop::bool::weighted(0.1))
+            .prop_map(|(pick, len, ttl, wrong)| Op::SetWithTicket { pick, len, ttl, wrong }),
     ]
+}
+
+/// Revocations a shard remembers one by one (larder's fence ring): a store with a
+/// ticket whose shard saw fewer since the ticket is judged exactly, by whether one of
+/// them was its key's.
+const FENCE_RING: u64 = 64;
+
+/// The revocations of a key, the clears and the revocations of the key's shard up to
+/// some instant.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    key: u64,
+    clears: u64,
+    shard: u64,
+}
+
+/// How the stores with a ticket of a run came out.
+#[derive(Debug, Default, Clone, Copy)]
+struct TicketOutcomes {
+    /// Refused, as they had to be: their key was revoked since the ticket.
+    refused: u64,
+    /// Stored, as they had to be: no revocation of their key, and fewer than
+    /// `FENCE_RING` in its shard.
+    stored: u64,
+    /// Beyond the ring (no revocation of their key, but `FENCE_RING` or more in its
+    /// shard), where either answer is right: stored, and refused.
+    beyond_stored: u64,
+    beyond_refused: u64,
+}
+
+impl std::ops::AddAssign for TicketOutcomes {
+    fn add_assign(&mut self, o: TicketOutcomes) {
+        self.refused += o.refused;
+        self.stored += o.stored;
+        self.beyond_stored += o.beyond_stored;
+        self.beyond_refused += o.beyond_refused;
+    }
 }
 
 /// The reference: key -> (value, expiry tick; `None` = no TTL). With `evicting`, the
@@ -191,6 +326,18 @@ struct Model {
     floors: BTreeMap<Vec<u8>, u64>,
     /// Every `(shard, version number)` seen.
     given: std::collections::BTreeSet<(usize, u64)>,
+    /// Revocations of each key: every write of it but `touch` (a fill's store and a
+    /// store with a ticket revoke nothing either), whether it found an entry or not and
+    /// whatever it returned.
+    revocations: BTreeMap<Vec<u8>, u64>,
+    /// Clears: each revokes every key, and counts `FENCE_RING` revocations in every
+    /// shard.
+    clears: u64,
+    /// Revocations of each shard's keys, clears apart.
+    shard_revocations: BTreeMap<usize, u64>,
+    /// The last ticket taken of each key (by number), with the counts then.
+    tickets: BTreeMap<u32, (larder::Ticket, Counts)>,
+    outcomes: TicketOutcomes,
     /// The cache, for the shard of a key.
     cache: larder::Cache,
     now: u64,
@@ -217,6 +364,39 @@ impl Model {
             assert!(self.evicting, "{what}: the fresh entry is missing");
             self.forget(k);
         }
+    }
+
+    /// A write of `k` that revokes it (see `revocations`).
+    fn revoke(&mut self, k: &[u8]) {
+        *self.revocations.entry(k.to_vec()).or_default() += 1;
+        *self
+            .shard_revocations
+            .entry(self.cache.shard_of(k))
+            .or_default() += 1;
+    }
+
+    /// The revocation counts of `k` now.
+    fn counts(&self, k: &[u8]) -> Counts {
+        Counts {
+            key: self.revocations.get(k).copied().unwrap_or(0),
+            clears: self.clears,
+            shard: self
+                .shard_revocations
+                .get(&self.cache.shard_of(k))
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+
+    /// Whether `k` was revoked since `then`, and how many revocations its shard saw
+    /// since.
+    fn since(&self, k: &[u8], then: &Counts) -> (bool, u64) {
+        let now = self.counts(k);
+        let clears = now.clears - then.clears;
+        (
+            now.key != then.key || clears > 0,
+            now.shard - then.shard + clears * FENCE_RING,
+        )
     }
 
     /// A write of `k` (any but `touch`): the entry's version, if any, is not known.
@@ -266,7 +446,13 @@ impl Model {
     }
 }
 
-fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evicting: bool) {
+/// Runs `ops` against the model; returns how its stores with a ticket came out.
+fn run_one_process(
+    cache: &larder::Cache,
+    clock: &larder::Clock,
+    ops: &[Op],
+    evicting: bool,
+) -> TicketOutcomes {
     let mut m = Model {
         entries: BTreeMap::new(),
         versions: BTreeMap::new(),
@@ -274,6 +460,11 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
         top: BTreeMap::new(),
         floors: BTreeMap::new(),
         given: std::collections::BTreeSet::new(),
+        revocations: BTreeMap::new(),
+        clears: 0,
+        shard_revocations: BTreeMap::new(),
+        tickets: BTreeMap::new(),
+        outcomes: TicketOutcomes::default(),
         cache: cache.clone(),
         now: 0,
         version: 0,
@@ -298,6 +489,7 @@ fn run_one_process(cache: &larder::Cache, clock: &larder::Clock, ops: &[Op], evi
     }
     let report = cache.verify().expect("verify");
     assert!(report.is_clean(), "{report}");
+    m.outcomes
 }
 
 /// Runs one operation and checks its result against the model.
@@ -311,6 +503,7 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
         } => {
             let v = value(id, m.version, len);
             cache.set(&key(id), &v, ttl(t)).expect("set");
+            m.revoke(&key(id));
             let e = m.expire(t);
             m.put(key(id), v, e);
         }
@@ -354,10 +547,12 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
         } => {
             let k = key(id);
             let v = value(id, m.version, len);
-            if cache
+            let stored = cache
                 .insert_if_absent(&k, &v, ttl(t))
-                .expect("insert_if_absent")
-            {
+                .expect("insert_if_absent");
+            // Whether or not it stores.
+            m.revoke(&k);
+            if stored {
                 m.lost(&k, "insert_if_absent");
                 let e = m.expire(t);
                 m.put(k, v, e);
@@ -370,7 +565,10 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
         }
         Op::Remove { key: id } => {
             let k = key(id);
-            if cache.remove(&k).expect("remove") {
+            let removed = cache.remove(&k).expect("remove");
+            // Whether or not it found an entry.
+            m.revoke(&k);
+            if removed {
                 assert!(
                     m.fresh(&k).is_some(),
                     "remove {id} removed an unknown entry"
@@ -401,18 +599,30 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
             }
             m.entries.clear();
             m.versions.clear();
+            m.clears += 1;
         }
         Op::Fill {
             key: id,
             len,
             ttl: t,
             fail,
+            ref inner,
         } => {
             let k = key(id);
             let v = value(id, m.version, len);
             let mut called = false;
+            // Whether `inner` revoked the key while the fill computed.
+            let mut revoked = false;
+            let before = cache.stats();
             let got = cache.get_or_insert_with(&k, ttl(t), || {
                 called = true;
+                // The fill found no fresh entry.
+                m.lost(&k, "get_or_insert_with");
+                if let Some(inner) = inner {
+                    let then = m.counts(&k);
+                    step(cache, clock, m, inner);
+                    revoked = m.since(&k, &then).0;
+                }
                 if fail {
                     Err(FillError::Refused)
                 } else {
@@ -420,13 +630,35 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
                 }
             });
             if called {
-                m.lost(&k, "get_or_insert_with");
                 match got {
                     Ok(got) => {
                         assert!(!fail);
+                        // Stored or fenced off, its caller gets what it computed.
                         assert_eq!(got, v, "fill {id} returned another value");
-                        let e = m.expire(t);
-                        m.put(k, v, e);
+                        let after = cache.stats();
+                        let counted = (
+                            after.fills - before.fills,
+                            after.fills_fenced - before.fills_fenced,
+                        );
+                        if revoked {
+                            // Fenced exactly: the key keeps what the revocation left.
+                            assert_eq!(
+                                counted,
+                                (0, 1),
+                                "fill {id} revoked by {inner:?} while it computed: \
+                                 (fills, fills_fenced) counted"
+                            );
+                        } else {
+                            // However many revocations of other keys came in between.
+                            assert_eq!(
+                                counted,
+                                (1, 0),
+                                "fill {id} with {inner:?} while it computed, which does \
+                                 not revoke it: (fills, fills_fenced) counted"
+                            );
+                            let e = m.expire(t);
+                            m.put(k, v, e);
+                        }
                     }
                     // A failed fill caches nothing: the model keeps what it had.
                     Err(FillError::Refused) => assert!(fail),
@@ -450,6 +682,8 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
             let delta = i64::from(delta);
             let fresh = m.fresh(&k).cloned();
             let got = cache.incr(&k, delta, 0, ttl(t));
+            // Whatever it returns, even an error of the value's.
+            m.revoke(&k);
             let expect = |v: &Vec<u8>| match <[u8; 8]>::try_from(&v[..]) {
                 Ok(w) => i64::from_le_bytes(w).checked_add(delta).ok_or("overflow"),
                 Err(_) => Err("not a counter"),
@@ -493,7 +727,10 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
         } => {
             let k = key(id);
             let v = value(id, m.version, len);
-            if cache.replace(&k, &v, ttl(t)).expect("replace") {
+            let replaced = cache.replace(&k, &v, ttl(t)).expect("replace");
+            // Whether or not it found an entry.
+            m.revoke(&k);
+            if replaced {
                 assert!(m.fresh(&k).is_some(), "replace {id} stored over nothing");
                 let e = m.expire(t);
                 m.put(k, v, e);
@@ -552,10 +789,12 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
             let k = key(id);
             let v = value(id, m.version, len);
             let current = m.fresh(&k).is_some() && m.versions.get(&k) == Some(&version);
-            if cache
+            let stored = cache
                 .set_if_version(&k, &v, ttl(t), version)
-                .expect("set_if_version")
-            {
+                .expect("set_if_version");
+            // Whether or not the version matched (a version of the key's own shard).
+            m.revoke(&k);
+            if stored {
                 assert!(
                     current,
                     "set_if_version {id} stored with version {}, not the entry's",
@@ -566,6 +805,76 @@ fn step(cache: &larder::Cache, clock: &larder::Clock, m: &mut Model, op: &Op) {
                 m.put(k, v, e);
             } else if current {
                 m.lost(&k, "set_if_version with the entry's version");
+            }
+        }
+        Op::Ticket { key: id } => {
+            let k = key(id);
+            let ticket = cache.ticket(&k).expect("ticket");
+            let then = m.counts(&k);
+            m.tickets.insert(id, (ticket, then));
+        }
+        Op::SetWithTicket {
+            pick,
+            len,
+            ttl: t,
+            wrong,
+        } => {
+            let ids: Vec<u32> = m.tickets.keys().copied().collect();
+            let Some(&id) = ids.get(pick as usize % ids.len().max(1)) else {
+                return;
+            };
+            let (ticket, then) = m.tickets[&id];
+            let other = ids[(pick as usize + 1) % ids.len()];
+            if wrong && other != id {
+                let r = cache.set_with_ticket(
+                    &key(other),
+                    &value(other, m.version, len),
+                    ttl(t),
+                    ticket,
+                );
+                assert!(
+                    matches!(r, Err(larder::Error::InvalidArgument(_))),
+                    "set_with_ticket of key {other} with key {id}'s ticket: {r:?}"
+                );
+                return;
+            }
+            let k = key(id);
+            let v = value(id, m.version, len);
+            let stored = cache
+                .set_with_ticket(&k, &v, ttl(t), ticket)
+                .expect("set_with_ticket");
+            let (revoked, since) = m.since(&k, &then);
+            if revoked {
+                assert!(
+                    !stored,
+                    "set_with_ticket {id} stored, though its key was revoked since the ticket"
+                );
+                m.outcomes.refused += 1;
+            } else if since < FENCE_RING {
+                assert!(
+                    stored,
+                    "set_with_ticket {id} refused: its key was not revoked since the ticket, \
+                     and its shard saw only {since} revocations since"
+                );
+                m.outcomes.stored += 1;
+            } else if stored {
+                m.outcomes.beyond_stored += 1;
+            } else {
+                m.outcomes.beyond_refused += 1;
+            }
+            if stored {
+                let e = m.expire(t);
+                m.put(k, v, e);
+            } else {
+                // Refused, it changed nothing: the key keeps what it had.
+                match cache.get(&k).expect("get") {
+                    Some(got) => assert_eq!(
+                        Some(&got),
+                        m.fresh(&k),
+                        "set_with_ticket {id} refused, yet the key changed"
+                    ),
+                    None => m.lost(&k, "get after a refused set_with_ticket"),
+                }
             }
         }
     }
@@ -580,31 +889,47 @@ fn model_config(cases: u32) -> ProptestConfig {
     }
 }
 
-proptest! {
-    #![proptest_config(model_config(48))]
+/// The stores with a ticket of a test's cases met both rules: some had to be refused,
+/// some had to store.
+fn assert_tickets_tested(o: TicketOutcomes) {
+    assert!(
+        o.refused > 0 && o.stored > 0,
+        "stores with a ticket: {o:?}: the test proves nothing of them"
+    );
+}
 
-    /// Every operation, with TTLs on the test clock, against an exact model: the cache
-    /// is sized so that nothing is evicted or reclaimed, which the stats confirm.
-    #[test]
-    fn one_process_matches_an_exact_model(
-        ops in prop::collection::vec(op_strategy(48, 1024, false), 1..300)
-    ) {
-        let t = TempCache::new("model-exact");
-        let clock = larder::Clock::manual();
-        // Four shards of 2 MiB: every record of a case fits in any one small log.
-        let cache = t
-            .options()
-            .capacity(8 << 20)
-            .shards(4)
-            .clock(clock.clone())
-            .open(t.name())
-            .expect("open");
-        run_one_process(&cache, &clock, &ops, false);
-        let s = cache.stats();
-        prop_assert_eq!(s.evictions, 0, "sized so nothing is evicted: {:?}", s);
-        prop_assert_eq!(s.expirations, 0, "sized so nothing is reclaimed: {:?}", s);
-        prop_assert_eq!(s.recoveries, 0);
-    }
+/// Every operation, with TTLs on the test clock, against an exact model: the cache is
+/// sized so that nothing is evicted or reclaimed, which the stats confirm.
+#[test]
+fn one_process_matches_an_exact_model() {
+    let outcomes = std::cell::Cell::new(TicketOutcomes::default());
+    let mut runner = TestRunner::new(model_config(48));
+    runner
+        .run(
+            &prop::collection::vec(op_strategy(48, 1024, false), 1..300),
+            |ops| {
+                let t = TempCache::new("model-exact");
+                let clock = larder::Clock::manual();
+                // Four shards of 2 MiB: every record of a case fits in any one small log.
+                let cache = t
+                    .options()
+                    .capacity(8 << 20)
+                    .shards(4)
+                    .clock(clock.clone())
+                    .open(t.name())
+                    .expect("open");
+                let mut o = outcomes.get();
+                o += run_one_process(&cache, &clock, &ops, false);
+                outcomes.set(o);
+                let s = cache.stats();
+                prop_assert_eq!(s.evictions, 0, "sized so nothing is evicted: {:?}", s);
+                prop_assert_eq!(s.expirations, 0, "sized so nothing is reclaimed: {:?}", s);
+                prop_assert_eq!(s.recoveries, 0);
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_tickets_tested(outcomes.get());
 }
 
 /// The same operations on a cache a fraction of the keys' size, where entries are
@@ -612,6 +937,7 @@ proptest! {
 #[test]
 fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
     let evictions = std::cell::Cell::new(0);
+    let outcomes = std::cell::Cell::new(TicketOutcomes::default());
     let mut runner = TestRunner::new(model_config(48));
     runner
         .run(
@@ -629,7 +955,9 @@ fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
                     .clock(clock.clone())
                     .open(t.name())
                     .expect("open");
-                run_one_process(&cache, &clock, &ops, true);
+                let mut o = outcomes.get();
+                o += run_one_process(&cache, &clock, &ops, true);
+                outcomes.set(o);
                 let s = cache.stats();
                 evictions.set(evictions.get() + s.evictions);
                 prop_assert_eq!(s.recoveries, 0);
@@ -641,6 +969,7 @@ fn one_process_with_eviction_never_returns_a_wrong_or_stale_value() {
         evictions.get() > 0,
         "no case evicted anything: the test proves nothing"
     );
+    assert_tickets_tested(outcomes.get());
 }
 
 // ----- several processes ----------------------------------------------------------------
