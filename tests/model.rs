@@ -1035,7 +1035,37 @@ enum MpOp {
         len: usize,
         stale: bool,
     },
+    /// `ticket` of `owner`'s key `key`, which this process remembers (with the last
+    /// `MP_TICKETS` it took). A ticket of another process's key is followed by a read of
+    /// the key.
+    Ticket {
+        owner: u32,
+        key: u32,
+    },
+    /// `set_with_ticket` with the `pick`-th ticket this process remembers (wrapping).
+    /// Of an own key: refused if this process revoked the key since the ticket; else
+    /// either (other processes' revocations of the shard may have outrun the ring),
+    /// and the model follows. Of another process's key, only where this process can
+    /// prove that the owner revoked the key since the ticket (so that it must be
+    /// refused and never clobbers the owner's key): the key's value read now comes
+    /// after a revocation that the read after the ticket did not see (see
+    /// `REVOKED_SHIFT`), or, where nothing is evicted, the key is gone since.
+    SetWithTicket {
+        pick: u32,
+        len: usize,
+    },
 }
+
+/// Tickets a process remembers (`MpOp::Ticket`).
+const MP_TICKETS: usize = 4;
+
+/// Versions of an own key count the owner's writes that revoked it and changed it (a
+/// `set`, an `insert_if_absent` or `set_if_version` that stored, a `remove` that
+/// removed) above this bit: each such write starts a new block, and a write that
+/// revokes nothing (a fill, a store with a ticket) counts on within the last one. So
+/// a reader that sees a value of a later block than one it read before knows that a
+/// revocation of the key came after that read. (No case writes a key 2^16 times.)
+const REVOKED_SHIFT: u32 = 16;
 
 /// Counters shared by every process of a case (`MpOp::Incr`).
 const MP_COUNTERS: u32 = 3;
@@ -1061,8 +1091,10 @@ fn mp_op_strategy(procs: u32, lens: std::ops::Range<usize>) -> impl Strategy<Val
         3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetStale { owner, key }),
         3 => (0..MP_COUNTERS).prop_map(|key| MpOp::Incr { key }),
         3 => (0..procs, k.clone()).prop_map(|(owner, key)| MpOp::GetVersioned { owner, key }),
-        3 => (k, len, prop::bool::weighted(0.2))
+        3 => (k.clone(), len.clone(), prop::bool::weighted(0.2))
             .prop_map(|(pick, len, stale)| MpOp::SetIfVersion { pick, len, stale }),
+        3 => (0..procs, k).prop_map(|(owner, key)| MpOp::Ticket { owner, key }),
+        3 => (any::<u32>(), len).prop_map(|(pick, len)| MpOp::SetWithTicket { pick, len }),
     ]
 }
 
@@ -1082,6 +1114,8 @@ impl MpOp {
             MpOp::SetIfVersion { pick, len, stale } => {
                 format!("cas {pick} {len} {}", u8::from(stale))
             }
+            MpOp::Ticket { owner, key } => format!("ticket {owner} {key}"),
+            MpOp::SetWithTicket { pick, len } => format!("swt {pick} {len}"),
         }
     }
 
@@ -1129,6 +1163,14 @@ impl MpOp {
                 pick: n(1),
                 len: n(2) as usize,
                 stale: n(3) == 1,
+            },
+            "ticket" => MpOp::Ticket {
+                owner: n(1),
+                key: n(2),
+            },
+            "swt" => MpOp::SetWithTicket {
+                pick: n(1),
+                len: n(2) as usize,
             },
             other => panic!("unknown plan op {other:?}"),
         }
@@ -1206,9 +1248,91 @@ struct Writer {
     token: Vec<Option<larder::Version>>,
     /// Every version this process saw of each own key, oldest first.
     tokens: Vec<Vec<larder::Version>>,
+    /// This process's writes of each own key that revoked it and changed it: the
+    /// block of its next versions (see `REVOKED_SHIFT`).
+    blocks: Vec<u32>,
+    /// This process's writes of each own key that revoked it, whatever they found.
+    revocations: Vec<u64>,
+    /// The last `MP_TICKETS` tickets this process took.
+    tickets: std::collections::VecDeque<Held>,
+    counts: MpTicketCounts,
+}
+
+/// A ticket a process took (`MpOp::Ticket`), with what it knew then.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    owner: u32,
+    key: u32,
+    ticket: larder::Ticket,
+    /// Of an own key: this process's revocations of it when it took the ticket.
+    revocations: u64,
+    /// Of another's: the version the read right after the ticket found, if any.
+    read: Option<u32>,
+}
+
+/// How a case's stores with a ticket came out, over all its processes.
+#[derive(Debug, Default, Clone, Copy)]
+struct MpTicketCounts {
+    /// Of other processes' keys, refused (as they must be: see `MpOp::SetWithTicket`).
+    others_refused: u64,
+    /// Of own keys revoked since, refused (as they must be).
+    own_revoked: u64,
+    /// Of own keys not revoked since: stored, and refused (either is right).
+    own_stored: u64,
+    own_refused: u64,
+}
+
+impl MpTicketCounts {
+    fn encode(&self) -> String {
+        format!(
+            "tickets {} {} {} {}",
+            self.others_refused, self.own_revoked, self.own_stored, self.own_refused
+        )
+    }
+
+    fn add_decoded(&mut self, line: &str) {
+        let n: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .map(|w| w.parse().expect("ticket count"))
+            .collect();
+        self.others_refused += n[0];
+        self.own_revoked += n[1];
+        self.own_stored += n[2];
+        self.own_refused += n[3];
+    }
 }
 
 impl Writer {
+    /// The version of the next write of own key `i` (see `REVOKED_SHIFT`): the first of
+    /// a new block if the write revokes the key (it is then committed with
+    /// `wrote(.., true)`), else the one after the key's last version in the block of
+    /// its last revocation.
+    fn next_version(&self, i: usize, revokes: bool) -> u32 {
+        let block = self.blocks[i] + u32::from(revokes);
+        let first = block
+            .checked_shl(REVOKED_SHIFT)
+            .filter(|f| f >> REVOKED_SHIFT == block)
+            .expect("fewer revocations of a key than blocks of versions");
+        let v = if revokes {
+            first
+        } else {
+            self.version[i].max(first) + 1
+        };
+        assert_eq!(v >> REVOKED_SHIFT, block, "a block of versions overflowed");
+        v
+    }
+
+    /// This process stored `version` (from `next_version(i, revoked)`) in own key `i`.
+    fn wrote(&mut self, i: usize, version: u32, revoked: bool) {
+        if revoked {
+            self.blocks[i] += 1;
+        }
+        self.version[i] = version;
+        self.present[i] = true;
+        self.token[i] = None;
+    }
+
     /// The cache no longer holds an own key this process last wrote: eviction, which
     /// is allowed only in the evicting mode.
     fn lost(&mut self, k: u32, what: &str) {
@@ -1247,8 +1371,9 @@ impl Writer {
     }
 
     /// Checks a read of `owner`'s key `k`: whole, its own, never older than a version
-    /// read before; for an own key, exactly the version last written.
-    fn read(&mut self, owner: u32, k: u32, got: Option<&[u8]>) {
+    /// read before; for an own key, exactly the version last written. Returns the
+    /// version read.
+    fn read(&mut self, owner: u32, k: u32, got: Option<&[u8]>) -> Option<u32> {
         let key = mp_key(owner, k);
         let ver = got.map(|v| mp_version(&key, v));
         if let Some(ver) = ver {
@@ -1272,6 +1397,7 @@ impl Writer {
                 None => self.lost(k, "read"),
             }
         }
+        ver
     }
 
     fn run(&mut self, cache: &larder::Cache, op: &MpOp) {
@@ -1290,25 +1416,26 @@ impl Writer {
             }
             MpOp::Set { key: k, len, ttl } => {
                 let i = k as usize;
-                self.version[i] += 1;
                 let key = mp_key(me, k);
-                let v = mp_value(&key, self.version[i], len);
+                let version = self.next_version(i, true);
+                let v = mp_value(&key, version, len);
                 cache.set(&key, &v, ttl.then_some(MP_TTL)).expect("set");
-                self.present[i] = true;
-                self.token[i] = None;
+                self.revocations[i] += 1;
+                self.wrote(i, version, true);
             }
             MpOp::InsertIfAbsent { key: k, len } => {
                 let i = k as usize;
                 let key = mp_key(me, k);
-                let v = mp_value(&key, self.version[i] + 1, len);
-                if cache
+                let version = self.next_version(i, true);
+                let v = mp_value(&key, version, len);
+                let stored = cache
                     .insert_if_absent(&key, &v, None)
-                    .expect("insert_if_absent")
-                {
+                    .expect("insert_if_absent");
+                // Whether or not it stores.
+                self.revocations[i] += 1;
+                if stored {
                     self.lost(k, "insert_if_absent");
-                    self.version[i] += 1;
-                    self.present[i] = true;
-                    self.token[i] = None;
+                    self.wrote(i, version, true);
                 } else {
                     assert!(
                         self.present[i],
@@ -1317,8 +1444,12 @@ impl Writer {
                 }
             }
             MpOp::Remove { key: k } => {
-                if cache.remove(&mp_key(me, k)).expect("remove") {
+                let removed = cache.remove(&mp_key(me, k)).expect("remove");
+                // Whether or not it finds an entry; one that does changes the key too.
+                self.revocations[k as usize] += 1;
+                if removed {
                     assert!(self.present[k as usize], "remove p{me}/k{k} found an entry");
+                    self.blocks[k as usize] += 1;
                 } else {
                     self.lost(k, "remove");
                 }
@@ -1338,7 +1469,8 @@ impl Writer {
             MpOp::Fill { key: k, len, fail } => {
                 let i = k as usize;
                 let key = mp_key(me, k);
-                let fresh = mp_value(&key, self.version[i] + 1, len);
+                let version = self.next_version(i, false);
+                let fresh = mp_value(&key, version, len);
                 let mut called = false;
                 let got = cache.get_or_insert_with(&key, Some(MP_TTL), || {
                     called = true;
@@ -1352,13 +1484,15 @@ impl Writer {
                     self.lost(k, "get_or_insert_with");
                 }
                 match got {
+                    // Stored: nothing revokes an own key but this process, which
+                    // does not while it fills (fills are fenced exactly).
                     Ok(v) if called => {
                         assert_eq!(v, fresh);
-                        self.version[i] += 1;
-                        self.present[i] = true;
-                        self.token[i] = None;
+                        self.wrote(i, version, false);
                     }
-                    Ok(v) => self.read(me, k, Some(&v)),
+                    Ok(v) => {
+                        self.read(me, k, Some(&v));
+                    }
                     Err(FillError::Refused) => assert!(fail && called),
                     Err(FillError::Cache(e)) => panic!("fill p{me}/k{k}: {e}"),
                 }
@@ -1411,24 +1545,104 @@ impl Writer {
                 };
                 let k = i as u32;
                 let key = mp_key(me, k);
-                let v = mp_value(&key, self.version[i] + 1, len);
+                let next = self.next_version(i, true);
+                let v = mp_value(&key, next, len);
                 // Only this process writes the key: its version is the entry's exactly
                 // while this process has not written it since.
                 let current = self.present[i] && self.token[i] == Some(version);
-                if cache
+                let stored = cache
                     .set_if_version(&key, &v, None, version)
-                    .expect("set_if_version")
-                {
+                    .expect("set_if_version");
+                // Whether or not it stores (a version of the key's own shard).
+                self.revocations[i] += 1;
+                if stored {
                     assert!(
                         current,
                         "set_if_version p{me}/k{k} stored with version {}, not the entry's",
                         version.number()
                     );
-                    self.version[i] += 1;
-                    self.token[i] = None;
+                    self.wrote(i, next, true);
                 } else if current {
                     self.lost(k, "set_if_version with the entry's version");
                 }
+            }
+            MpOp::Ticket { owner, key: k } => {
+                let key = mp_key(owner, k);
+                let ticket = cache.ticket(&key).expect("ticket");
+                let (revocations, read) = if owner == me {
+                    (self.revocations[k as usize], None)
+                } else {
+                    let got = cache.get(&key).expect("get");
+                    (0, self.read(owner, k, got.as_deref()))
+                };
+                if self.tickets.len() == MP_TICKETS {
+                    self.tickets.pop_front();
+                }
+                self.tickets.push_back(Held {
+                    owner,
+                    key: k,
+                    ticket,
+                    revocations,
+                    read,
+                });
+            }
+            MpOp::SetWithTicket { pick, len } => {
+                let Some(&held) = self.tickets.get(pick as usize % self.tickets.len().max(1))
+                else {
+                    return;
+                };
+                let (owner, k) = (held.owner, held.key);
+                let key = mp_key(owner, k);
+                if owner == me {
+                    let i = k as usize;
+                    let version = self.next_version(i, false);
+                    let v = mp_value(&key, version, len);
+                    let stored = cache
+                        .set_with_ticket(&key, &v, None, held.ticket)
+                        .expect("set_with_ticket");
+                    if self.revocations[i] != held.revocations {
+                        assert!(
+                            !stored,
+                            "set_with_ticket p{me}/k{k} stored, though this process revoked \
+                             the key since the ticket"
+                        );
+                        self.counts.own_revoked += 1;
+                    } else if stored {
+                        self.counts.own_stored += 1;
+                    } else {
+                        self.counts.own_refused += 1;
+                    }
+                    if stored {
+                        self.wrote(i, version, false);
+                    } else {
+                        // Refused, it changed nothing.
+                        let got = cache.get(&key).expect("get");
+                        self.read(me, k, got.as_deref());
+                    }
+                    return;
+                }
+                let got = cache.get(&key).expect("get");
+                let now = self.read(owner, k, got.as_deref());
+                let revoked = match (held.read, now) {
+                    (Some(then), Some(now)) => now >> REVOKED_SHIFT > then >> REVOKED_SHIFT,
+                    (Some(_), None) => !self.evicting,
+                    (None, _) => false,
+                };
+                if !revoked {
+                    // Not provably revoked: a store might clobber the owner's key.
+                    return;
+                }
+                let v = mp_value(&key, u32::MAX, len);
+                let stored = cache
+                    .set_with_ticket(&key, &v, None, held.ticket)
+                    .expect("set_with_ticket");
+                assert!(
+                    !stored,
+                    "p{me} stored {key:?} with a ticket taken before a read of version \
+                     {:?}, though it then read {now:?}: a revocation came in between",
+                    held.read
+                );
+                self.counts.others_refused += 1;
             }
         }
     }
@@ -1462,6 +1676,10 @@ fn child_main(spec: &str) {
         last_count: vec![0; MP_COUNTERS as usize],
         token: vec![None; OWN_KEYS as usize],
         tokens: vec![Vec::new(); OWN_KEYS as usize],
+        blocks: vec![0; OWN_KEYS as usize],
+        revocations: vec![0; OWN_KEYS as usize],
+        tickets: std::collections::VecDeque::new(),
+        counts: MpTicketCounts::default(),
     };
     for _ in 0..ROUNDS {
         for op in &ops {
@@ -1475,13 +1693,20 @@ fn child_main(spec: &str) {
     for n in &w.increments {
         out.push_str(&format!("incr {n}\n"));
     }
+    out.push_str(&w.counts.encode());
+    out.push('\n');
     let tmp = dir.join(format!("final-{me}.tmp"));
     fs::write(&tmp, out).expect("write final");
     fs::rename(&tmp, dir.join(format!("final-{me}"))).expect("publish final");
 }
 
-/// Runs one case: a child per plan, re-executing `test`; returns the cache's stats.
-fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Stats {
+/// Runs one case: a child per plan, re-executing `test`; returns the cache's stats and
+/// how the children's stores with a ticket came out.
+fn run_processes(
+    test: &str,
+    plans: &[Vec<MpOp>],
+    evicting: bool,
+) -> (larder::Stats, MpTicketCounts) {
     let procs = plans.len();
     let t = TempCache::new("model-mp");
     let opts = if evicting {
@@ -1535,10 +1760,14 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
     // Every process's last acknowledged write or remove of each of its keys holds
     // (or, where eviction is allowed, the entry is gone).
     let mut increments = vec![0u64; MP_COUNTERS as usize];
+    let mut tickets = MpTicketCounts::default();
     for i in 0..procs as u32 {
         let text = fs::read_to_string(t.dir.join(format!("final-{i}"))).expect("final");
+        let (ticket_counts, text): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| l.starts_with("tickets "));
+        ticket_counts.iter().for_each(|l| tickets.add_decoded(l));
         let (own, counts): (Vec<&str>, Vec<&str>) =
-            text.lines().partition(|l| !l.starts_with("incr "));
+            text.into_iter().partition(|l| !l.starts_with("incr "));
         for (c, line) in counts.iter().enumerate() {
             increments[c] += line["incr ".len()..].parse::<u64>().expect("count");
         }
@@ -1576,11 +1805,12 @@ fn run_processes(test: &str, plans: &[Vec<MpOp>], evicting: bool) -> larder::Sta
     assert_eq!(s.recoveries, 0, "no process died: {s:?}");
     let report = cache.verify().expect("verify");
     assert!(report.is_clean(), "{report}");
-    s
+    (s, tickets)
 }
 
-/// Runs the cases of a multi-process test (or, in a child, the child's part).
-fn multi_process(test: &str, evicting: bool) -> Vec<larder::Stats> {
+/// Runs the cases of a multi-process test (or, in a child, the child's part): each
+/// case's stats and ticket counts.
+fn multi_process(test: &str, evicting: bool) -> Vec<(larder::Stats, MpTicketCounts)> {
     if let Some(spec) = child_role() {
         child_main(&spec);
         return Vec::new();
@@ -1622,12 +1852,29 @@ fn multi_process(test: &str, evicting: bool) -> Vec<larder::Stats> {
 /// ever reads a key at an older version than it read before (no stale or resurrected
 /// value), every value read is whole and its key's, each process sees its own keys
 /// exactly, and at the end every key holds its writer's last acknowledged version (or
-/// nothing, if that was a remove).
+/// nothing, if that was a remove). A store with a ticket taken before a revocation of
+/// its key is refused: one this process made, or one of another process's key that
+/// this process saw come after the ticket.
 #[test]
 fn processes_never_see_a_value_go_back_in_version() {
-    for s in multi_process("processes_never_see_a_value_go_back_in_version", false) {
+    let cases = multi_process("processes_never_see_a_value_go_back_in_version", false);
+    for (s, _) in &cases {
         assert_eq!(s.evictions, 0, "sized so nothing is evicted: {s:?}");
     }
+    if child_role().is_none() {
+        assert_stale_tickets_tested(&cases);
+    }
+}
+
+/// Some case caught a stale ticket of another process's key (refused, as it must be):
+/// otherwise the test proves nothing of them.
+fn assert_stale_tickets_tested(cases: &[(larder::Stats, MpTicketCounts)]) {
+    let refused: u64 = cases.iter().map(|(_, t)| t.others_refused).sum();
+    assert!(
+        refused > 0,
+        "no store with a stale ticket of another process's key: the test proves nothing \
+         of them"
+    );
 }
 
 /// The same on a cache much smaller than the keys: entries are evicted all the time,
@@ -1639,10 +1886,11 @@ fn processes_with_eviction_never_see_a_value_go_back_in_version() {
         true,
     );
     if child_role().is_none() {
-        let evictions: u64 = stats.iter().map(|s| s.evictions).sum();
+        let evictions: u64 = stats.iter().map(|(s, _)| s.evictions).sum();
         assert!(
             evictions > 0,
             "nothing was evicted: the test proves nothing"
         );
+        assert_stale_tickets_tested(&stats);
     }
 }
