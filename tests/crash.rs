@@ -91,6 +91,10 @@ enum Kind {
     Fill,
     Get,
     Touch,
+    /// `ticket`, which the writer keeps as the key's (replacing one it had).
+    Ticket,
+    /// `set_with_ticket` with the key's ticket, if the writer took one this round.
+    TicketSet,
 }
 
 impl Kind {
@@ -101,7 +105,15 @@ impl Kind {
             Kind::Fill => "fill",
             Kind::Get => "get",
             Kind::Touch => "touch",
+            Kind::Ticket => "ticket",
+            Kind::TicketSet => "tset",
         }
+    }
+
+    /// Whether it revokes its key (see `Cache::ticket`): only the key's writer does
+    /// that, so the writer's own plan says whether a ticket of the key was revoked.
+    fn revokes(self) -> bool {
+        matches!(self, Kind::Set | Kind::Remove)
     }
 }
 
@@ -133,11 +145,13 @@ impl Plan {
     fn next_op(&mut self) -> Planned {
         let r = self.rng.next_u64();
         let kind = match (r >> 32) % 100 {
-            0..=44 => Kind::Set,
-            45..=59 => Kind::Remove,
-            60..=74 => Kind::Fill,
-            75..=94 => Kind::Get,
-            _ => Kind::Touch,
+            0..=39 => Kind::Set,
+            40..=54 => Kind::Remove,
+            55..=69 => Kind::Fill,
+            70..=86 => Kind::Get,
+            87..=89 => Kind::Touch,
+            90..=94 => Kind::Ticket,
+            _ => Kind::TicketSet,
         };
         self.n += 1;
         Planned {
@@ -177,6 +191,7 @@ fn kill_writer_child() -> ! {
         .expect("open log");
     let mut plan = Plan::new(seed, round);
     let whole = |key: &[u8], v: &[u8]| check_value(key, v).unwrap_or_else(|e| panic!("{e}"));
+    let mut tickets = vec![None; KEYS_PER_WRITER as usize];
     for n in 0..MAX_OPS {
         let p = plan.next_op();
         let key = writer_key(writer, p.key);
@@ -201,6 +216,20 @@ fn kill_writer_child() -> ! {
                 None => "-".to_string(),
             },
             Kind::Touch => u8::from(cache.touch(&key, None).expect("touch")).to_string(),
+            Kind::Ticket => {
+                tickets[p.key as usize] = Some(cache.ticket(&key).expect("ticket"));
+                "t".to_string()
+            }
+            Kind::TicketSet => match tickets[p.key as usize] {
+                Some(ticket) => {
+                    let v = writer_value(&key, p.version);
+                    let stored = cache
+                        .set_with_ticket(&key, &v, None, ticket)
+                        .expect("set_with_ticket");
+                    u8::from(stored).to_string()
+                }
+                None => "-".to_string(),
+            },
         };
         let line = format!("{n} {} {} {result}\n", p.kind.name(), p.key);
         log.write_all(line.as_bytes()).expect("write log");
@@ -216,6 +245,16 @@ struct InFlight {
     after: Option<u64>,
 }
 
+/// How the acknowledged stores with a ticket came out.
+#[derive(Debug, Default)]
+struct TicketStores {
+    stored: u64,
+    /// Refused after a revocation of the key since the ticket (as they must be).
+    revoked: u64,
+    /// Refused with none (others' revocations of the shard outran its ring).
+    spurious: u64,
+}
+
 /// Replays a writer's log against the model of its keys (exact at the round's start):
 /// every acknowledged result must be what the model predicts, then the model takes the
 /// operation. Returns the operation in flight when the writer was killed, if any.
@@ -225,6 +264,7 @@ fn replay_log(
     mut plan: Plan,
     killed: bool,
     model: &mut [Option<u64>],
+    stores: &mut TicketStores,
 ) -> Option<InFlight> {
     // A line without its newline was torn by the kill: that operation returned (or not)
     // but was not acknowledged, so it counts as the one in flight.
@@ -233,6 +273,10 @@ fn replay_log(
         None => "",
     };
     let mut acked = 0u64;
+    // Per key: its revocations this round, and their count when the writer took its
+    // ticket (if it took one).
+    let mut revocations = vec![0u64; KEYS_PER_WRITER as usize];
+    let mut tickets = vec![None::<u64>; KEYS_PER_WRITER as usize];
     for (n, line) in complete.lines().enumerate() {
         let p = plan.next_op();
         let fields: Vec<&str> = line.split(' ').collect();
@@ -269,6 +313,32 @@ fn replay_log(
             Kind::Touch => {
                 assert_eq!(fields[3], u8::from(state.is_some()).to_string(), "{ctx}")
             }
+            Kind::Ticket => {
+                assert_eq!(fields[3], "t", "{ctx}");
+                tickets[p.key as usize] = Some(revocations[p.key as usize]);
+            }
+            Kind::TicketSet => match tickets[p.key as usize] {
+                None => assert_eq!(fields[3], "-", "{ctx}: no ticket was taken"),
+                Some(then) => {
+                    // Only this writer revokes its keys; beyond the ring, others'
+                    // revocations of the shard may fence the store off spuriously, so
+                    // an unrevoked store may be refused: the model follows the log.
+                    let revoked = revocations[p.key as usize] != then;
+                    match fields[3] {
+                        "1" if !revoked => {
+                            *state = Some(p.version);
+                            stores.stored += 1;
+                        }
+                        "0" if revoked => stores.revoked += 1,
+                        "0" => stores.spurious += 1,
+                        "1" => panic!("{ctx}: stored, though the key was revoked since"),
+                        other => panic!("{ctx}: {other:?} from a store with a ticket"),
+                    }
+                }
+            },
+        }
+        if p.kind.revokes() {
+            revocations[p.key as usize] += 1;
         }
         acked += 1;
     }
@@ -281,7 +351,12 @@ fn replay_log(
         Kind::Set => Some(p.version),
         Kind::Remove => None,
         Kind::Fill => Some(before.unwrap_or(p.version)),
-        Kind::Get | Kind::Touch => before,
+        Kind::Get | Kind::Touch | Kind::Ticket => before,
+        // Stored, or (also beyond the ring) refused, which leaves `before`.
+        Kind::TicketSet => match tickets[p.key as usize] {
+            Some(then) if then == revocations[p.key as usize] => Some(p.version),
+            _ => before,
+        },
     };
     Some(InFlight {
         key: p.key,
@@ -292,11 +367,14 @@ fn replay_log(
 }
 
 /// tst-robust8 for the cache: rounds of writer processes doing random sets, removes,
-/// fills, gets and touches on one file, SIGKILLed at random instants. After each round:
-/// every value is whole and belongs to its key; every key holds exactly what its
-/// writer's acknowledged operations left, or the result of the operation in flight
-/// (never an older version: no completed remove or overwrite is undone); repairs
-/// dropped at most one entry each, and only in-flight ones; `verify()` is clean.
+/// fills, gets, touches, tickets and stores with a ticket on one file, SIGKILLed at
+/// random instants. After each round: every value is whole and belongs to its key;
+/// every key holds exactly what its writer's acknowledged operations left, or the
+/// result of the operation in flight (never an older version: no completed remove or
+/// overwrite is undone); repairs dropped at most one entry each, and only in-flight
+/// ones; `verify()` is clean. A store with a ticket was refused if its writer revoked
+/// the key since the ticket (what else it did, the model follows); no fill was fenced
+/// off (only its writer revokes a key, never while it fills it).
 #[test]
 fn killed_writers_never_leave_torn_values() {
     if let Some(role) = child_role() {
@@ -327,6 +405,7 @@ fn killed_writers_never_leave_torn_values() {
     let mut model = vec![vec![None::<u64>; KEYS_PER_WRITER as usize]; WRITERS];
     let (mut kills, mut rounds, mut clears, mut in_flight_drops) = (0u64, 0u64, 0u64, 0u64);
     let (mut in_flight_new, mut in_flight_old) = (0u64, 0u64);
+    let mut stores = TicketStores::default();
     let started = Instant::now();
     while kills < target_kills {
         rounds += 1;
@@ -398,11 +477,11 @@ fn killed_writers_never_leave_torn_values() {
         for w in 0..WRITERS {
             let text = std::fs::read_to_string(&logs[w]).expect("read writer log");
             let plan = Plan::new(writer_seed(seed, round, w), round);
-            let in_flight = replay_log(w, &text, plan, killed[w], &mut model[w]);
-            if in_flight
-                .as_ref()
-                .is_some_and(|f| matches!(f.kind, Kind::Set | Kind::Fill))
-            {
+            let in_flight = replay_log(w, &text, plan, killed[w], &mut model[w], &mut stores);
+            if in_flight.as_ref().is_some_and(|f| {
+                matches!(f.kind, Kind::Set | Kind::Fill)
+                    || (f.kind == Kind::TicketSet && f.after != f.before)
+            }) {
                 killed_in_set += 1;
             }
             for j in 0..KEYS_PER_WRITER {
@@ -424,10 +503,14 @@ fn killed_writers_never_leave_torn_values() {
                         } else if actual == f.before {
                             in_flight_old += 1;
                         } else {
-                            // The one entry a crash may cost: a set that had already
-                            // marked the old value dead but not yet published the new.
+                            // The one entry a crash may cost: a set (or a store with a
+                            // ticket) that had already marked the old value dead but not
+                            // yet published the new.
                             assert!(
-                                actual.is_none() && f.kind == Kind::Set && f.before.is_some(),
+                                actual.is_none()
+                                    && matches!(f.kind, Kind::Set | Kind::TicketSet)
+                                    && f.after != f.before
+                                    && f.before.is_some(),
                                 "{ctx}"
                             );
                             drops_this_round += 1;
@@ -445,6 +528,12 @@ fn killed_writers_never_leave_torn_values() {
         in_flight_drops += drops_this_round;
         let s = cache.stats();
         assert_eq!(s.evictions, 0, "round {round}: the cache evicted: {s:?}");
+        // Nothing but a key's own writer revokes it, and never while it fills it (a
+        // fill is fenced exactly, however many revocations of other keys come).
+        assert_eq!(
+            s.fills_fenced, 0,
+            "round {round}: a fill was fenced off: {s:?}"
+        );
         assert_eq!(s.expirations, 0, "round {round}: {s:?}");
         assert!(
             s.repair_dropped <= s.recoveries,
@@ -484,10 +573,12 @@ fn killed_writers_never_leave_torn_values() {
     eprintln!(
         "{KILL_TEST}: {kills} kills in {rounds} rounds ({clears} clears) in {:.1?}; \
          {} recoveries, {} entries dropped; in-flight ops seen done {in_flight_new}, \
-         not done {in_flight_old}, dropped {in_flight_drops}",
+         not done {in_flight_old}, dropped {in_flight_drops}; stores with a ticket: \
+         {stores:?}; {} fills",
         started.elapsed(),
         s.recoveries,
-        s.repair_dropped
+        s.repair_dropped,
+        s.fills
     );
     assert!(
         s.recoveries > 0,

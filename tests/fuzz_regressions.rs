@@ -72,6 +72,24 @@ fn harnesses_run_clean_inputs() {
                     ttl: (i % 3 == 0).then_some(i),
                     stale: (i % 20 == 1).then_some((i / 7) as u8),
                 },
+                // Tickets: stored two operations later (an advance between), stored
+                // with no ticket of the key (an error), and taken just before a set of
+                // the key (then refused); a clear now and then.
+                12 | 32 => Op::Ticket {
+                    key: (i * 37 % 251) as u8,
+                },
+                14 | 34 | 44 => Op::SetWithTicket {
+                    key: ((i - 2) * 37 % 251) as u8,
+                    len: i * 3,
+                },
+                24 => Op::Ticket {
+                    key: ((i + 1) * 37 % 251) as u8,
+                },
+                26 => Op::SetWithTicket {
+                    key: ((i - 1) * 37 % 251) as u8,
+                    len: i,
+                },
+                49 => Op::Clear,
                 _ => match i % 5 {
                     0 | 1 => Op::Set {
                         key: (i * 37 % 251) as u8,
@@ -138,6 +156,83 @@ fn harnesses_run_clean_inputs() {
                 door,
             );
         }
+    }
+}
+
+/// `ops`, written by hand: stores with a ticket after each kind of revocation of their
+/// key (refused, also with 64 revocations of other keys after it, which the ring no
+/// longer holds), after 63 revocations of other keys (stored: the ring still holds
+/// every one) and after 64 (either), and with another key's ticket (an error).
+#[test]
+fn ticket_stores_follow_the_revocations_of_their_key() {
+    let set = |key| Op::Set {
+        key,
+        len: 10,
+        ttl: None,
+    };
+    let revocations = [
+        set(1),
+        Op::Remove { key: 1 },
+        Op::Remove { key: 1 }, // finds nothing
+        Op::InsertIfAbsent {
+            key: 1,
+            len: 3,
+            ttl: None,
+        },
+        Op::InsertIfAbsent {
+            key: 1,
+            len: 4,
+            ttl: None,
+        }, // finds an entry
+        Op::Replace {
+            key: 1,
+            len: 5,
+            ttl: None,
+        },
+        Op::Incr { key: 1, delta: 1 }, // not a counter
+        Op::SetIfVersion {
+            key: 1,
+            len: 6,
+            ttl: None,
+            stale: None,
+        },
+        Op::Clear,
+        Op::Replace {
+            key: 1,
+            len: 7,
+            ttl: None,
+        }, // finds nothing
+    ];
+    let others = |n: u8| (0..n).map(|i| Op::Remove { key: 100 + i });
+    let mut ops = vec![set(1), Op::GetVersioned { key: 1 }];
+    for revocation in revocations {
+        ops.extend([
+            Op::GetVersioned { key: 1 },
+            Op::Ticket { key: 1 },
+            revocation,
+            Op::SetWithTicket { key: 1, len: 20 },
+            Op::Get { key: 1 },
+        ]);
+    }
+    ops.extend([set(2), Op::Ticket { key: 2 }]);
+    ops.extend(others(63));
+    ops.extend([Op::SetWithTicket { key: 2, len: 30 }, Op::Get { key: 2 }]);
+    ops.extend([set(5), Op::Ticket { key: 5 }, Op::Remove { key: 5 }]);
+    ops.extend(others(64));
+    ops.extend([Op::SetWithTicket { key: 5, len: 30 }, Op::Get { key: 5 }]);
+    ops.push(Op::Ticket { key: 3 });
+    ops.extend(others(64));
+    ops.extend([
+        Op::SetWithTicket { key: 3, len: 30 },
+        Op::Get { key: 3 },
+        Op::SetWithTicket { key: 4, len: 5 },
+        Op::Get { key: 4 },
+    ]);
+    for config in 0..table::CONFIGS.len() as u8 {
+        table::run_ops(&OpsInput {
+            config,
+            ops: ops.clone(),
+        });
     }
 }
 

@@ -14,11 +14,20 @@
 //! before, and larger than every version of the shard seen before the entry was
 //! written), and `set_if_version` stores exactly when the version it is given is the
 //! entry's (or, once an eviction may have taken the entry, fails).
+//!
+//! And it counts revocations: every write of a key but a store with a ticket revokes it
+//! (a `remove` or `replace` that finds nothing, an `insert_if_absent` that finds an
+//! entry, an `incr` of a value that is not a counter and a `set_if_version` whose
+//! version does not match included; a write refused for its size before it locks does
+//! not), and `clear` revokes every key and counts as `FENCE_RING` revocations in every
+//! shard. A `set_with_ticket` must be refused if its key was revoked since the ticket,
+//! must store if not and its shard saw fewer than `FENCE_RING` revocations since, and
+//! may do either beyond that (the model follows what it did).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use larder::table::HeapTable as Table;
+use larder::table::{FuzzTicket, HeapTable as Table};
 
 use super::image::{
     self, key, value, How, Layout, SH_DROPPED, SH_EVICTIONS, SH_EXPIRATIONS, SH_INTENT,
@@ -38,6 +47,10 @@ pub const CONFIGS: [(u64, usize, usize); 4] = [
 
 /// Operations per input: enough to wrap the logs many times, few enough to stay fast.
 pub const MAX_OPS: usize = 512;
+
+/// Revocations a shard remembers one by one (larder's fence ring): a ticket whose shard
+/// saw fewer since is judged exactly.
+const FENCE_RING: u64 = 64;
 
 /// What `verify` says about a shard whose writer "died" (`MarkDirty`, `Die`) and that
 /// no operation has touched since: expected, not a problem.
@@ -118,6 +131,19 @@ pub enum Op {
         ttl: Option<u16>,
         stale: Option<u8>,
     },
+    /// `ticket`, which the model remembers as the key's (replacing one it had).
+    Ticket {
+        key: u8,
+    },
+    /// `set_with_ticket` (no TTL) with the ticket the model remembers for the key; if it
+    /// has none, with the last ticket taken of another key, which is an error. Nothing
+    /// if no ticket was taken.
+    SetWithTicket {
+        key: u8,
+        len: u16,
+    },
+    /// `clear`: every key revoked.
+    Clear,
 }
 
 #[cfg_attr(fuzzing, derive(arbitrary::Arbitrary))]
@@ -183,6 +209,15 @@ impl Expect {
     }
 }
 
+/// The revocations of a key, the clears and the revocations of the key's shard up to
+/// some instant.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    key: u64,
+    clears: u64,
+    shard: u64,
+}
+
 /// A table, its layout, and the model of what it holds.
 pub struct Harness {
     pub table: Table,
@@ -196,6 +231,16 @@ pub struct Harness {
     top: HashMap<usize, u64>,
     /// Every `(shard, version)` seen: a new one must not be among them.
     given: std::collections::HashSet<(usize, u64)>,
+    /// Revocations of each key (see the module docs).
+    revocations: HashMap<u8, u64>,
+    /// Clears: each revokes every key and counts `FENCE_RING` in every shard.
+    clears: u64,
+    /// Revocations of each shard's keys, clears apart.
+    shard_revocations: HashMap<usize, u64>,
+    /// The last ticket taken of each key, with the counts then.
+    tickets: HashMap<u8, (FuzzTicket, Counts)>,
+    /// The key of the last ticket taken.
+    last_ticket: Option<u8>,
     /// Repairs the operations asked for; more would mean an operation found the
     /// (consistent) table damaged.
     allowed_recoveries: u64,
@@ -221,6 +266,11 @@ impl Harness {
             versions: HashMap::new(),
             top: HashMap::new(),
             given: std::collections::HashSet::new(),
+            revocations: HashMap::new(),
+            clears: 0,
+            shard_revocations: HashMap::new(),
+            tickets: HashMap::new(),
+            last_ticket: None,
             allowed_recoveries: 0,
             allowed_drops: 0,
             checking: true,
@@ -242,6 +292,23 @@ impl Harness {
 
     fn key(&self, idx: u8) -> Vec<u8> {
         key(idx, self.layout.max_key_len)
+    }
+
+    /// A write that revokes key `idx` reached its shard's lock.
+    fn revoke(&mut self, idx: u8) {
+        *self.revocations.entry(idx).or_default() += 1;
+        let shard = self.table.shard_of(&self.key(idx));
+        *self.shard_revocations.entry(shard).or_default() += 1;
+    }
+
+    /// The revocation counts of key `idx` now.
+    fn counts(&self, idx: u8) -> Counts {
+        let shard = self.table.shard_of(&self.key(idx));
+        Counts {
+            key: self.revocations.get(&idx).copied().unwrap_or(0),
+            clears: self.clears,
+            shard: self.shard_revocations.get(&shard).copied().unwrap_or(0),
+        }
     }
 
     /// Runs one operation and checks its result against the model.
@@ -317,6 +384,17 @@ impl Harness {
                 ttl,
                 stale,
             } => self.set_if_version(key, len, ttl, stale),
+            Op::Ticket { key } => {
+                let t = self.table.ticket(&self.key(key));
+                self.tickets.insert(key, (t, self.counts(key)));
+                self.last_ticket = Some(key);
+                None
+            }
+            Op::SetWithTicket { key, len } => self.set_with_ticket(key, len),
+            Op::Clear => {
+                self.clear();
+                None
+            }
         };
         if self.evictions() != evictions {
             // Any entry but the one just stored (eviction comes before the write) may be
@@ -338,6 +416,10 @@ impl Harness {
         let v = value(self.version, len);
         let expire = ttl.map_or(0, |t| self.now + t as u64);
         let r = self.table.set(&k, &v, expire, only_if_absent, self.now);
+        if len <= max {
+            // Whether or not it stores.
+            self.revoke(idx);
+        }
         if !self.checking {
             return None;
         }
@@ -413,6 +495,8 @@ impl Harness {
     fn incr(&mut self, idx: u8, delta: i64) -> Option<u8> {
         let k = self.key(idx);
         let r = self.table.incr(&k, delta, 0, 0, self.now);
+        // Whatever it returns.
+        self.revoke(idx);
         if !self.checking {
             return None;
         }
@@ -468,6 +552,10 @@ impl Harness {
         let v = value(self.version, len);
         let expire = ttl.map_or(0, |t| self.now + t as u64);
         let r = self.table.replace(&k, &v, expire, self.now);
+        if len <= max {
+            // Whether or not it finds an entry.
+            self.revoke(idx);
+        }
         if !self.checking {
             return None;
         }
@@ -506,6 +594,8 @@ impl Harness {
     fn remove(&mut self, idx: u8) {
         let k = self.key(idx);
         let r = self.table.remove(&k, self.now);
+        // Whether or not it finds an entry.
+        self.revoke(idx);
         if !self.checking {
             return;
         }
@@ -625,6 +715,10 @@ impl Harness {
             Some(_) => 0,
         };
         let r = self.table.set_if_version(&k, &v, expire, version, now);
+        if len <= max {
+            // Whether or not the version matches.
+            self.revoke(idx);
+        }
         if !self.checking {
             return None;
         }
@@ -666,6 +760,101 @@ impl Harness {
                 );
                 Some(idx)
             }
+        }
+    }
+
+    /// `set_with_ticket`; the key if it stored the value.
+    fn set_with_ticket(&mut self, idx: u8, len: u16) -> Option<u8> {
+        let max = self.layout.max_value_len;
+        let len = len as usize % (max + 9);
+        self.version += 1;
+        let v = value(self.version, len);
+        let now = self.now;
+        let Some(&(ticket, then)) = self.tickets.get(&idx) else {
+            // A ticket of another key: refused before anything else (but the size).
+            let other = self.last_ticket?;
+            let (ticket, _) = self.tickets[&other];
+            let r = self
+                .table
+                .set_with_ticket(&self.key(idx), &v, 0, ticket, now);
+            if self.checking {
+                let why = if len > max {
+                    "too large"
+                } else {
+                    "a ticket of another key"
+                };
+                assert_eq!(
+                    r,
+                    Err(why.to_string()),
+                    "set_with_ticket of key {idx} with key {other}'s ticket"
+                );
+            }
+            return None;
+        };
+        let r = self
+            .table
+            .set_with_ticket(&self.key(idx), &v, 0, ticket, now);
+        if !self.checking {
+            return None;
+        }
+        if len > max {
+            assert_eq!(r, Err("too large".to_string()), "value of {len} bytes");
+            return None;
+        }
+        let stored =
+            r.unwrap_or_else(|e| panic!("set_with_ticket of key {idx} on a consistent table: {e}"));
+        let now_counts = self.counts(idx);
+        let clears = now_counts.clears - then.clears;
+        let revoked = now_counts.key != then.key || clears > 0;
+        let since = now_counts.shard - then.shard + clears * FENCE_RING;
+        if revoked {
+            assert!(
+                !stored,
+                "set_with_ticket of key {idx} stored, though the key was revoked since the \
+                 ticket"
+            );
+        } else if since < FENCE_RING {
+            assert!(
+                stored,
+                "set_with_ticket of key {idx} refused: the key was not revoked since the \
+                 ticket, and its shard saw only {since} revocations since"
+            );
+        }
+        if !stored {
+            // Refused, it changed nothing.
+            return None;
+        }
+        let floor = self.floor(idx);
+        self.model.insert(
+            idx,
+            Expect {
+                value: v,
+                expire: 0,
+                sure: true,
+                version: None,
+                floor,
+            },
+        );
+        Some(idx)
+    }
+
+    /// `clear`: no entry is left, and at least every entry the model is sure of was
+    /// there.
+    fn clear(&mut self) {
+        let n = self.table.clear();
+        self.clears += 1;
+        let now = self.now;
+        let sure = self
+            .model
+            .values()
+            .filter(|e| e.sure && e.fresh(now))
+            .count() as u64;
+        self.model.clear();
+        if self.checking {
+            assert!(
+                n >= sure,
+                "clear counted {n} entries, but {sure} were certainly there"
+            );
         }
     }
 
