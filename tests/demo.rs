@@ -1,6 +1,11 @@
 //! The demo (examples/auth_workers.rs) shows its headline: a short run of it, with
 //! workers in processes of their own, kills one of them inside a shard lock, the pool
 //! repairs the shard and carries on, and nothing torn is ever read.
+//!
+//! The deliberate kill needs larder's crash points, which this package's tests always
+//! have (Cargo.toml: a dev-dependency on itself); a packaged copy of the crate, whose
+//! manifest loses that path dependency, builds this file empty.
+#![cfg(feature = "crash-points")]
 
 mod common;
 
