@@ -10,6 +10,7 @@ mod args;
 mod bench;
 mod codec;
 mod data;
+mod listen;
 mod ls;
 mod stats;
 mod units;
@@ -80,42 +81,6 @@ pub fn options(g: &Global) -> larder::Options {
 /// Attaches to an existing cache with its own parameters.
 pub fn attach(g: &Global, name: &str) -> Result<larder::Cache, Failure> {
     Ok(options(g).attach(name)?)
-}
-
-/// `larder listen`: the near-cache listener, until the process is killed (its lease
-/// is then taken by the next listener at once, which flushes).
-fn listen(
-    g: &Global,
-    name: &str,
-    url: &str,
-    prefixes: &[String],
-    ping_every: std::time::Duration,
-    bound: std::time::Duration,
-    verbose: bool,
-) -> Outcome {
-    let cache = attach(g, name)?;
-    let config = larder_redis::Config::new(prefixes)
-        .ping_every(ping_every)
-        .bound(bound)
-        .reply_timeout(bound / 2);
-    let listener =
-        larder_redis::Listener::new(cache, url, config).map_err(|e| Failure::new(e.to_string()))?;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    listener
-        .run(&stop, |event| {
-            if verbose {
-                eprintln!("larder listen: {event:?}");
-            }
-        })
-        .map_err(|e| match e {
-            // The listener let the lease go: say what that leaves the workers with.
-            larder_redis::Error::Unsupported(why) => Failure::new(format!(
-                "listen: the Redis at --redis cannot keep {name} current: {why}. No \
-                 listener holds {name}: its workers read Redis directly"
-            )),
-            e => Failure::new(e.to_string()),
-        })?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Buffered stdout; flushed by the caller before it returns.
@@ -191,7 +156,7 @@ fn run(cli: Cli) -> Outcome {
             ping_every,
             bound,
             verbose,
-        } => listen(g, &name, &redis, &prefix, ping_every, bound, verbose),
+        } => listen::run(g, &name, &redis, &prefix, ping_every, bound, verbose),
         Cmd::Del { name, key, codec } => data::del(g, &name, &key, codec.key()),
         Cmd::Keys {
             name,

@@ -565,15 +565,30 @@ impl fmt::Debug for NearCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
+    /// Another listener holds the lease: this one stands by, trying again every ping
+    /// interval. Reported when standing by starts, not at every try.
+    Standby {
+        /// The holder's pid as it recorded itself, if it did.
+        holder: Option<u32>,
+    },
     /// This listener took the lease (and flushed); `takeover` if its holder had died.
     Leased {
         /// Whether the previous holder died holding it.
         takeover: bool,
     },
+    /// This listener let the lease go (its heartbeat is clear: readers go to the
+    /// store): after an error of the cache file ([`Event::CacheError`]), once the file
+    /// was replaced ([`Event::FileReplaced`]), when stopped, or before
+    /// [`Listener::run`] returns [`Error::Unsupported`].
+    Released,
     /// Connected and tracking.
     Connected,
-    /// The connection was lost or stopped answering.
+    /// The connection could not be made, was lost or stopped answering.
     Lost(String),
+    /// An operation on the cache file failed (a shard lock held past its timeout by a
+    /// stopped process, say): the listener lets the lease go and tries again after a
+    /// ping interval.
+    CacheError(String),
     /// The store was emptied: the near cache was flushed.
     ServerFlush,
     /// The server's counters showed a change that client-side caching does not
@@ -625,23 +640,36 @@ impl Listener {
     /// a server it cannot keep the near cache current with (cluster mode, or no
     /// permission to run `INFO`): it then lets the lease go, and readers go to Redis.
     pub fn run(&self, stop: &AtomicBool, mut events: impl FnMut(Event)) -> Result<()> {
+        // Whether the last try found the lease held: standing by is reported once.
+        let mut standing_by = false;
         while !stop.load(Ordering::Relaxed) {
             let near = self.cache.near();
             let before = near.stats().takeovers;
-            let outcome = match near.try_lease(&self.config.prefixes) {
+            match near.try_lease(&self.config.prefixes) {
                 Ok(Some(lease)) => {
+                    standing_by = false;
                     let takeover = near.stats().takeovers > before;
                     events(Event::Leased { takeover });
-                    self.hold(&lease, stop, &mut events)
+                    let held = self.hold(&lease, stop, &mut events);
+                    match &held {
+                        Err(Error::Unsupported(_)) | Ok(()) => {}
+                        Err(e) => events(Event::CacheError(e.to_string())),
+                    }
+                    // Dropping the lease clears the heartbeat.
+                    drop(lease);
+                    events(Event::Released);
+                    if let Err(e @ Error::Unsupported(_)) = held {
+                        return Err(e);
+                    }
                 }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
-            match outcome {
-                // The lease was dropped with `hold`'s end: the heartbeat is clear.
-                Err(e @ Error::Unsupported(_)) => return Err(e),
-                Err(e) => events(Event::Lost(format!("the cache: {e}"))),
-                Ok(()) => {}
+                Ok(None) if !standing_by => {
+                    standing_by = true;
+                    events(Event::Standby {
+                        holder: near.stats().holder,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => events(Event::CacheError(e.to_string())),
             }
             if !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(self.config.ping_every); // standby or retry: each ping interval
