@@ -50,6 +50,21 @@ pub(crate) fn file_name(name: &str) -> String {
     format!("{name}.larder{FORMAT_VERSION}")
 }
 
+/// The name a user gives for the cache at `path`: the bare name of a file of /dev/shm
+/// (`authz` for /dev/shm/authz.larder4), the path itself otherwise.
+pub(crate) fn name_of(path: &Path) -> String {
+    let bare = path
+        .parent()
+        .filter(|d| *d == Path::new(SHM_DIR))
+        .and_then(|_| path.file_name()?.to_str())
+        .and_then(|f| f.strip_suffix(&file_name("")))
+        .filter(|n| resolve(Path::new(n)).ok().as_deref() == Some(path));
+    match bare {
+        Some(n) => n.to_string(),
+        None => path.display().to_string(),
+    }
+}
+
 /// Resolves a cache name: a bare name (no `/`) lives in /dev/shm, a path (anything with
 /// a `/`) is used as given.
 pub(crate) fn resolve(name: &Path) -> Result<PathBuf> {
@@ -241,11 +256,7 @@ fn check_owner(path: &Path, fd: &OwnedFd, allow: &[u32]) -> Result<rustix::fs::S
     }
     let me = rustix::process::geteuid().as_raw();
     if st.st_uid != me && !allow.contains(&st.st_uid) {
-        return Err(unsafe_file(format!(
-            "it is owned by uid {}, not by this process's uid {me} or an allowed one \
-             (Options::allow_uid)",
-            st.st_uid
-        )));
+        return Err(unsafe_file(crate::error::foreign_owner(st.st_uid, me)));
     }
     if st.st_mode & 0o002 != 0 {
         return Err(unsafe_file(format!(

@@ -142,7 +142,7 @@ mod shard_tests;
 
 pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue, Version};
 pub use clock::Clock;
-pub use error::{Error, Result};
+pub use error::{Error, Remedy, Result};
 pub use fence::Ticket;
 pub use options::{
     Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT, DEFAULT_LOCK_TIMEOUT,

@@ -288,7 +288,7 @@ fn a_handle_that_cannot_attach_fails_instead_of_answering() {
     std::fs::write(&t.path, vec![0x55u8; 8192]).expect("write a file that is no cache");
     let mut last = None;
     let failed = poll_until(notice_deadline(), || match old.get(b"token") {
-        Err(Error::Detached { path, cause }) => {
+        Err(Error::Detached { path, cause, .. }) => {
             last = Some((path, cause));
             true
         }

@@ -69,6 +69,7 @@ class Cache:
         expected_entry_size: Optional[int] = None,
         serializer: Any = None,
         manual_clock: bool = False,
+        allow_uids: Optional[Iterable[int]] = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...

@@ -2,8 +2,9 @@
 
 Each derives from :class:`LarderError` and from the builtin a Python caller would catch
 anyway (``TimeoutError`` for lock and fill timeouts, ``ValueError`` for bad names,
-options and sizes, ``PermissionError`` for unsafe files, ...). The message is the Rust
-one, which says what to do about it.
+options and sizes, ``PermissionError`` for unsafe files, ...). The message says what
+happened and what to do about it in this package's terms (``larder.Cache(name)``,
+``larder.Cache.unlink(name)``, the ``larder`` command), never a Rust call.
 """
 
 import errno as _errno
