@@ -366,7 +366,7 @@ impl Cache {
         // process: re-initialising them is safe, and resets any a dead peer left behind.
         file::init_locks(&a)?;
         if other_boot {
-            header::restamp(&a.region);
+            header::restamp(&a.region, &header::Origin::here()?);
         }
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {

@@ -159,6 +159,14 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// /proc is not mounted (or does not show this process): larder reads the kernel's
+    /// boot id and this process's pid and time namespaces there, to prove that every
+    /// process sharing a file runs in one boot and one set of namespaces, and refuses
+    /// to create or attach without them. Nothing was created or changed.
+    ProcUnavailable {
+        /// What could not be read.
+        read: PathBuf,
+    },
     /// Any other error from the operating system.
     Io(io::Error),
 }
@@ -445,6 +453,16 @@ impl Error {
                 path.display()
             ),
             Error::NotFound { path } => write!(f, "no cache at {}", path.display()),
+            Error::ProcUnavailable { read } => write!(
+                f,
+                "cannot read {}: /proc is not mounted here, and larder needs it to read the \
+                 boot id and the pid and time namespaces that prove every process sharing a \
+                 cache file runs in one boot and one set of namespaces (robust locks and \
+                 TTLs are only valid there); mount /proc in this container or sandbox \
+                 (Docker and Kubernetes do by default; bubblewrap: --proc /proc; a chroot: \
+                 mount -t proc proc /proc)",
+                read.display()
+            ),
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }
     }

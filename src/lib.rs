@@ -86,7 +86,10 @@
 //! time namespace: the header's stamp records the creator's, and an opener from another
 //! is refused ([`Error::OtherPidNamespace`], [`Error::OtherTimeNamespace`]), because
 //! robust futexes name owners by thread ids of one pid namespace and TTLs are readings
-//! of one monotonic clock.
+//! of one monotonic clock. /proc must be mounted, since the boot id and the namespaces
+//! are read there: without it creating and attaching are refused with
+//! [`Error::ProcUnavailable`], never with a guess (a made-up boot id would call every
+//! file one of another boot).
 // `unsafe` is allowed only in `region` (the memory the table lives in), `lock` (glibc's
 // mutexes, the statistics slot's file lock and the fork handler) and `mapping` (the
 // cells' pointers to attached files), plus one signal call of the crash-point test

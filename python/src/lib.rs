@@ -45,6 +45,7 @@ fn make_error(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
         Error::WouldBlock => "WouldBlock",
         Error::InUse { .. } => "InUse",
         Error::NotFound { .. } => "NotFound",
+        Error::ProcUnavailable { .. } => "ProcUnavailable",
         Error::Io(_) => "Io",
         Error::NotACounter { .. } => "NotACounter",
         Error::Overflow { .. } => "Overflow",
@@ -59,6 +60,9 @@ fn make_error(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
             msg,
         ))?,
         Error::NoSpace { .. } => cls.call1((libc_enospc(), msg))?,
+        Error::ProcUnavailable { .. } => {
+            cls.call1((errno_of(std::io::ErrorKind::NotFound), msg))?
+        }
         _ => cls.call1((msg,))?,
     };
     Ok(PyErr::from_value(value))

@@ -84,3 +84,44 @@ def test_a_detached_handle_says_what_happened_in_python_terms(path, cache):
         assert api not in text, text
     assert "not a larder cache" in text, text
     os.unlink(path)
+
+
+NO_PROC_CHILD = r"""
+import sys, larder
+try:
+    larder.Cache(sys.argv[1] + ".fresh", capacity=4 << 20)
+except larder.ProcUnavailable as e:
+    assert isinstance(e, OSError) and "mount /proc" in str(e), str(e)
+else:
+    raise SystemExit("created a cache without /proc")
+try:
+    larder.Cache(sys.argv[1])
+except larder.ProcUnavailable as e:
+    assert "Cache::" not in str(e), str(e)
+else:
+    raise SystemExit("attached without /proc")
+print("refused")
+"""
+
+
+def test_without_proc_opens_are_refused_naming_proc(path, cache):
+    import subprocess
+    import sys
+
+    probe = subprocess.run(
+        ["unshare", "--mount", "--fork", "true"], capture_output=True, timeout=60
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"unshare --mount is refused here: {probe.stderr.decode().strip()}")
+    cache["k"] = b"v"
+    out = subprocess.run(
+        [
+            "unshare", "--mount", "--fork", "sh", "-c",
+            'mount -t tmpfs none /proc && exec "$0" -c "$1" "$2"',
+            sys.executable, NO_PROC_CHILD, path,
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == b"refused", out
+    assert cache["k"] == b"v"

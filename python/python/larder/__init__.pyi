@@ -22,6 +22,7 @@ from ._errors import (
     OtherPidNamespace as OtherPidNamespace,
     OtherTimeNamespace as OtherTimeNamespace,
     Overflow as Overflow,
+    ProcUnavailable as ProcUnavailable,
     Timeout as Timeout,
     TooLarge as TooLarge,
     Truncated as Truncated,

@@ -86,6 +86,11 @@ class NotFound(LarderError, FileNotFoundError):
     """No cache file exists at this path (opening without creation parameters attaches)."""
 
 
+class ProcUnavailable(LarderError, OSError):
+    """/proc is not mounted here: larder needs it (the boot id and the namespaces that
+    make sharing safe) and refuses to create or attach without it (errno ENOENT)."""
+
+
 class Io(LarderError, OSError):
     """Any other error from the operating system; ``errno`` is set."""
 
@@ -125,6 +130,7 @@ __all__ = [
     "WouldBlock",
     "InUse",
     "NotFound",
+    "ProcUnavailable",
     "Io",
 ]
 
