@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::{coarse_ms, Clock};
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::fence::{self, Fences, Ticket};
 use crate::file::{self, Attached, OpenSpec};
 use crate::header;
@@ -80,8 +80,8 @@ struct Inner {
     /// Held by the thread checking the path (and moving to a replacement), with when it
     /// began: one check at a time, and the others can tell a move that is taking long.
     checking: Claim,
-    /// Why the last attempt to attach failed.
-    cause: Mutex<String>,
+    /// Why the last attempt to attach failed, and what to do about it.
+    cause: Mutex<Failure>,
 }
 
 /// What a read found.
@@ -158,7 +158,31 @@ impl Drop for ReleaseOnDrop<'_> {
 enum Follow {
     Current,
     WouldBlock,
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why a handle could not attach to the file at its path: what happened (in no front
+/// end's terms) and what to do about it.
+#[derive(Debug, Clone, Default)]
+struct Failure {
+    cause: String,
+    remedy: Option<Remedy>,
+}
+
+impl Failure {
+    fn of(e: &Error) -> Failure {
+        Failure {
+            cause: e.summary(),
+            remedy: e.remedy(),
+        }
+    }
+
+    fn text(cause: &str) -> Failure {
+        Failure {
+            cause: cause.into(),
+            remedy: None,
+        }
+    }
 }
 
 impl Inner {
@@ -174,23 +198,28 @@ impl Inner {
             retry_at: AtomicU64::new(0),
             detached: AtomicBool::new(false),
             checking: Claim::new(),
-            cause: Mutex::new(String::new()),
+            cause: Mutex::new(Failure::default()),
         }
     }
 
     fn detached_error(&self) -> Error {
-        let cause = match self.cause.try_lock() {
+        let failure = match self.cause.try_lock() {
             Ok(c) => c.clone(),
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().clone(),
-            Err(std::sync::TryLockError::WouldBlock) => "another thread is retrying".into(),
+            Err(std::sync::TryLockError::WouldBlock) => Failure::text("another thread is retrying"),
         };
+        self.detached(failure)
+    }
+
+    fn detached(&self, f: Failure) -> Error {
         Error::Detached {
             path: self.path.clone(),
-            cause,
+            cause: f.cause,
+            remedy: f.remedy,
         }
     }
 
-    fn set_cause(&self, text: String) {
+    fn set_cause(&self, text: Failure) {
         // One attempt: the lock is held only for a clone or a store, so it is busy only
         // in a child forked while a parent thread held it (the older cause then stays).
         match self.cause.try_lock() {
@@ -244,14 +273,12 @@ impl Inner {
         match opened {
             Ok(fresh) => match self.maps.publish(Box::new(fresh)) {
                 Ok(()) => Follow::Current,
-                Err(_) => Follow::Failed(
-                    "operations of other threads are still inside the handle's earlier \
-                     files"
-                        .into(),
-                ),
+                Err(_) => Follow::Failed(Failure::text(
+                    "operations of other threads are still inside the handle's earlier files",
+                )),
             },
             Err(Error::Timeout { .. }) if wait == Wait::No => Follow::WouldBlock,
-            Err(e) => Follow::Failed(e.to_string()),
+            Err(e) => Follow::Failed(Failure::of(&e)),
         }
     }
 }
@@ -347,7 +374,7 @@ impl Cache {
         // process: re-initialising them is safe, and resets any a dead peer left behind.
         file::init_locks(&a)?;
         if other_boot {
-            header::restamp(&a.region);
+            header::restamp(&a.region, &header::Origin::here()?);
         }
         let mut report = RepairReport::default();
         for idx in 0..a.geo.shard_count {
@@ -479,12 +506,9 @@ impl Cache {
             } else if wait == Wait::No {
                 Err(Error::WouldBlock)
             } else {
-                Err(Error::Detached {
-                    path: inner.path.clone(),
-                    cause: "another thread is still moving it to the file that replaced \
-                            its own"
-                        .into(),
-                })
+                Err(inner.detached(Failure::text(
+                    "another thread is still moving it to the file that replaced its own",
+                )))
             };
         }
         let checking = ReleaseOnDrop(&inner.checking);

@@ -104,11 +104,14 @@ pub enum Error {
     /// attach to what is there now. Its operations fail until it can, rather than answer
     /// from a file no other process sees (a revocation made in the new file must reach
     /// every worker).
+    #[non_exhaustive]
     Detached {
         /// The file.
         path: PathBuf,
-        /// Why attaching failed.
+        /// Why attaching failed (what happened, in no front end's terms).
         cause: String,
+        /// What to do about it, where a caller can do something.
+        remedy: Option<Remedy>,
     },
     /// [`Cache::incr`](crate::Cache::incr) found a value that is not a counter (a
     /// counter is exactly 8 bytes: a little-endian two's-complement `i64`). Nothing was
@@ -156,12 +159,170 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// /proc is not mounted (or does not show this process): larder reads the kernel's
+    /// boot id and this process's pid and time namespaces there, to prove that every
+    /// process sharing a file runs in one boot and one set of namespaces, and refuses
+    /// to create or attach without them. Nothing was created or changed.
+    ProcUnavailable {
+        /// What could not be read.
+        read: PathBuf,
+    },
     /// Any other error from the operating system.
     Io(io::Error),
 }
 
 impl fmt::Display for Error {
+    /// What happened ([`Error::summary`]), then what to do in this crate's terms (the
+    /// [`Error::remedy`], naming the Rust calls that carry it out).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_summary(f)?;
+        if let Some(r) = self.remedy() {
+            write!(f, "; {}", r.rust_words())?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do about an error, as an action rather than a call: each front end words it
+/// in its own terms (this crate's `Display` names Rust calls; the `larder` command and
+/// the Python package name theirs), after the error's [`Error::summary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Remedy {
+    /// The file has other creation parameters: use it with its own parameters, or
+    /// remove it so that it is created again with the new ones.
+    UseOrRemove,
+    /// Repair the file (online, shard by shard, or offline with no process attached,
+    /// which also re-initialises the locks), or remove it if its header is damaged.
+    Repair,
+    /// Repair the file offline, with no process attached (which re-initialises the
+    /// locks and re-stamps it), or remove it.
+    RepairOffline,
+    /// Accept the file's owner, uid `uid`, as well as the caller's own.
+    AllowOwner {
+        /// The file's owner.
+        uid: u32,
+    },
+    /// No cache exists there: create it (with creation parameters).
+    Create,
+    /// A key or value is over the file's limit: create the cache with a larger one.
+    RaiseLimit {
+        /// `"key"` or `"value"`.
+        what: &'static str,
+    },
+}
+
+impl Remedy {
+    /// The remedy in this crate's terms (what `Display` appends).
+    fn rust_words(&self) -> String {
+        match self {
+            Remedy::UseOrRemove => "open it with Cache::open (or Options::attach) to use its own \
+                 parameters, or remove it (Cache::unlink) to recreate it"
+                .into(),
+            Remedy::Repair => "repair it (Cache::repair online, shard by shard; \
+                 Cache::repair_offline with no process attached, which also re-initialises \
+                 the locks; or `larder repair`, from `cargo install larder-cli`), or remove \
+                 the file (Cache::unlink) if its header is damaged"
+                .into(),
+            Remedy::RepairOffline => "repair it offline with no process attached \
+                 (Cache::repair_offline, or `larder repair` from `cargo install larder-cli`), \
+                 or remove the file (Cache::unlink)"
+                .into(),
+            Remedy::AllowOwner { uid } => {
+                format!("or allow its owner with Options::allow_uid({uid})")
+            }
+            Remedy::Create => "create it with Options::open".into(),
+            Remedy::RaiseLimit { what } => {
+                format!("create the cache with a larger max_{what}_len (Options::max_{what}_len)")
+            }
+        }
+    }
+}
+
+/// The reason [`Error::UnsafeFile`] gives for a file of an owner not accepted (its
+/// remedy, [`Remedy::AllowOwner`], is read back from it).
+pub(crate) fn foreign_owner(uid: u32, me: u32) -> String {
+    format!("it is owned by uid {uid}, not by this process's uid {me} or an allowed one")
+}
+
+fn foreign_owner_uid(reason: &str) -> Option<u32> {
+    let rest = reason.strip_prefix("it is owned by uid ")?;
+    rest.split(',').next()?.parse().ok()
+}
+
+/// Whether `Incompatible`'s differences are creation parameters (which another open may
+/// choose), not the layout or lock ABI of another build (`header` words those "this
+/// build").
+fn parameter_differences(differences: &[String]) -> bool {
+    !differences.iter().any(|d| d.contains("this build"))
+}
+
+impl Error {
+    /// What to do about the error, where that is something a caller does through an
+    /// API (each front end names its own call for it); `None` where the
+    /// [`summary`](Error::summary) already says all there is to do.
+    ///
+    /// ```
+    /// let e = larder::Cache::open("/nonexistent-dir/cache").unwrap_err();
+    /// assert_eq!(e.remedy(), Some(larder::Remedy::Create));
+    /// assert!(!e.summary().contains("Options::"));
+    /// ```
+    pub fn remedy(&self) -> Option<Remedy> {
+        match self {
+            Error::Incompatible { differences, .. } if parameter_differences(differences) => {
+                Some(Remedy::UseOrRemove)
+            }
+            Error::Corrupt { .. } => Some(Remedy::Repair),
+            Error::OtherBoot { .. } => Some(Remedy::RepairOffline),
+            Error::UnsafeFile { reason, .. } => {
+                foreign_owner_uid(reason).map(|uid| Remedy::AllowOwner { uid })
+            }
+            Error::NotFound { .. } => Some(Remedy::Create),
+            Error::TooLarge { what, .. } => Some(Remedy::RaiseLimit { what }),
+            Error::Detached { remedy, .. } => *remedy,
+            _ => None,
+        }
+    }
+
+    /// What happened, with any advice that names no API; the `Display` text is this,
+    /// then the [`remedy`](Error::remedy) in Rust terms. A front end in another language
+    /// shows this, then the remedy in its own terms.
+    pub fn summary(&self) -> String {
+        struct Summary<'a>(&'a Error);
+        impl fmt::Display for Summary<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_summary(f)
+            }
+        }
+        Summary(self).to_string()
+    }
+
+    /// The file the error is about, where it is about one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Incompatible { path, .. }
+            | Error::Version { path, .. }
+            | Error::NotACache { path }
+            | Error::Corrupt { path, .. }
+            | Error::UnsafeFile { path, .. }
+            | Error::Truncated { path, .. }
+            | Error::OtherBoot { path }
+            | Error::OtherPidNamespace { path }
+            | Error::OtherTimeNamespace { path }
+            | Error::Detached { path, .. }
+            | Error::InUse { path }
+            | Error::NotFound { path } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The cache's name as a user would give it (the bare name of a file in /dev/shm,
+    /// the path otherwise), for a front end's advice (`larder rm NAME`).
+    pub fn name(&self) -> Option<String> {
+        self.path().map(crate::file::name_of)
+    }
+
+    fn write_summary(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidName { name, reason } => write!(
                 f,
@@ -172,15 +333,26 @@ impl fmt::Display for Error {
             Error::TooLarge { what, len, max } => write!(
                 f,
                 "{what} of {len} bytes is over this cache's limit of {max} bytes; nothing was \
-                 stored (create the cache with a larger max_{what}_len)"
+                 stored"
             ),
-            Error::Incompatible { path, differences } => write!(
-                f,
-                "{} was created with other parameters ({}); open it with Cache::open to use \
-                 its own, or remove it (Cache::unlink) to recreate it",
-                path.display(),
-                differences.join("; ")
-            ),
+            Error::Incompatible { path, differences } => {
+                if parameter_differences(differences) {
+                    write!(
+                        f,
+                        "{} was created with other parameters ({})",
+                        path.display(),
+                        differences.join("; ")
+                    )
+                } else {
+                    write!(
+                        f,
+                        "{} was made by a build with another layout or lock ABI ({}); use a \
+                         build of the same version on the same platform, or another file name",
+                        path.display(),
+                        differences.join("; ")
+                    )
+                }
+            }
             Error::Version {
                 path,
                 found,
@@ -197,18 +369,13 @@ impl fmt::Display for Error {
                  a leftover",
                 path.display()
             ),
-            Error::Corrupt { path, detail } => write!(
-                f,
-                "{} is corrupt: {detail}; repair it (Cache::repair online, shard by shard; \
-                 Cache::repair_offline with no process attached, which also re-initialises \
-                 the locks; or `larder repair`, from `cargo install larder-cli`), or remove \
-                 the file (Cache::unlink) if its header is damaged",
-                path.display()
-            ),
+            Error::Corrupt { path, detail } => {
+                write!(f, "{} is corrupt: {detail}", path.display())
+            }
             Error::UnsafeFile { path, reason } => write!(
                 f,
-                "refusing to use {}: {reason}; remove it, fix its owner or mode (not \
-                 world-writable), or allow its owner with Options::allow_uid",
+                "refusing to use {}: {reason}; remove it, or fix its owner or mode (not \
+                 world-writable)",
                 path.display()
             ),
             Error::Truncated {
@@ -223,9 +390,7 @@ impl fmt::Display for Error {
             ),
             Error::OtherBoot { path } => write!(
                 f,
-                "{} was created during another boot; its locks cannot be trusted: repair it \
-                 offline with no process attached (Cache::repair_offline, or `larder repair` \
-                 from `cargo install larder-cli`), or remove the file",
+                "{} was created during another boot; its locks cannot be trusted",
                 path.display()
             ),
             Error::OtherPidNamespace { path } => write!(
@@ -243,7 +408,7 @@ impl fmt::Display for Error {
                  (or drop its offsets) or use a file of this namespace's own",
                 path.display()
             ),
-            Error::Detached { path, cause } => write!(
+            Error::Detached { path, cause, .. } => write!(
                 f,
                 "{} was replaced or removed and this handle cannot attach to the file there \
                  now ({cause}); its operations fail until it can, so that it never answers \
@@ -287,10 +452,16 @@ impl fmt::Display for Error {
                  (shard by shard under the shard locks)",
                 path.display()
             ),
-            Error::NotFound { path } => write!(
+            Error::NotFound { path } => write!(f, "no cache at {}", path.display()),
+            Error::ProcUnavailable { read } => write!(
                 f,
-                "no cache at {}; create it with Options::open",
-                path.display()
+                "cannot read {}: /proc is not mounted here, and larder needs it to read the \
+                 boot id and the pid and time namespaces that prove every process sharing a \
+                 cache file runs in one boot and one set of namespaces (robust locks and \
+                 TTLs are only valid there); mount /proc in this container or sandbox \
+                 (Docker and Kubernetes do by default; bubblewrap: --proc /proc; a chroot: \
+                 mount -t proc proc /proc)",
+                read.display()
             ),
             Error::Io(e) => write!(f, "I/O error: {e}"),
         }

@@ -50,6 +50,21 @@ pub(crate) fn file_name(name: &str) -> String {
     format!("{name}.larder{FORMAT_VERSION}")
 }
 
+/// The name a user gives for the cache at `path`: the bare name of a file of /dev/shm
+/// (`authz` for /dev/shm/authz.larder4), the path itself otherwise.
+pub(crate) fn name_of(path: &Path) -> String {
+    let bare = path
+        .parent()
+        .filter(|d| *d == Path::new(SHM_DIR))
+        .and_then(|_| path.file_name()?.to_str())
+        .and_then(|f| f.strip_suffix(&file_name("")))
+        .filter(|n| resolve(Path::new(n)).ok().as_deref() == Some(path));
+    match bare {
+        Some(n) => n.to_string(),
+        None => path.display().to_string(),
+    }
+}
+
 /// Resolves a cache name: a bare name (no `/`) lives in /dev/shm, a path (anything with
 /// a `/`) is used as given.
 pub(crate) fn resolve(name: &Path) -> Result<PathBuf> {
@@ -257,11 +272,7 @@ fn check_owner(path: &Path, fd: &OwnedFd, allow: &[u32]) -> Result<rustix::fs::S
     }
     let me = rustix::process::geteuid().as_raw();
     if st.st_uid != me && !allow.contains(&st.st_uid) {
-        return Err(unsafe_file(format!(
-            "it is owned by uid {}, not by this process's uid {me} or an allowed one \
-             (Options::allow_uid)",
-            st.st_uid
-        )));
+        return Err(unsafe_file(crate::error::foreign_owner(st.st_uid, me)));
     }
     if st.st_mode & 0o002 != 0 {
         return Err(unsafe_file(format!(
@@ -277,6 +288,7 @@ fn check_owner(path: &Path, fd: &OwnedFd, allow: &[u32]) -> Result<rustix::fs::S
 /// process's (another boot, another pid or time namespace, or a stamp torn by an
 /// interrupted repair). The header must be intact (its checksum and layout are checked).
 pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, bool)> {
+    let here = Origin::here()?;
     let fd = open_existing(path)?;
     check_owner(path, &fd, &spec.allow_uids)?;
     match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
@@ -290,7 +302,7 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
     }
     let (file, st, page) = read_header_page(path, fd)?;
     let info = header::parse_header(path, &page)?;
-    let other_boot = Origin::of_header(&page) != Some(Origin::here());
+    let other_boot = Origin::of_header(&page) != Some(here);
     check_size(path, &st, &info)?;
     let a = map(path, file, info, &st)?;
     Ok((a, other_boot))
@@ -303,7 +315,7 @@ fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
     // while the header is rewritten.
     let (file, st, page) = read_header_page(path, fd)?;
     let info = header::parse_header(path, &page)?;
-    Origin::here().admit(path, Origin::of_header(&page))?;
+    Origin::here()?.admit(path, Origin::of_header(&page))?;
     check_size(path, &st, &info)?;
     if let Some(want) = &spec.params {
         let have = &info.geo.params;
@@ -397,6 +409,9 @@ fn no_space(dir: &Path, requested: u64) -> Error {
 /// Creates the file; `None` if another process created it first.
 fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attached>> {
     let geo = Geometry::compute(params).map_err(Error::InvalidOptions)?;
+    // First: a file this process cannot stamp with its boot and namespaces is never
+    // built (without /proc, say so rather than fail later at naming the file).
+    let origin = Origin::here()?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -458,7 +473,7 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
     let mut secret = vec![0u8; SECRET_SIZE];
     rustix::rand::getrandom(&mut secret[..], rustix::rand::GetRandomFlags::empty()).map_err(os)?;
     let kind = lock::native_kind().map_err(lock::init_error)?;
-    let page = header::build_header(&geo, kind, &secret, &Origin::here());
+    let page = header::build_header(&geo, kind, &secret, &origin);
     let info = HeaderInfo { geo, kind, secret };
     let attached = map(path, file, info, &st)?;
     init_locks(&attached)?;

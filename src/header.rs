@@ -17,24 +17,50 @@ use crate::layout::{
 use crate::lock;
 use crate::region::Region;
 
+/// Where the kernel gives the current boot's id.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
 /// The current boot's id, from the kernel. Read afresh on every call (opens are rare):
 /// a value cached behind a `Once` would hang a child forked while another thread was
 /// inside the initialiser, since the child inherits the `Once` half-run.
-pub(crate) fn boot_id() -> [u64; 2] {
+///
+/// [`Error::ProcUnavailable`] where /proc is not mounted (or hides it): without the
+/// boot id no file's locks can be trusted, and a made-up id would call every file one
+/// of another boot.
+pub(crate) fn boot_id() -> Result<[u64; 2]> {
     crash_point!("open.read_boot_id");
-    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let unavailable = || Error::ProcUnavailable {
+        read: BOOT_ID.into(),
+    };
+    let text = std::fs::read_to_string(BOOT_ID).map_err(|_| unavailable())?;
     let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    let a = u64::from_str_radix(hex.get(0..16).unwrap_or("0"), 16).unwrap_or(0);
-    let b = u64::from_str_radix(hex.get(16..32).unwrap_or("0"), 16).unwrap_or(0);
-    [a, b]
+    let half = |r: std::ops::Range<usize>| {
+        hex.get(r)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or_else(unavailable)
+    };
+    Ok([half(0..16)?, half(16..32)?])
 }
 
-/// `(st_dev, st_ino)` of one of this process's namespaces, `(0, 0)` where the kernel
-/// has no such namespace (time namespaces are Linux 5.6+) or /proc is not mounted.
-fn namespace(which: &str) -> (u64, u64) {
-    rustix::fs::stat(format!("/proc/self/ns/{which}"))
-        .map(|st| (st.st_dev, st.st_ino))
-        .unwrap_or((0, 0))
+/// Whether a namespace must be readable where /proc is mounted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// Every kernel larder runs on has it (pid namespaces: Linux 3.8).
+    Always,
+    /// A kernel may lack it (time namespaces: Linux 5.6): `(0, 0)` then.
+    Maybe,
+}
+
+/// `(st_dev, st_ino)` of one of this process's namespaces. [`Error::ProcUnavailable`]
+/// where /proc does not show it (not mounted, or a procfs of another pid namespace in
+/// which this process has no `/proc/self`), unless the kernel may lack the namespace.
+fn namespace(which: &str, kernel: Kernel) -> Result<(u64, u64)> {
+    let at = format!("/proc/self/ns/{which}");
+    match rustix::fs::stat(at.as_str()) {
+        Ok(st) => Ok((st.st_dev, st.st_ino)),
+        Err(rustix::io::Errno::NOENT) if kernel == Kernel::Maybe => Ok((0, 0)),
+        Err(_) => Err(Error::ProcUnavailable { read: at.into() }),
+    }
 }
 
 /// Where a file may be used: the boot, the pid namespace and the time namespace it was
@@ -47,13 +73,17 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    /// This process's.
-    pub(crate) fn here() -> Origin {
-        Origin {
-            boot: boot_id(),
-            pid_ns: namespace("pid"),
-            time_ns: namespace("time"),
-        }
+    /// This process's; [`Error::ProcUnavailable`] where /proc cannot tell (larder
+    /// refuses to share a file it cannot prove is of this boot and these namespaces).
+    pub(crate) fn here() -> Result<Origin> {
+        let boot = boot_id()?;
+        // Where /proc/self is missing the pid namespace check would fail too: say so.
+        let pid_ns = namespace("pid", Kernel::Always)?;
+        Ok(Origin {
+            boot,
+            pid_ns,
+            time_ns: namespace("time", Kernel::Maybe)?,
+        })
     }
 
     fn words(&self) -> [u64; STAMP_WORDS - 1] {
@@ -354,12 +384,12 @@ pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8], origin: &Or
     buf
 }
 
-/// Re-stamps the header with this process's boot and namespaces. Only for a file held
-/// exclusively, whose locks were just re-initialised. The six words go first and their
-/// checksum last, so a crash in between leaves a stamp that fails its checksum: no
-/// process attaches to it, and the next offline repair writes it again.
-pub(crate) fn restamp(region: &Region) {
-    let stamp = Origin::here().stamp();
+/// Re-stamps the header with `origin` (this process's boot and namespaces). Only for a
+/// file held exclusively, whose locks were just re-initialised. The six words go first
+/// and their checksum last, so a crash in between leaves a stamp that fails its
+/// checksum: no process attaches to it, and the next offline repair writes it again.
+pub(crate) fn restamp(region: &Region, origin: &Origin) {
+    let stamp = origin.stamp();
     let at = offset_of!(FileHeader, stamp);
     for (i, w) in stamp[..STAMP_WORDS - 1].iter().enumerate() {
         region.store(at + 8 * i, *w);

@@ -86,7 +86,10 @@
 //! time namespace: the header's stamp records the creator's, and an opener from another
 //! is refused ([`Error::OtherPidNamespace`], [`Error::OtherTimeNamespace`]), because
 //! robust futexes name owners by thread ids of one pid namespace and TTLs are readings
-//! of one monotonic clock.
+//! of one monotonic clock. /proc must be mounted, since the boot id and the namespaces
+//! are read there: without it creating and attaching are refused with
+//! [`Error::ProcUnavailable`], never with a guess (a made-up boot id would call every
+//! file one of another boot).
 // `unsafe` is allowed only in `region` (the memory the table lives in), `lock` (glibc's
 // mutexes, the statistics slot's file lock and the fork handler) and `mapping` (the
 // cells' pointers to attached files), plus one signal call of the crash-point test
@@ -142,7 +145,7 @@ mod shard_tests;
 
 pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue, Version};
 pub use clock::Clock;
-pub use error::{Error, Result};
+pub use error::{Error, Remedy, Result};
 pub use fence::Ticket;
 pub use options::{
     Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT, DEFAULT_LOCK_TIMEOUT,

@@ -51,6 +51,56 @@ fn child_main(role: &str) -> ! {
                 .expect("set");
             0
         }
+        // Hides /proc (a tmpfs over it, in this child's own mount namespace), then
+        // creates a cache and attaches to the parent's: each is refused with the error
+        // that names /proc; never a bare I/O error or a false OtherBoot.
+        "no-proc" => {
+            // SAFETY: mount(2) with valid NUL-terminated strings and no data; it changes
+            // only this process's private mount namespace (made by `unshare --mount`).
+            let rc = unsafe {
+                libc::mount(
+                    c"none".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                eprintln!(
+                    "mount tmpfs over /proc: {}",
+                    std::io::Error::last_os_error()
+                );
+                std::process::exit(EXIT_OTHER_ERROR);
+            }
+            assert!(!Path::new("/proc/self").exists(), "/proc is still there");
+            let fresh = format!("{path}-fresh");
+            let results = [
+                (
+                    "create",
+                    Options::new().capacity(4 << 20).open(&fresh).map(drop),
+                ),
+                ("attach", Cache::open(&path).map(drop)),
+            ];
+            let mut code = EXIT_REFUSED;
+            for (what, r) in results {
+                match r {
+                    Err(e @ Error::ProcUnavailable { .. }) => {
+                        let text = e.to_string();
+                        assert!(text.contains("mount /proc"), "{text}");
+                    }
+                    other => {
+                        eprintln!("{what} without /proc: {other:?}");
+                        code = EXIT_OTHER_ERROR;
+                    }
+                }
+            }
+            assert!(
+                !Path::new(&fresh).exists(),
+                "a refused creation left a file"
+            );
+            code
+        }
         // Counts this process's threads before and after using a cache.
         "threads" => {
             let before = threads();
@@ -239,6 +289,35 @@ fn a_process_using_the_cache_has_only_the_threads_it_started() {
     );
 }
 
+/// Where /proc is not mounted (minimal containers, sandboxes), larder cannot read the
+/// boot id or the namespaces that make sharing safe: creating and attaching are refused
+/// with an error that names /proc, never a bare I/O error or a false `OtherBoot` (whose
+/// advice, a repair or a removal, would split the pool).
+#[test]
+fn without_proc_opens_are_refused_naming_proc() {
+    if let Some(role) = child_role() {
+        child_main(&role);
+    }
+    let t = TempCache::new("noproc");
+    let c = t.open();
+    c.set(b"k", b"v", None).expect("set");
+    let Some(code) = run_in_namespace(
+        "without_proc_opens_are_refused_naming_proc",
+        "no-proc",
+        &["--mount", "--fork"],
+        &t.path,
+    ) else {
+        return;
+    };
+    assert_eq!(
+        code, EXIT_REFUSED,
+        "without /proc, an open failed with an error that does not name /proc"
+    );
+    // The refusal changed nothing.
+    assert_eq!(c.get(b"k").expect("get"), Some(b"v".to_vec()));
+    assert!(c.verify().expect("verify").is_clean());
+}
+
 /// How long a handle may take to notice a replaced file: its check period is 250 ms.
 fn notice_deadline() -> Instant {
     deadline_in(10)
@@ -288,7 +367,7 @@ fn a_handle_that_cannot_attach_fails_instead_of_answering() {
     std::fs::write(&t.path, vec![0x55u8; 8192]).expect("write a file that is no cache");
     let mut last = None;
     let failed = poll_until(notice_deadline(), || match old.get(b"token") {
-        Err(Error::Detached { path, cause }) => {
+        Err(Error::Detached { path, cause, .. }) => {
             last = Some((path, cause));
             true
         }

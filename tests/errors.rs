@@ -632,7 +632,7 @@ fn file_of_another_owner_is_unsafe_unless_allowed() {
             Err(e @ Error::UnsafeFile { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.contains("owned by uid 12345"), "{msg}");
-                assert!(msg.contains("Options::allow_uid"), "{msg}");
+                assert!(msg.contains("Options::allow_uid(12345)"), "{msg}");
             }
             other => panic!("expected UnsafeFile, got {other:?}"),
         }
@@ -1267,4 +1267,89 @@ fn refusal_messages_say_what_to_do() {
         }
     }
     assert!(missing.is_empty(), "no remedy in: {missing:#?}");
+}
+
+/// Each error's summary says what happened in no front end's terms; the remedy is a
+/// kind each front end words (the `larder` command and the Python package name their own
+/// calls), and `Display`, this crate's own wording, names the Rust call.
+#[test]
+fn summaries_name_no_rust_call_and_display_adds_the_rust_remedy() {
+    use larder::Remedy;
+    let t = TempCache::new("err-words");
+    make_cache(&t);
+    let mut errors: Vec<(Error, Remedy, &str)> = Vec::new();
+    // Missing.
+    let missing = t.file("missing");
+    errors.push((
+        Cache::open(&missing).expect_err("missing"),
+        Remedy::Create,
+        "Options::open",
+    ));
+    // Other parameters.
+    errors.push((
+        t.options()
+            .capacity(8 << 20)
+            .open(t.name())
+            .expect_err("other capacity"),
+        Remedy::UseOrRemove,
+        "Cache::unlink",
+    ));
+    // Too large.
+    let c = t.open();
+    errors.push((
+        c.set(&[b'k'; 65], b"v", None).expect_err("long key"),
+        Remedy::RaiseLimit { what: "key" },
+        "Options::max_key_len",
+    ));
+    drop(c);
+    // Corrupt header.
+    let corrupt = copy_of(&t, "corrupt");
+    write_at(&corrupt, H_RESERVED + 3, &[0x42]);
+    errors.push((
+        Cache::open(s(&corrupt)).expect_err("corrupt"),
+        Remedy::Repair,
+        "Cache::repair_offline",
+    ));
+    // Another boot.
+    let boot = copy_of(&t, "boot");
+    let bytes = read_all(&boot);
+    patch_word(&boot, STAMP_BOOT, word(&bytes, STAMP_BOOT) ^ 0x77);
+    fix_stamp(&boot);
+    errors.push((
+        Cache::open(s(&boot)).expect_err("other boot"),
+        Remedy::RepairOffline,
+        "Cache::repair_offline",
+    ));
+    // Another owner (where this user may chown).
+    let foreign = copy_of(&t, "foreign");
+    if std::os::unix::fs::chown(&foreign, Some(12345), None).is_ok() {
+        errors.push((
+            Cache::open(s(&foreign)).expect_err("other owner"),
+            Remedy::AllowOwner { uid: 12345 },
+            "Options::allow_uid(12345)",
+        ));
+    }
+    for (e, remedy, rust) in &errors {
+        let summary = e.summary();
+        let display = e.to_string();
+        assert_eq!(e.remedy(), Some(*remedy), "{display}");
+        for api in ["Cache::", "Options::"] {
+            assert!(!summary.contains(api), "{summary}");
+        }
+        assert!(display.starts_with(&summary), "{display}");
+        assert!(display.contains(rust), "{display}");
+    }
+    assert_eq!(errors[0].0.name().as_deref(), Some(missing.as_str()));
+    // A file of /dev/shm is named by its bare name, as a user gives it.
+    let bare = Error::NotFound {
+        path: Cache::path_of("authz").expect("path"),
+    };
+    assert_eq!(bare.name().as_deref(), Some("authz"));
+    // A layout from another build is no parameter a caller chooses: no such remedy.
+    let layout = Error::Incompatible {
+        path: t.path.clone(),
+        differences: vec!["architecture: file arm, this build x86_64".into()],
+    };
+    assert_eq!(layout.remedy(), None);
+    assert!(!layout.to_string().contains("Cache::open"), "{layout}");
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use larder::{Cache, Error};
+use larder::{Cache, Error, Remedy};
 
 use crate::args::Global;
 use crate::units::bytes;
@@ -16,6 +16,42 @@ pub struct CreateArgs {
     pub max_value: u64,
     pub shards: Option<usize>,
     pub expected_entry: Option<u64>,
+}
+
+/// A library error in this command's terms: what happened, then what to do as a
+/// `larder` command line (the library's own text names Rust calls instead).
+pub fn message(e: &Error) -> String {
+    let summary = e.summary();
+    let name = e.name().unwrap_or_else(|| "NAME".into());
+    let remedy = match e.remedy() {
+        None => return summary,
+        Some(Remedy::UseOrRemove) => format!(
+            "every command but create uses it with its own parameters; to create it again \
+             with new ones, remove it first: larder rm {name}"
+        ),
+        Some(Remedy::Repair) => format!(
+            "repair it: larder repair {name} (with no process attached; --online while \
+             processes use it), or remove it if its header is damaged: larder rm {name}"
+        ),
+        Some(Remedy::RepairOffline) => format!(
+            "repair it with no process attached: larder repair {name}, or remove it: \
+             larder rm {name}"
+        ),
+        Some(Remedy::AllowOwner { uid }) => {
+            format!("or accept its owner: larder --allow-uid {uid} ...")
+        }
+        Some(Remedy::Create) => format!(
+            "create it: larder create {name} --capacity SIZE (or start the processes that \
+             create it)"
+        ),
+        Some(Remedy::RaiseLimit { what }) => format!(
+            "create the cache with a larger --max-{what} (larder rm {name}, then larder \
+             create {name} --max-{what} SIZE)"
+        ),
+        // A remedy this build does not know how to word: the summary alone.
+        Some(_) => return summary,
+    };
+    format!("{summary}; {remedy}")
 }
 
 fn to_usize(what: &str, v: u64) -> Result<usize, Failure> {
@@ -156,15 +192,17 @@ pub fn rm(g: &Global, name: &str, force: bool) -> Outcome {
             }
             Err(e @ Error::UnsafeFile { .. }) => {
                 return Err(Failure::new(format!(
-                    "{e}; not removing it (--allow-uid UID accepts another owner, --force \
-                     removes it unchecked)"
+                    "{}; not removing it (--allow-uid UID accepts another owner, --force \
+                     removes it unchecked)",
+                    e.summary()
                 )))
             }
             Err(e) => {
                 return Err(Failure::new(format!(
-                    "cannot confirm that {} is a larder cache ({e}); not removing it \
+                    "cannot confirm that {} is a larder cache ({}); not removing it \
                      (--force removes it unchecked)",
-                    path.display()
+                    path.display(),
+                    e.summary()
                 )))
             }
         }

@@ -82,7 +82,7 @@ fn short(e: &larder::Error) -> String {
         E::Truncated { .. } => "truncated: larder rm".into(),
         E::Corrupt { .. } => "corrupt: larder repair".into(),
         E::Timeout { .. } => "locked: a repair is running".into(),
-        other => other.to_string(),
+        other => crate::admin::message(other),
     }
 }
 

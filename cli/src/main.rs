@@ -49,8 +49,9 @@ impl Failure {
 }
 
 impl From<larder::Error> for Failure {
+    /// In the command's terms (`larder rm NAME`), not the library's Rust calls.
     fn from(e: larder::Error) -> Failure {
-        Failure::new(e.to_string())
+        Failure::new(admin::message(&e))
     }
 }
 

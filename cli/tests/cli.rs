@@ -1135,3 +1135,52 @@ fn listen_refuses_a_redis_in_cluster_mode() {
         "{stats}"
     );
 }
+
+/// Errors speak the command's language: what to do is a `larder` command line, never a
+/// Rust call of the library (`Cache::unlink`, `Options::allow_uid`).
+#[test]
+fn errors_name_larder_commands_not_rust_calls() {
+    let t = TempCache::new("words");
+    let path = t.file("c");
+    create(&path);
+    let missing = t.file("missing");
+    let corrupt = t.file("corrupt");
+    std::fs::copy(&path, &corrupt).unwrap();
+    // A reserved header byte: covered by the header checksum, so the file is corrupt.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&corrupt)
+        .unwrap()
+        .write_all_at(&[0x42], 176 + 3)
+        .unwrap();
+    let foreign = t.file("foreign");
+    create(&foreign);
+    let long_key = "k".repeat(65);
+    let mut cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["create", &path, "--capacity", "8MiB"],
+            format!("larder rm {path}"),
+        ),
+        (
+            vec!["get", &missing, "k"],
+            format!("larder create {missing}"),
+        ),
+        (vec!["stats", &corrupt], format!("larder repair {corrupt}")),
+        (vec!["set", &path, &long_key, "v"], "--max-key".into()),
+    ];
+    if chown_other(&foreign) {
+        cases.push((vec!["get", &foreign, "k"], "--allow-uid 12345".into()));
+        cases.push((vec!["rm", &foreign], "--allow-uid".into()));
+    }
+    for (args, needle) in &cases {
+        let out = larder(args);
+        out.fails(1, needle);
+        for api in ["Cache::", "Options::"] {
+            assert!(
+                !out.stderr.contains(api),
+                "{args:?} names a Rust call: {}",
+                out.stderr
+            );
+        }
+    }
+}

@@ -10,14 +10,14 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use larder::{Clock, Error, Options};
+use larder::{Clock, Error, Options, Remedy};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
 
 /// The Python exception for a larder error: the class of `larder._errors` named after
-/// the variant (`LarderError` for a variant this build does not know), with the Rust
-/// message; `Io` also carries the errno.
+/// the variant (`LarderError` for a variant this build does not know), with the
+/// message in Python's terms ([`message`]); `Io` also carries the errno.
 fn to_py(e: Error) -> PyErr {
     Python::attach(|py| match make_error(py, &e) {
         Ok(err) => err,
@@ -45,6 +45,7 @@ fn make_error(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
         Error::WouldBlock => "WouldBlock",
         Error::InUse { .. } => "InUse",
         Error::NotFound { .. } => "NotFound",
+        Error::ProcUnavailable { .. } => "ProcUnavailable",
         Error::Io(_) => "Io",
         Error::NotACounter { .. } => "NotACounter",
         Error::Overflow { .. } => "Overflow",
@@ -52,16 +53,55 @@ fn make_error(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
         _ => "LarderError",
     };
     let cls = py.import("larder._errors")?.getattr(name)?;
-    let msg = e.to_string();
+    let msg = message(e);
     let value = match e {
         Error::Io(io) => cls.call1((
             io.raw_os_error().unwrap_or_else(|| errno_of(io.kind())),
             msg,
         ))?,
         Error::NoSpace { .. } => cls.call1((libc_enospc(), msg))?,
+        Error::ProcUnavailable { .. } => {
+            cls.call1((errno_of(std::io::ErrorKind::NotFound), msg))?
+        }
         _ => cls.call1((msg,))?,
     };
     Ok(PyErr::from_value(value))
+}
+
+/// What happened, then what to do in this package's terms (`larder.Cache(...)`), where
+/// the library's own text names Rust calls.
+fn message(e: &Error) -> String {
+    let summary = e.summary();
+    let name = format!("{:?}", e.name().unwrap_or_else(|| "name".into()));
+    let remedy = match e.remedy() {
+        None => return summary,
+        Some(Remedy::UseOrRemove) => format!(
+            "open it with larder.Cache({name}) (no creation arguments) to use its own \
+             parameters, or remove it to recreate it: larder.Cache.unlink({name})"
+        ),
+        Some(Remedy::Repair) => format!(
+            "repair it: cache.repair() while processes use it, or `larder repair` (the \
+             larder command) with none attached; or remove it if its header is damaged: \
+             larder.Cache.unlink({name})"
+        ),
+        Some(Remedy::RepairOffline) => format!(
+            "repair it with no process attached (`larder repair`, the larder command), or \
+             remove it: larder.Cache.unlink({name})"
+        ),
+        Some(Remedy::AllowOwner { uid }) => {
+            format!("or accept its owner: larder.Cache({name}, allow_uids=[{uid}])")
+        }
+        Some(Remedy::Create) => format!(
+            "create it: larder.Cache({name}, capacity=...) (any creation argument creates a \
+             missing cache)"
+        ),
+        Some(Remedy::RaiseLimit { what }) => {
+            format!("create the cache with a larger max_{what}_len=")
+        }
+        // A remedy this build does not know how to word: the summary alone.
+        Some(_) => return summary,
+    };
+    format!("{summary}; {remedy}")
 }
 
 /// The Linux errno for an I/O error that carries none, by its kind (EIO if no closer one).
@@ -186,6 +226,8 @@ struct PyCache {
     lock_timeout: Duration,
     fill_timeout: Duration,
     mode: u32,
+    /// Owners accepted besides the caller's uid (`allow_uids=`).
+    allow_uids: Vec<u32>,
     /// The `serializer=` argument as given (for pickling), and its two functions.
     serializer: Py<PyAny>,
     codec: Option<(Py<PyAny>, Py<PyAny>)>,
@@ -263,7 +305,7 @@ impl PyCache {
     #[pyo3(signature = (
         name, capacity=None, max_key_len=None, max_value_len=None, lock_timeout=None,
         fill_timeout=None, mode=None, shards=None, expected_entry_size=None, serializer=None,
-        manual_clock=false
+        manual_clock=false, allow_uids=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -279,6 +321,7 @@ impl PyCache {
         expected_entry_size: Option<usize>,
         serializer: Option<Py<PyAny>>,
         manual_clock: bool,
+        allow_uids: Option<Vec<u32>>,
     ) -> PyResult<Self> {
         let lock_timeout =
             opt_duration(lock_timeout, "lock_timeout")?.unwrap_or(larder::DEFAULT_LOCK_TIMEOUT);
@@ -319,6 +362,10 @@ impl PyCache {
         if let Some(n) = expected_entry_size {
             opts = opts.expected_entry_size(n);
         }
+        let allow_uids = allow_uids.unwrap_or_default();
+        for &uid in &allow_uids {
+            opts = opts.allow_uid(uid);
+        }
         let cache = py
             .detach(|| {
                 if create {
@@ -336,6 +383,7 @@ impl PyCache {
             lock_timeout,
             fill_timeout,
             mode: mode.unwrap_or(0o600),
+            allow_uids,
             serializer,
             codec,
         })
@@ -771,6 +819,7 @@ impl PyCache {
         d.set_item("lock_timeout", self.lock_timeout.as_secs_f64())?;
         d.set_item("fill_timeout", self.fill_timeout.as_secs_f64())?;
         d.set_item("mode", self.mode)?;
+        d.set_item("allow_uids", self.allow_uids.clone())?;
         d.set_item("serializer", self.serializer.bind(py))?;
         d.set_item("manual_clock", self.manual_clock)?;
         Ok(d)

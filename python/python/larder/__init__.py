@@ -57,6 +57,7 @@ def _unpickle(cls, state):
         "fill_timeout": state["fill_timeout"],
         "serializer": state["serializer"],
         "manual_clock": state["manual_clock"],
+        "allow_uids": state.get("allow_uids"),
     }
     try:
         return cls(
@@ -80,7 +81,9 @@ class Cache(_larder.Cache):
     ``Cache(name)`` with no creation parameter attaches to an existing file with its own
     parameters (``FileNotFoundError`` if there is none); with any of ``capacity``,
     ``max_key_len``, ``max_value_len``, ``mode``, ``shards``, ``expected_entry_size`` it
-    creates the file, or attaches if it exists with the same parameters. Handles work in
+    creates the file, or attaches if it exists with the same parameters.
+    ``allow_uids=[0]`` also accepts a file owned by those uids (by default only the
+    caller's own): workers attaching to a file their master created as root. Handles work in
     a ``fork``ed child and pickle (re-attaching by path) for ``spawn`` and
     ``forkserver`` workers.
     """

@@ -22,6 +22,7 @@ from ._errors import (
     OtherPidNamespace as OtherPidNamespace,
     OtherTimeNamespace as OtherTimeNamespace,
     Overflow as Overflow,
+    ProcUnavailable as ProcUnavailable,
     Timeout as Timeout,
     TooLarge as TooLarge,
     Truncated as Truncated,
@@ -69,6 +70,7 @@ class Cache:
         expected_entry_size: Optional[int] = None,
         serializer: Any = None,
         manual_clock: bool = False,
+        allow_uids: Optional[Iterable[int]] = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...

@@ -2,8 +2,9 @@
 
 Each derives from :class:`LarderError` and from the builtin a Python caller would catch
 anyway (``TimeoutError`` for lock and fill timeouts, ``ValueError`` for bad names,
-options and sizes, ``PermissionError`` for unsafe files, ...). The message is the Rust
-one, which says what to do about it.
+options and sizes, ``PermissionError`` for unsafe files, ...). The message says what
+happened and what to do about it in this package's terms (``larder.Cache(name)``,
+``larder.Cache.unlink(name)``, the ``larder`` command), never a Rust call.
 """
 
 import errno as _errno
@@ -85,6 +86,11 @@ class NotFound(LarderError, FileNotFoundError):
     """No cache file exists at this path (opening without creation parameters attaches)."""
 
 
+class ProcUnavailable(LarderError, OSError):
+    """/proc is not mounted here: larder needs it (the boot id and the namespaces that
+    make sharing safe) and refuses to create or attach without it (errno ENOENT)."""
+
+
 class Io(LarderError, OSError):
     """Any other error from the operating system; ``errno`` is set."""
 
@@ -124,6 +130,7 @@ __all__ = [
     "WouldBlock",
     "InUse",
     "NotFound",
+    "ProcUnavailable",
     "Io",
 ]
 
