@@ -205,6 +205,17 @@ pub enum Remedy {
     },
     /// No cache exists there: create it (with creation parameters).
     Create,
+    /// The file of a pool was removed, and only its owner may create it again so that
+    /// every process of the pool accepts it (the owner `uid`, with `mode` and group
+    /// `gid`): restart the owner's process (a pool's master), or create it as that uid.
+    CreateAsOwner {
+        /// The removed file's owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+        /// Its mode.
+        mode: u32,
+    },
     /// A key or value is over the file's limit: create the cache with a larger one.
     RaiseLimit {
         /// `"key"` or `"value"`.
@@ -232,6 +243,11 @@ impl Remedy {
                 format!("or allow its owner with Options::allow_uid({uid})")
             }
             Remedy::Create => "create it with Options::open".into(),
+            Remedy::CreateAsOwner { uid, gid, mode } => format!(
+                "restart the process of uid {uid} that created it (a pool's master), or \
+                 create it as uid {uid} with Options::mode(0o{mode:o}).group({gid}) and \
+                 Options::open"
+            ),
             Remedy::RaiseLimit { what } => {
                 format!("create the cache with a larger max_{what}_len (Options::max_{what}_len)")
             }

@@ -39,9 +39,30 @@ pub(crate) const SHM_DIR: &str = "/dev/shm";
 pub(crate) struct OpenSpec {
     /// Creation parameters; `None` attaches only, with the file's own.
     pub params: Option<Params>,
+    /// Mode of a file this open creates.
     pub mode: u32,
     pub allow_uids: Vec<u32>,
     pub lock_timeout: Duration,
+}
+
+/// What a file an open creates is given besides its parameters and mode (kept apart from
+/// [`OpenSpec`], which most opens need alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NewFile {
+    /// Its group (`None`: the process's effective group).
+    pub group: Option<u32>,
+    /// Its owner, where it is not this process's uid (a root handle creating a removed
+    /// file again for its owner).
+    pub owner: Option<u32>,
+}
+
+/// The owner, group and mode of a file a handle mapped: what it is created again with
+/// when it is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileMeta {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// The file name a bare cache name lives under: the format version is part of it, so a
@@ -107,6 +128,8 @@ pub(crate) struct Attached {
     pub kind: u32,
     pub dev: u64,
     pub ino: u64,
+    /// Its owner, group and mode when it was mapped.
+    pub meta: FileMeta,
     /// Statistics slots claimed by this process, one per stripe of its threads (see
     /// `stats`): `(fork generation << 32) | (slot + 1)`, 0 when none is claimed yet.
     pub stats_slots: [AtomicU64; crate::stats::STAT_STRIPES],
@@ -125,6 +148,19 @@ impl Attached {
     pub(crate) fn file_fd(&self) -> i32 {
         self._file.as_fd().as_raw_fd_compat()
     }
+
+    /// The file's owner, group and mode now (a `chgrp` or `chmod` after creation
+    /// counts), read from the open file even after it was removed; as mapped if that
+    /// fails.
+    pub(crate) fn meta_now(&self) -> FileMeta {
+        rustix::fs::fstat(&self._file)
+            .map(|st| FileMeta {
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mode: st.st_mode & 0o777,
+            })
+            .unwrap_or(self.meta)
+    }
 }
 
 impl std::fmt::Debug for Attached {
@@ -138,13 +174,18 @@ impl std::fmt::Debug for Attached {
 
 /// Opens (and, with parameters, creates if missing) the cache at `path`.
 pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Attached> {
+    open_new(path, spec, &NewFile::default())
+}
+
+/// [`open`], giving a file it creates what `new` says.
+pub(crate) fn open_new(path: &Path, spec: &OpenSpec, new: &NewFile) -> Result<Attached> {
     // A racing creator can win between our failed open and our link; the loop attaches
     // to its file then. Bounded: each turn either returns or saw another process create.
     for _ in 0..16 {
         match open_existing(path) {
             Ok(fd) => return attach(path, fd, spec),
             Err(missing @ Error::NotFound { .. }) => match &spec.params {
-                Some(params) => match create(path, params, spec)? {
+                Some(params) => match create(path, params, spec, new)? {
                     Some(a) => return Ok(a),
                     None => continue,
                 },
@@ -356,6 +397,11 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
         kind: info.kind,
         dev: st.st_dev,
         ino: st.st_ino,
+        meta: FileMeta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o777,
+        },
         stats_slots: std::array::from_fn(|_| AtomicU64::new(0)),
         stats_claims: std::sync::Mutex::new(std::array::from_fn(|_| None)),
         region,
@@ -391,7 +437,12 @@ fn no_space(dir: &Path, requested: u64) -> Error {
 }
 
 /// Creates the file; `None` if another process created it first.
-fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attached>> {
+fn create(
+    path: &Path,
+    params: &Params,
+    spec: &OpenSpec,
+    new: &NewFile,
+) -> Result<Option<Attached>> {
     let geo = Geometry::compute(params).map_err(Error::InvalidOptions)?;
     // First: a file this process cannot stamp with its boot and namespaces is never
     // built (without /proc, say so rather than fail later at naming the file).
@@ -443,6 +494,26 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
             Err(e) => return Err(os(e)),
         };
     let cleanup = TempGuard(temp_name.clone());
+    // Owner and group before the mode (a change of owner may clear mode bits), and all
+    // of them before the file has its name: no process ever sees it otherwise.
+    if new.owner.is_some() || new.group.is_some() {
+        let uid = new.owner.map(rustix::process::Uid::from_raw);
+        let gid = new.group.map(rustix::process::Gid::from_raw);
+        rustix::fs::fchown(&fd, uid, gid).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!(
+                    "cannot give the new file {} owner {} and group {} ({e}): only root, \
+                     or an owner that is a member of the group, may",
+                    path.display(),
+                    new.owner
+                        .map_or("(this process's)".into(), |u| u.to_string()),
+                    new.group
+                        .map_or("(this process's)".into(), |g| g.to_string()),
+                ),
+            ))
+        })?;
+    }
     // The umask would narrow the mode given at open: set it exactly.
     rustix::fs::fchmod(&fd, mode).map_err(os)?;
     match rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, total) {

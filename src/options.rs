@@ -51,6 +51,7 @@ pub struct Options {
     pub(crate) lock_timeout: Duration,
     pub(crate) fill_timeout: Duration,
     pub(crate) mode: u32,
+    pub(crate) group: Option<u32>,
     pub(crate) allow_uids: Vec<u32>,
     pub(crate) clock: Clock,
 }
@@ -76,6 +77,7 @@ impl Options {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             fill_timeout: DEFAULT_FILL_TIMEOUT,
             mode: 0o600,
+            group: None,
             allow_uids: Vec::new(),
             clock: Clock::system(),
         }
@@ -181,6 +183,20 @@ impl Options {
     /// ```
     pub fn mode(mut self, mode: u32) -> Options {
         self.mode = mode;
+        self
+    }
+
+    /// Group of the file at creation (default: the creating process's effective group),
+    /// for pools whose workers share it through a group and a mode such as `0o660`. Set
+    /// with `fchown` before the file has its name, so no process sees it with another
+    /// group; only root, or a member of the group, may set it
+    /// ([`Error::Io`](crate::Error::Io) otherwise).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().mode(0o660).group(4240);
+    /// ```
+    pub fn group(mut self, gid: u32) -> Options {
+        self.group = Some(gid);
         self
     }
 

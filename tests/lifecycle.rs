@@ -127,8 +127,76 @@ fn child_process_entry() {
                 opts.open(s(&dir.join(name))).expect("create");
             }
         }
+        // A worker of a multi-uid pool: drops to the uid it is given (its id), with the
+        // pool's group, attaches to the master's file with the options a worker has
+        // (the same parameters, its default mode, the master's uid allowed), then
+        // answers the parent's pings until told to stop: it copies `ping` to
+        // `pong-<uid>`, so the parent sees which file it is on. A `Detached` error is
+        // written to `detached-<uid>`.
+        "pool-worker" => {
+            let uid: u32 = child_env(CHILD_ID).parse().expect("uid");
+            become_user(uid, POOL_GROUP);
+            let sig = PathBuf::from(child_env(CHILD_SIG));
+            let c = pool_options()
+                .allow_uid(0)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("worker {uid}: open: {e}"));
+            touch_file(&sig.join(format!("ready-{uid}")));
+            let stop = sig.join("stop");
+            let end = Instant::now() + DEADLINE;
+            let pong = format!("pong-{uid}");
+            while !stop.exists() {
+                assert!(Instant::now() < end, "worker {uid}: never told to stop");
+                match c.get(b"ping") {
+                    Ok(Some(v)) => match c.set(pong.as_bytes(), &v, None) {
+                        Ok(()) | Err(Error::Detached { .. }) => {}
+                        Err(e) => panic!("worker {uid}: set: {e}"),
+                    },
+                    Ok(None) => {}
+                    Err(e @ Error::Detached { .. }) => {
+                        let tmp = sig.join(format!(".detached-{uid}"));
+                        std::fs::write(&tmp, e.to_string()).expect("write");
+                        std::fs::rename(&tmp, sig.join(format!("detached-{uid}"))).expect("rename");
+                    }
+                    Err(e) => panic!("worker {uid}: get: {e}"),
+                }
+                // Pacing of the worker's own load, not synchronisation: the parent
+                // polls for the pongs with a deadline.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         other => panic!("unknown child role {other}"),
     }
+}
+
+/// The group a multi-uid pool shares its file through, and its workers' uids.
+const POOL_GROUP: u32 = 4240;
+const POOL_UIDS: [u32; 2] = [4242, 4243];
+
+/// The creation parameters of the multi-uid pool's file, as master and workers give
+/// them (a worker leaves the mode at its default).
+fn pool_options() -> Options {
+    race_options()
+}
+
+/// Drops this process's privileges to `uid`, with `group` as its one supplementary group
+/// (and its primary group numbered as its uid, so group access comes from `group`).
+fn become_user(uid: u32, group: u32) {
+    // SAFETY: setgroups(2) reads one gid from a valid pointer; it changes only this
+    // process's credentials (glibc applies it to every thread).
+    let rc = unsafe { libc::setgroups(1, &group) };
+    assert_eq!(rc, 0, "setgroups: {}", std::io::Error::last_os_error());
+    // SAFETY: setgid(2) and setuid(2) take plain integers and change only credentials.
+    let rc = unsafe { libc::setgid(uid) };
+    assert_eq!(rc, 0, "setgid: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let rc = unsafe { libc::setuid(uid) };
+    assert_eq!(rc, 0, "setuid: {}", std::io::Error::last_os_error());
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Options shared by the racing participants (a small file, so creation is quick).
@@ -397,6 +465,67 @@ fn handle_recreates_a_removed_file_with_its_parameters() {
     assert_eq!(b.get(b"k").expect("get"), Some(b"new".to_vec()));
 }
 
+/// A removed file is created again with its own mode (and owner and group), not the
+/// mode of the open that made the handle: a worker that left the mode at its default
+/// keeps the pool's group access.
+#[test]
+fn a_removed_file_is_created_again_with_its_own_mode() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TempCache::new("life-remode");
+    let creator = t.options().mode(0o640).open(t.name()).expect("create");
+    let worker = t.open(); // default mode 0600
+    drop(creator);
+    Cache::unlink(t.name()).expect("unlink");
+    poll(
+        "the worker creating the file again",
+        REATTACH_DEADLINE,
+        || {
+            worker.set(b"k", b"v", None).expect("set");
+            t.path.exists().then_some(())
+        },
+    );
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+}
+
+/// A root handle on a file of another owner creates it again for that owner (owner,
+/// group and mode as they were), so that the owner's processes still accept it.
+#[test]
+fn a_root_handle_creates_a_removed_file_again_for_its_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("skipped: giving a file another owner needs root");
+        return;
+    }
+    let t = TempCache::new("life-root-owner");
+    drop(t.options().mode(0o640).open(t.name()).expect("create"));
+    std::os::unix::fs::chown(&t.path, Some(POOL_UIDS[0]), Some(POOL_GROUP)).expect("chown");
+    let h = t
+        .options()
+        .allow_uid(POOL_UIDS[0])
+        .open(t.name())
+        .expect("open");
+    Cache::unlink(t.name()).expect("unlink");
+    poll(
+        "the root handle creating the file again",
+        REATTACH_DEADLINE,
+        || {
+            h.set(b"k", b"v", None).expect("set");
+            t.path.exists().then_some(())
+        },
+    );
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (POOL_UIDS[0], POOL_GROUP, 0o640)
+    );
+    let other = Options::new()
+        .allow_uid(POOL_UIDS[0])
+        .attach(t.name())
+        .expect("attach");
+    assert_eq!(other.get(b"k").expect("get"), Some(b"v".to_vec()));
+}
+
 /// A file replaced by another one (renamed over the name) while in use: the handle moves
 /// to the replacement.
 #[test]
@@ -417,6 +546,195 @@ fn handle_follows_a_replaced_file() {
     a.set(b"after", b"1", None).expect("set");
     let b = Cache::open(t.name()).expect("attach");
     assert_eq!(b.get(b"after").expect("get"), Some(b"1".to_vec()));
+}
+
+/// How the master gives the pool's file its group.
+#[derive(Clone, Copy)]
+enum Group {
+    AtCreation,
+    Chgrp,
+}
+
+/// A multi-uid pool as README sets it up: a root master creates the file (mode 0660,
+/// the pool's group), workers of two other uids attach to it with the master's uid
+/// allowed. Spawned with `tag`'s directory made like /dev/shm (sticky, world-writable);
+/// returns the directory of signal files and the workers, once both are attached.
+struct Pool {
+    t: TempCache,
+    sig: PathBuf,
+    workers: Vec<ChildGuard>,
+}
+
+impl Pool {
+    fn start(tag: &str, group: Group) -> (Pool, Cache) {
+        let t = TempCache::new(tag);
+        std::fs::set_permissions(&t.dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let sig = t.dir.join("sig");
+        std::fs::create_dir(&sig).expect("sig dir");
+        std::fs::set_permissions(&sig, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let master = Pool::master(&t, group);
+        let workers = POOL_UIDS
+            .iter()
+            .map(|&uid| {
+                spawn_child(
+                    &sig,
+                    "pool-worker",
+                    uid as usize,
+                    &[(CHILD_PATH, t.name()), (CHILD_SIG, s(&sig))],
+                )
+            })
+            .collect();
+        for uid in POOL_UIDS {
+            wait_for_file(&sig.join(format!("ready-{uid}")), DEADLINE);
+        }
+        (Pool { t, sig, workers }, master)
+    }
+
+    /// The master's open: it creates the file (or attaches to it), mode 0660, with the
+    /// pool's group: given at creation, or (`Group::Chgrp`) set by `chgrp` afterwards.
+    fn master(t: &TempCache, group: Group) -> Cache {
+        match group {
+            Group::AtCreation => pool_options()
+                .mode(0o660)
+                .group(POOL_GROUP)
+                .open(t.name())
+                .expect("master open"),
+            Group::Chgrp => {
+                let c = pool_options()
+                    .mode(0o660)
+                    .open(t.name())
+                    .expect("master open");
+                std::os::unix::fs::chown(&t.path, None, Some(POOL_GROUP)).expect("chgrp");
+                c
+            }
+        }
+    }
+
+    /// Polls until every worker answers `token` in the file at the path, where only the
+    /// master writes the ping: the master and every worker are on that file. (The
+    /// master's handle may itself be creating it again.)
+    fn answers(&self, master: &Cache, token: &[u8], what: &str) {
+        let mut last = String::new();
+        let end = Instant::now() + REATTACH_DEADLINE * 2;
+        loop {
+            let at_path = Cache::open(self.t.name());
+            let all = match (master.set(b"ping", token, None), &at_path) {
+                (Ok(()), Ok(probe)) => POOL_UIDS.iter().all(|uid| {
+                    probe
+                        .get(format!("pong-{uid}").as_bytes())
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(token)
+                }),
+                (Err(e), _) => {
+                    last = e.to_string();
+                    false
+                }
+                (_, Err(e)) => {
+                    last = e.to_string();
+                    false
+                }
+            };
+            if all {
+                return;
+            }
+            let detached: Vec<String> = POOL_UIDS
+                .iter()
+                .filter_map(|uid| {
+                    std::fs::read_to_string(self.sig.join(format!("detached-{uid}"))).ok()
+                })
+                .collect();
+            assert!(
+                Instant::now() < end,
+                "{what}: the pool did not converge on one file (last error: {last:?}; workers: \
+                 {detached:?}; file: {:?})",
+                std::fs::metadata(&self.t.path).map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.uid(), m.gid(), m.mode() & 0o7777)
+                })
+            );
+            std::thread::sleep(Duration::from_millis(5)); // poll interval; the deadline is checked in this loop
+        }
+    }
+
+    fn stop(mut self) {
+        touch_file(&self.sig.join("stop"));
+        for (child, uid) in self.workers.iter_mut().zip(POOL_UIDS) {
+            let st = wait_exit(child);
+            assert!(st.success(), "worker {uid}: {st:?}\n{}", child.log());
+        }
+    }
+}
+
+/// After `larder rm` (an unlink) of a multi-uid pool's file, the one handle whose uid
+/// owned the file (the master's) creates it again as it was: owner, group and mode. The
+/// workers of the other uids, which may not create it for the pool, attach to it: the
+/// whole pool ends on one file, never one uid working while the others are locked out.
+#[test]
+fn a_multi_uid_pool_ends_on_one_file_after_removal() {
+    if !is_root() {
+        eprintln!("skipped: starting workers of other uids needs root");
+        return;
+    }
+    // An operator's chgrp after creation counts: the file is created again with the
+    // group it had when it was removed.
+    let (pool, master) = Pool::start("life-uids", Group::Chgrp);
+    pool.answers(&master, b"before", "before the removal");
+    Cache::unlink(pool.t.name()).expect("unlink");
+    pool.answers(&master, b"after", "after the removal");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&pool.t.path).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, POOL_GROUP, 0o660),
+        "the file was not created again as it was"
+    );
+    pool.stop();
+}
+
+/// When the owner of a multi-uid pool's file is not there to create it again (a master
+/// that does not use the cache), every worker fails alike with `Detached`, saying who
+/// must create it; no worker creates a file the others would refuse. Once the master
+/// restarts and creates it, the pool ends on that file.
+#[test]
+fn a_multi_uid_pool_without_its_owner_fails_alike_until_the_owner_creates_the_file() {
+    if !is_root() {
+        eprintln!("skipped: starting workers of other uids needs root");
+        return;
+    }
+    let (pool, master) = Pool::start("life-uids-owner", Group::AtCreation);
+    pool.answers(&master, b"before", "before the removal");
+    drop(master);
+    Cache::unlink(pool.t.name()).expect("unlink");
+    let mut said = Vec::new();
+    let end = Instant::now() + REATTACH_DEADLINE;
+    while said.len() < POOL_UIDS.len() {
+        assert!(
+            !pool.t.path.exists(),
+            "a worker created the file, owned by {:?}, which the other uids refuse",
+            std::fs::metadata(&pool.t.path).map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        );
+        said = POOL_UIDS
+            .iter()
+            .filter_map(|uid| {
+                std::fs::read_to_string(pool.sig.join(format!("detached-{uid}"))).ok()
+            })
+            .filter(|text| text.contains("uid 0"))
+            .collect();
+        assert!(
+            Instant::now() < end,
+            "the workers did not all report Detached naming uid 0: {said:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5)); // poll interval; the deadline is checked in this loop
+    }
+    for text in &said {
+        assert!(text.contains("restart"), "{text}");
+    }
+    // The master restarts: it creates the file, and the workers attach to it.
+    let master = Pool::master(&pool.t, Group::AtCreation);
+    pool.answers(&master, b"restarted", "after the master restarted");
+    pool.stop();
 }
 
 // ----- reopening ---------------------------------------------------------------------

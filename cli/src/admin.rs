@@ -12,6 +12,7 @@ use crate::{attach, ls, options, stdout, Failure, Outcome};
 pub struct CreateArgs {
     pub capacity: u64,
     pub mode: u32,
+    pub group: Option<u32>,
     pub max_key: u64,
     pub max_value: u64,
     pub shards: Option<usize>,
@@ -44,6 +45,10 @@ pub fn message(e: &Error) -> String {
             "create it: larder create {name} --capacity SIZE (or start the processes that \
              create it)"
         ),
+        Some(Remedy::CreateAsOwner { uid, gid, mode }) => format!(
+            "restart the process of uid {uid} that created it (a pool's master), or create it \
+             as uid {uid}: larder create {name} --mode {mode:o} --group {gid} --capacity SIZE"
+        ),
         Some(Remedy::RaiseLimit { what }) => format!(
             "create the cache with a larger --max-{what} (larder rm {name}, then larder \
              create {name} --max-{what} SIZE)"
@@ -66,6 +71,9 @@ pub fn create(g: &Global, name: &str, a: CreateArgs) -> Outcome {
         .mode(a.mode)
         .max_key_len(to_usize("--max-key", a.max_key)?)
         .max_value_len(to_usize("--max-value", a.max_value)?);
+    if let Some(g) = a.group {
+        o = o.group(g);
+    }
     if let Some(n) = a.shards {
         o = o.shards(n);
     }

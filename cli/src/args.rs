@@ -107,6 +107,10 @@ pub enum Cmd {
         /// File mode, octal; world-writable modes are refused.
         #[arg(long, value_name = "MODE", default_value = "0600", value_parser = units::mode)]
         mode: u32,
+        /// Group of the file (a numeric gid) [default: the caller's]: for workers that
+        /// share it through the group (--mode 0660).
+        #[arg(long, value_name = "GID")]
+        group: Option<u32>,
         /// Longest key in bytes.
         #[arg(long, value_name = "SIZE", default_value = "256", value_parser = units::size)]
         max_key: u64,

@@ -131,6 +131,7 @@ fn run(cli: Cli) -> Outcome {
             name,
             capacity,
             mode,
+            group,
             max_key,
             max_value,
             shards,
@@ -141,6 +142,7 @@ fn run(cli: Cli) -> Outcome {
             admin::CreateArgs {
                 capacity,
                 mode,
+                group,
                 max_key,
                 max_value,
                 shards,

@@ -1184,3 +1184,35 @@ fn errors_name_larder_commands_not_rust_calls() {
         }
     }
 }
+
+/// `create --group` gives the file its group from the start (workers sharing it through
+/// the group and --mode 0660 never see it with another).
+#[test]
+fn create_gives_the_file_its_group() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TempCache::new("group");
+    let path = t.file("c");
+    // SAFETY: getegid(2) has no arguments and cannot fail.
+    let mine = unsafe { libc::getegid() };
+    // Root may give any group; another user, only its own.
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    let group = if unsafe { libc::geteuid() } == 0 {
+        4240
+    } else {
+        mine
+    };
+    let g = group.to_string();
+    larder(&[
+        "create",
+        &path,
+        "--capacity",
+        "4MiB",
+        "--mode",
+        "0660",
+        "--group",
+        &g,
+    ])
+    .ok();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o7777), (group, 0o660));
+}

@@ -95,6 +95,10 @@ fn message(e: &Error) -> String {
             "create it: larder.Cache({name}, capacity=...) (any creation argument creates a \
              missing cache)"
         ),
+        Some(Remedy::CreateAsOwner { uid, gid, mode }) => format!(
+            "restart the process of uid {uid} that created it (a pool's master), or create \
+             it as uid {uid}: larder.Cache({name}, capacity=..., mode=0o{mode:o}, group={gid})"
+        ),
         Some(Remedy::RaiseLimit { what }) => {
             format!("create the cache with a larger max_{what}_len=")
         }
@@ -305,7 +309,7 @@ impl PyCache {
     #[pyo3(signature = (
         name, capacity=None, max_key_len=None, max_value_len=None, lock_timeout=None,
         fill_timeout=None, mode=None, shards=None, expected_entry_size=None, serializer=None,
-        manual_clock=false, allow_uids=None
+        manual_clock=false, allow_uids=None, group=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -322,6 +326,7 @@ impl PyCache {
         serializer: Option<Py<PyAny>>,
         manual_clock: bool,
         allow_uids: Option<Vec<u32>>,
+        group: Option<u32>,
     ) -> PyResult<Self> {
         let lock_timeout =
             opt_duration(lock_timeout, "lock_timeout")?.unwrap_or(larder::DEFAULT_LOCK_TIMEOUT);
@@ -338,6 +343,7 @@ impl PyCache {
             || max_key_len.is_some()
             || max_value_len.is_some()
             || mode.is_some()
+            || group.is_some()
             || shards.is_some()
             || expected_entry_size.is_some();
         let mut opts = Options::new()
@@ -355,6 +361,9 @@ impl PyCache {
         }
         if let Some(m) = mode {
             opts = opts.mode(m);
+        }
+        if let Some(g) = group {
+            opts = opts.group(g);
         }
         if let Some(n) = shards {
             opts = opts.shards(n);

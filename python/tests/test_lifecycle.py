@@ -125,3 +125,11 @@ def test_without_proc_opens_are_refused_naming_proc(path, cache):
     )
     assert out.returncode == 0 and out.stdout.strip() == b"refused", out
     assert cache["k"] == b"v"
+
+
+def test_group_gives_a_created_file_its_group(path):
+    group = 4240 if os.geteuid() == 0 else os.getegid()
+    c = larder.Cache(path, capacity=4 << 20, mode=0o660, group=group)
+    st = os.stat(c.path)
+    assert (st.st_gid, st.st_mode & 0o7777) == (group, 0o660)
+    c.close()

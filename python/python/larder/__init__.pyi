@@ -71,6 +71,7 @@ class Cache:
         serializer: Any = None,
         manual_clock: bool = False,
         allow_uids: Optional[Iterable[int]] = None,
+        group: Optional[int] = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...
