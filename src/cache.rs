@@ -18,7 +18,7 @@ use crate::layout::{
 // create a missing file.
 use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::{Claim, Entered, Mappings};
-use crate::options::Options;
+use crate::options::{Mismatch, Opened, Options};
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, Probe, Put, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, Stats};
@@ -82,6 +82,8 @@ pub struct Cache {
 }
 
 struct Inner {
+    /// What the open that made this handle did.
+    opened: Opened,
     path: PathBuf,
     maps: Mappings,
     spec: OpenSpec,
@@ -205,8 +207,15 @@ impl Failure {
 }
 
 impl Inner {
-    fn new(path: PathBuf, attached: Attached, spec: OpenSpec, opts: &Options) -> Inner {
+    fn new(
+        path: PathBuf,
+        attached: Attached,
+        spec: OpenSpec,
+        opts: &Options,
+        opened: Opened,
+    ) -> Inner {
         Inner {
+            opened,
             path,
             maps: Mappings::new(attached),
             spec,
@@ -250,19 +259,19 @@ impl Inner {
 
     /// Moves to the file at the path if it is not the mapped one.
     fn follow(&self, wait: Wait) -> Follow {
-        let (id, params) = {
+        let (id, params, generation) = {
             let cur = self.maps.enter();
-            ((cur.dev, cur.ino), cur.geo.params)
+            ((cur.dev, cur.ino), cur.geo.params, cur.generation)
         };
         let opened = match file::identity(&self.path) {
             Some(now) if now == id => return Follow::Current,
             // Replaced: attach with the new file's own parameters, whatever they are.
             Some(_) => match file::open(&self.path, &self.attach_spec(wait)) {
                 // Replaced, then removed before it could be opened.
-                Err(Error::NotFound { .. }) => self.recreate(wait, params),
+                Err(Error::NotFound { .. }) => self.recreate(wait, params, generation),
                 other => other.map_err(|e| Follow::failed(e, wait)),
             },
-            None => self.recreate(wait, params),
+            None => self.recreate(wait, params, generation),
         };
         match opened {
             Ok(fresh) => match self.maps.publish(Box::new(fresh)) {
@@ -294,7 +303,7 @@ impl Inner {
     /// gives it the owner's). A handle of another uid waits a while for the owner's
     /// handle to create it, and attaches to what appears; a file it created would be
     /// its own uid's, which the pool's other uids refuse, splitting the pool.
-    fn recreate(&self, wait: Wait, params: Params) -> Result<Attached, Follow> {
+    fn recreate(&self, wait: Wait, params: Params, generation: u64) -> Result<Attached, Follow> {
         if wait == Wait::No {
             return Err(Follow::WouldBlock);
         }
@@ -311,8 +320,14 @@ impl Inner {
             let new = NewFile {
                 group: Some(meta.gid),
                 owner: (me != meta.uid).then_some(meta.uid),
+                generation,
+                // Created meanwhile by another process, with whatever parameters: that
+                // file is the pool's now.
+                on_mismatch: Mismatch::Attach,
             };
-            return file::open_new(&self.path, &spec, &new).map_err(|e| Follow::failed(e, wait));
+            return file::open_new(&self.path, &spec, &new)
+                .map(|(a, _)| a)
+                .map_err(|e| Follow::failed(e, wait));
         }
         let end = coarse_ms() + OWNER_WAIT_MS;
         loop {
@@ -367,6 +382,8 @@ pub struct Limits {
     /// The typical entry size the index was sized for
     /// ([`Options::expected_entry_size`]).
     pub expected_entry_size: usize,
+    /// The deploy generation the file was created with ([`Options::generation`]).
+    pub generation: u64,
 }
 
 /// An entry read by [`Cache::get_stale`].
@@ -473,15 +490,17 @@ impl Cache {
         let new = NewFile {
             group: opts.group,
             owner: None,
+            generation: opts.generation,
+            on_mismatch: opts.on_mismatch,
         };
-        let attached = file::open_new(&path, &spec, &new)?;
+        let (attached, opened) = file::open_new(&path, &spec, &new)?;
         // Re-creation after the file is removed uses the file's own parameters.
         let spec = OpenSpec {
             params: Some(attached.geo.params),
             ..spec
         };
         Ok(Cache {
-            inner: Arc::new(Inner::new(path, attached, spec, opts)),
+            inner: Arc::new(Inner::new(path, attached, spec, opts, opened)),
         })
     }
 
@@ -516,7 +535,27 @@ impl Cache {
             max_value_len: p.max_value_len,
             shards: a.geo.shard_count,
             expected_entry_size: p.expected_entry,
+            generation: a.generation,
         }
+    }
+
+    /// What the open that made this handle did: created the file, attached to it, or
+    /// replaced a file of other parameters ([`Mismatch::Replace`]), for a worker's log.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-opened-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let first = larder::Options::new().capacity(4 << 20).open(dir.join("c"))?;
+    /// let second = larder::Options::new().capacity(4 << 20).open(dir.join("c"))?;
+    /// assert_eq!(first.opened(), larder::Opened::Created);
+    /// assert_eq!(second.opened(), larder::Opened::Attached);
+    /// # drop((first, second));
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn opened(&self) -> Opened {
+        self.inner.opened
     }
 
     /// Enters the current mapping, after the periodic check that the path still names

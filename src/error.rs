@@ -189,8 +189,9 @@ impl fmt::Display for Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Remedy {
-    /// The file has other creation parameters: use it with its own parameters, or
-    /// remove it so that it is created again with the new ones.
+    /// The file has other creation parameters: use it with its own parameters, choose a
+    /// policy for a mismatch (attach, or replace an older file), or remove it so that it
+    /// is created again with the new ones.
     UseOrRemove,
     /// Repair the file (online, shard by shard, or offline with no process attached,
     /// which also re-initialises the locks), or remove it if its header is damaged.
@@ -228,7 +229,9 @@ impl Remedy {
     fn rust_words(&self) -> String {
         match self {
             Remedy::UseOrRemove => "open it with Cache::open (or Options::attach) to use its own \
-                 parameters, or remove it (Cache::unlink) to recreate it"
+                 parameters, let Options::on_mismatch attach to it or replace an older file \
+                 (Mismatch::Attach, Mismatch::Replace), or remove it (Cache::unlink) to \
+                 recreate it"
                 .into(),
             Remedy::Repair => "repair it (Cache::repair online, shard by shard; \
                  Cache::repair_offline with no process attached, which also re-initialises \

@@ -150,8 +150,8 @@ pub use clock::Clock;
 pub use error::{Error, Remedy, Result};
 pub use fence::Ticket;
 pub use options::{
-    Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN,
+    Mismatch, Opened, Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN,
 };
 pub use stats::{ShardStats, Stats};
 pub use verify::{Problem, Report};

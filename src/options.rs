@@ -21,6 +21,69 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default single-flight wait.
 pub const DEFAULT_FILL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What [`Options::open`] does with an existing file created with other parameters
+/// (capacity, key or value limit, shards, expected entry size): the choice a deploy that
+/// changes them makes.
+///
+/// Under a prefork server, old and new workers start side by side during a deploy, so
+/// the rule must not flap between the two versions' files. [`Mismatch::Replace`]
+/// replaces only a file *older* than the options: one of a lower
+/// [`generation`](Options::generation), or, at the same generation, one whose limits
+/// (capacity, longest key, longest value) are none larger than the options' and one
+/// smaller. A file only ever gets newer, so the new version's first worker replaces the
+/// old file once, every old worker (starting later, or already attached) ends on the
+/// new file, and nothing replaces it back. Attached handles follow a replacement within
+/// their check period (250 ms), with its parameters.
+///
+/// ```
+/// # fn main() -> Result<(), larder::Error> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-mismatch-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("authz");
+/// use larder::{Mismatch, Opened, Options};
+/// let old = Options::new().capacity(4 << 20).open(&path)?;
+/// // The next deploy asks for a larger file: its first worker replaces the old one.
+/// let new = Options::new().capacity(8 << 20).on_mismatch(Mismatch::Replace);
+/// let worker = new.open(&path)?;
+/// assert_eq!(worker.opened(), Opened::Replaced);
+/// assert_eq!(worker.limits().capacity, 8 << 20);
+/// // An old worker starting now attaches to the newer file, with its parameters.
+/// let late = Options::new().capacity(4 << 20).on_mismatch(Mismatch::Replace).open(&path)?;
+/// assert_eq!((late.opened(), late.limits().capacity), (Opened::Attached, 8 << 20));
+/// # drop((old, worker, late));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// Fail with [`Error::Incompatible`](crate::Error::Incompatible) (the default): a
+    /// parameter change needs the file removed first (`larder rm`).
+    #[default]
+    Fail,
+    /// Attach to the file with its own parameters (a value over its limit is then
+    /// [`Error::TooLarge`](crate::Error::TooLarge)).
+    Attach,
+    /// Replace the file if it is older than the options (see above), atomically: the new
+    /// file is built under no name and renamed over it, keeping its owner, group and
+    /// mode; otherwise attach with its own parameters. Only a process of the file's
+    /// owner's uid, or root, replaces it (another uid's file would be refused by the
+    /// pool's other uids): others attach.
+    Replace,
+}
+
+/// What the open that made a handle did: see [`Cache::opened`](crate::Cache::opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Opened {
+    /// There was no file: this open created it.
+    Created,
+    /// It attached to the file there.
+    Attached,
+    /// It replaced a file of other parameters ([`Mismatch::Replace`]).
+    Replaced,
+}
+
 /// How to create or attach to a cache.
 ///
 /// Creation parameters (capacity, limits, shards, expected entry size) are fixed in the
@@ -52,6 +115,8 @@ pub struct Options {
     pub(crate) fill_timeout: Duration,
     pub(crate) mode: u32,
     pub(crate) group: Option<u32>,
+    pub(crate) generation: u64,
+    pub(crate) on_mismatch: Mismatch,
     pub(crate) allow_uids: Vec<u32>,
     pub(crate) clock: Clock,
 }
@@ -78,6 +143,8 @@ impl Options {
             fill_timeout: DEFAULT_FILL_TIMEOUT,
             mode: 0o600,
             group: None,
+            generation: 0,
+            on_mismatch: Mismatch::Fail,
             allow_uids: Vec::new(),
             clock: Clock::system(),
         }
@@ -197,6 +264,36 @@ impl Options {
     /// ```
     pub fn group(mut self, gid: u32) -> Options {
         self.group = Some(gid);
+        self
+    }
+
+    /// What [`open`](Options::open) does with an existing file created with other
+    /// parameters (default [`Mismatch::Fail`]): see [`Mismatch`] for a deploy that
+    /// changes them.
+    ///
+    /// ```
+    /// use larder::Mismatch;
+    /// let opts = larder::Options::new().capacity(64 << 20).on_mismatch(Mismatch::Replace);
+    /// ```
+    pub fn on_mismatch(mut self, policy: Mismatch) -> Options {
+        self.on_mismatch = policy;
+        self
+    }
+
+    /// The deploy generation of these options (default 0), recorded in a file they
+    /// create: with [`Mismatch::Replace`], options of a higher generation replace a file
+    /// of a lower one whatever its parameters (a deploy that shrinks a cache raises it;
+    /// one that only grows it need not). Raise it with every change of creation
+    /// parameters that is not a growth, and never lower it.
+    ///
+    /// ```
+    /// let opts = larder::Options::new()
+    ///     .capacity(16 << 20)
+    ///     .generation(2)
+    ///     .on_mismatch(larder::Mismatch::Replace);
+    /// ```
+    pub fn generation(mut self, generation: u64) -> Options {
+        self.generation = generation;
         self
     }
 

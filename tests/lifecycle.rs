@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{child_env, s, small_options, ChildGuard, TempCache};
-use larder::{Cache, Error, Options, StaleValue};
+use larder::{Cache, Error, Mismatch, Opened, Options, StaleValue};
 
 const CHILD_PATH: &str = "LARDER_LIFECYCLE_PATH";
 const CHILD_SIG: &str = "LARDER_LIFECYCLE_SIG";
@@ -114,6 +114,47 @@ fn child_process_entry() {
             let _ = race_options().open(&path);
             panic!("the crash point did not end the creator");
         }
+        // A worker of one version of a deploy (`old` or `new` options) starting at the
+        // same moment as the others: opens, says how (`opened-<id>`), writes its key,
+        // then (when told) checks that it sees every worker's key with the new
+        // version's parameters.
+        "deployer" => {
+            let sig = PathBuf::from(child_env(CHILD_SIG));
+            let id = child_env(CHILD_ID);
+            let version = child_env(CHILD_VERSION);
+            let deploy = Deploy::from_name(&child_env(CHILD_DEPLOY));
+            touch_file(&sig.join(format!("ready-{id}")));
+            wait_for_file(&sig.join("go"), DEADLINE);
+            let c = deploy
+                .options(&version)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{version} worker {id}: open: {e}"));
+            std::fs::write(sig.join(format!("opened-{id}")), opened(&c)).expect("write");
+            let key = format!("deployer-{id}");
+            c.set(key.as_bytes(), b"1", None).expect("set");
+            touch_file(&sig.join(format!("wrote-{id}")));
+            wait_for_file(&sig.join("check"), DEADLINE);
+            let n: usize = child_env(CHILD_COUNT).parse().expect("count");
+            // A worker that attached to the old file follows the replacement within a
+            // check period; the keys written to the old file before it was replaced are
+            // gone with it, so each worker writes its key again until all are seen.
+            poll("every worker's key", REATTACH_DEADLINE, || {
+                c.set(key.as_bytes(), b"1", None).expect("set");
+                (0..n)
+                    .all(|i| {
+                        c.get(format!("deployer-{i}").as_bytes())
+                            .expect("get")
+                            .is_some()
+                    })
+                    .then_some(())
+            });
+            let l = c.limits();
+            assert_eq!(
+                (l.capacity, l.generation),
+                deploy.new,
+                "{version} worker {id}"
+            );
+        }
         // Creates caches under a restrictive umask with the modes the parent expects.
         "umask" => {
             // SAFETY: umask(2) has no memory effects; this process is the child alone.
@@ -197,6 +238,71 @@ fn become_user(uid: u32, group: u32) {
 fn is_root() -> bool {
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+const CHILD_VERSION: &str = "LARDER_LIFECYCLE_VERSION";
+const CHILD_COUNT: &str = "LARDER_LIFECYCLE_COUNT";
+const CHILD_DEPLOY: &str = "LARDER_LIFECYCLE_DEPLOY";
+
+/// A deploy that changes creation parameters: the old version's and the new one's
+/// capacity and generation.
+#[derive(Clone, Copy, Debug)]
+struct Deploy {
+    old: (u64, u64),
+    new: (u64, u64),
+}
+
+impl Deploy {
+    /// A growth: a larger file, the generation left as it was.
+    const GROW: Deploy = Deploy {
+        old: (2 << 20, 0),
+        new: (3 << 20, 0),
+    };
+    /// A shrink, which the new version marks with a higher generation.
+    const SHRINK: Deploy = Deploy {
+        old: (3 << 20, 4),
+        new: (2 << 20, 5),
+    };
+
+    fn name(self) -> &'static str {
+        if self.new.0 > self.old.0 {
+            "grow"
+        } else {
+            "shrink"
+        }
+    }
+
+    fn from_name(name: &str) -> Deploy {
+        match name {
+            "grow" => Deploy::GROW,
+            "shrink" => Deploy::SHRINK,
+            other => panic!("unknown deploy {other}"),
+        }
+    }
+
+    /// The options of a version's workers: their own parameters; a file of other
+    /// parameters is replaced if it is older, attached to otherwise.
+    fn options(self, version: &str) -> Options {
+        let (capacity, generation) = match version {
+            "old" => self.old,
+            "new" => self.new,
+            other => panic!("unknown version {other}"),
+        };
+        small_options()
+            .capacity(capacity)
+            .generation(generation)
+            .on_mismatch(Mismatch::Replace)
+    }
+}
+
+/// How the open that made `c` went, in a word.
+fn opened(c: &Cache) -> &'static str {
+    match c.opened() {
+        Opened::Created => "created",
+        Opened::Attached => "attached",
+        Opened::Replaced => "replaced",
+        other => panic!("unknown {other:?}"),
+    }
 }
 
 /// Options shared by the racing participants (a small file, so creation is quick).
@@ -735,6 +841,186 @@ fn a_multi_uid_pool_without_its_owner_fails_alike_until_the_owner_creates_the_fi
     let master = Pool::master(&pool.t, Group::AtCreation);
     pool.answers(&master, b"restarted", "after the master restarted");
     pool.stop();
+}
+
+/// A deploy that changes creation parameters, as it happens under a prefork server:
+/// the old version's file exists, and workers of the old and the new version start at
+/// the same moment, with `Mismatch::Replace`. No worker fails; they all end on one file,
+/// with the new version's parameters; and it is replaced exactly once (no flapping
+/// between the versions). For a growth, and for a shrink marked by a generation.
+#[test]
+fn two_versions_of_a_pool_starting_together_end_on_one_file_without_flapping() {
+    for deploy in [Deploy::GROW, Deploy::SHRINK] {
+        two_versions_start_together(deploy);
+    }
+}
+
+fn two_versions_start_together(deploy: Deploy) {
+    const PER_VERSION: usize = 3;
+    let t = TempCache::new("life-deploy");
+    let sig = t.dir.join("sig");
+    std::fs::create_dir(&sig).expect("sig dir");
+    let old = deploy
+        .options("old")
+        .open(t.name())
+        .expect("the old version's file");
+    assert_eq!(old.opened(), Opened::Created);
+    old.set(b"old", b"1", None).expect("set");
+    let n = 2 * PER_VERSION;
+    let count = n.to_string();
+    let mut children: Vec<ChildGuard> = (0..n)
+        .map(|i| {
+            let version = if i % 2 == 0 { "old" } else { "new" };
+            spawn_child(
+                &sig,
+                "deployer",
+                i,
+                &[
+                    (CHILD_PATH, t.name()),
+                    (CHILD_SIG, s(&sig)),
+                    (CHILD_VERSION, version),
+                    (CHILD_COUNT, &count),
+                    (CHILD_DEPLOY, deploy.name()),
+                ],
+            )
+        })
+        .collect();
+    for i in 0..n {
+        wait_for_file(&sig.join(format!("ready-{i}")), DEADLINE);
+    }
+    touch_file(&sig.join("go"));
+    for (i, child) in children.iter_mut().enumerate() {
+        poll(&format!("worker {i} to write its key"), DEADLINE, || {
+            if let Some(st) = child.try_status() {
+                panic!("worker {i} exited early: {st:?}\n{}", child.log());
+            }
+            sig.join(format!("wrote-{i}")).exists().then_some(())
+        });
+    }
+    touch_file(&sig.join("check"));
+    for (i, child) in children.iter_mut().enumerate() {
+        let st = wait_exit(child);
+        assert!(st.success(), "worker {i}: {st:?}\n{}", child.log());
+    }
+    let how: Vec<String> = (0..n)
+        .map(|i| std::fs::read_to_string(sig.join(format!("opened-{i}"))).expect("opened"))
+        .collect();
+    assert_eq!(
+        how.iter().filter(|h| *h == "replaced").count(),
+        1,
+        "{deploy:?}: the file was not replaced exactly once: {how:?}"
+    );
+    // The old version's first handle followed the replacement too (on its next
+    // operation: `limits` alone does not check the path).
+    poll(
+        "the old handle following the replacement",
+        REATTACH_DEADLINE,
+        || {
+            old.get(b"old").expect("get");
+            (old.limits().capacity == deploy.new.0).then_some(())
+        },
+    );
+    let now = Cache::open(t.name()).expect("attach");
+    let l = now.limits();
+    assert_eq!((l.capacity, l.generation), deploy.new, "{deploy:?}");
+    for i in 0..n {
+        assert!(now
+            .get(format!("deployer-{i}").as_bytes())
+            .expect("get")
+            .is_some());
+    }
+    // Nothing left beside it (a replacement is built under no name).
+    let mut names: Vec<_> = std::fs::read_dir(&t.dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cache", "sig"], "{deploy:?}: stray files");
+}
+
+/// What an open does with a file of other parameters, by policy: `Fail` refuses,
+/// `Attach` uses the file's own, `Replace` replaces only an older file (a lower
+/// generation, or at the same generation smaller limits) and attaches to any other;
+/// a replacement keeps the file's mode, and a handle on the old file follows it.
+#[test]
+fn mismatch_policies_attach_or_replace_only_an_older_file() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TempCache::new("life-mismatch");
+    let base = || small_options().capacity(2 << 20).generation(3);
+    let first = base().mode(0o640).open(t.name()).expect("create");
+    first.set(b"k", b"v", None).expect("set");
+    let bigger = || base().capacity(3 << 20);
+    assert!(matches!(
+        bigger().open(t.name()),
+        Err(Error::Incompatible { .. })
+    ));
+    let attached = bigger()
+        .on_mismatch(Mismatch::Attach)
+        .open(t.name())
+        .expect("attach");
+    assert_eq!(attached.opened(), Opened::Attached);
+    assert_eq!(attached.limits().capacity, 2 << 20, "the file's own");
+    // Same generation, limits not all at least as large: not older, attached to.
+    let mixed = base()
+        .capacity(3 << 20)
+        .max_value_len(512)
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("open");
+    assert_eq!(mixed.opened(), Opened::Attached);
+    // A lower generation never replaces, even with larger limits.
+    let stale = bigger()
+        .generation(2)
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("open");
+    assert_eq!(stale.opened(), Opened::Attached);
+    assert_eq!(stale.limits().capacity, 2 << 20);
+    // Larger limits at the same generation replace it, keeping its mode.
+    let grown = bigger()
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("replace");
+    assert_eq!(grown.opened(), Opened::Replaced);
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!(grown.get(b"k").expect("get"), None, "a new, empty file");
+    grown.set(b"new", b"1", None).expect("set");
+    poll(
+        "the first handle following the replacement",
+        REATTACH_DEADLINE,
+        || (first.get(b"new").expect("get") == Some(b"1".to_vec())).then_some(()),
+    );
+    assert_eq!(first.limits().capacity, 3 << 20);
+    // And back down only with a higher generation.
+    let back = base()
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("open");
+    assert_eq!(back.opened(), Opened::Attached);
+    let shrunk = base()
+        .generation(4)
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("replace");
+    assert_eq!(shrunk.opened(), Opened::Replaced);
+    let l = shrunk.limits();
+    assert_eq!((l.capacity, l.generation), (2 << 20, 4));
+    // A file removed and created again by a handle keeps its generation.
+    drop((first, attached, mixed, stale, grown, back));
+    Cache::unlink(t.name()).expect("unlink");
+    poll(
+        "the handle creating the file again",
+        REATTACH_DEADLINE,
+        || {
+            shrunk.set(b"k", b"v", None).expect("set");
+            t.path.exists().then_some(())
+        },
+    );
+    assert_eq!(
+        Cache::open(t.name()).expect("attach").limits().generation,
+        4
+    );
 }
 
 // ----- reopening ---------------------------------------------------------------------

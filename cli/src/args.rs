@@ -97,7 +97,8 @@ impl KeyOnlyCodec {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Create a cache file (or check that an existing one has these parameters).
+    /// Create a cache file (or check that an existing one has these parameters, or
+    /// with --replace replace an older one).
     Create {
         /// The cache.
         name: String,
@@ -123,6 +124,15 @@ pub enum Cmd {
         /// Typical bytes per entry (key + value + 16), to size the index.
         #[arg(long, value_name = "SIZE", value_parser = units::size)]
         expected_entry: Option<u64>,
+        /// Replace an existing file of other parameters if it is older than these: of a
+        /// lower --generation, or of the same one with no limit larger and one smaller
+        /// (attached processes move to the new file; one that is not older is kept).
+        #[arg(long)]
+        replace: bool,
+        /// The deploy generation recorded in a file this creates; a higher one lets
+        /// --replace (and workers' on_mismatch replace) shrink a cache.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        generation: u64,
     },
     /// Show every counter, in human units, JSON or the Prometheus text format.
     Stats {

@@ -136,6 +136,8 @@ fn run(cli: Cli) -> Outcome {
             max_value,
             shards,
             expected_entry,
+            replace,
+            generation,
         } => admin::create(
             g,
             &name,
@@ -147,6 +149,8 @@ fn run(cli: Cli) -> Outcome {
                 max_value,
                 shards,
                 expected_entry,
+                replace,
+                generation,
             },
         ),
         Cmd::Stats {
