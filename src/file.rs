@@ -220,8 +220,9 @@ pub(crate) fn open_new(path: &Path, spec: &OpenSpec, new: &NewFile) -> Result<(A
                     }
                     Mismatch::Replace if may_replace(want, new.generation, &a) => {
                         match replace(path, a, want, spec, new)? {
-                            Some(fresh) => return Ok((fresh, Opened::Replaced)),
-                            None => continue,
+                            Replaced::Done(fresh) => return Ok((fresh, Opened::Replaced)),
+                            Replaced::NoRoom(a) => return Ok((a, Opened::Attached)),
+                            Replaced::Raced => continue,
                         }
                     }
                     // Attach, or Replace of a file as new as this open's options (or
@@ -450,17 +451,27 @@ fn may_replace(want: &Params, generation: u64, a: &Attached) -> bool {
     newer && (me == a.meta_now().uid || me == 0)
 }
 
+/// How a replacement ended.
+enum Replaced {
+    /// The new file, at the path.
+    Done(Attached),
+    /// Another process replaced the file first: look again.
+    Raced,
+    /// The file system has no room for both files at once: the old one, still in use.
+    NoRoom(Attached),
+}
+
 /// Replaces the file `old` maps, at `path`, by a new one made with `want`: built under
 /// no name, then renamed over the old one, so every process sees either file whole, and
 /// attached handles follow it within their check period. It keeps the old file's owner,
-/// group and mode. `None` if another process replaced it first (look again).
+/// group and mode.
 fn replace(
     path: &Path,
     old: Attached,
     want: &Params,
     spec: &OpenSpec,
     new: &NewFile,
-) -> Result<Option<Attached>> {
+) -> Result<Replaced> {
     // Replacers of one file take turns: the lock is on the old file, so one that waited
     // finds the path naming another file and looks again instead of replacing it too.
     let wait = spec.lock_timeout.max(REPLACE_WAIT);
@@ -468,7 +479,7 @@ fn replace(
     let mut pause = Duration::from_micros(200);
     while !lock::ofd_try_lock(&old._file, REPLACE_LOCK_BYTE) {
         if identity(path) != Some((old.dev, old.ino)) {
-            return Ok(None);
+            return Ok(Replaced::Raced);
         }
         if Instant::now() >= deadline {
             return Err(Error::Timeout {
@@ -480,7 +491,7 @@ fn replace(
         pause = (pause * 2).min(Duration::from_millis(10));
     }
     if identity(path) != Some((old.dev, old.ino)) {
-        return Ok(None);
+        return Ok(Replaced::Raced);
     }
     let meta = old.meta_now();
     let me = rustix::process::geteuid().as_raw();
@@ -493,7 +504,14 @@ fn replace(
         owner: (me != meta.uid).then_some(meta.uid),
         ..*new
     };
-    let built = build(path, want, &spec, &new)?;
+    // Both files live at once until the old one's last process moves: where there is
+    // no room for that, this process (and the pool) keeps the old file rather than fail
+    // to start; `larder stats` shows its parameters.
+    let built = match build(path, want, &spec, &new) {
+        Ok(b) => b,
+        Err(Error::NoSpace { .. }) => return Ok(Replaced::NoRoom(old)),
+        Err(e) => return Err(e),
+    };
     let temp = match &built.temp.0 {
         Some(t) => t.clone(),
         None => {
@@ -523,7 +541,7 @@ fn replace(
     })?;
     // The old file, and with it the turn, goes when `old` drops.
     drop(old);
-    Ok(Some(built.attached))
+    Ok(Replaced::Done(built.attached))
 }
 
 fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Result<Attached> {

@@ -68,7 +68,9 @@ pub enum Mismatch {
     /// file is built under no name and renamed over it, keeping its owner, group and
     /// mode; otherwise attach with its own parameters. Only a process of the file's
     /// owner's uid, or root, replaces it (another uid's file would be refused by the
-    /// pool's other uids): others attach.
+    /// pool's other uids): others attach. Both files take space until the old one's last
+    /// process has moved; where the file system has no room for that, the open attaches
+    /// to the old file with its own parameters instead of failing.
     Replace,
 }
 
