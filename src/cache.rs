@@ -493,12 +493,9 @@ impl Cache {
             generation: opts.generation,
             on_mismatch: opts.on_mismatch,
         };
+        // Later moves take their parameters from the file: a replacement's own, or a
+        // removed file's when it is created again (`Inner::follow`).
         let (attached, opened) = file::open_new(&path, &spec, &new)?;
-        // Re-creation after the file is removed uses the file's own parameters.
-        let spec = OpenSpec {
-            params: Some(attached.geo.params),
-            ..spec
-        };
         Ok(Cache {
             inner: Arc::new(Inner::new(path, attached, spec, opts, opened)),
         })
