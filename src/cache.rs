@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::clock::{coarse_ms, Clock};
 use crate::error::{Error, Remedy, Result};
 use crate::fence::{self, Fences, Ticket};
-use crate::file::{self, Attached, OpenSpec};
+use crate::file::{self, Attached, NewFile, OpenSpec};
 use crate::header;
 use crate::layout::{
     Params, SH_ENTRIES, SS_FILLS, SS_FILLS_FENCED, SS_FILL_HANDOVERS, SS_FILL_TIMEOUTS, SS_HITS,
@@ -18,7 +18,7 @@ use crate::layout::{
 // create a missing file.
 use crate::lock::{LockError, RobustMutex, Wait};
 use crate::mapping::{Claim, Entered, Mappings};
-use crate::options::Options;
+use crate::options::{Mismatch, Opened, Options};
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, Probe, Put, SetOutcome, Shard, MAX_EXPIRE};
 use crate::stats::{self, Stats};
@@ -29,6 +29,13 @@ use crate::verify::Report;
 const OPTIMISTIC_TRIES: usize = 4;
 /// How often a handle checks that its file is still the one at its path.
 const RECHECK_MS: u64 = 250;
+/// How long a handle whose file was removed waits for the file's owner (a process of
+/// another uid) to create it again, before its operation fails with `Detached`: most of
+/// a check period, since the owner's handles notice the removal within one, and less
+/// than one, since the handle's other threads give up on a check that takes longer.
+const OWNER_WAIT_MS: u64 = 200;
+/// How often it looks at the path meanwhile.
+const OWNER_POLL_MS: u64 = 2;
 
 /// A handle on a shared cache file.
 ///
@@ -39,10 +46,20 @@ const RECHECK_MS: u64 = 250;
 ///
 /// Every 250 ms at most, an operation checks that the handle's path still names its
 /// file. If the file was replaced, the handle moves to the new one with that file's own
-/// parameters (or, if it was removed, creates it again with the old one's); the old
-/// mapping is unmapped once no operation is inside it. If it cannot attach, its
-/// operations return [`Error::Detached`] until it can, rather than answer from a file
-/// no other process sees.
+/// parameters; the old mapping is unmapped once no operation is inside it. If it cannot
+/// attach, its operations return [`Error::Detached`] until it can, rather than answer
+/// from a file no other process sees.
+///
+/// If the file was removed, it is created again as it was: its parameters, owner, group
+/// and mode (a `chgrp` or `chmod` after creation included), so that every process that
+/// accepted the old file accepts the new one. Only a handle that can give it its owner
+/// does so: one of the owner's uid, or root. A handle of another uid (a worker of a
+/// pool whose master created the file) waits up to 200 ms for the owner's handles,
+/// which notice within their own check period, and attaches to what appears;
+/// meanwhile its operations fail with [`Error::Detached`], whose
+/// [`Remedy::CreateAsOwner`](crate::Remedy::CreateAsOwner) names the uid that must
+/// create the file. So a pool never splits into one uid working and the others locked
+/// out: all its handles end on one file, or all fail alike until the owner creates it.
 ///
 /// ```
 /// # fn main() -> Result<(), larder::Error> {
@@ -65,6 +82,8 @@ pub struct Cache {
 }
 
 struct Inner {
+    /// What the open that made this handle did.
+    opened: Opened,
     path: PathBuf,
     maps: Mappings,
     spec: OpenSpec,
@@ -171,6 +190,16 @@ struct Failure {
     remedy: Option<Remedy>,
 }
 
+impl Follow {
+    /// Following failed with `e`; a `try_` operation's timeout is a `WouldBlock`.
+    fn failed(e: Error, wait: Wait) -> Follow {
+        match e {
+            Error::Timeout { .. } if wait == Wait::No => Follow::WouldBlock,
+            e => Follow::Failed(Failure::of(&e)),
+        }
+    }
+}
+
 impl Failure {
     fn of(e: &Error) -> Failure {
         Failure {
@@ -188,8 +217,15 @@ impl Failure {
 }
 
 impl Inner {
-    fn new(path: PathBuf, attached: Attached, spec: OpenSpec, opts: &Options) -> Inner {
+    fn new(
+        path: PathBuf,
+        attached: Attached,
+        spec: OpenSpec,
+        opts: &Options,
+        opened: Opened,
+    ) -> Inner {
         Inner {
+            opened,
             path,
             maps: Mappings::new(attached),
             spec,
@@ -233,44 +269,19 @@ impl Inner {
 
     /// Moves to the file at the path if it is not the mapped one.
     fn follow(&self, wait: Wait) -> Follow {
-        let (id, params) = {
+        let (id, params, generation) = {
             let cur = self.maps.enter();
-            ((cur.dev, cur.ino), cur.geo.params)
+            ((cur.dev, cur.ino), cur.geo.params, cur.generation)
         };
-        let spec = match file::identity(&self.path) {
+        let opened = match file::identity(&self.path) {
             Some(now) if now == id => return Follow::Current,
             // Replaced: attach with the new file's own parameters, whatever they are.
-            Some(_) => OpenSpec {
-                params: None,
-                ..self.spec.clone()
+            Some(_) => match file::open(&self.path, &self.attach_spec(wait)) {
+                // Replaced, then removed before it could be opened.
+                Err(Error::NotFound { .. }) => self.recreate(wait, params, generation),
+                other => other.map_err(|e| Follow::failed(e, wait)),
             },
-            // Removed: create it again, as it was.
-            None if wait == Wait::Yes => OpenSpec {
-                params: Some(params),
-                ..self.spec.clone()
-            },
-            None => return Follow::WouldBlock,
-        };
-        let spec = OpenSpec {
-            lock_timeout: match wait {
-                Wait::Yes => spec.lock_timeout,
-                Wait::No => Duration::ZERO,
-            },
-            ..spec
-        };
-        let opened = match file::open(&self.path, &spec) {
-            // Replaced, then removed before it could be opened: create it again.
-            Err(Error::NotFound { .. }) if spec.params.is_none() => match wait {
-                Wait::Yes => file::open(
-                    &self.path,
-                    &OpenSpec {
-                        params: Some(params),
-                        ..spec
-                    },
-                ),
-                Wait::No => return Follow::WouldBlock,
-            },
-            other => other,
+            None => self.recreate(wait, params, generation),
         };
         match opened {
             Ok(fresh) => match self.maps.publish(Box::new(fresh)) {
@@ -279,9 +290,82 @@ impl Inner {
                     "operations of other threads are still inside the handle's earlier files",
                 )),
             },
-            Err(Error::Timeout { .. }) if wait == Wait::No => Follow::WouldBlock,
-            Err(e) => Follow::Failed(Failure::of(&e)),
+            Err(f) => f,
         }
+    }
+
+    /// How this handle attaches to a file that replaced its own: with that file's own
+    /// parameters; a `try_` operation never waits for its file lock.
+    fn attach_spec(&self, wait: Wait) -> OpenSpec {
+        OpenSpec {
+            params: None,
+            lock_timeout: match wait {
+                Wait::Yes => self.spec.lock_timeout,
+                Wait::No => Duration::ZERO,
+            },
+            ..self.spec.clone()
+        }
+    }
+
+    /// The file this handle mapped was removed: create it again as it was (its
+    /// parameters, owner, group and mode), if this process may give it its owner, so
+    /// that every process of the pool accepts it. That is the owner's uid, or root (which
+    /// gives it the owner's). A handle of another uid waits a while for the owner's
+    /// handle to create it, and attaches to what appears; a file it created would be
+    /// its own uid's, which the pool's other uids refuse, splitting the pool.
+    fn recreate(&self, wait: Wait, params: Params, generation: u64) -> Result<Attached, Follow> {
+        if wait == Wait::No {
+            return Err(Follow::WouldBlock);
+        }
+        // The mapped file is still the removed one (nothing is published before this
+        // returns); its owner, group and mode as they are now.
+        let meta = self.maps.enter().meta_now();
+        let me = rustix::process::geteuid().as_raw();
+        if me == meta.uid || me == 0 {
+            let spec = OpenSpec {
+                params: Some(params),
+                mode: meta.mode,
+                ..self.spec.clone()
+            };
+            let new = NewFile {
+                group: Some(meta.gid),
+                owner: (me != meta.uid).then_some(meta.uid),
+                generation,
+                // Created meanwhile by another process, with whatever parameters: that
+                // file is the pool's now.
+                on_mismatch: Mismatch::Attach,
+            };
+            return file::open_new(&self.path, &spec, &new)
+                .map(|(a, _)| a)
+                .map_err(|e| Follow::failed(e, wait));
+        }
+        let end = coarse_ms() + OWNER_WAIT_MS;
+        loop {
+            if file::identity(&self.path).is_some() {
+                match file::open(&self.path, &self.attach_spec(wait)) {
+                    // Removed again before it could be opened: keep waiting.
+                    Err(Error::NotFound { .. }) => {}
+                    other => return other.map_err(|e| Follow::failed(e, wait)),
+                }
+            }
+            if coarse_ms() >= end {
+                break;
+            }
+            // Polling the path; the loop ends at `end`.
+            std::thread::sleep(Duration::from_millis(OWNER_POLL_MS));
+        }
+        Err(Follow::Failed(Failure {
+            cause: format!(
+                "it was removed, and only its owner, uid {}, creates it again (mode {:o}, \
+                 group {}), so that every process of the pool accepts it; it has not yet",
+                meta.uid, meta.mode, meta.gid
+            ),
+            remedy: Some(Remedy::CreateAsOwner {
+                uid: meta.uid,
+                gid: meta.gid,
+                mode: meta.mode,
+            }),
+        }))
     }
 }
 
@@ -308,6 +392,8 @@ pub struct Limits {
     /// The typical entry size the index was sized for
     /// ([`Options::expected_entry_size`]).
     pub expected_entry_size: usize,
+    /// The deploy generation the file was created with ([`Options::generation`]).
+    pub generation: u64,
 }
 
 /// An entry read by [`Cache::get_stale`].
@@ -352,8 +438,8 @@ impl Cache {
     }
 
     /// Removes a cache file. Attached handles notice within a few hundred milliseconds
-    /// and move to a new file when one is created (or create it themselves on their next
-    /// check).
+    /// and move to a new file when one is created, or create it again as it was (see
+    /// [`Cache`]: only the handles of its owner's uid, or root's, do).
     pub fn unlink(name: impl AsRef<Path>) -> Result<()> {
         file::unlink(&file::resolve(name.as_ref())?)
     }
@@ -411,14 +497,17 @@ impl Cache {
             lock_timeout: opts.lock_timeout,
         };
         stats::register_atfork();
-        let attached = file::open(&path, &spec)?;
-        // Re-creation after the file is removed uses the file's own parameters.
-        let spec = OpenSpec {
-            params: Some(attached.geo.params),
-            ..spec
+        let new = NewFile {
+            group: opts.group,
+            owner: None,
+            generation: opts.generation,
+            on_mismatch: opts.on_mismatch,
         };
+        // Later moves take their parameters from the file: a replacement's own, or a
+        // removed file's when it is created again (`Inner::follow`).
+        let (attached, opened) = file::open_new(&path, &spec, &new)?;
         Ok(Cache {
-            inner: Arc::new(Inner::new(path, attached, spec, opts)),
+            inner: Arc::new(Inner::new(path, attached, spec, opts, opened)),
         })
     }
 
@@ -453,7 +542,27 @@ impl Cache {
             max_value_len: p.max_value_len,
             shards: a.geo.shard_count,
             expected_entry_size: p.expected_entry,
+            generation: a.generation,
         }
+    }
+
+    /// What the open that made this handle did: created the file, attached to it, or
+    /// replaced a file of other parameters ([`Mismatch::Replace`]), for a worker's log.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-opened-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let first = larder::Options::new().capacity(4 << 20).open(dir.join("c"))?;
+    /// let second = larder::Options::new().capacity(4 << 20).open(dir.join("c"))?;
+    /// assert_eq!(first.opened(), larder::Opened::Created);
+    /// assert_eq!(second.opened(), larder::Opened::Attached);
+    /// # drop((first, second));
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn opened(&self) -> Opened {
+        self.inner.opened
     }
 
     /// Enters the current mapping, after the periodic check that the path still names

@@ -189,8 +189,9 @@ impl fmt::Display for Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Remedy {
-    /// The file has other creation parameters: use it with its own parameters, or
-    /// remove it so that it is created again with the new ones.
+    /// The file has other creation parameters: use it with its own parameters, choose a
+    /// policy for a mismatch (attach, or replace an older file), or remove it so that it
+    /// is created again with the new ones.
     UseOrRemove,
     /// Repair the file (online, shard by shard, or offline with no process attached,
     /// which also re-initialises the locks), or remove it if its header is damaged.
@@ -205,6 +206,17 @@ pub enum Remedy {
     },
     /// No cache exists there: create it (with creation parameters).
     Create,
+    /// The file of a pool was removed, and only its owner may create it again so that
+    /// every process of the pool accepts it (the owner `uid`, with `mode` and group
+    /// `gid`): restart the owner's process (a pool's master), or create it as that uid.
+    CreateAsOwner {
+        /// The removed file's owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+        /// Its mode.
+        mode: u32,
+    },
     /// A key or value is over the file's limit: create the cache with a larger one.
     RaiseLimit {
         /// `"key"` or `"value"`.
@@ -217,7 +229,9 @@ impl Remedy {
     fn rust_words(&self) -> String {
         match self {
             Remedy::UseOrRemove => "open it with Cache::open (or Options::attach) to use its own \
-                 parameters, or remove it (Cache::unlink) to recreate it"
+                 parameters, let Options::on_mismatch attach to it or replace an older file \
+                 (Mismatch::Attach, Mismatch::Replace), or remove it (Cache::unlink) to \
+                 recreate it"
                 .into(),
             Remedy::Repair => "repair it (Cache::repair online, shard by shard; \
                  Cache::repair_offline with no process attached, which also re-initialises \
@@ -232,6 +246,11 @@ impl Remedy {
                 format!("or allow its owner with Options::allow_uid({uid})")
             }
             Remedy::Create => "create it with Options::open".into(),
+            Remedy::CreateAsOwner { uid, gid, mode } => format!(
+                "restart the process of uid {uid} that created it (a pool's master), or \
+                 create it as uid {uid} with Options::mode(0o{mode:o}).group({gid}) and \
+                 Options::open"
+            ),
             Remedy::RaiseLimit { what } => {
                 format!("create the cache with a larger max_{what}_len (Options::max_{what}_len)")
             }

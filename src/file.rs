@@ -28,6 +28,7 @@ use crate::error::{os, Error, Result};
 use crate::header::{self, HeaderInfo, Origin};
 use crate::layout::{Geometry, Params, FILL_SLOTS, FORMAT_VERSION, HEADER_SIZE, SECRET_SIZE};
 use crate::lock;
+use crate::options::{Mismatch, Opened};
 use crate::region::Region;
 use crate::shard::Hasher;
 
@@ -39,9 +40,44 @@ pub(crate) const SHM_DIR: &str = "/dev/shm";
 pub(crate) struct OpenSpec {
     /// Creation parameters; `None` attaches only, with the file's own.
     pub params: Option<Params>,
+    /// Mode of a file this open creates.
     pub mode: u32,
     pub allow_uids: Vec<u32>,
     pub lock_timeout: Duration,
+}
+
+/// What a file an open creates is given besides its parameters and mode, and what the
+/// open does with an existing file of other parameters (kept apart from [`OpenSpec`],
+/// which most opens need alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NewFile {
+    /// Its group (`None`: the process's effective group).
+    pub group: Option<u32>,
+    /// Its owner, where it is not this process's uid (a root handle creating a removed
+    /// file again for its owner).
+    pub owner: Option<u32>,
+    /// Its deploy generation.
+    pub generation: u64,
+    /// What to do with a file of other parameters.
+    pub on_mismatch: Mismatch,
+}
+
+/// A byte of the file that a process replacing it holds an open file description lock
+/// on, so that replacers of one file take turns (the statistics slots lock bytes
+/// `1..STATS_SLOTS`; this one is far past them and past any file's end, which such
+/// locks allow).
+const REPLACE_LOCK_BYTE: usize = 1 << 40;
+/// The least time a replacer waits for another one replacing the same file (which
+/// allocates and initialises a whole file) before it gives up with `Timeout`.
+const REPLACE_WAIT: Duration = Duration::from_secs(10);
+
+/// The owner, group and mode of a file a handle mapped: what it is created again with
+/// when it is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileMeta {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
 }
 
 /// The file name a bare cache name lives under: the format version is part of it, so a
@@ -105,8 +141,12 @@ pub(crate) struct Attached {
     pub geo: Geometry,
     pub hasher: Hasher,
     pub kind: u32,
+    /// The deploy generation it was created with.
+    pub generation: u64,
     pub dev: u64,
     pub ino: u64,
+    /// Its owner, group and mode when it was mapped.
+    pub meta: FileMeta,
     /// Statistics slots claimed by this process, one per stripe of its threads (see
     /// `stats`): `(fork generation << 32) | (slot + 1)`, 0 when none is claimed yet.
     pub stats_slots: [AtomicU64; crate::stats::STAT_STRIPES],
@@ -125,6 +165,19 @@ impl Attached {
     pub(crate) fn file_fd(&self) -> i32 {
         self._file.as_fd().as_raw_fd_compat()
     }
+
+    /// The file's owner, group and mode now (a `chgrp` or `chmod` after creation
+    /// counts), read from the open file even after it was removed; as mapped if that
+    /// fails.
+    pub(crate) fn meta_now(&self) -> FileMeta {
+        rustix::fs::fstat(&self._file)
+            .map(|st| FileMeta {
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mode: st.st_mode & 0o777,
+            })
+            .unwrap_or(self.meta)
+    }
 }
 
 impl std::fmt::Debug for Attached {
@@ -138,14 +191,48 @@ impl std::fmt::Debug for Attached {
 
 /// Opens (and, with parameters, creates if missing) the cache at `path`.
 pub(crate) fn open(path: &Path, spec: &OpenSpec) -> Result<Attached> {
-    // A racing creator can win between our failed open and our link; the loop attaches
-    // to its file then. Bounded: each turn either returns or saw another process create.
+    open_new(path, spec, &NewFile::default()).map(|(a, _)| a)
+}
+
+/// [`open`], giving a file it creates what `new` says, and doing what it says with a
+/// file of other parameters; also says what it did.
+pub(crate) fn open_new(path: &Path, spec: &OpenSpec, new: &NewFile) -> Result<(Attached, Opened)> {
+    // A racing creator can win between our failed open and our link, and a racing
+    // replacer between our attach and our replacement; the loop looks again then.
+    // Bounded: each turn either returns or saw another process create or replace.
     for _ in 0..16 {
         match open_existing(path) {
-            Ok(fd) => return attach(path, fd, spec),
+            Ok(fd) => {
+                let a = attach(path, fd, spec)?;
+                let Some(want) = &spec.params else {
+                    return Ok((a, Opened::Attached));
+                };
+                let differences = differences(want, &a.geo.params);
+                if differences.is_empty() {
+                    return Ok((a, Opened::Attached));
+                }
+                match new.on_mismatch {
+                    Mismatch::Fail => {
+                        return Err(Error::Incompatible {
+                            path: path.to_path_buf(),
+                            differences,
+                        })
+                    }
+                    Mismatch::Replace if may_replace(want, new.generation, &a) => {
+                        match replace(path, a, want, spec, new)? {
+                            Replaced::Done(fresh) => return Ok((fresh, Opened::Replaced)),
+                            Replaced::NoRoom(a) => return Ok((a, Opened::Attached)),
+                            Replaced::Raced => continue,
+                        }
+                    }
+                    // Attach, or Replace of a file as new as this open's options (or
+                    // one this process may not replace): the file's own parameters.
+                    _ => return Ok((a, Opened::Attached)),
+                }
+            }
             Err(missing @ Error::NotFound { .. }) => match &spec.params {
-                Some(params) => match create(path, params, spec)? {
-                    Some(a) => return Ok(a),
+                Some(params) => match create(path, params, spec, new)? {
+                    Some(a) => return Ok((a, Opened::Created)),
                     None => continue,
                 },
                 None => return Err(missing),
@@ -308,6 +395,8 @@ pub(crate) fn open_exclusive(path: &Path, spec: &OpenSpec) -> Result<(Attached, 
     Ok((a, other_boot))
 }
 
+/// Attaches to the opened file with its own parameters (the caller compares them with
+/// the ones it asked for).
 fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
     check_owner(path, &fd, &spec.allow_uids)?;
     shared_lock(path, &fd, spec.lock_timeout)?;
@@ -317,8 +406,12 @@ fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
     let info = header::parse_header(path, &page)?;
     Origin::here()?.admit(path, Origin::of_header(&page))?;
     check_size(path, &st, &info)?;
-    if let Some(want) = &spec.params {
-        let have = &info.geo.params;
+    map(path, file, info, &st)
+}
+
+/// One line per creation parameter that `want` asks differently from the file's `have`.
+fn differences(want: &Params, have: &Params) -> Vec<String> {
+    {
         let mut diffs = Vec::new();
         if want.capacity != have.capacity {
             diffs.push(format!(
@@ -350,14 +443,121 @@ fn attach(path: &Path, fd: OwnedFd, spec: &OpenSpec) -> Result<Attached> {
                 have.expected_entry, want.expected_entry
             ));
         }
-        if !diffs.is_empty() {
-            return Err(Error::Incompatible {
-                path: path.to_path_buf(),
-                differences: diffs,
+        diffs
+    }
+}
+
+/// Whether an open with `Mismatch::Replace` replaces the mapped file `a`: only a file
+/// older than the options, so that two versions of a pool starting side by side never
+/// replace each other's files back and forth. Older is a lower generation, or, at the
+/// same generation, no limit larger than the options' and one smaller (the options
+/// grow the file). And only a process that may give the new file the old one's owner
+/// (its owner's uid, or root): one of another uid would make a file the pool's other
+/// uids refuse.
+fn may_replace(want: &Params, generation: u64, a: &Attached) -> bool {
+    let have = &a.geo.params;
+    let newer = if generation != a.generation {
+        generation > a.generation
+    } else {
+        let limits = |p: &Params| [p.capacity, p.max_key_len as u64, p.max_value_len as u64];
+        let (w, h) = (limits(want), limits(have));
+        w.iter().zip(&h).all(|(w, h)| w >= h) && w.iter().zip(&h).any(|(w, h)| w > h)
+    };
+    let me = rustix::process::geteuid().as_raw();
+    newer && (me == a.meta_now().uid || me == 0)
+}
+
+/// How a replacement ended.
+enum Replaced {
+    /// The new file, at the path.
+    Done(Attached),
+    /// Another process replaced the file first: look again.
+    Raced,
+    /// The file system has no room for both files at once: the old one, still in use.
+    NoRoom(Attached),
+}
+
+/// Replaces the file `old` maps, at `path`, by a new one made with `want`: built under
+/// no name, then renamed over the old one, so every process sees either file whole, and
+/// attached handles follow it within their check period. It keeps the old file's owner,
+/// group and mode.
+fn replace(
+    path: &Path,
+    old: Attached,
+    want: &Params,
+    spec: &OpenSpec,
+    new: &NewFile,
+) -> Result<Replaced> {
+    // Replacers of one file take turns: the lock is on the old file, so one that waited
+    // finds the path naming another file and looks again instead of replacing it too.
+    let wait = spec.lock_timeout.max(REPLACE_WAIT);
+    let deadline = Instant::now() + wait;
+    let mut pause = Duration::from_micros(200);
+    while !lock::ofd_try_lock(&old._file, REPLACE_LOCK_BYTE) {
+        if identity(path) != Some((old.dev, old.ino)) {
+            return Ok(Replaced::Raced);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: "another process replacing the file",
+                waited: wait,
             });
         }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
-    map(path, file, info, &st)
+    if identity(path) != Some((old.dev, old.ino)) {
+        return Ok(Replaced::Raced);
+    }
+    let meta = old.meta_now();
+    let me = rustix::process::geteuid().as_raw();
+    let spec = OpenSpec {
+        mode: meta.mode,
+        ..spec.clone()
+    };
+    let new = NewFile {
+        group: Some(meta.gid),
+        owner: (me != meta.uid).then_some(meta.uid),
+        ..*new
+    };
+    // Both files live at once until the old one's last process moves: where there is
+    // no room for that, this process (and the pool) keeps the old file rather than fail
+    // to start; `larder stats` shows its parameters.
+    let built = match build(path, want, &spec, &new) {
+        Ok(b) => b,
+        Err(Error::NoSpace { .. }) => return Ok(Replaced::NoRoom(old)),
+        Err(e) => return Err(e),
+    };
+    let temp = match &built.temp.0 {
+        Some(t) => t.clone(),
+        None => {
+            let t = temp_name(path);
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", built.attached.file_fd()),
+                rustix::fs::CWD,
+                &t,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(os)?;
+            t
+        }
+    };
+    let _remove_temp = TempGuard(Some(temp.clone()));
+    rustix::fs::rename(&temp, path).map_err(|e| match e {
+        Errno::PERM | Errno::ACCESS => Error::Io(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "cannot replace {}: {e} (in a sticky directory such as /dev/shm only the \
+                 file's owner or root may)",
+                path.display()
+            ),
+        )),
+        e => os(e),
+    })?;
+    // The old file, and with it the turn, goes when `old` drops.
+    drop(old);
+    Ok(Replaced::Done(built.attached))
 }
 
 fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Result<Attached> {
@@ -370,8 +570,14 @@ fn map(path: &Path, file: File, info: HeaderInfo, st: &rustix::fs::Stat) -> Resu
         hasher: Hasher::new(&info.secret),
         geo: info.geo,
         kind: info.kind,
+        generation: info.generation,
         dev: st.st_dev,
         ino: st.st_ino,
+        meta: FileMeta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o777,
+        },
         stats_slots: std::array::from_fn(|_| AtomicU64::new(0)),
         stats_claims: std::sync::Mutex::new(std::array::from_fn(|_| None)),
         region,
@@ -406,8 +612,56 @@ fn no_space(dir: &Path, requested: u64) -> Error {
     }
 }
 
+/// A name in `path`'s directory for a file being built: `.<name>.tmp.<pid>.<random>`.
+fn temp_name(path: &Path) -> PathBuf {
+    let mut rnd = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty());
+    let name = format!(
+        ".{}.tmp.{}.{:016x}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id(),
+        u64::from_le_bytes(rnd)
+    );
+    path.with_file_name(name)
+}
+
 /// Creates the file; `None` if another process created it first.
-fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attached>> {
+fn create(
+    path: &Path,
+    params: &Params,
+    spec: &OpenSpec,
+    new: &NewFile,
+) -> Result<Option<Attached>> {
+    let built = build(path, params, spec, new)?;
+    let linked = match &built.temp.0 {
+        None => rustix::fs::linkat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", built.attached.file_fd()),
+            rustix::fs::CWD,
+            path,
+            AtFlags::SYMLINK_FOLLOW,
+        ),
+        Some(tmp) => rustix::fs::link(tmp, path),
+    };
+    drop(built.temp);
+    match linked {
+        Ok(()) => Ok(Some(built.attached)),
+        Err(Errno::EXIST) => Ok(None),
+        Err(e) => Err(os(e)),
+    }
+}
+
+/// A complete file no other process can see yet: unnamed (`O_TMPFILE`), or under a
+/// temporary name, removed when this drops, where that is unsupported.
+struct Built {
+    attached: Attached,
+    temp: TempGuard,
+}
+
+/// Builds a complete cache file for `path`, under no name.
+fn build(path: &Path, params: &Params, spec: &OpenSpec, new: &NewFile) -> Result<Built> {
     let geo = Geometry::compute(params).map_err(Error::InvalidOptions)?;
     // First: a file this process cannot stamp with its boot and namespaces is never
     // built (without /proc, say so rather than fail later at naming the file).
@@ -427,17 +681,7 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
         match rustix::fs::open(&dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, mode) {
             Ok(fd) => (fd, None),
             Err(Errno::OPNOTSUPP) | Err(Errno::ISDIR) | Err(Errno::INVAL) => {
-                let mut rnd = [0u8; 8];
-                let _ = rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty());
-                let name = format!(
-                    ".{}.tmp.{}.{:016x}",
-                    path.file_name()
-                        .map(|n| n.to_string_lossy())
-                        .unwrap_or_default(),
-                    std::process::id(),
-                    u64::from_le_bytes(rnd)
-                );
-                let tmp = dir.join(name);
+                let tmp = temp_name(path);
                 let fd = rustix::fs::open(
                     &tmp,
                     OFlags::CREATE
@@ -459,6 +703,26 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
             Err(e) => return Err(os(e)),
         };
     let cleanup = TempGuard(temp_name.clone());
+    // Owner and group before the mode (a change of owner may clear mode bits), and all
+    // of them before the file has its name: no process ever sees it otherwise.
+    if new.owner.is_some() || new.group.is_some() {
+        let uid = new.owner.map(rustix::process::Uid::from_raw);
+        let gid = new.group.map(rustix::process::Gid::from_raw);
+        rustix::fs::fchown(&fd, uid, gid).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!(
+                    "cannot give the new file {} owner {} and group {} ({e}): only root, \
+                     or an owner that is a member of the group, may",
+                    path.display(),
+                    new.owner
+                        .map_or("(this process's)".into(), |u| u.to_string()),
+                    new.group
+                        .map_or("(this process's)".into(), |g| g.to_string()),
+                ),
+            ))
+        })?;
+    }
     // The umask would narrow the mode given at open: set it exactly.
     rustix::fs::fchmod(&fd, mode).map_err(os)?;
     match rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, total) {
@@ -473,31 +737,21 @@ fn create(path: &Path, params: &Params, spec: &OpenSpec) -> Result<Option<Attach
     let mut secret = vec![0u8; SECRET_SIZE];
     rustix::rand::getrandom(&mut secret[..], rustix::rand::GetRandomFlags::empty()).map_err(os)?;
     let kind = lock::native_kind().map_err(lock::init_error)?;
-    let page = header::build_header(&geo, kind, &secret, &origin);
-    let info = HeaderInfo { geo, kind, secret };
+    let page = header::build_header(&geo, kind, &secret, new.generation, &origin);
+    let info = HeaderInfo {
+        geo,
+        kind,
+        secret,
+        generation: new.generation,
+    };
     let attached = map(path, file, info, &st)?;
     init_locks(&attached)?;
     attached.region.write_bytes(0, &page);
     crash_point!("create.after_init");
-    let linked = match &temp_name {
-        None => rustix::fs::linkat(
-            rustix::fs::CWD,
-            format!(
-                "/proc/self/fd/{}",
-                attached._file.as_fd().as_raw_fd_compat()
-            ),
-            rustix::fs::CWD,
-            path,
-            AtFlags::SYMLINK_FOLLOW,
-        ),
-        Some(tmp) => rustix::fs::link(tmp, path),
-    };
-    drop(cleanup);
-    match linked {
-        Ok(()) => Ok(Some(attached)),
-        Err(Errno::EXIST) => Ok(None),
-        Err(e) => Err(os(e)),
-    }
+    Ok(Built {
+        attached,
+        temp: cleanup,
+    })
 }
 
 /// Initialises every mutex of a file no one else can see (or holds).

@@ -178,7 +178,15 @@ pub(crate) struct HeaderInfo {
     pub geo: Geometry,
     pub kind: u32,
     pub secret: Vec<u8>,
+    /// The deploy generation the file was created with (`Options::generation`).
+    pub generation: u64,
 }
+
+/// The header word holding the file's deploy generation (`Options::generation`): the
+/// second of the reserved words, covered by the header checksum. It changes nothing in
+/// the layout (files made before it was written hold 0 there, generation 0), so it is
+/// not part of the layout fingerprint.
+const GENERATION_OFF: usize = offset_of!(FileHeader, reserved) + 8;
 
 const CHECKSUM_OFF: usize = offset_of!(FileHeader, checksum);
 
@@ -334,11 +342,18 @@ pub(crate) fn parse_header(path: &Path, buf: &[u8]) -> Result<HeaderInfo> {
         geo,
         kind: native,
         secret,
+        generation: f(GENERATION_OFF),
     })
 }
 
 /// Builds a header page for `geo`.
-pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8], origin: &Origin) -> Vec<u8> {
+pub(crate) fn build_header(
+    geo: &Geometry,
+    kind: u32,
+    secret: &[u8],
+    generation: u64,
+    origin: &Origin,
+) -> Vec<u8> {
     let mut buf = vec![0u8; HEADER_SIZE];
     let mut put = |field: usize, v: u64| buf[field..field + 8].copy_from_slice(&v.to_le_bytes());
     put(offset_of!(FileHeader, magic), MAGIC);
@@ -373,6 +388,7 @@ pub(crate) fn build_header(geo: &Geometry, kind: u32, secret: &[u8], origin: &Or
     );
     put(offset_of!(FileHeader, mutex_kind), kind as u64);
     put(offset_of!(FileHeader, fingerprint), fingerprint());
+    put(GENERATION_OFF, generation);
     let s = offset_of!(FileHeader, secret);
     buf[s..s + SECRET_SIZE].copy_from_slice(&secret[..SECRET_SIZE]);
     let sum = checksum(&buf);

@@ -174,6 +174,8 @@ pub(crate) struct FileHeader {
     pub mutex_size: u64,
     pub mutex_kind: u64,
     pub fingerprint: u64,
+    /// Zero, but for word 1: the file's deploy generation (`Options::generation`,
+    /// written by `header`; 0 in files made before it was).
     pub reserved: [u64; 12],
     pub secret: [u64; SECRET_SIZE / 8],
     pub checksum: u64,

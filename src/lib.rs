@@ -42,7 +42,9 @@
 //!   differs. Beside it, outside the checksum, a stamp records the boot, pid namespace
 //!   and time namespace the file may be used in. Attached processes hold a shared
 //!   `flock`. A handle checks every 250 ms that its path still names its file, and moves to the new one if it was replaced,
-//!   with that file's own parameters; the old mapping is unmapped once no operation is
+//!   with that file's own parameters (a removed file is created again as it was, owner,
+//!   group and mode included, by a handle of its owner's uid or root's, which the other
+//!   uids of a pool wait for); the old mapping is unmapped once no operation is
 //!   inside it (`mapping`). A handle that cannot attach fails with [`Error::Detached`]
 //!   rather than answer from a file no other process sees.
 //! - **Shards** (`shard`, `evict`): the table is split into a power-of-two number of
@@ -148,8 +150,8 @@ pub use clock::Clock;
 pub use error::{Error, Remedy, Result};
 pub use fence::Ticket;
 pub use options::{
-    Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT, DEFAULT_LOCK_TIMEOUT,
-    DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN,
+    Mismatch, Opened, Options, DEFAULT_CAPACITY, DEFAULT_EXPECTED_ENTRY, DEFAULT_FILL_TIMEOUT,
+    DEFAULT_LOCK_TIMEOUT, DEFAULT_MAX_KEY_LEN, DEFAULT_MAX_VALUE_LEN,
 };
 pub use stats::{ShardStats, Stats};
 pub use verify::{Problem, Report};

@@ -21,6 +21,71 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Default single-flight wait.
 pub const DEFAULT_FILL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What [`Options::open`] does with an existing file created with other parameters
+/// (capacity, key or value limit, shards, expected entry size): the choice a deploy that
+/// changes them makes.
+///
+/// Under a prefork server, old and new workers start side by side during a deploy, so
+/// the rule must not flap between the two versions' files. [`Mismatch::Replace`]
+/// replaces only a file *older* than the options: one of a lower
+/// [`generation`](Options::generation), or, at the same generation, one whose limits
+/// (capacity, longest key, longest value) are none larger than the options' and one
+/// smaller. A file only ever gets newer, so the new version's first worker replaces the
+/// old file once, every old worker (starting later, or already attached) ends on the
+/// new file, and nothing replaces it back. Attached handles follow a replacement within
+/// their check period (250 ms), with its parameters.
+///
+/// ```
+/// # fn main() -> Result<(), larder::Error> {
+/// # let dir = std::env::temp_dir().join(format!("larder-doc-mismatch-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("authz");
+/// use larder::{Mismatch, Opened, Options};
+/// let old = Options::new().capacity(4 << 20).open(&path)?;
+/// // The next deploy asks for a larger file: its first worker replaces the old one.
+/// let new = Options::new().capacity(8 << 20).on_mismatch(Mismatch::Replace);
+/// let worker = new.open(&path)?;
+/// assert_eq!(worker.opened(), Opened::Replaced);
+/// assert_eq!(worker.limits().capacity, 8 << 20);
+/// // An old worker starting now attaches to the newer file, with its parameters.
+/// let late = Options::new().capacity(4 << 20).on_mismatch(Mismatch::Replace).open(&path)?;
+/// assert_eq!((late.opened(), late.limits().capacity), (Opened::Attached, 8 << 20));
+/// # drop((old, worker, late));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// Fail with [`Error::Incompatible`](crate::Error::Incompatible) (the default): a
+    /// parameter change needs the file removed first (`larder rm`).
+    #[default]
+    Fail,
+    /// Attach to the file with its own parameters (a value over its limit is then
+    /// [`Error::TooLarge`](crate::Error::TooLarge)).
+    Attach,
+    /// Replace the file if it is older than the options (see above), atomically: the new
+    /// file is built under no name and renamed over it, keeping its owner, group and
+    /// mode; otherwise attach with its own parameters. Only a process of the file's
+    /// owner's uid, or root, replaces it (another uid's file would be refused by the
+    /// pool's other uids): others attach. Both files take space until the old one's last
+    /// process has moved; where the file system has no room for that, the open attaches
+    /// to the old file with its own parameters instead of failing.
+    Replace,
+}
+
+/// What the open that made a handle did: see [`Cache::opened`](crate::Cache::opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Opened {
+    /// There was no file: this open created it.
+    Created,
+    /// It attached to the file there.
+    Attached,
+    /// It replaced a file of other parameters ([`Mismatch::Replace`]).
+    Replaced,
+}
+
 /// How to create or attach to a cache.
 ///
 /// Creation parameters (capacity, limits, shards, expected entry size) are fixed in the
@@ -51,6 +116,9 @@ pub struct Options {
     pub(crate) lock_timeout: Duration,
     pub(crate) fill_timeout: Duration,
     pub(crate) mode: u32,
+    pub(crate) group: Option<u32>,
+    pub(crate) generation: u64,
+    pub(crate) on_mismatch: Mismatch,
     pub(crate) allow_uids: Vec<u32>,
     pub(crate) clock: Clock,
 }
@@ -76,6 +144,9 @@ impl Options {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             fill_timeout: DEFAULT_FILL_TIMEOUT,
             mode: 0o600,
+            group: None,
+            generation: 0,
+            on_mismatch: Mismatch::Fail,
             allow_uids: Vec::new(),
             clock: Clock::system(),
         }
@@ -181,6 +252,50 @@ impl Options {
     /// ```
     pub fn mode(mut self, mode: u32) -> Options {
         self.mode = mode;
+        self
+    }
+
+    /// Group of the file at creation (default: the creating process's effective group),
+    /// for pools whose workers share it through a group and a mode such as `0o660`. Set
+    /// with `fchown` before the file has its name, so no process sees it with another
+    /// group; only root, or a member of the group, may set it
+    /// ([`Error::Io`](crate::Error::Io) otherwise).
+    ///
+    /// ```
+    /// let opts = larder::Options::new().mode(0o660).group(4240);
+    /// ```
+    pub fn group(mut self, gid: u32) -> Options {
+        self.group = Some(gid);
+        self
+    }
+
+    /// What [`open`](Options::open) does with an existing file created with other
+    /// parameters (default [`Mismatch::Fail`]): see [`Mismatch`] for a deploy that
+    /// changes them.
+    ///
+    /// ```
+    /// use larder::Mismatch;
+    /// let opts = larder::Options::new().capacity(64 << 20).on_mismatch(Mismatch::Replace);
+    /// ```
+    pub fn on_mismatch(mut self, policy: Mismatch) -> Options {
+        self.on_mismatch = policy;
+        self
+    }
+
+    /// The deploy generation of these options (default 0), recorded in a file they
+    /// create: with [`Mismatch::Replace`], options of a higher generation replace a file
+    /// of a lower one whatever its parameters (a deploy that shrinks a cache raises it;
+    /// one that only grows it need not). Raise it with every change of creation
+    /// parameters that is not a growth, and never lower it.
+    ///
+    /// ```
+    /// let opts = larder::Options::new()
+    ///     .capacity(16 << 20)
+    ///     .generation(2)
+    ///     .on_mismatch(larder::Mismatch::Replace);
+    /// ```
+    pub fn generation(mut self, generation: u64) -> Options {
+        self.generation = generation;
         self
     }
 

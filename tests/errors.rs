@@ -919,6 +919,40 @@ fn full_tmpfs_at_creation_is_no_space() {
     small.set(b"k", b"v", None).expect("set");
 }
 
+/// A replacement needs room for both files at once: where the tmpfs has none, an open
+/// with `Mismatch::Replace` attaches to the old file with its own parameters rather
+/// than fail (so a deploy never stops workers from starting), and leaves nothing behind.
+#[test]
+fn replace_without_room_for_both_files_attaches_to_the_old_one() {
+    let t = TempCache::new("err-replace-nospace");
+    let mnt_dir = t.dir.join("mnt");
+    // Declared after `t`, so it is unmounted before the temp dir is removed.
+    let _mount = match Mount::tmpfs(&mnt_dir, "6m") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("skipped: cannot mount a tmpfs here ({e})");
+            return;
+        }
+    };
+    let path = mnt_dir.join("cache");
+    let old = t
+        .options()
+        .capacity(4 << 20)
+        .open(s(&path))
+        .expect("the old file");
+    old.set(b"k", b"v", None).expect("set");
+    let c = t
+        .options()
+        .capacity(5 << 20)
+        .on_mismatch(larder::Mismatch::Replace)
+        .open(s(&path))
+        .expect("attaches instead");
+    assert_eq!(c.opened(), larder::Opened::Attached);
+    assert_eq!(c.limits().capacity, 4 << 20);
+    assert_eq!(c.get(b"k").expect("get"), Some(b"v".to_vec()));
+    assert_eq!(others_in(&mnt_dir, &["cache"]), Vec::<String>::new());
+}
+
 #[test]
 fn open_of_missing_cache_is_not_found() {
     let t = TempCache::new("err-missing");

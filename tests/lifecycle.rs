@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{child_env, s, small_options, ChildGuard, TempCache};
-use larder::{Cache, Error, Options, StaleValue};
+use larder::{Cache, Error, Mismatch, Opened, Options, StaleValue};
 
 const CHILD_PATH: &str = "LARDER_LIFECYCLE_PATH";
 const CHILD_SIG: &str = "LARDER_LIFECYCLE_SIG";
@@ -114,6 +114,47 @@ fn child_process_entry() {
             let _ = race_options().open(&path);
             panic!("the crash point did not end the creator");
         }
+        // A worker of one version of a deploy (`old` or `new` options) starting at the
+        // same moment as the others: opens, says how (`opened-<id>`), writes its key,
+        // then (when told) checks that it sees every worker's key with the new
+        // version's parameters.
+        "deployer" => {
+            let sig = PathBuf::from(child_env(CHILD_SIG));
+            let id = child_env(CHILD_ID);
+            let version = child_env(CHILD_VERSION);
+            let deploy = Deploy::from_name(&child_env(CHILD_DEPLOY));
+            touch_file(&sig.join(format!("ready-{id}")));
+            wait_for_file(&sig.join("go"), DEADLINE);
+            let c = deploy
+                .options(&version)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{version} worker {id}: open: {e}"));
+            std::fs::write(sig.join(format!("opened-{id}")), opened(&c)).expect("write");
+            let key = format!("deployer-{id}");
+            c.set(key.as_bytes(), b"1", None).expect("set");
+            touch_file(&sig.join(format!("wrote-{id}")));
+            wait_for_file(&sig.join("check"), DEADLINE);
+            let n: usize = child_env(CHILD_COUNT).parse().expect("count");
+            // A worker that attached to the old file follows the replacement within a
+            // check period; the keys written to the old file before it was replaced are
+            // gone with it, so each worker writes its key again until all are seen.
+            poll("every worker's key", REATTACH_DEADLINE, || {
+                c.set(key.as_bytes(), b"1", None).expect("set");
+                (0..n)
+                    .all(|i| {
+                        c.get(format!("deployer-{i}").as_bytes())
+                            .expect("get")
+                            .is_some()
+                    })
+                    .then_some(())
+            });
+            let l = c.limits();
+            assert_eq!(
+                (l.capacity, l.generation),
+                deploy.new,
+                "{version} worker {id}"
+            );
+        }
         // Creates caches under a restrictive umask with the modes the parent expects.
         "umask" => {
             // SAFETY: umask(2) has no memory effects; this process is the child alone.
@@ -127,7 +168,140 @@ fn child_process_entry() {
                 opts.open(s(&dir.join(name))).expect("create");
             }
         }
+        // A worker of a multi-uid pool: drops to the uid it is given (its id), with the
+        // pool's group, attaches to the master's file with the options a worker has
+        // (the same parameters, its default mode, the master's uid allowed), then
+        // answers the parent's pings until told to stop: it copies `ping` to
+        // `pong-<uid>`, so the parent sees which file it is on. A `Detached` error is
+        // written to `detached-<uid>`.
+        "pool-worker" => {
+            let uid: u32 = child_env(CHILD_ID).parse().expect("uid");
+            become_user(uid, POOL_GROUP);
+            let sig = PathBuf::from(child_env(CHILD_SIG));
+            let c = pool_options()
+                .allow_uid(0)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("worker {uid}: open: {e}"));
+            touch_file(&sig.join(format!("ready-{uid}")));
+            let stop = sig.join("stop");
+            let end = Instant::now() + DEADLINE;
+            let pong = format!("pong-{uid}");
+            while !stop.exists() {
+                assert!(Instant::now() < end, "worker {uid}: never told to stop");
+                match c.get(b"ping") {
+                    Ok(Some(v)) => match c.set(pong.as_bytes(), &v, None) {
+                        Ok(()) | Err(Error::Detached { .. }) => {}
+                        Err(e) => panic!("worker {uid}: set: {e}"),
+                    },
+                    Ok(None) => {}
+                    Err(e @ Error::Detached { .. }) => {
+                        let tmp = sig.join(format!(".detached-{uid}"));
+                        std::fs::write(&tmp, e.to_string()).expect("write");
+                        std::fs::rename(&tmp, sig.join(format!("detached-{uid}"))).expect("rename");
+                    }
+                    Err(e) => panic!("worker {uid}: get: {e}"),
+                }
+                // Pacing of the worker's own load, not synchronisation: the parent
+                // polls for the pongs with a deadline.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         other => panic!("unknown child role {other}"),
+    }
+}
+
+/// The group a multi-uid pool shares its file through, and its workers' uids.
+const POOL_GROUP: u32 = 4240;
+const POOL_UIDS: [u32; 2] = [4242, 4243];
+
+/// The creation parameters of the multi-uid pool's file, as master and workers give
+/// them (a worker leaves the mode at its default).
+fn pool_options() -> Options {
+    race_options()
+}
+
+/// Drops this process's privileges to `uid`, with `group` as its one supplementary group
+/// (and its primary group numbered as its uid, so group access comes from `group`).
+fn become_user(uid: u32, group: u32) {
+    // SAFETY: setgroups(2) reads one gid from a valid pointer; it changes only this
+    // process's credentials (glibc applies it to every thread).
+    let rc = unsafe { libc::setgroups(1, &group) };
+    assert_eq!(rc, 0, "setgroups: {}", std::io::Error::last_os_error());
+    // SAFETY: setgid(2) and setuid(2) take plain integers and change only credentials.
+    let rc = unsafe { libc::setgid(uid) };
+    assert_eq!(rc, 0, "setgid: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let rc = unsafe { libc::setuid(uid) };
+    assert_eq!(rc, 0, "setuid: {}", std::io::Error::last_os_error());
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+const CHILD_VERSION: &str = "LARDER_LIFECYCLE_VERSION";
+const CHILD_COUNT: &str = "LARDER_LIFECYCLE_COUNT";
+const CHILD_DEPLOY: &str = "LARDER_LIFECYCLE_DEPLOY";
+
+/// A deploy that changes creation parameters: the old version's and the new one's
+/// capacity and generation.
+#[derive(Clone, Copy, Debug)]
+struct Deploy {
+    old: (u64, u64),
+    new: (u64, u64),
+}
+
+impl Deploy {
+    /// A growth: a larger file, the generation left as it was.
+    const GROW: Deploy = Deploy {
+        old: (2 << 20, 0),
+        new: (3 << 20, 0),
+    };
+    /// A shrink, which the new version marks with a higher generation.
+    const SHRINK: Deploy = Deploy {
+        old: (3 << 20, 4),
+        new: (2 << 20, 5),
+    };
+
+    fn name(self) -> &'static str {
+        if self.new.0 > self.old.0 {
+            "grow"
+        } else {
+            "shrink"
+        }
+    }
+
+    fn from_name(name: &str) -> Deploy {
+        match name {
+            "grow" => Deploy::GROW,
+            "shrink" => Deploy::SHRINK,
+            other => panic!("unknown deploy {other}"),
+        }
+    }
+
+    /// The options of a version's workers: their own parameters; a file of other
+    /// parameters is replaced if it is older, attached to otherwise.
+    fn options(self, version: &str) -> Options {
+        let (capacity, generation) = match version {
+            "old" => self.old,
+            "new" => self.new,
+            other => panic!("unknown version {other}"),
+        };
+        small_options()
+            .capacity(capacity)
+            .generation(generation)
+            .on_mismatch(Mismatch::Replace)
+    }
+}
+
+/// How the open that made `c` went, in a word.
+fn opened(c: &Cache) -> &'static str {
+    match c.opened() {
+        Opened::Created => "created",
+        Opened::Attached => "attached",
+        Opened::Replaced => "replaced",
+        other => panic!("unknown {other:?}"),
     }
 }
 
@@ -397,6 +571,67 @@ fn handle_recreates_a_removed_file_with_its_parameters() {
     assert_eq!(b.get(b"k").expect("get"), Some(b"new".to_vec()));
 }
 
+/// A removed file is created again with its own mode (and owner and group), not the
+/// mode of the open that made the handle: a worker that left the mode at its default
+/// keeps the pool's group access.
+#[test]
+fn a_removed_file_is_created_again_with_its_own_mode() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TempCache::new("life-remode");
+    let creator = t.options().mode(0o640).open(t.name()).expect("create");
+    let worker = t.open(); // default mode 0600
+    drop(creator);
+    Cache::unlink(t.name()).expect("unlink");
+    poll(
+        "the worker creating the file again",
+        REATTACH_DEADLINE,
+        || {
+            worker.set(b"k", b"v", None).expect("set");
+            t.path.exists().then_some(())
+        },
+    );
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+}
+
+/// A root handle on a file of another owner creates it again for that owner (owner,
+/// group and mode as they were), so that the owner's processes still accept it.
+#[test]
+fn a_root_handle_creates_a_removed_file_again_for_its_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("skipped: giving a file another owner needs root");
+        return;
+    }
+    let t = TempCache::new("life-root-owner");
+    drop(t.options().mode(0o640).open(t.name()).expect("create"));
+    std::os::unix::fs::chown(&t.path, Some(POOL_UIDS[0]), Some(POOL_GROUP)).expect("chown");
+    let h = t
+        .options()
+        .allow_uid(POOL_UIDS[0])
+        .open(t.name())
+        .expect("open");
+    Cache::unlink(t.name()).expect("unlink");
+    poll(
+        "the root handle creating the file again",
+        REATTACH_DEADLINE,
+        || {
+            h.set(b"k", b"v", None).expect("set");
+            t.path.exists().then_some(())
+        },
+    );
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (POOL_UIDS[0], POOL_GROUP, 0o640)
+    );
+    let other = Options::new()
+        .allow_uid(POOL_UIDS[0])
+        .attach(t.name())
+        .expect("attach");
+    assert_eq!(other.get(b"k").expect("get"), Some(b"v".to_vec()));
+}
+
 /// A file replaced by another one (renamed over the name) while in use: the handle moves
 /// to the replacement.
 #[test]
@@ -417,6 +652,375 @@ fn handle_follows_a_replaced_file() {
     a.set(b"after", b"1", None).expect("set");
     let b = Cache::open(t.name()).expect("attach");
     assert_eq!(b.get(b"after").expect("get"), Some(b"1".to_vec()));
+}
+
+/// How the master gives the pool's file its group.
+#[derive(Clone, Copy)]
+enum Group {
+    AtCreation,
+    Chgrp,
+}
+
+/// A multi-uid pool as README sets it up: a root master creates the file (mode 0660,
+/// the pool's group), workers of two other uids attach to it with the master's uid
+/// allowed. Spawned with `tag`'s directory made like /dev/shm (sticky, world-writable);
+/// returns the directory of signal files and the workers, once both are attached.
+struct Pool {
+    t: TempCache,
+    sig: PathBuf,
+    workers: Vec<ChildGuard>,
+}
+
+impl Pool {
+    fn start(tag: &str, group: Group) -> (Pool, Cache) {
+        let t = TempCache::new(tag);
+        std::fs::set_permissions(&t.dir, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let sig = t.dir.join("sig");
+        std::fs::create_dir(&sig).expect("sig dir");
+        std::fs::set_permissions(&sig, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let master = Pool::master(&t, group);
+        let workers = POOL_UIDS
+            .iter()
+            .map(|&uid| {
+                spawn_child(
+                    &sig,
+                    "pool-worker",
+                    uid as usize,
+                    &[(CHILD_PATH, t.name()), (CHILD_SIG, s(&sig))],
+                )
+            })
+            .collect();
+        for uid in POOL_UIDS {
+            wait_for_file(&sig.join(format!("ready-{uid}")), DEADLINE);
+        }
+        (Pool { t, sig, workers }, master)
+    }
+
+    /// The master's open: it creates the file (or attaches to it), mode 0660, with the
+    /// pool's group: given at creation, or (`Group::Chgrp`) set by `chgrp` afterwards.
+    fn master(t: &TempCache, group: Group) -> Cache {
+        match group {
+            Group::AtCreation => pool_options()
+                .mode(0o660)
+                .group(POOL_GROUP)
+                .open(t.name())
+                .expect("master open"),
+            Group::Chgrp => {
+                let c = pool_options()
+                    .mode(0o660)
+                    .open(t.name())
+                    .expect("master open");
+                std::os::unix::fs::chown(&t.path, None, Some(POOL_GROUP)).expect("chgrp");
+                c
+            }
+        }
+    }
+
+    /// Polls until every worker answers `token` in the file at the path, where only the
+    /// master writes the ping: the master and every worker are on that file. (The
+    /// master's handle may itself be creating it again.)
+    fn answers(&self, master: &Cache, token: &[u8], what: &str) {
+        let mut last = String::new();
+        let end = Instant::now() + REATTACH_DEADLINE * 2;
+        loop {
+            let at_path = Cache::open(self.t.name());
+            let all = match (master.set(b"ping", token, None), &at_path) {
+                (Ok(()), Ok(probe)) => POOL_UIDS.iter().all(|uid| {
+                    probe
+                        .get(format!("pong-{uid}").as_bytes())
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(token)
+                }),
+                (Err(e), _) => {
+                    last = e.to_string();
+                    false
+                }
+                (_, Err(e)) => {
+                    last = e.to_string();
+                    false
+                }
+            };
+            if all {
+                return;
+            }
+            let detached: Vec<String> = POOL_UIDS
+                .iter()
+                .filter_map(|uid| {
+                    std::fs::read_to_string(self.sig.join(format!("detached-{uid}"))).ok()
+                })
+                .collect();
+            assert!(
+                Instant::now() < end,
+                "{what}: the pool did not converge on one file (last error: {last:?}; workers: \
+                 {detached:?}; file: {:?})",
+                std::fs::metadata(&self.t.path).map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.uid(), m.gid(), m.mode() & 0o7777)
+                })
+            );
+            std::thread::sleep(Duration::from_millis(5)); // poll interval; the deadline is checked in this loop
+        }
+    }
+
+    fn stop(mut self) {
+        touch_file(&self.sig.join("stop"));
+        for (child, uid) in self.workers.iter_mut().zip(POOL_UIDS) {
+            let st = wait_exit(child);
+            assert!(st.success(), "worker {uid}: {st:?}\n{}", child.log());
+        }
+    }
+}
+
+/// After `larder rm` (an unlink) of a multi-uid pool's file, the one handle whose uid
+/// owned the file (the master's) creates it again as it was: owner, group and mode. The
+/// workers of the other uids, which may not create it for the pool, attach to it: the
+/// whole pool ends on one file, never one uid working while the others are locked out.
+#[test]
+fn a_multi_uid_pool_ends_on_one_file_after_removal() {
+    if !is_root() {
+        eprintln!("skipped: starting workers of other uids needs root");
+        return;
+    }
+    // An operator's chgrp after creation counts: the file is created again with the
+    // group it had when it was removed.
+    let (pool, master) = Pool::start("life-uids", Group::Chgrp);
+    pool.answers(&master, b"before", "before the removal");
+    Cache::unlink(pool.t.name()).expect("unlink");
+    pool.answers(&master, b"after", "after the removal");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&pool.t.path).expect("stat");
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (0, POOL_GROUP, 0o660),
+        "the file was not created again as it was"
+    );
+    pool.stop();
+}
+
+/// When the owner of a multi-uid pool's file is not there to create it again (a master
+/// that does not use the cache), every worker fails alike with `Detached`, saying who
+/// must create it; no worker creates a file the others would refuse. Once the master
+/// restarts and creates it, the pool ends on that file.
+#[test]
+fn a_multi_uid_pool_without_its_owner_fails_alike_until_the_owner_creates_the_file() {
+    if !is_root() {
+        eprintln!("skipped: starting workers of other uids needs root");
+        return;
+    }
+    let (pool, master) = Pool::start("life-uids-owner", Group::AtCreation);
+    pool.answers(&master, b"before", "before the removal");
+    drop(master);
+    Cache::unlink(pool.t.name()).expect("unlink");
+    let mut said = Vec::new();
+    let end = Instant::now() + REATTACH_DEADLINE;
+    while said.len() < POOL_UIDS.len() {
+        assert!(
+            !pool.t.path.exists(),
+            "a worker created the file, owned by {:?}, which the other uids refuse",
+            std::fs::metadata(&pool.t.path).map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        );
+        said = POOL_UIDS
+            .iter()
+            .filter_map(|uid| {
+                std::fs::read_to_string(pool.sig.join(format!("detached-{uid}"))).ok()
+            })
+            .filter(|text| text.contains("uid 0"))
+            .collect();
+        assert!(
+            Instant::now() < end,
+            "the workers did not all report Detached naming uid 0: {said:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5)); // poll interval; the deadline is checked in this loop
+    }
+    for text in &said {
+        assert!(text.contains("restart"), "{text}");
+    }
+    // The master restarts: it creates the file, and the workers attach to it.
+    let master = Pool::master(&pool.t, Group::AtCreation);
+    pool.answers(&master, b"restarted", "after the master restarted");
+    pool.stop();
+}
+
+/// A deploy that changes creation parameters, as it happens under a prefork server:
+/// the old version's file exists, and workers of the old and the new version start at
+/// the same moment, with `Mismatch::Replace`. No worker fails; they all end on one file,
+/// with the new version's parameters; and it is replaced exactly once (no flapping
+/// between the versions). For a growth, and for a shrink marked by a generation.
+#[test]
+fn two_versions_of_a_pool_starting_together_end_on_one_file_without_flapping() {
+    for deploy in [Deploy::GROW, Deploy::SHRINK] {
+        two_versions_start_together(deploy);
+    }
+}
+
+fn two_versions_start_together(deploy: Deploy) {
+    const PER_VERSION: usize = 3;
+    let t = TempCache::new("life-deploy");
+    let sig = t.dir.join("sig");
+    std::fs::create_dir(&sig).expect("sig dir");
+    let old = deploy
+        .options("old")
+        .open(t.name())
+        .expect("the old version's file");
+    assert_eq!(old.opened(), Opened::Created);
+    old.set(b"old", b"1", None).expect("set");
+    let n = 2 * PER_VERSION;
+    let count = n.to_string();
+    let mut children: Vec<ChildGuard> = (0..n)
+        .map(|i| {
+            let version = if i % 2 == 0 { "old" } else { "new" };
+            spawn_child(
+                &sig,
+                "deployer",
+                i,
+                &[
+                    (CHILD_PATH, t.name()),
+                    (CHILD_SIG, s(&sig)),
+                    (CHILD_VERSION, version),
+                    (CHILD_COUNT, &count),
+                    (CHILD_DEPLOY, deploy.name()),
+                ],
+            )
+        })
+        .collect();
+    for i in 0..n {
+        wait_for_file(&sig.join(format!("ready-{i}")), DEADLINE);
+    }
+    touch_file(&sig.join("go"));
+    for (i, child) in children.iter_mut().enumerate() {
+        poll(&format!("worker {i} to write its key"), DEADLINE, || {
+            if let Some(st) = child.try_status() {
+                panic!("worker {i} exited early: {st:?}\n{}", child.log());
+            }
+            sig.join(format!("wrote-{i}")).exists().then_some(())
+        });
+    }
+    touch_file(&sig.join("check"));
+    for (i, child) in children.iter_mut().enumerate() {
+        let st = wait_exit(child);
+        assert!(st.success(), "worker {i}: {st:?}\n{}", child.log());
+    }
+    let how: Vec<String> = (0..n)
+        .map(|i| std::fs::read_to_string(sig.join(format!("opened-{i}"))).expect("opened"))
+        .collect();
+    assert_eq!(
+        how.iter().filter(|h| *h == "replaced").count(),
+        1,
+        "{deploy:?}: the file was not replaced exactly once: {how:?}"
+    );
+    // The old version's first handle followed the replacement too (on its next
+    // operation: `limits` alone does not check the path).
+    poll(
+        "the old handle following the replacement",
+        REATTACH_DEADLINE,
+        || {
+            old.get(b"old").expect("get");
+            (old.limits().capacity == deploy.new.0).then_some(())
+        },
+    );
+    let now = Cache::open(t.name()).expect("attach");
+    let l = now.limits();
+    assert_eq!((l.capacity, l.generation), deploy.new, "{deploy:?}");
+    for i in 0..n {
+        assert!(now
+            .get(format!("deployer-{i}").as_bytes())
+            .expect("get")
+            .is_some());
+    }
+    // Nothing left beside it (a replacement is built under no name).
+    let mut names: Vec<_> = std::fs::read_dir(&t.dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cache", "sig"], "{deploy:?}: stray files");
+}
+
+/// What an open does with a file of other parameters, by policy: `Fail` refuses,
+/// `Attach` uses the file's own, `Replace` replaces only an older file (a lower
+/// generation, or at the same generation smaller limits) and attaches to any other;
+/// a replacement keeps the file's mode, and a handle on the old file follows it.
+#[test]
+fn mismatch_policies_attach_or_replace_only_an_older_file() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TempCache::new("life-mismatch");
+    let base = || small_options().capacity(2 << 20).generation(3);
+    let first = base().mode(0o640).open(t.name()).expect("create");
+    first.set(b"k", b"v", None).expect("set");
+    let bigger = || base().capacity(3 << 20);
+    assert!(matches!(
+        bigger().open(t.name()),
+        Err(Error::Incompatible { .. })
+    ));
+    let attached = bigger()
+        .on_mismatch(Mismatch::Attach)
+        .open(t.name())
+        .expect("attach");
+    assert_eq!(attached.opened(), Opened::Attached);
+    assert_eq!(attached.limits().capacity, 2 << 20, "the file's own");
+    // Same generation, limits not all at least as large: not older, attached to.
+    let mixed = base()
+        .capacity(3 << 20)
+        .max_value_len(512)
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("open");
+    assert_eq!(mixed.opened(), Opened::Attached);
+    // A lower generation never replaces, even with larger limits.
+    let stale = bigger()
+        .generation(2)
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("open");
+    assert_eq!(stale.opened(), Opened::Attached);
+    assert_eq!(stale.limits().capacity, 2 << 20);
+    // Larger limits at the same generation replace it, keeping its mode.
+    let grown = bigger()
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("replace");
+    assert_eq!(grown.opened(), Opened::Replaced);
+    let meta = std::fs::metadata(&t.path).expect("stat");
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!(grown.get(b"k").expect("get"), None, "a new, empty file");
+    grown.set(b"new", b"1", None).expect("set");
+    poll(
+        "the first handle following the replacement",
+        REATTACH_DEADLINE,
+        || (first.get(b"new").expect("get") == Some(b"1".to_vec())).then_some(()),
+    );
+    assert_eq!(first.limits().capacity, 3 << 20);
+    // And back down only with a higher generation.
+    let back = base()
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("open");
+    assert_eq!(back.opened(), Opened::Attached);
+    let shrunk = base()
+        .generation(4)
+        .on_mismatch(Mismatch::Replace)
+        .open(t.name())
+        .expect("replace");
+    assert_eq!(shrunk.opened(), Opened::Replaced);
+    let l = shrunk.limits();
+    assert_eq!((l.capacity, l.generation), (2 << 20, 4));
+    // A file removed and created again by a handle keeps its generation.
+    drop((first, attached, mixed, stale, grown, back));
+    Cache::unlink(t.name()).expect("unlink");
+    poll(
+        "the handle creating the file again",
+        REATTACH_DEADLINE,
+        || {
+            shrunk.set(b"k", b"v", None).expect("set");
+            t.path.exists().then_some(())
+        },
+    );
+    assert_eq!(
+        Cache::open(t.name()).expect("attach").limits().generation,
+        4
+    );
 }
 
 // ----- reopening ---------------------------------------------------------------------

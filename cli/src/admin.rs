@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use larder::{Cache, Error, Remedy};
+use larder::{Cache, Error, Mismatch, Opened, Remedy};
 
 use crate::args::Global;
 use crate::units::bytes;
@@ -12,10 +12,13 @@ use crate::{attach, ls, options, stdout, Failure, Outcome};
 pub struct CreateArgs {
     pub capacity: u64,
     pub mode: u32,
+    pub group: Option<u32>,
     pub max_key: u64,
     pub max_value: u64,
     pub shards: Option<usize>,
     pub expected_entry: Option<u64>,
+    pub replace: bool,
+    pub generation: u64,
 }
 
 /// A library error in this command's terms: what happened, then what to do as a
@@ -26,8 +29,9 @@ pub fn message(e: &Error) -> String {
     let remedy = match e.remedy() {
         None => return summary,
         Some(Remedy::UseOrRemove) => format!(
-            "every command but create uses it with its own parameters; to create it again \
-             with new ones, remove it first: larder rm {name}"
+            "every command but create uses it with its own parameters; to change them, \
+             replace it: larder create {name} ... --replace (with a higher --generation \
+             unless every limit grows), or remove it first: larder rm {name}"
         ),
         Some(Remedy::Repair) => format!(
             "repair it: larder repair {name} (with no process attached; --online while \
@@ -43,6 +47,10 @@ pub fn message(e: &Error) -> String {
         Some(Remedy::Create) => format!(
             "create it: larder create {name} --capacity SIZE (or start the processes that \
              create it)"
+        ),
+        Some(Remedy::CreateAsOwner { uid, gid, mode }) => format!(
+            "restart the process of uid {uid} that created it (a pool's master), or create it \
+             as uid {uid}: larder create {name} --mode {mode:o} --group {gid} --capacity SIZE"
         ),
         Some(Remedy::RaiseLimit { what }) => format!(
             "create the cache with a larger --max-{what} (larder rm {name}, then larder \
@@ -60,20 +68,27 @@ fn to_usize(what: &str, v: u64) -> Result<usize, Failure> {
 
 pub fn create(g: &Global, name: &str, a: CreateArgs) -> Outcome {
     let path = Cache::path_of(name)?;
-    let existed = std::fs::symlink_metadata(&path).is_ok();
     let mut o = options(g)
         .capacity(a.capacity)
         .mode(a.mode)
         .max_key_len(to_usize("--max-key", a.max_key)?)
         .max_value_len(to_usize("--max-value", a.max_value)?);
+    if let Some(g) = a.group {
+        o = o.group(g);
+    }
     if let Some(n) = a.shards {
         o = o.shards(n);
     }
     if let Some(e) = a.expected_entry {
         o = o.expected_entry_size(to_usize("--expected-entry", e)?);
     }
+    o = o.generation(a.generation);
+    if a.replace {
+        o = o.on_mismatch(Mismatch::Replace);
+    }
     // Creates the file, or attaches to an existing one if (and only if) it has these
-    // parameters: running `create` twice is harmless.
+    // parameters (with --replace: replaces it if it is older, or attaches to it with
+    // its own): running `create` twice is harmless.
     let cache = o.open(name)?;
     let limits = cache.limits();
     let (capacity, max_key, max_value, shards) = (
@@ -85,13 +100,28 @@ pub fn create(g: &Global, name: &str, a: CreateArgs) -> Outcome {
     let mut out = stdout();
     writeln!(
         out,
-        "{} {}: {} in {shards} shards, keys up to {}, values up to {}",
-        if existed { "exists" } else { "created" },
+        "{} {}: {} in {shards} shards, keys up to {}, values up to {}, generation {}",
+        match cache.opened() {
+            Opened::Created => "created",
+            Opened::Replaced => "replaced",
+            _ => "exists",
+        },
         path.display(),
         bytes(capacity),
         bytes(max_key as u64),
         bytes(max_value as u64),
+        limits.generation,
     )?;
+    let asked = (a.capacity, a.max_key, a.max_value);
+    let has = (capacity, max_key as u64, max_value as u64);
+    if a.replace && cache.opened() == Opened::Attached && asked != has {
+        writeln!(
+            out,
+            "kept it: it is not older than these parameters (raise --generation above {} \
+             to replace it)",
+            limits.generation
+        )?;
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

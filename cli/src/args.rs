@@ -97,7 +97,8 @@ impl KeyOnlyCodec {
 
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Create a cache file (or check that an existing one has these parameters).
+    /// Create a cache file (or check that an existing one has these parameters, or
+    /// with --replace replace an older one).
     Create {
         /// The cache.
         name: String,
@@ -107,6 +108,10 @@ pub enum Cmd {
         /// File mode, octal; world-writable modes are refused.
         #[arg(long, value_name = "MODE", default_value = "0600", value_parser = units::mode)]
         mode: u32,
+        /// Group of the file (a numeric gid) [default: the caller's]: for workers that
+        /// share it through the group (--mode 0660).
+        #[arg(long, value_name = "GID")]
+        group: Option<u32>,
         /// Longest key in bytes.
         #[arg(long, value_name = "SIZE", default_value = "256", value_parser = units::size)]
         max_key: u64,
@@ -119,6 +124,15 @@ pub enum Cmd {
         /// Typical bytes per entry (key + value + 16), to size the index.
         #[arg(long, value_name = "SIZE", value_parser = units::size)]
         expected_entry: Option<u64>,
+        /// Replace an existing file of other parameters if it is older than these: of a
+        /// lower --generation, or of the same one with no limit larger and one smaller
+        /// (attached processes move to the new file; one that is not older is kept).
+        #[arg(long)]
+        replace: bool,
+        /// The deploy generation recorded in a file this creates; a higher one lets
+        /// --replace (and workers' on_mismatch replace) shrink a cache.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        generation: u64,
     },
     /// Show every counter, in human units, JSON or the Prometheus text format.
     Stats {

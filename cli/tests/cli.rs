@@ -1184,3 +1184,89 @@ fn errors_name_larder_commands_not_rust_calls() {
         }
     }
 }
+
+/// `create --group` gives the file its group from the start (workers sharing it through
+/// the group and --mode 0660 never see it with another).
+#[test]
+fn create_gives_the_file_its_group() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TempCache::new("group");
+    let path = t.file("c");
+    // SAFETY: getegid(2) has no arguments and cannot fail.
+    let mine = unsafe { libc::getegid() };
+    // Root may give any group; another user, only its own.
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    let group = if unsafe { libc::geteuid() } == 0 {
+        4240
+    } else {
+        mine
+    };
+    let g = group.to_string();
+    larder(&[
+        "create",
+        &path,
+        "--capacity",
+        "4MiB",
+        "--mode",
+        "0660",
+        "--group",
+        &g,
+    ])
+    .ok();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o7777), (group, 0o660));
+}
+
+/// `create --replace` replaces a file older than its parameters (smaller limits, or a
+/// lower --generation) and keeps any other, saying so; without it a file of other
+/// parameters is an error that says how to change them.
+#[test]
+fn create_replace_replaces_only_an_older_file() {
+    let t = TempCache::new("replace");
+    let path = t.file("c");
+    create(&path);
+    larder(&["set", &path, "k", "v"]).ok();
+    let grow = [
+        "create",
+        &path,
+        "--capacity",
+        "8MiB",
+        "--max-key",
+        "64",
+        "--max-value",
+        "1KiB",
+    ];
+    larder(&grow).fails(1, "--replace");
+    let mut args = grow.to_vec();
+    args.push("--replace");
+    let out = larder(&args).ok();
+    assert!(out.starts_with("replaced "), "{out}");
+    assert!(out.contains("8.0 MiB") || out.contains("8 MiB"), "{out}");
+    larder(&["get", &path, "k"]).fails(1, "");
+    // Running it again attaches: the file is as new as the options.
+    assert!(larder(&args).ok().starts_with("exists "));
+    // Back down: kept, unless the generation is higher.
+    let shrink = [
+        "create",
+        &path,
+        "--capacity",
+        "4MiB",
+        "--max-key",
+        "64",
+        "--max-value",
+        "1KiB",
+        "--replace",
+    ];
+    let out = larder(&shrink).ok();
+    assert!(
+        out.starts_with("exists ") && out.contains("kept it"),
+        "{out}"
+    );
+    let mut args = shrink.to_vec();
+    args.extend(["--generation", "1"]);
+    let out = larder(&args).ok();
+    assert!(
+        out.starts_with("replaced ") && out.contains("generation 1"),
+        "{out}"
+    );
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use larder::{Clock, Error, Options, Remedy};
+use larder::{Clock, Error, Mismatch, Options, Remedy};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, PyTuple};
@@ -77,7 +77,9 @@ fn message(e: &Error) -> String {
         None => return summary,
         Some(Remedy::UseOrRemove) => format!(
             "open it with larder.Cache({name}) (no creation arguments) to use its own \
-             parameters, or remove it to recreate it: larder.Cache.unlink({name})"
+             parameters, pass on_mismatch=\"attach\" (use its own) or \"replace\" (replace \
+             an older file; raise generation= unless every limit grows), or remove it to \
+             recreate it: larder.Cache.unlink({name})"
         ),
         Some(Remedy::Repair) => format!(
             "repair it: cache.repair() while processes use it, or `larder repair` (the \
@@ -94,6 +96,10 @@ fn message(e: &Error) -> String {
         Some(Remedy::Create) => format!(
             "create it: larder.Cache({name}, capacity=...) (any creation argument creates a \
              missing cache)"
+        ),
+        Some(Remedy::CreateAsOwner { uid, gid, mode }) => format!(
+            "restart the process of uid {uid} that created it (a pool's master), or create \
+             it as uid {uid}: larder.Cache({name}, capacity=..., mode=0o{mode:o}, group={gid})"
         ),
         Some(Remedy::RaiseLimit { what }) => {
             format!("create the cache with a larger max_{what}_len=")
@@ -305,7 +311,7 @@ impl PyCache {
     #[pyo3(signature = (
         name, capacity=None, max_key_len=None, max_value_len=None, lock_timeout=None,
         fill_timeout=None, mode=None, shards=None, expected_entry_size=None, serializer=None,
-        manual_clock=false, allow_uids=None
+        manual_clock=false, allow_uids=None, group=None, on_mismatch=None, generation=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -322,6 +328,9 @@ impl PyCache {
         serializer: Option<Py<PyAny>>,
         manual_clock: bool,
         allow_uids: Option<Vec<u32>>,
+        group: Option<u32>,
+        on_mismatch: Option<&str>,
+        generation: Option<u64>,
     ) -> PyResult<Self> {
         let lock_timeout =
             opt_duration(lock_timeout, "lock_timeout")?.unwrap_or(larder::DEFAULT_LOCK_TIMEOUT);
@@ -338,6 +347,8 @@ impl PyCache {
             || max_key_len.is_some()
             || max_value_len.is_some()
             || mode.is_some()
+            || group.is_some()
+            || generation.is_some()
             || shards.is_some()
             || expected_entry_size.is_some();
         let mut opts = Options::new()
@@ -356,6 +367,22 @@ impl PyCache {
         if let Some(m) = mode {
             opts = opts.mode(m);
         }
+        if let Some(g) = group {
+            opts = opts.group(g);
+        }
+        if let Some(g) = generation {
+            opts = opts.generation(g);
+        }
+        opts = opts.on_mismatch(match on_mismatch.unwrap_or("fail") {
+            "fail" => Mismatch::Fail,
+            "attach" => Mismatch::Attach,
+            "replace" => Mismatch::Replace,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "on_mismatch is \"fail\", \"attach\" or \"replace\", not {other:?}"
+                )))
+            }
+        });
         if let Some(n) = shards {
             opts = opts.shards(n);
         }

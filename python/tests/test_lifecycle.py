@@ -125,3 +125,35 @@ def test_without_proc_opens_are_refused_naming_proc(path, cache):
     )
     assert out.returncode == 0 and out.stdout.strip() == b"refused", out
     assert cache["k"] == b"v"
+
+
+def test_group_gives_a_created_file_its_group(path):
+    group = 4240 if os.geteuid() == 0 else os.getegid()
+    c = larder.Cache(path, capacity=4 << 20, mode=0o660, group=group)
+    st = os.stat(c.path)
+    assert (st.st_gid, st.st_mode & 0o7777) == (group, 0o660)
+    c.close()
+
+
+def test_on_mismatch_attaches_or_replaces_only_an_older_file(path):
+    old = larder.Cache(path, capacity=4 << 20)
+    old["k"] = b"v"
+    with pytest.raises(larder.Incompatible):
+        larder.Cache(path, capacity=8 << 20)
+    attached = larder.Cache(path, capacity=8 << 20, on_mismatch="attach")
+    assert attached.limits()["capacity"] == 4 << 20
+    grown = larder.Cache(path, capacity=8 << 20, on_mismatch="replace")
+    assert grown.limits()["capacity"] == 8 << 20 and "k" not in grown
+    grown["new"] = b"1"
+    deadline = time.monotonic() + 10
+    while old.get("new") != b"1":  # the old handle follows within its check period
+        assert time.monotonic() < deadline, "the old handle did not follow"
+        time.sleep(0.01)
+    kept = larder.Cache(path, capacity=4 << 20, on_mismatch="replace")
+    assert kept.limits()["capacity"] == 8 << 20, "a smaller file of the same generation"
+    shrunk = larder.Cache(path, capacity=4 << 20, on_mismatch="replace", generation=1)
+    assert shrunk.limits()["capacity"] == 4 << 20
+    with pytest.raises(ValueError):
+        larder.Cache(path, capacity=4 << 20, on_mismatch="sometimes")
+    for c in (old, attached, grown, kept, shrunk):
+        c.close()

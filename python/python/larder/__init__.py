@@ -83,7 +83,14 @@ class Cache(_larder.Cache):
     ``max_key_len``, ``max_value_len``, ``mode``, ``shards``, ``expected_entry_size`` it
     creates the file, or attaches if it exists with the same parameters.
     ``allow_uids=[0]`` also accepts a file owned by those uids (by default only the
-    caller's own): workers attaching to a file their master created as root. Handles work in
+    caller's own): workers attaching to a file their master created as root. ``group=``
+    (a gid) gives a file this call creates that group (with ``mode=0o660``, the pool's
+    workers share it through the group). ``on_mismatch=`` says what to do with an existing
+    file of other parameters: ``"fail"`` (the default: ``Incompatible``), ``"attach"``
+    (use its own), or ``"replace"``, which replaces it only if it is older than these
+    parameters (a lower ``generation=``, or the same one with no limit larger and one
+    smaller), so old and new workers of a deploy starting side by side end on the new
+    file without flapping. Handles work in
     a ``fork``ed child and pickle (re-attaching by path) for ``spawn`` and
     ``forkserver`` workers.
     """

@@ -1,6 +1,6 @@
 from datetime import timedelta
 from os import PathLike
-from typing import Any, Callable, Iterable, List, Optional, Protocol, TypeVar, Union, overload
+from typing import Any, Callable, Iterable, List, Literal, Optional, Protocol, TypeVar, Union, overload
 
 from typing_extensions import ParamSpec
 
@@ -71,6 +71,9 @@ class Cache:
         serializer: Any = None,
         manual_clock: bool = False,
         allow_uids: Optional[Iterable[int]] = None,
+        group: Optional[int] = None,
+        on_mismatch: Optional[Literal["fail", "attach", "replace"]] = None,
+        generation: Optional[int] = None,
     ) -> None: ...
     @property
     def path(self) -> str: ...
