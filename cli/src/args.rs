@@ -231,7 +231,8 @@ pub enum Cmd {
         /// flushes when its own proof is older, and waits at most H/2 for a PING's reply.
         #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = units::positive_duration)]
         bound: Duration,
-        /// Print what happens (lease, connection, flushes) on stderr.
+        /// Also print each flush Redis asked for (FLUSHALL, FLUSHDB); the lease, the
+        /// connection and flushes Redis did not ask for are always printed.
         #[arg(long, short)]
         verbose: bool,
     },
