@@ -31,7 +31,9 @@
 //! the source, then the cache), so the value is computed from the revoked state. The
 //! fill's word is written and the revocation's read of it are sequentially consistent:
 //! either the revocation reads the mark (and clears it), or its read came before the
-//! mark was written, so its change at the source came before the fill read the source.
+//! mark was written, so its change at the source came before the fill read the source
+//! (a `SeqCst` fence after the mark and before the revocation's read of it orders that
+//! store-load pattern on every architecture, whatever ordering the source's reads use).
 //!
 //! A crash changes none of this: fences are written before anything they guard (the
 //! class counter first, then the ring entry, then the count that makes it current, so a
@@ -130,6 +132,7 @@ impl<'r> Fences<'r> {
             bump(self.class(c), 1);
         }
         bump(self.seq(), FENCE_RING as u64);
+        core::sync::atomic::fence(Ordering::SeqCst); // as in `unmark_fill`
         for slot in 0..FILL_SLOTS {
             if let Some(w) = fill_word(r, g, slot) {
                 let v = w.load(Ordering::SeqCst);
@@ -183,6 +186,9 @@ pub(crate) fn mark_fill(r: &Region, g: &Geometry, h: u64) {
     if let Some(w) = fill_word(r, g, fill_slot_of(h)) {
         w.store(fill_mark(h), Ordering::SeqCst);
     }
+    // The mark before any read of the source, whatever its ordering (a store-load
+    // pattern: only a fence orders it on machines weaker than x86).
+    core::sync::atomic::fence(Ordering::SeqCst);
 }
 
 /// Whether the fill of hash `h` marked in its slot may store (the slot's mutex and the
@@ -201,10 +207,130 @@ pub(crate) fn end_fill(r: &Region, g: &Geometry, h: u64) {
 /// A revocation of hash `h` unmarks its fill in flight, if any (a compare-and-swap, so
 /// another hash's fill that holds the slot now is left alone).
 fn unmark_fill(r: &Region, g: &Geometry, h: u64) {
+    // The revoker's change at the source before its read of the mark (see `mark_fill`).
+    core::sync::atomic::fence(Ordering::SeqCst);
     if let Some(w) = fill_word(r, g, fill_slot_of(h)) {
         let mark = fill_mark(h);
         if w.load(Ordering::SeqCst) == mark {
             let _ = w.compare_exchange(mark, mark & !IN_FLIGHT, Ordering::SeqCst, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Params;
+
+    fn one_shard() -> (Region, Geometry) {
+        let geo = Geometry::compute(&Params {
+            capacity: 1 << 20,
+            max_key_len: 32,
+            max_value_len: 256,
+            shards: 1,
+            expected_entry: 64,
+        })
+        .expect("geometry");
+        (Region::heap(geo.total_size), geo)
+    }
+
+    /// A hash of another class than `KEY`'s (its low six bits differ), `i` of many.
+    fn other_class(i: u64) -> u64 {
+        (KEY ^ 1) + (i << 6)
+    }
+    /// A hash of `KEY`'s class that is not `KEY`.
+    fn same_class(i: u64) -> u64 {
+        KEY + ((i + 1) << 6)
+    }
+    const KEY: u64 = 0x1234_5678_9abc_def0;
+
+    #[test]
+    fn tickets_are_exact_within_the_ring_and_go_by_class_beyond_it() {
+        let (r, g) = one_shard();
+        let f = Fences::of(&r, &g, 0);
+        // The key itself, just after the ticket: refused.
+        let (seq, count) = f.read(KEY);
+        f.revoke(&r, &g, KEY);
+        assert!(!f.admits(KEY, seq, count));
+        // 63 revocations of other keys of its class: exact, admitted.
+        let (seq, count) = f.read(KEY);
+        for i in 0..63 {
+            f.revoke(&r, &g, same_class(i));
+        }
+        assert!(f.admits(KEY, seq, count));
+        // The 64th: past the ring, the class decides: refused.
+        f.revoke(&r, &g, same_class(63));
+        assert!(!f.admits(KEY, seq, count));
+        // Past the ring with no revocation of its class: admitted.
+        let (seq, count) = f.read(KEY);
+        for i in 0..200 {
+            f.revoke(&r, &g, other_class(i));
+        }
+        assert!(f.admits(KEY, seq, count));
+        // The key 63 revocations back: still in the ring, refused.
+        let (seq, count) = f.read(KEY);
+        f.revoke(&r, &g, KEY);
+        for i in 0..62 {
+            f.revoke(&r, &g, other_class(i));
+        }
+        assert!(!f.admits(KEY, seq, count));
+        // A clear: every older ticket refused.
+        let (seq, count) = f.read(KEY);
+        f.revoke_all(&r, &g, 0);
+        assert!(!f.admits(KEY, seq, count));
+    }
+
+    /// A revoker killed after its ring entry and before its count overwrote the entry
+    /// of the revocation `FENCE_RING - 1` back: a ticket old enough to need that entry
+    /// goes by its class instead, so the key's revocation still refuses it.
+    #[test]
+    fn a_revoker_killed_between_its_ring_entry_and_its_count_never_admits_a_revoked_key() {
+        let (r, g) = one_shard();
+        let f = Fences::of(&r, &g, 0);
+        let (seq, count) = f.read(KEY);
+        f.revoke(&r, &g, KEY);
+        for i in 0..63 {
+            f.revoke(&r, &g, other_class(i));
+        }
+        // The killed revoker: its class bump and ring entry, not its count.
+        let now = f.seq().load(Ordering::Relaxed);
+        bump(f.class(other_class(99)), 1);
+        f.ring(now + 1).store(other_class(99), Ordering::Release);
+        assert_eq!(now - seq, FENCE_RING as u64);
+        assert!(
+            !f.admits(KEY, seq, count),
+            "the overwritten entry was trusted"
+        );
+        // One revocation fewer since the ticket: its entry is intact and checked.
+        let (r2, g2) = one_shard();
+        let f2 = Fences::of(&r2, &g2, 0);
+        let (seq, count) = f2.read(KEY);
+        f2.revoke(&r2, &g2, KEY);
+        for i in 0..62 {
+            f2.revoke(&r2, &g2, other_class(i));
+        }
+        let now = f2.seq().load(Ordering::Relaxed);
+        f2.ring(now + 1).store(other_class(99), Ordering::Release);
+        assert!(!f2.admits(KEY, seq, count));
+    }
+
+    /// A fill's mark is unmarked by a revocation of its key only, and a clear of its
+    /// shard.
+    #[test]
+    fn a_fill_is_fenced_by_its_own_key_only() {
+        let (r, g) = one_shard();
+        let f = Fences::of(&r, &g, 0);
+        mark_fill(&r, &g, KEY);
+        for i in 0..500 {
+            f.revoke(&r, &g, same_class(i));
+        }
+        assert!(fill_admits(&r, &g, KEY));
+        f.revoke(&r, &g, KEY);
+        assert!(!fill_admits(&r, &g, KEY));
+        mark_fill(&r, &g, KEY);
+        f.revoke_all(&r, &g, 0);
+        assert!(!fill_admits(&r, &g, KEY));
+        end_fill(&r, &g, KEY);
+        assert!(!fill_admits(&r, &g, KEY));
     }
 }

@@ -276,9 +276,9 @@ impl<'c> Near<'c> {
         Ok(Some(Ticket { fence, epoch }))
     }
 
-    /// Stores `value` under `key` only if no flush and no invalidation of `key`'s class
-    /// came since `ticket` was taken (checked under the shard lock); true if it stored
-    /// it. `ttl` should be at most what the store has left on the key.
+    /// Stores `value` under `key` only if no flush and no invalidation of `key` (or,
+    /// past 64 revocations in its shard, of its class) came since `ticket` was taken
+    /// (checked under the shard lock); true if it stored it. `ttl` should be at most what the store has left on the key.
     pub fn fill(
         &self,
         key: &[u8],

@@ -258,8 +258,8 @@ pub(crate) fn read_versioned(
 }
 
 /// Removes every live entry of the shard whose key starts with one of `prefixes` (the
-/// near cache's flush of its scope); returns how many. No allocation: each key is read
-/// into a buffer on the stack, as repair does.
+/// near cache's flush of its scope); returns how many were fresh. No allocation: each
+/// key is read into a buffer on the stack, as repair does.
 pub(crate) fn remove_prefixed(
     s: &Shard<'_>,
     hasher: &Hasher,
@@ -282,7 +282,7 @@ pub(crate) fn remove_prefixed(
         }
         let kh = s.locate(hasher.hash(k));
         match s.remove(k, &kh, now) {
-            Ok(_) => removed += 1,
+            Ok(fresh) => removed += u64::from(fresh),
             Err(d) => damage = Some(d),
         }
     });
