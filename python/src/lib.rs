@@ -686,25 +686,19 @@ impl PyCache {
         let ttl = opt_duration(ttl, "ttl")?;
         let cache = self.cache()?;
         let k = key_bytes(key)?;
-        let computed: Mutex<Option<Py<PyAny>>> = Mutex::new(None);
         let r = py.detach(|| {
             cache.get_or_insert_with(&k, ttl, || {
                 Python::attach(|py| {
                     let obj = fill.bind(py).call0().map_err(FillError::Py)?;
                     let bytes = self.encode(&obj).map_err(FillError::Py)?.into_owned();
-                    *computed.lock().unwrap_or_else(|p| p.into_inner()) = Some(obj.unbind());
                     Ok::<_, FillError>(bytes)
                 })
             })
         });
         match r {
-            Ok(v) => {
-                let computed = computed.into_inner().unwrap_or_else(|p| p.into_inner());
-                match (computed, &self.codec) {
-                    (Some(obj), Some(_)) => Ok(obj),
-                    _ => self.decode(py, &v),
-                }
-            }
+            // Decoded from the stored bytes, so the filler gets exactly what every other
+            // caller gets (with serializer="json", a list for a tuple, for everyone).
+            Ok(v) => self.decode(py, &v),
             Err(FillError::Py(e)) => Err(e),
             Err(FillError::Larder(e)) => Err(to_py(e)),
         }

@@ -276,3 +276,14 @@ def test_incr_replace_get_many(cache):
         b"-",
         (5).to_bytes(8, "little", signed=True),
     ]
+
+
+def test_the_filler_gets_what_every_other_caller_gets(path):
+    c = larder.Cache(path, capacity=4 << 20, serializer="json")
+    try:
+        first = c.get_or_set("pair", lambda: (1, 2))
+        again = c.get_or_set("pair", lambda: (3, 4))
+        assert first == again == [1, 2]
+        assert c.get("pair") == [1, 2]
+    finally:
+        c.close()
