@@ -930,13 +930,16 @@ fn a_swapdb_stops_the_old_value_being_served_within_the_bound() {
         s.flushes_server
     });
     fill_until_hit(&mut near, "k:1", "new");
-    let events = listener.events();
-    assert!(
+    // The listener counts the flush as it starts it and tells its event once it is done:
+    // wait for the event (within the deadline).
+    let mut events = Vec::new();
+    let told = poll_until(settle(), || {
+        events = listener.events();
         events
             .iter()
-            .any(|(_, e)| matches!(e, Event::UnreportedChange(why) if why.contains("SWAPDB"))),
-        "{events:?}"
-    );
+            .any(|(_, e)| matches!(e, Event::UnreportedChange(why) if why.contains("SWAPDB")))
+    });
+    assert!(told, "{events:?}");
     eprintln!(
         "swapdb: the old value served {served_old} times, the last read beginning \
          {last_old:?} after the swap (H = {BOUND:?}, P = {PING_EVERY:?}); {s:?}; events \
