@@ -1503,14 +1503,7 @@ impl Cache {
 
     /// A ticket for `key` in the file `a` maps.
     pub(crate) fn ticket_in(a: &Attached, key: &[u8]) -> Ticket {
-        let h = a.hasher.hash(key);
-        let (seq, count) = Fences::of(&a.region, &a.geo, a.geo.shard_of(h)).read(h);
-        Ticket {
-            file: a.hasher.file_id(),
-            hash: h,
-            seq,
-            count,
-        }
+        Ticket::take(&a.region, &a.geo, a.hasher.file_id(), a.hasher.hash(key))
     }
 
     /// Stores `value` under `key` (as [`Cache::set`]) only if no write revoked `key`
@@ -1548,9 +1541,7 @@ impl Cache {
                 "set_with_ticket: the ticket was taken for another key".into(),
             ));
         }
-        self.store_fenced(a, now, fill, |f| {
-            f.admits(ticket.hash, ticket.seq, ticket.count) && still()
-        })
+        self.store_fenced(a, now, fill, |f| ticket.admitted(f) && still())
     }
 
     /// Stores a fill (as [`Cache::set`]) in the file `a` maps if `admits` says, under
@@ -1570,15 +1561,10 @@ impl Cache {
         let fences = Fences::of(&a.region, &a.geo, idx);
         // A store, not a revocation: two fills of one key (each computed after the last
         // revocation) do not fence each other.
+        // Checked under the lock, which orders the check after every revocation that
+        // took the lock before (see `fence`).
         self.locked(a, idx, Wait::Yes, Access::Write, |s| {
-            // Under the lock, which orders this check after every revocation that took
-            // the lock before (see `fence`).
-            if !admits(&fences) {
-                return Ok(false);
-            }
-            let kh = s.locate(h);
-            s.set(key, &kh, value, expire, Put::Always, now)?;
-            Ok(true)
+            table::store_fenced(s, &fences, &admits, key, h, value, expire, now)
         })
     }
 

@@ -68,6 +68,25 @@ pub struct Ticket {
     pub(crate) count: u64,
 }
 
+impl Ticket {
+    /// A ticket for the key of hash `h` in the file of id `file` that `r` and `g` lay
+    /// out (no lock).
+    pub(crate) fn take(r: &Region, g: &Geometry, file: u64, h: u64) -> Ticket {
+        let (seq, count) = Fences::of(r, g, g.shard_of(h)).read(h);
+        Ticket {
+            file,
+            hash: h,
+            seq,
+            count,
+        }
+    }
+
+    /// Whether the store this ticket was taken for may happen (the shard lock is held).
+    pub(crate) fn admitted(&self, fences: &Fences<'_>) -> bool {
+        fences.admits(self.hash, self.seq, self.count)
+    }
+}
+
 /// The fences of one shard.
 pub(crate) struct Fences<'r> {
     /// The shard's revocation count (`fence_seq` in its header).

@@ -257,6 +257,28 @@ pub(crate) fn read_versioned(
     }
 }
 
+/// A store that respects revocations (a fill's, a ticket's), inside its shard's locked
+/// section: stores `value` as a set would, only if `admits` says no revocation of the
+/// key fenced it off (see `fence`); true if it stored it.
+#[allow(clippy::too_many_arguments)] // the store's own arguments, plus the section's
+pub(crate) fn store_fenced(
+    s: &Shard<'_>,
+    fences: &Fences<'_>,
+    admits: impl Fn(&Fences<'_>) -> bool,
+    key: &[u8],
+    h: u64,
+    value: &[u8],
+    expire: u64,
+    now: u64,
+) -> Result<bool, Damaged> {
+    if !admits(fences) {
+        return Ok(false);
+    }
+    let kh = s.locate(h);
+    s.set(key, &kh, value, expire, Put::Always, now)?;
+    Ok(true)
+}
+
 /// Removes every live entry of the shard whose key starts with one of `prefixes` (the
 /// near cache's flush of its scope); returns how many were fresh. No allocation: each
 /// key is read into a buffer on the stack, as repair does.
@@ -306,13 +328,8 @@ mod harness {
     use crate::seqlock;
     use crate::shard::{Damaged, Hasher, Probe, SetOutcome, Shard};
 
-    /// What a ticket of the fuzz harness recorded (see [`HeapTable::ticket`]).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct FuzzTicket {
-        hash: u64,
-        seq: u64,
-        count: u64,
-    }
+    /// A ticket of the fuzz harness: the cache's own.
+    pub type FuzzTicket = crate::fence::Ticket;
 
     /// A heap region laid out as a cache file of the given limits.
     pub struct HeapTable {
@@ -513,17 +530,10 @@ mod harness {
             })
         }
 
-        /// A ticket for `key` (as `Cache::ticket`): its hash, and the shard's revocation
-        /// count and the key's class counter now.
+        /// A ticket for `key` (as `Cache::ticket`).
         pub fn ticket(&self, key: &[u8]) -> FuzzTicket {
             let h = self.hasher.hash(key);
-            let shard = self.geo.shard_of(h);
-            let (seq, count) = crate::fence::Fences::of(&self.region, &self.geo, shard).read(h);
-            FuzzTicket {
-                hash: h,
-                seq,
-                count,
-            }
+            FuzzTicket::take(&self.region, &self.geo, self.hasher.file_id(), h)
         }
 
         /// `set_with_ticket`: stores only if no revocation of `key` came since `ticket`
@@ -546,12 +556,8 @@ mod harness {
                 |_| Access::Write,
                 |s, h| {
                     let fences = crate::fence::Fences::of(&self.region, &self.geo, s.index());
-                    if !fences.admits(h, ticket.seq, ticket.count) {
-                        return Ok(false);
-                    }
-                    let kh = s.locate(h);
-                    s.set(key, &kh, value, expire, crate::shard::Put::Always, now)?;
-                    Ok(true)
+                    let admits = |f: &crate::fence::Fences<'_>| ticket.admitted(f);
+                    super::store_fenced(s, &fences, admits, key, h, value, expire, now)
                 },
             )
         }
