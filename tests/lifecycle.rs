@@ -16,7 +16,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{child_env, s, small_options, ChildGuard, TempCache};
+use common::{child_env, poll_until, s, small_options, ChildGuard, TempCache};
 use larder::{Cache, Error, Mismatch, Opened, Options, StaleValue};
 
 const CHILD_PATH: &str = "LARDER_LIFECYCLE_PATH";
@@ -201,9 +201,9 @@ fn child_process_entry() {
                     }
                     Err(e) => panic!("worker {uid}: get: {e}"),
                 }
-                // Pacing of the worker's own load, not synchronisation: the parent
-                // polls for the pongs with a deadline.
-                std::thread::sleep(Duration::from_millis(2));
+                // Between pings, wait for the stop signal (bounded, so the next ping is
+                // answered within a couple of milliseconds).
+                poll_until(Instant::now() + Duration::from_millis(2), || stop.exists());
             }
         }
         other => panic!("unknown child role {other}"),
