@@ -1440,11 +1440,11 @@ impl Cache {
         crash_point!("fill.holding_slot");
         let value = f();
         let stored = match &value {
-            Ok(value) => {
+            Ok(value) => Self::check_value(&a, value.len()).and_then(|()| {
                 let now = self.now_ms();
                 let fill = (key, &value[..], ttl);
                 self.store_fenced(&a, now, fill, |_| fence::fill_admits(&a.region, &a.geo, h))
-            }
+            }),
             Err(_) => Ok(false),
         };
         fence::end_fill(&a.region, &a.geo, h);
@@ -1518,8 +1518,6 @@ impl Cache {
         ticket: Ticket,
     ) -> Result<bool> {
         let (a, now) = self.enter_at(Wait::Yes)?;
-        Self::check_key(&a, key)?;
-        Self::check_value(&a, value.len())?;
         self.store_with_ticket(&a, now, (key, value, ttl), ticket, || true)
     }
 
@@ -1533,6 +1531,8 @@ impl Cache {
         ticket: Ticket,
         still: impl Fn() -> bool,
     ) -> Result<bool> {
+        Self::check_key(a, fill.0)?;
+        Self::check_value(a, fill.1.len())?;
         if ticket.file != a.hasher.file_id() {
             return Ok(false);
         }
@@ -1546,6 +1546,7 @@ impl Cache {
 
     /// Stores a fill (as [`Cache::set`]) in the file `a` maps if `admits` says, under
     /// the shard lock, that no revocation fenced it off (see `fence`); true if it did.
+    /// The caller has checked the key and the value's length.
     fn store_fenced(
         &self,
         a: &Attached,
@@ -1553,8 +1554,6 @@ impl Cache {
         (key, value, ttl): (&[u8], &[u8], Option<Duration>),
         admits: impl Fn(&Fences<'_>) -> bool,
     ) -> Result<bool> {
-        Self::check_key(a, key)?;
-        Self::check_value(a, value.len())?;
         let h = a.hasher.hash(key);
         let expire = Self::expiry(now, ttl);
         let idx = a.geo.shard_of(h);

@@ -287,8 +287,6 @@ impl<'c> Near<'c> {
         ticket: Ticket,
     ) -> Result<bool> {
         let (a, now) = self.cache.enter_at(Wait::Yes)?;
-        Cache::check_key(&a, key)?;
-        Cache::check_value(&a, value.len())?;
         let epoch = word(&a, NA_EPOCH);
         self.cache
             .store_with_ticket(&a, now, (key, value, ttl), ticket.fence, || {
