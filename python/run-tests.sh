@@ -11,10 +11,7 @@ if [ -z "${PYTHON:-}" ]; then
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     PYTHON="$(cd "$venv/bin" && pwd)/python"
 fi
-# Pinned to the versions the suite was last run with: a new release of a plugin must not
-# turn a warning into a failure under -W error without anyone changing this tree.
-"$PYTHON" -m pip install -q "maturin==1.16.0" "pytest==9.2.0" "pytest-xdist==3.8.0" \
-    "pytest-timeout==2.4.0" "hypothesis==6.170.17"
+"$PYTHON" -m pip install -q -r python/requirements-test.txt
 out="${CARGO_TARGET_DIR:-target}/python-wheels"
 rm -rf "$out"
 "$PYTHON" -m maturin build --release --features crash-points -m python/Cargo.toml --out "$out"
