@@ -17,7 +17,7 @@ use crate::layout::{
 // `Wait` also says whether an operation may wait for a replacement's file lock, and
 // create a missing file.
 use crate::lock::{LockError, RobustMutex, Wait};
-use crate::mapping::{Claim, Entered, Mappings};
+use crate::mapping::{Claim, Entered, Held, Mappings};
 use crate::options::{Mismatch, Opened, Options};
 use crate::seqlock;
 use crate::shard::{Damaged, KeyHash, Probe, Put, SetOutcome, Shard, MAX_EXPIRE};
@@ -163,6 +163,23 @@ impl Version {
     /// The number the entry's shard gave out (increasing within a shard).
     pub fn number(&self) -> u64 {
         self.number
+    }
+
+    /// The version as three words, for a binding to hand it to its caller (a CAS
+    /// token) and back through [`Version::from_words`].
+    pub fn to_words(&self) -> [u64; 3] {
+        [self.file, u64::from(self.shard), self.number]
+    }
+
+    /// A version from [`Version::to_words`]. Any words make a version: one not given
+    /// out by the file matches no entry, so a CAS with it stores nothing.
+    pub fn from_words(words: [u64; 3]) -> Version {
+        Version {
+            file: words[0],
+            // A shard number no file has matches nothing.
+            shard: u32::try_from(words[1]).unwrap_or(u32::MAX),
+            number: words[2],
+        }
     }
 }
 
@@ -428,6 +445,78 @@ pub struct RepairReport {
     /// Entries dropped because they could not be put back (at most the ones a dead
     /// writer had in flight, unless the file was corrupted).
     pub dropped: u64,
+}
+
+/// What [`Cache::begin_fill`] found.
+#[derive(Debug)]
+#[must_use = "a `Fill` must be completed or dropped"]
+pub enum Begin {
+    /// A fresh value, copied into the caller's buffer.
+    Fresh,
+    /// An expired value, copied into the caller's buffer: another process is computing
+    /// the new one.
+    Stale,
+    /// No value: the caller holds the key's fill, and computes the value.
+    Fill(Fill),
+}
+
+/// The fill of one key, held by the caller that computes its value (see
+/// [`Cache::begin_fill`]): store the value with [`Fill::complete`], or drop it to let a
+/// waiter compute instead. Not `Send`: the thread that began it ends it.
+#[must_use = "dropping a `Fill` abandons it"]
+pub struct Fill {
+    /// The mapping the fill slot is in, kept mapped while it is held, and the handle.
+    held: Held<Inner>,
+    slot: usize,
+    h: u64,
+    key: Vec<u8>,
+    /// A robust mutex belongs to the thread that locked it.
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl Fill {
+    /// Stores `value` (as [`Cache::set`]) unless a write revoked the key since the fill
+    /// began (a `remove`, found or not, `set`, `insert_if_absent`, `replace`, `incr`,
+    /// `set_if_version` or `clear`, from any process), and ends the fill: true if it
+    /// stored it. A fenced fill is counted in [`Stats::fills_fenced`]; its value is the
+    /// caller's to use, but nobody is served it later. Fails as [`Cache::set`] does (a
+    /// value too large, a lock timeout); the fill ends either way.
+    pub fn complete(self, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        let a = &self.held;
+        let cache = Cache {
+            inner: Arc::clone(self.held.owner()),
+        };
+        let stored = Cache::check_value(a, value.len()).and_then(|()| {
+            let now = cache.now_ms();
+            let fill = (&self.key[..], value, ttl);
+            cache.store_fenced(a, now, fill, |_| {
+                fence::fill_admits(&a.region, &a.geo, self.h)
+            })
+        });
+        if let Ok(stored) = stored {
+            stats::bump(a, if stored { SS_FILLS } else { SS_FILLS_FENCED });
+        }
+        stored
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let a = &self.held;
+        fence::end_fill(&a.region, &a.geo, self.h);
+        if let Ok(m) = RobustMutex::at(&a.region, a.geo.fill_slot(self.slot), a.kind) {
+            m.release_kept();
+        }
+    }
+}
+
+impl std::fmt::Debug for Fill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fill")
+            .field("path", &self.held.path)
+            .field("key_len", &self.key.len())
+            .finish()
+    }
 }
 
 impl Cache {
@@ -1273,6 +1362,22 @@ impl Cache {
         })
     }
 
+    /// The time a fresh entry has left: `None` if there is no fresh entry, `Some(None)`
+    /// if it has no expiry (`ngx.shared.DICT`'s `ttl`). Takes the key's shard lock.
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Option<Duration>>> {
+        let (a, now) = self.enter_at(Wait::Yes)?;
+        Self::check_key(&a, key)?;
+        let h = a.hasher.hash(key);
+        let expire = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Read, |s| match s
+            .find(key, &s.locate(h))
+        {
+            Probe::Hit { rec, .. } if !rec.expired(now) => Ok(Some(rec.expire)),
+            Probe::Hit { .. } | Probe::Miss => Ok(None),
+            Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+        })?;
+        Ok(expire.map(|e| (e != 0).then(|| Duration::from_millis(e - now))))
+    }
+
     /// Gives a fresh entry a new TTL (`None`: no expiry); false if there is none.
     pub fn touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
         let (a, now) = self.enter_at(Wait::Yes)?;
@@ -1371,87 +1476,139 @@ impl Cache {
         F: FnOnce() -> Result<Vec<u8>, E>,
         E: From<Error>,
     {
+        let mut out = Vec::new();
+        match self.begin_fill(key, &mut out)? {
+            Begin::Fresh | Begin::Stale => Ok(out),
+            Begin::Fill(fill) => {
+                // On an error of `f`, dropping the fill lets a waiter try next.
+                let value = f()?;
+                fill.complete(&value, ttl)?;
+                Ok(value)
+            }
+        }
+    }
+
+    /// [`Cache::get_or_insert_with`] in two steps, for callers that cannot pass a
+    /// closure (a binding whose fill runs in its own language, an event loop that
+    /// computes the value in a coroutine): looks `key` up, and on a miss claims its fill.
+    ///
+    /// [`Begin::Fresh`] and [`Begin::Stale`] (an expired value, served while another
+    /// process refreshes it) copy the value into `out`. [`Begin::Fill`] hands this caller
+    /// the key's fill: others wanting the key wait for it (up to the fill timeout), and
+    /// the caller computes the value and stores it with [`Fill::complete`], fenced like
+    /// every fill, or drops the [`Fill`] to let a waiter compute instead. Fails with
+    /// [`Error::Timeout`] if another process's fill lasted longer than the fill timeout.
+    /// The lookup counts once in the statistics, as a hit, a stale hit or a miss.
+    ///
+    /// The fill slot is a robust mutex of the calling thread: a `Fill` is completed or
+    /// dropped by the thread that began it (it is not `Send`), and a thread or process
+    /// that dies holding one hands the fill over to the next caller.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-begin-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// use larder::Begin;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("tokens"))?;
+    /// let mut claims = Vec::new();
+    /// match cache.begin_fill(b"token:xyz", &mut claims)? {
+    ///     Begin::Fresh | Begin::Stale => {} // `claims` holds the value
+    ///     Begin::Fill(fill) => {
+    ///         claims = b"user=alice".to_vec(); // validate the token here
+    ///         let stored = fill.complete(&claims, None)?; // false if revoked meanwhile
+    ///         assert!(stored);
+    ///     }
+    /// }
+    /// assert_eq!(cache.get(b"token:xyz")?.as_deref(), Some(&b"user=alice"[..]));
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn begin_fill(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Begin> {
+        self.begin_fill_waiting(key, out, Wait::Yes)
+    }
+
+    /// [`Cache::begin_fill`] without waiting: [`Error::WouldBlock`] where it would wait
+    /// for a lock (a shard lock, or another process's fill of a key without a stale
+    /// value to serve).
+    pub fn try_begin_fill(&self, key: &[u8], out: &mut Vec<u8>) -> Result<Begin> {
+        self.begin_fill_waiting(key, out, Wait::No)
+    }
+
+    fn begin_fill_waiting(&self, key: &[u8], out: &mut Vec<u8>, wait: Wait) -> Result<Begin> {
         // One lookup, counted once: a hit, a stale hit (served while another process
         // refreshes the entry) or a miss (whoever then computes the value).
-        let mut out = Vec::new();
-        let stale = match self.read(key, &mut out, Expired::Serve, Wait::Yes, Count::Hit)? {
-            Found::Fresh => return Ok(out),
-            Found::Expired => Some(out.clone()),
-            Found::Nothing => None,
+        out.clear();
+        let stale = match self.read(key, out, Expired::Serve, wait, Count::Hit)? {
+            Found::Fresh => return Ok(Begin::Fresh),
+            Found::Expired => true,
+            Found::Nothing => false,
         };
-        let a = self.enter(Wait::Yes)?;
+        // The fill holds its mapping (where its slot is) until it ends.
+        let a = Held::enter(Arc::clone(&self.inner), |inner| &inner.maps);
         let h = a.hasher.hash(key);
         let slot = fence::fill_slot_of(h);
         const WHAT: &str = "a fill slot";
         let m = RobustMutex::at(&a.region, a.geo.fill_slot(slot), a.kind)
-            .map_err(|e| e.into_error(&a.path, WHAT, Duration::ZERO, Wait::Yes))?;
-        let mut guard = match m.try_lock() {
+            .map_err(|e| e.into_error(&a.path, WHAT, Duration::ZERO, wait))?;
+        let guard = match m.try_lock() {
             Err(LockError::Busy) => {
-                if let Some(v) = stale {
+                if stale {
                     // Another process is refreshing it: serve the stale value meanwhile.
                     stats::bump(&a, SS_STALE_HITS);
-                    return Ok(v);
+                    return Ok(Begin::Stale);
+                }
+                if wait == Wait::No {
+                    return Err(Error::WouldBlock);
                 }
                 stats::bump(&a, SS_MISSES);
-                match m.lock(self.inner.fill_timeout) {
+                let waited = self.inner.fill_timeout;
+                match m.lock(waited) {
                     Ok(guard) => guard,
                     Err(LockError::Busy) => {
                         stats::bump(&a, SS_FILL_TIMEOUTS);
                         return Err(Error::Timeout {
                             what: "another process's fill of this key",
-                            waited: self.inner.fill_timeout,
-                        }
-                        .into());
+                            waited,
+                        });
                     }
-                    Err(e) => {
-                        let waited = self.inner.fill_timeout;
-                        return Err(e.into_error(&a.path, WHAT, waited, Wait::Yes).into());
-                    }
+                    Err(e) => return Err(e.into_error(&a.path, WHAT, waited, Wait::Yes)),
                 }
             }
-            Err(e) => {
-                return Err(e
-                    .into_error(&a.path, WHAT, Duration::ZERO, Wait::Yes)
-                    .into())
-            }
+            Err(e) => return Err(e.into_error(&a.path, WHAT, Duration::ZERO, wait)),
             Ok(guard) => {
                 stats::bump(&a, SS_MISSES);
                 guard
             }
         };
-        if guard.owner_died() {
-            // The filler died: the slot guards no shared data, so there is nothing to
-            // repair; this caller computes instead.
-            guard.mark_consistent();
+        // Held past the guard until the fill ends (the slot guards no shared data, so
+        // a dead filler leaves nothing to repair: this caller computes instead).
+        if guard.keep() {
             stats::bump(&a, SS_FILL_HANDOVERS);
         }
+        let fill = Fill {
+            held: a,
+            slot,
+            h,
+            key: key.to_vec(),
+            _not_send: core::marker::PhantomData,
+        };
         // Someone may have filled it while this caller waited: look again, in the file
-        // the fill will be stored in.
-        let mut out = Vec::new();
+        // the fill will be stored in (dropping the fill releases the slot).
+        out.clear();
+        let a = &fill.held;
         let idx = a.geo.shard_of(h);
         let kh = Shard::new(&a.region, &a.geo, idx, &a.hasher).locate(h);
         let again = (Expired::Hide, Count::No);
         let now = self.now_ms();
-        if self.read_located(&a, now, key, (idx, kh), &mut out, again, Wait::Yes)? == Found::Fresh {
-            return Ok(out);
+        if self.read_located(a, now, key, (idx, kh), out, again, wait)? == Found::Fresh {
+            return Ok(Begin::Fresh);
         }
-        // Before `f` reads anything: a revocation from here on fences the store off.
+        out.clear();
+        // Before the value is computed: a revocation from here on fences the store off.
         fence::mark_fill(&a.region, &a.geo, h);
         crash_point!("fill.holding_slot");
-        let value = f();
-        let stored = match &value {
-            Ok(value) => Self::check_value(&a, value.len()).and_then(|()| {
-                let now = self.now_ms();
-                let fill = (key, &value[..], ttl);
-                self.store_fenced(&a, now, fill, |_| fence::fill_admits(&a.region, &a.geo, h))
-            }),
-            Err(_) => Ok(false),
-        };
-        fence::end_fill(&a.region, &a.geo, h);
-        drop(guard);
-        let value = value?;
-        stats::bump(&a, if stored? { SS_FILLS } else { SS_FILLS_FENCED });
-        Ok(value)
+        Ok(Begin::Fill(fill))
     }
 
     /// A ticket to store a value of `key` computed from now on, for cache-aside code of

@@ -81,6 +81,26 @@ impl Ticket {
         }
     }
 
+    /// The ticket as four words, for a binding to hand it to its caller and back
+    /// through [`Ticket::from_words`].
+    pub fn to_words(&self) -> [u64; 4] {
+        [self.file, self.hash, self.seq, self.count]
+    }
+
+    /// A ticket from [`Ticket::to_words`]. Words of a real ticket are that ticket,
+    /// fenced by every revocation since it was taken. Other words are harmless: they
+    /// store nothing (another file), fail as a ticket of another key does, or store as a
+    /// ticket taken at some moment would, never more than a plain
+    /// [`Cache::set`](crate::Cache::set) of the key could.
+    pub fn from_words(words: [u64; 4]) -> Ticket {
+        Ticket {
+            file: words[0],
+            hash: words[1],
+            seq: words[2],
+            count: words[3],
+        }
+    }
+
     /// Whether the store this ticket was taken for may happen (the shard lock is held).
     pub(crate) fn admitted(&self, fences: &Fences<'_>) -> bool {
         fences.admits(self.hash, self.seq, self.count)

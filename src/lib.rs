@@ -145,7 +145,9 @@ mod words;
 #[path = "shard_tests.rs"]
 mod shard_tests;
 
-pub use cache::{Cache, Entries, EntryInfo, Limits, RepairReport, StaleValue, Version};
+pub use cache::{
+    Begin, Cache, Entries, EntryInfo, Fill, Limits, RepairReport, StaleValue, Version,
+};
 pub use clock::Clock;
 pub use error::{Error, Remedy, Result};
 pub use fence::Ticket;

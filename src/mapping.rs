@@ -25,6 +25,7 @@
 #![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::file::Attached;
 
@@ -127,6 +128,41 @@ impl Drop for Entered<'_> {
     #[inline]
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// An operation inside a mapping that keeps alive, through `owner`, the [`Mappings`] it
+/// entered: an [`Entered`] not tied to a borrow of the handle, for a state held across
+/// calls (a fill a binding begins in one call and completes in another).
+pub(crate) struct Held<T> {
+    /// Declared first, so dropped (leaving the mapping) before `owner`.
+    entered: Entered<'static>,
+    owner: Arc<T>,
+}
+
+impl<T> Held<T> {
+    /// Enters the current mapping of the `Mappings` that `maps` finds in `owner`.
+    pub(crate) fn enter(owner: Arc<T>, maps: fn(&T) -> &Mappings) -> Held<T> {
+        let entered = maps(&owner).enter();
+        // SAFETY: `entered` borrows the `Mappings` inside `owner`'s allocation, which
+        // the `Arc` stored beside it keeps alive and in place for as long as this value
+        // lives (an `Arc`'s allocation never moves), and fields drop in declaration
+        // order, so `entered` ends before `owner` can free it. The `'static` never
+        // escapes: `Held` hands out only references bound to its own borrow.
+        let entered = unsafe { core::mem::transmute::<Entered<'_>, Entered<'static>>(entered) };
+        Held { entered, owner }
+    }
+
+    /// What keeps the mappings alive.
+    pub(crate) fn owner(&self) -> &Arc<T> {
+        &self.owner
+    }
+}
+
+impl<T> core::ops::Deref for Held<T> {
+    type Target = Attached;
+    fn deref(&self) -> &Attached {
+        &self.entered
     }
 }
 

@@ -103,3 +103,34 @@ fn huge_timeouts_and_ttls_never_panic() {
         Some(&b"filled"[..])
     );
 }
+
+/// `ttl` says how long a fresh entry has left: nothing for a missing or expired key,
+/// `Some(None)` for an entry without expiry, and the time left otherwise, moving with
+/// the clock and with `touch`.
+#[test]
+fn ttl_gives_the_time_a_fresh_entry_has_left() {
+    let t = TempCache::new("ttl");
+    let (c, clock) = t.open_on_manual_clock();
+    assert_eq!(c.ttl(b"missing").unwrap(), None);
+    c.set(b"forever", b"v", None).unwrap();
+    assert_eq!(c.ttl(b"forever").unwrap(), Some(None));
+    c.set(b"brief", b"v", Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        c.ttl(b"brief").unwrap(),
+        Some(Some(Duration::from_secs(10)))
+    );
+    clock.advance(Duration::from_secs(4));
+    assert_eq!(c.ttl(b"brief").unwrap(), Some(Some(Duration::from_secs(6))));
+    assert!(c.touch(b"brief", Some(Duration::from_secs(60))).unwrap());
+    assert_eq!(
+        c.ttl(b"brief").unwrap(),
+        Some(Some(Duration::from_secs(60)))
+    );
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(c.ttl(b"brief").unwrap(), None);
+    assert!(matches!(
+        c.ttl(&vec![b'k'; 1 << 20]),
+        Err(larder::Error::TooLarge { .. })
+    ));
+}

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use larder::{Error, Options};
+use larder::{Begin, Error, Options};
 
 mod common;
 use common::{
@@ -482,4 +482,104 @@ fn a_fill_in_flight_never_stores_over_a_revocation() {
         let report = cache.verify().expect("verify");
         assert!(report.is_clean(), "{revocation:?}: {report}");
     }
+}
+
+/// `begin_fill` / `Fill::complete`, the two-step form of `get_or_insert_with` that
+/// bindings use: a second thread (a fill slot is a thread's robust mutex, so threads
+/// contend as processes do) gets `WouldBlock` from `try_begin_fill`, waits in
+/// `begin_fill`, and then reads what the filler completed.
+#[test]
+fn a_fill_in_two_steps_is_single_flight() {
+    let t = TempCache::new("fill-steps");
+    let cache = options().open(t.name()).expect("open");
+    let mut out = Vec::new();
+    let Begin::Fill(fill) = cache.begin_fill(KEY, &mut out).expect("begin") else {
+        panic!("a missing key gives its fill");
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let mut v = Vec::new();
+            let tried = cache.try_begin_fill(KEY, &mut v);
+            assert!(matches!(tried, Err(Error::WouldBlock)), "{tried:?}");
+            tx.send(()).expect("send");
+            match cache.begin_fill(KEY, &mut v).expect("waiting begin") {
+                Begin::Fresh => v,
+                other => panic!("the waiter should read the completed fill: {other:?}"),
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("waiter tried");
+        assert!(fill.complete(CLAIMS, None).expect("complete"));
+        assert_eq!(waiter.join().expect("waiter"), CLAIMS);
+    });
+    let st = cache.stats();
+    assert_eq!((st.fills, st.fills_fenced), (1, 0));
+    // The filler's miss, the waiter's miss (its `WouldBlock` counts nothing further).
+    assert_eq!(st.misses, 2, "{st:?}");
+    assert!(matches!(cache.begin_fill(KEY, &mut out), Ok(Begin::Fresh)));
+    assert_eq!(out, CLAIMS);
+}
+
+/// A dropped fill hands the key to the next caller, and a fill completed after a
+/// revocation of its key stores nothing.
+#[test]
+fn a_dropped_fill_hands_over_and_a_revoked_one_is_fenced() {
+    let t = TempCache::new("fill-drop");
+    let cache = options().open(t.name()).expect("open");
+    let mut out = Vec::new();
+    let first = cache.begin_fill(KEY, &mut out).expect("begin");
+    assert!(matches!(first, Begin::Fill(_)));
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        let cache = &cache;
+        let waiter = scope.spawn(move || {
+            let mut v = Vec::new();
+            tx.send(()).expect("send");
+            match cache.begin_fill(KEY, &mut v).expect("waiting begin") {
+                Begin::Fill(fill) => {
+                    // Revoked while it computes: the store is refused.
+                    assert!(cache.remove(KEY).is_ok());
+                    fill.complete(CLAIMS, None).expect("complete")
+                }
+                other => panic!("the dropped fill should pass to the waiter: {other:?}"),
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("waiter started");
+        drop(first);
+        assert!(!waiter.join().expect("waiter"), "a revoked fill was stored");
+    });
+    assert_eq!(cache.get(KEY).expect("get"), None);
+    assert_eq!(cache.stats().fills_fenced, 1);
+}
+
+/// While another caller refreshes an expired entry, `try_begin_fill` serves the stale
+/// value at once; with nothing stale it would wait, so it says `WouldBlock`.
+#[test]
+fn try_begin_fill_serves_stale_values_and_never_waits() {
+    let t = TempCache::new("fill-stale");
+    let (cache, clock) = t.open_on_manual_clock();
+    cache
+        .set(KEY, b"old", Some(Duration::from_secs(1)))
+        .expect("set");
+    clock.advance(Duration::from_secs(2));
+    let mut out = Vec::new();
+    let Begin::Fill(fill) = cache.begin_fill(KEY, &mut out).expect("begin") else {
+        panic!("an expired key gives its fill");
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut v = Vec::new();
+                let got = cache.try_begin_fill(KEY, &mut v).expect("try begin");
+                assert!(matches!(got, Begin::Stale), "{got:?}");
+                assert_eq!(v, b"old");
+            })
+            .join()
+            .expect("reader");
+    });
+    assert!(fill.complete(b"new", None).expect("complete"));
+    assert_eq!(cache.get(KEY).expect("get").as_deref(), Some(&b"new"[..]));
+    assert_eq!(cache.stats().stale_hits, 1);
 }

@@ -852,3 +852,28 @@ fn killed_versioning_rewrite_in_a_full_shard_keeps_the_entry() {
         );
     }
 }
+
+/// A version handed out as words (a binding's CAS token) and taken back is the same
+/// version; words no version had match nothing.
+#[test]
+fn a_version_survives_its_round_trip_through_words() {
+    let t = TempCache::new("ver-words");
+    let c = t.open();
+    c.set(b"k", b"v1", None).unwrap();
+    let (_, v) = versioned(&c, b"k");
+    let words = v.to_words();
+    assert_eq!(Version::from_words(words), v);
+    for forged in [
+        [words[0], words[1], words[2] + 1],
+        [words[0] ^ 1, words[1], words[2]],
+        [words[0], u64::MAX, words[2]],
+    ] {
+        assert!(!c
+            .set_if_version(b"k", b"forged", None, Version::from_words(forged))
+            .unwrap());
+    }
+    assert!(c
+        .set_if_version(b"k", b"v2", None, Version::from_words(words))
+        .unwrap());
+    assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&b"v2"[..]));
+}
