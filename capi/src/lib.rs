@@ -1,0 +1,1118 @@
+//! The C ABI of larder: `liblarder.so` / `liblarder.a`, declared by `include/larder.h`.
+//!
+//! A thin skin over the core crate (here `larder_core`): it converts pointers and
+//! lengths to slices, maps every [`larder_core::Error`] to one status code
+//! ([`status::status_of`]), keeps the thread's last error message, and keeps a registry
+//! of open handles so a re-open is cheap ([`registry`]). Every entry point catches
+//! panics (`LARDER_E_INTERNAL`) and checks every pointer (`LARDER_E_NULL`). The rules a
+//! caller follows (ownership, threads, fork) are stated at the top of the header.
+// Every function here is an FFI entry point whose pointers the C caller vouches for, as
+// each one's `# Safety` section (and the header) says.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::missing_safety_doc)]
+#![allow(non_camel_case_types)]
+
+pub mod registry;
+pub mod status;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use larder_core::{Begin, Cache, Error, Fill, Options, Ticket, Version};
+
+use registry::{Handle, Key};
+use status::*;
+
+/// `larder_cache`: what a handle pointer points to.
+pub type larder_cache = Handle;
+
+/// `larder_options` (see the header). Fields are read only up to `struct_size`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct larder_options {
+    pub struct_size: u32,
+    pub capacity: u64,
+    pub max_key_len: u32,
+    pub max_value_len: u32,
+    pub shards: u32,
+    pub lock_timeout_ms: u64,
+    pub fill_timeout_ms: u64,
+    pub mode: u32,
+    pub attach_only: u32,
+}
+
+// The header's layout (x86-64 and aarch64 Linux: the C test asserts the same numbers).
+const _: () = assert!(std::mem::size_of::<larder_options>() == 56);
+const _: () = assert!(std::mem::offset_of!(larder_options, capacity) == 8);
+const _: () = assert!(std::mem::offset_of!(larder_options, shards) == 24);
+const _: () = assert!(std::mem::offset_of!(larder_options, lock_timeout_ms) == 32);
+const _: () = assert!(std::mem::offset_of!(larder_options, attach_only) == 52);
+
+/// `larder_stats` (see the header). Written only up to the caller's `struct_size`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct larder_stats {
+    pub struct_size: u32,
+    pub reserved: u32,
+    pub entries: u64,
+    pub bytes_live: u64,
+    pub bytes_used: u64,
+    pub bytes_free: u64,
+    pub file_size: u64,
+    pub shard_count: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub stale_hits: u64,
+    pub inserts: u64,
+    pub updates: u64,
+    pub removals: u64,
+    pub evictions: u64,
+    pub index_evictions: u64,
+    pub bytes_written: u64,
+    pub bytes_moved: u64,
+    pub expirations: u64,
+    pub lock_timeouts: u64,
+    pub recoveries: u64,
+    pub repair_dropped: u64,
+    pub fills: u64,
+    pub fill_timeouts: u64,
+    pub fill_handovers: u64,
+    pub fills_fenced: u64,
+    pub locks: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<larder_stats>() == 8 + 25 * 8);
+const _: () = assert!(std::mem::offset_of!(larder_stats, entries) == 8);
+const _: () = assert!(std::mem::offset_of!(larder_stats, locks) == 200);
+
+/// `larder_version`: a version token.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct larder_version {
+    pub words: [u64; 3],
+}
+
+/// `larder_ticket`: a ticket token.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct larder_ticket {
+    pub words: [u64; 4],
+}
+
+/// `larder_fill`: a claimed fill, and the thread that claimed it.
+pub struct larder_fill {
+    fill: Fill,
+    owner: ThreadId,
+}
+
+/// Who a thread is, for a fill: its kernel thread id (which differs in a forked child)
+/// and a number of this process's own (which a new thread reusing an old one's id does
+/// not share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ThreadId {
+    tid: i32,
+    serial: u64,
+}
+
+fn this_thread() -> ThreadId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static SERIAL: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // A thread being torn down has no fill to finish: serial 0 matches none.
+    let serial = SERIAL.try_with(|s| *s).unwrap_or(0);
+    ThreadId { tid, serial }
+}
+
+type Outcome = Result<Status, Failure>;
+
+/// Runs an entry point's body: a panic becomes `LARDER_E_INTERNAL`, a failure its
+/// status, and both leave a message for `larder_last_error`.
+fn entry(body: impl FnOnce() -> Outcome) -> Status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(f)) => {
+            set_last_error(&f.message());
+            f.status()
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            set_last_error(&format!(
+                "internal error in larder (a bug: please report it with this message): {what}"
+            ));
+            LARDER_E_INTERNAL
+        }
+    }
+}
+
+fn ttl(ms: u64) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(ms))
+}
+
+/// The handle behind `c`.
+///
+/// # Safety
+/// `c` is NULL or a handle from `larder_open` not yet closed by this reference.
+unsafe fn handle<'a>(c: *mut larder_cache) -> Result<&'a Handle, Failure> {
+    // SAFETY: by the caller's promise, a non-NULL `c` points to a live handle.
+    unsafe { c.as_ref() }.ok_or(Failure::Null("the cache handle"))
+}
+
+/// The `len` bytes at `p` (which may be NULL only when `len` is 0).
+///
+/// # Safety
+/// A non-NULL `p` points to `len` readable bytes that stay unchanged during the call.
+unsafe fn bytes<'a>(p: *const c_void, len: usize, what: &'static str) -> Result<&'a [u8], Failure> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::Null(what));
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::InvalidArgument(format!("{what} length {len} is not a length")).into());
+    }
+    // SAFETY: `p` is non-NULL, `len` fits in isize, and the caller promises `len`
+    // readable bytes at `p` for the call's duration.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
+/// Checks an output buffer before any work: `len` is required, `buf` is required when
+/// `cap` is not 0.
+fn check_out(buf: *mut c_void, cap: usize, len: *mut usize) -> Result<(), Failure> {
+    if len.is_null() {
+        return Err(Failure::Null("len"));
+    }
+    if buf.is_null() && cap != 0 {
+        return Err(Failure::Null("buf (with cap > 0)"));
+    }
+    Ok(())
+}
+
+/// Copies `value` out as a get does: `*len` = its length; `LARDER_TOO_SMALL` (nothing
+/// copied) if `cap` is short, else `found`.
+///
+/// # Safety
+/// `len` is valid for a write; a non-NULL `buf` points to `cap` writable bytes.
+unsafe fn copy_out(
+    value: &[u8],
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    found: Status,
+) -> Status {
+    // SAFETY: `len` was checked non-NULL by `check_out`, and the caller promises it is
+    // writable.
+    unsafe { len.write(value.len()) };
+    if value.len() > cap {
+        return LARDER_TOO_SMALL;
+    }
+    if !value.is_empty() {
+        // SAFETY: `value.len() <= cap`, so `buf` is non-NULL (cap > 0, checked by
+        // `check_out`) with room for it; a caller's buffer cannot overlap the
+        // library's own `value`.
+        unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), buf.cast::<u8>(), value.len()) };
+    }
+    found
+}
+
+/// Writes 0 to `*len` (a miss copies nothing).
+///
+/// # Safety
+/// `len` was checked by `check_out` and is writable.
+unsafe fn zero_len(len: *mut usize) {
+    // SAFETY: as the caller promises.
+    unsafe { len.write(0) };
+}
+
+thread_local! {
+    /// The thread's buffer that values are read into before they are copied out (so a
+    /// get allocates nothing once it has grown).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer (a fresh one if it is busy or gone).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    /// A scratch buffer grown past this is freed afterwards (one huge value should not
+    /// pin its size in every thread).
+    const KEEP: usize = 1 << 20;
+    let mut f = Some(f);
+    let kept = SCRATCH.try_with(|s| {
+        s.try_borrow_mut().ok().map(|mut buf| {
+            let r = (f.take().expect("called once"))(&mut buf);
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
+            }
+            r
+        })
+    });
+    match (kept, f) {
+        (Ok(Some(r)), _) => r,
+        (_, Some(f)) => f(&mut Vec::new()),
+        (_, None) => unreachable!("the closure ran but returned nothing"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Options and opening
+
+/// The default options, `struct_size` set.
+///
+/// # Safety
+/// `opts` is NULL (nothing happens) or points to a writable `larder_options`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_options_init(opts: *mut larder_options) {
+    if opts.is_null() {
+        return;
+    }
+    let defaults = larder_options {
+        struct_size: std::mem::size_of::<larder_options>() as u32,
+        capacity: larder_core::DEFAULT_CAPACITY,
+        max_key_len: larder_core::DEFAULT_MAX_KEY_LEN as u32,
+        max_value_len: larder_core::DEFAULT_MAX_VALUE_LEN as u32,
+        shards: 0,
+        lock_timeout_ms: larder_core::DEFAULT_LOCK_TIMEOUT.as_millis() as u64,
+        fill_timeout_ms: larder_core::DEFAULT_FILL_TIMEOUT.as_millis() as u64,
+        mode: 0o600,
+        attach_only: 0,
+    };
+    // SAFETY: `opts` is non-NULL and, by the caller's promise, writable.
+    unsafe { opts.write(defaults) };
+}
+
+/// The caller's options, read up to its `struct_size`.
+///
+/// # Safety
+/// A non-NULL `opts` points to `opts->struct_size` readable bytes.
+unsafe fn read_options(opts: *const larder_options) -> Result<larder_options, Failure> {
+    const OURS: usize = std::mem::size_of::<larder_options>();
+    if opts.is_null() {
+        let mut o = larder_options::default();
+        // SAFETY: `o` is a local, writable `larder_options`.
+        unsafe { larder_options_init(&mut o) };
+        return Ok(o);
+    }
+    // SAFETY: `struct_size` is the first field, which every version of the struct has.
+    let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
+    if size < OURS {
+        return Err(Error::InvalidArgument(format!(
+            "larder_options.struct_size is {size}, less than this library's {OURS}: set it \
+             with larder_options_init"
+        ))
+        .into());
+    }
+    // A newer header's fields this library does not know must be left at zero: it
+    // cannot honour them.
+    // SAFETY: the caller promises `struct_size` readable bytes.
+    let extra = unsafe { std::slice::from_raw_parts(opts.cast::<u8>().add(OURS), size - OURS) };
+    if extra.iter().any(|&b| b != 0) {
+        return Err(Error::InvalidArgument(format!(
+            "larder_options has fields this library (a {OURS}-byte struct) does not know \
+             set: use a liblarder as new as its header"
+        ))
+        .into());
+    }
+    // SAFETY: at least `OURS` readable bytes (checked above), and every bit pattern is a
+    // valid `larder_options` (integers only).
+    Ok(unsafe { opts.read_unaligned() })
+}
+
+fn or_default<T: PartialEq + Default>(v: T, default: T) -> T {
+    if v == T::default() {
+        default
+    } else {
+        v
+    }
+}
+
+/// Opens (or re-opens) a cache.
+///
+/// # Safety
+/// `name` is NULL or NUL-terminated; `opts` is NULL or a valid `larder_options` of its
+/// `struct_size`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_open(
+    name: *const c_char,
+    opts: *const larder_options,
+    out: *mut *mut larder_cache,
+) -> c_int {
+    entry(|| {
+        if out.is_null() {
+            return Err(Failure::Null("out"));
+        }
+        // SAFETY: `out` is non-NULL and writable by the caller's promise; a failed open
+        // leaves NULL there.
+        unsafe { out.write(std::ptr::null_mut()) };
+        if name.is_null() {
+            return Err(Failure::Null("name"));
+        }
+        // SAFETY: `name` is non-NULL and NUL-terminated by the caller's promise.
+        let name = Path::new(OsStr::from_bytes(
+            unsafe { CStr::from_ptr(name) }.to_bytes(),
+        ));
+        // SAFETY: as the caller promises for `opts`.
+        let o = unsafe { read_options(opts) }?;
+        let key = Key {
+            path: canonical(name)?,
+            capacity: or_default(o.capacity, larder_core::DEFAULT_CAPACITY),
+            max_key_len: or_default(o.max_key_len as usize, larder_core::DEFAULT_MAX_KEY_LEN),
+            max_value_len: or_default(o.max_value_len as usize, larder_core::DEFAULT_MAX_VALUE_LEN),
+            shards: o.shards as usize,
+            lock_timeout_ms: or_default(
+                o.lock_timeout_ms,
+                larder_core::DEFAULT_LOCK_TIMEOUT.as_millis() as u64,
+            ),
+            fill_timeout_ms: or_default(
+                o.fill_timeout_ms,
+                larder_core::DEFAULT_FILL_TIMEOUT.as_millis() as u64,
+            ),
+            mode: or_default(o.mode, 0o600),
+            attach_only: o.attach_only != 0,
+        };
+        let k = key.clone();
+        let h = registry::open(key, move || {
+            let opts = Options::new()
+                .capacity(k.capacity)
+                .max_key_len(k.max_key_len)
+                .max_value_len(k.max_value_len)
+                .shards(k.shards)
+                .lock_timeout(Duration::from_millis(k.lock_timeout_ms))
+                .fill_timeout(Duration::from_millis(k.fill_timeout_ms))
+                .mode(k.mode);
+            if k.attach_only {
+                opts.attach(&k.path)
+            } else {
+                opts.open(&k.path)
+            }
+        })?;
+        // SAFETY: as above.
+        unsafe { out.write(h) };
+        Ok(LARDER_OK)
+    })
+}
+
+/// The path `name` resolves to, with its directory's symlinks resolved (so
+/// `/run/shm/x` and `/dev/shm/x` are one handle); the resolved path itself where the
+/// directory does not exist (the open then says so).
+fn canonical(name: &Path) -> Result<std::path::PathBuf, Error> {
+    let path = Cache::path_of(name)?;
+    if let (Some(dir), Some(file)) = (path.parent(), path.file_name()) {
+        if let Ok(dir) = std::fs::canonicalize(dir) {
+            return Ok(dir.join(file));
+        }
+    }
+    Ok(path)
+}
+
+/// Drops one reference to a handle; the last one closes it.
+///
+/// # Safety
+/// `c` is NULL or a handle from `larder_open` whose reference the caller gives up.
+#[no_mangle]
+pub unsafe extern "C" fn larder_close(c: *mut larder_cache) {
+    if c.is_null() {
+        return;
+    }
+    entry(|| {
+        // SAFETY: the caller gives up a reference it holds.
+        unsafe { registry::close(c) }?;
+        Ok(LARDER_OK)
+    });
+}
+
+/// Removes a cache file (attached handles notice and follow, as the core documents).
+///
+/// # Safety
+/// `name` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn larder_unlink(name: *const c_char) -> c_int {
+    entry(|| {
+        if name.is_null() {
+            return Err(Failure::Null("name"));
+        }
+        // SAFETY: `name` is non-NULL and NUL-terminated by the caller's promise.
+        let name = Path::new(OsStr::from_bytes(
+            unsafe { CStr::from_ptr(name) }.to_bytes(),
+        ));
+        Cache::unlink(name)?;
+        Ok(LARDER_OK)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads
+
+/// Copies a fresh value into `buf`.
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` `key_len` readable bytes (or NULL with 0); `buf`
+/// `cap` writable bytes (or NULL with 0); `len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_get(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        check_out(buf, cap, len)?;
+        with_scratch(|v| {
+            if h.cache.get_into(key, v)? {
+                // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
+                Ok(unsafe { copy_out(v, buf, cap, len, LARDER_OK) })
+            } else {
+                // SAFETY: as above.
+                unsafe { zero_len(len) };
+                Ok(LARDER_MISS)
+            }
+        })
+    })
+}
+
+/// Copies a fresh value (`LARDER_OK`) or an expired one (`LARDER_STALE`).
+///
+/// # Safety
+/// As `larder_get`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_get_stale(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        check_out(buf, cap, len)?;
+        match h.cache.get_stale(key)? {
+            Some(s) => {
+                let found = if s.expired { LARDER_STALE } else { LARDER_OK };
+                // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
+                Ok(unsafe { copy_out(&s.value, buf, cap, len, found) })
+            }
+            None => {
+                // SAFETY: as above.
+                unsafe { zero_len(len) };
+                Ok(LARDER_MISS)
+            }
+        }
+    })
+}
+
+/// A fresh value and its version.
+///
+/// # Safety
+/// As `larder_get`; `version` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_gets(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    version: *mut larder_version,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        check_out(buf, cap, len)?;
+        if version.is_null() {
+            return Err(Failure::Null("version"));
+        }
+        match h.cache.get_versioned(key)? {
+            Some((value, v)) => {
+                // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
+                let s = unsafe { copy_out(&value, buf, cap, len, LARDER_OK) };
+                if s == LARDER_OK {
+                    // SAFETY: `version` is non-NULL and writable by the caller's promise.
+                    unsafe {
+                        version.write(larder_version {
+                            words: v.to_words(),
+                        })
+                    };
+                }
+                Ok(s)
+            }
+            None => {
+                // SAFETY: as above.
+                unsafe { zero_len(len) };
+                Ok(LARDER_MISS)
+            }
+        }
+    })
+}
+
+/// The time a fresh entry has left.
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` as in `larder_get`; `ttl_ms` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_ttl(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    ttl_ms: *mut i64,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        if ttl_ms.is_null() {
+            return Err(Failure::Null("ttl_ms"));
+        }
+        match h.cache.ttl(key)? {
+            None => Ok(LARDER_MISS),
+            Some(left) => {
+                let ms = left.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                // SAFETY: non-NULL and writable by the caller's promise.
+                unsafe { ttl_ms.write(ms) };
+                Ok(LARDER_OK)
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes
+
+/// The three stores that differ only in their condition.
+#[derive(Clone, Copy)]
+enum Store {
+    Set,
+    Add,
+    Replace,
+}
+
+/// # Safety
+/// As `larder_set`.
+unsafe fn store(
+    how: Store,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented on `larder_set`.
+        let (h, key, val) = unsafe {
+            (
+                handle(c)?,
+                bytes(key, key_len, "key")?,
+                bytes(val, val_len, "val")?,
+            )
+        };
+        let t = ttl(ttl_ms);
+        Ok(match how {
+            Store::Set => {
+                h.cache.set(key, val, t)?;
+                LARDER_OK
+            }
+            Store::Add if h.cache.insert_if_absent(key, val, t)? => LARDER_OK,
+            Store::Add => LARDER_EXISTS,
+            Store::Replace if h.cache.replace(key, val, t)? => LARDER_OK,
+            Store::Replace => LARDER_MISS,
+        })
+    })
+}
+
+/// Stores a value.
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` `key_len` readable bytes (or NULL with 0); `val`
+/// `val_len` readable bytes (or NULL with 0).
+#[no_mangle]
+pub unsafe extern "C" fn larder_set(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `store`'s.
+    unsafe { store(Store::Set, c, key, key_len, val, val_len, ttl_ms) }
+}
+
+/// Stores a value only if there is no fresh entry.
+///
+/// # Safety
+/// As `larder_set`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_add(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `store`'s.
+    unsafe { store(Store::Add, c, key, key_len, val, val_len, ttl_ms) }
+}
+
+/// Stores a value only if there is a fresh entry.
+///
+/// # Safety
+/// As `larder_set`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_replace(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `store`'s.
+    unsafe { store(Store::Replace, c, key, key_len, val, val_len, ttl_ms) }
+}
+
+/// Stores a value only if the entry still has `version`.
+///
+/// # Safety
+/// As `larder_set`; `version` NULL or readable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_cas(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+    version: *const larder_version,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key, val) = unsafe {
+            (
+                handle(c)?,
+                bytes(key, key_len, "key")?,
+                bytes(val, val_len, "val")?,
+            )
+        };
+        // SAFETY: a non-NULL `version` is readable by the caller's promise.
+        let v = unsafe { version.as_ref() }.ok_or(Failure::Null("version"))?;
+        if h.cache
+            .set_if_version(key, val, ttl(ttl_ms), Version::from_words(v.words))?
+        {
+            return Ok(LARDER_OK);
+        }
+        // Refused: tell a moved version from a gone entry (memcached's EXISTS and
+        // NOT_FOUND). The look is a moment later than the refusal, so an entry set or
+        // removed in between is reported as it is now.
+        Ok(match h.cache.ttl(key)? {
+            Some(_) => LARDER_EXISTS,
+            None => LARDER_MISS,
+        })
+    })
+}
+
+/// Removes an entry.
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` as in `larder_get`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_remove(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        Ok(if h.cache.remove(key)? {
+            LARDER_OK
+        } else {
+            LARDER_MISS
+        })
+    })
+}
+
+/// Adds `delta` to a counter (created as `init + delta` with `ttl_ms`).
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` as in `larder_get`; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_incr(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    delta: i64,
+    init: i64,
+    ttl_ms: u64,
+    out: *mut i64,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        if out.is_null() {
+            return Err(Failure::Null("out"));
+        }
+        let v = h.cache.incr(key, delta, init, ttl(ttl_ms))?;
+        // SAFETY: non-NULL and writable by the caller's promise.
+        unsafe { out.write(v) };
+        Ok(LARDER_OK)
+    })
+}
+
+/// Gives a fresh entry a new TTL.
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` as in `larder_get`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_touch(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        Ok(if h.cache.touch(key, ttl(ttl_ms))? {
+            LARDER_OK
+        } else {
+            LARDER_MISS
+        })
+    })
+}
+
+/// Removes every entry.
+///
+/// # Safety
+/// `c` a live handle or NULL; `removed` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_clear(c: *mut larder_cache, removed: *mut u64) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promise.
+        let h = unsafe { handle(c) }?;
+        let n = h.cache.clear()?;
+        if !removed.is_null() {
+            // SAFETY: non-NULL and writable by the caller's promise.
+            unsafe { removed.write(n) };
+        }
+        Ok(LARDER_OK)
+    })
+}
+
+/// The cache's counters, written up to `out->struct_size`.
+///
+/// # Safety
+/// `c` a live handle or NULL; `out` NULL or `out->struct_size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn larder_stats(c: *mut larder_cache, out: *mut larder_stats) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promise.
+        let h = unsafe { handle(c) }?;
+        if out.is_null() {
+            return Err(Failure::Null("out"));
+        }
+        // SAFETY: `struct_size` is the first field of every version of the struct.
+        let size = unsafe { out.cast::<u32>().read_unaligned() } as usize;
+        const HEAD: usize = std::mem::offset_of!(larder_stats, entries);
+        if size < HEAD {
+            return Err(Error::InvalidArgument(format!(
+                "larder_stats.struct_size is {size}: set it to sizeof(larder_stats)"
+            ))
+            .into());
+        }
+        let s = h.cache.stats();
+        let ours = larder_stats {
+            struct_size: size as u32,
+            reserved: 0,
+            entries: s.entries,
+            bytes_live: s.bytes_live,
+            bytes_used: s.bytes_used,
+            bytes_free: s.bytes_free,
+            file_size: s.file_size,
+            shard_count: s.shard_count,
+            hits: s.hits,
+            misses: s.misses,
+            stale_hits: s.stale_hits,
+            inserts: s.inserts,
+            updates: s.updates,
+            removals: s.removals,
+            evictions: s.evictions,
+            index_evictions: s.index_evictions,
+            bytes_written: s.bytes_written,
+            bytes_moved: s.bytes_moved,
+            expirations: s.expirations,
+            lock_timeouts: s.lock_timeouts,
+            recoveries: s.recoveries,
+            repair_dropped: s.repair_dropped,
+            fills: s.fills,
+            fill_timeouts: s.fill_timeouts,
+            fill_handovers: s.fill_handovers,
+            fills_fenced: s.fills_fenced,
+            locks: s.locks,
+        };
+        let n = size.min(std::mem::size_of::<larder_stats>());
+        // SAFETY: the caller promises `size` writable bytes at `out`, and `n <= size`;
+        // `ours` is a local of at least `n` bytes, distinct from the caller's memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                std::ptr::addr_of!(ours).cast::<u8>(),
+                out.cast::<u8>(),
+                n,
+            )
+        };
+        Ok(LARDER_OK)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Tickets and fills
+
+/// A ticket for storing `key`'s value computed from now on.
+///
+/// # Safety
+/// `c` a live handle or NULL; `key` as in `larder_get`; `out` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_ticket_take(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    out: *mut larder_ticket,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        if out.is_null() {
+            return Err(Failure::Null("out"));
+        }
+        let t = h.cache.ticket(key)?;
+        // SAFETY: non-NULL and writable by the caller's promise.
+        unsafe {
+            out.write(larder_ticket {
+                words: t.to_words(),
+            })
+        };
+        Ok(LARDER_OK)
+    })
+}
+
+/// Stores a value only if no write revoked the key since the ticket was taken.
+///
+/// # Safety
+/// As `larder_set`; `ticket` NULL or readable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_set_with_ticket(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+    ticket: *const larder_ticket,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented above.
+        let (h, key, val) = unsafe {
+            (
+                handle(c)?,
+                bytes(key, key_len, "key")?,
+                bytes(val, val_len, "val")?,
+            )
+        };
+        // SAFETY: a non-NULL `ticket` is readable by the caller's promise.
+        let t = unsafe { ticket.as_ref() }.ok_or(Failure::Null("ticket"))?;
+        let t = Ticket::from_words(t.words);
+        Ok(if h.cache.set_with_ticket(key, val, ttl(ttl_ms), t)? {
+            LARDER_OK
+        } else {
+            LARDER_FENCED
+        })
+    })
+}
+
+/// # Safety
+/// As `larder_fill_begin`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn fill_begin(
+    wait: bool,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    fill: *mut *mut larder_fill,
+) -> c_int {
+    entry(|| {
+        if fill.is_null() {
+            return Err(Failure::Null("fill"));
+        }
+        // SAFETY: `fill` is non-NULL and writable by the caller's promise; NULL unless
+        // this call hands a fill over.
+        unsafe { fill.write(std::ptr::null_mut()) };
+        // SAFETY: the caller's promises, as documented on `larder_fill_begin`.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        check_out(buf, cap, len)?;
+        with_scratch(|v| {
+            let begun = if wait {
+                h.cache.begin_fill(key, v)?
+            } else {
+                h.cache.try_begin_fill(key, v)?
+            };
+            Ok(match begun {
+                // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
+                Begin::Fresh => unsafe { copy_out(v, buf, cap, len, LARDER_OK) },
+                // SAFETY: as above.
+                Begin::Stale => unsafe { copy_out(v, buf, cap, len, LARDER_STALE) },
+                Begin::Fill(f) => {
+                    let held = Box::new(larder_fill {
+                        fill: f,
+                        owner: this_thread(),
+                    });
+                    // SAFETY: as above.
+                    unsafe { zero_len(len) };
+                    // SAFETY: `fill` checked non-NULL above, writable by the caller's
+                    // promise.
+                    unsafe { fill.write(Box::into_raw(held)) };
+                    LARDER_FILL
+                }
+                // A kind of result this build does not know: none is handed out.
+                #[allow(unreachable_patterns)]
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "begin_fill returned a result this build of the C ABI does not know".into(),
+                    )
+                    .into())
+                }
+            })
+        })
+    })
+}
+
+/// Looks a key up and, on a miss, claims its fill (waiting for another's).
+///
+/// # Safety
+/// As `larder_get`; `fill` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_fill_begin(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    fill: *mut *mut larder_fill,
+) -> c_int {
+    // SAFETY: the caller's promises are `fill_begin`'s.
+    unsafe { fill_begin(true, c, key, key_len, buf, cap, len, fill) }
+}
+
+/// `larder_fill_begin` that never waits: `LARDER_E_WOULD_BLOCK` where it would.
+///
+/// # Safety
+/// As `larder_fill_begin`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_fill_try_begin(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    fill: *mut *mut larder_fill,
+) -> c_int {
+    // SAFETY: the caller's promises are `fill_begin`'s.
+    unsafe { fill_begin(false, c, key, key_len, buf, cap, len, fill) }
+}
+
+/// Takes a fill back from the caller if it is the thread that began it; otherwise
+/// leaves it as it is.
+///
+/// # Safety
+/// `f` is non-NULL, from `larder_fill_begin`, and not yet finished.
+unsafe fn take_fill(f: *mut larder_fill) -> Result<Box<larder_fill>, Failure> {
+    // SAFETY: by the caller's promise `f` is a live fill.
+    if unsafe { &*f }.owner != this_thread() {
+        return Err(Failure::WrongThread);
+    }
+    // SAFETY: it came from `Box::into_raw` in `fill_begin`, and the caller gives it up.
+    Ok(unsafe { Box::from_raw(f) })
+}
+
+/// Stores the fill's value (fenced) and ends the fill.
+///
+/// # Safety
+/// `f` NULL or an unfinished fill from `larder_fill_begin`; `val` as in `larder_set`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_fill_complete(
+    f: *mut larder_fill,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    entry(|| {
+        if f.is_null() {
+            return Err(Failure::Null("fill"));
+        }
+        // SAFETY: `f` is non-NULL and live by the caller's promise.
+        let held = unsafe { take_fill(f) }?;
+        // Read before the fill is consumed: a NULL `val` with a length still ends it
+        // (dropping it abandons it), so a waiter computes.
+        // SAFETY: the caller's promise for `val`.
+        let val = unsafe { bytes(val, val_len, "val") }?;
+        Ok(if held.fill.complete(val, ttl(ttl_ms))? {
+            LARDER_OK
+        } else {
+            LARDER_FENCED
+        })
+    })
+}
+
+/// Ends a fill without a value: a waiter computes it instead.
+///
+/// # Safety
+/// `f` NULL or an unfinished fill from `larder_fill_begin`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_fill_abandon(f: *mut larder_fill) {
+    if f.is_null() {
+        return;
+    }
+    entry(|| {
+        // SAFETY: `f` is non-NULL and live by the caller's promise.
+        drop(unsafe { take_fill(f) }?);
+        Ok(LARDER_OK)
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// The static text of a status; never NULL.
+#[no_mangle]
+pub extern "C" fn larder_strerror(s: c_int) -> *const c_char {
+    status::strerror(s).as_ptr()
+}
+
+/// This thread's last error message ("" if none yet); never NULL.
+#[no_mangle]
+pub extern "C" fn larder_last_error() -> *const c_char {
+    status::last_error()
+}
+
+#[cfg(test)]
+mod tests;
