@@ -123,9 +123,12 @@ typedef struct larder_options {
     uint32_t attach_only;      /* nonzero: attach to an existing file, never create */
 } larder_options;
 
-/* Counters of the whole cache (larder_stats). Set struct_size to sizeof(larder_stats)
-   before the call; the library writes the fields that fit in it. */
-typedef struct larder_stats {
+/* Counters of the whole cache, for the call larder_stats. In C a typedef and a function
+   cannot share a name, so the struct is named by its tag, `struct larder_stats`, or by
+   the typedef larder_stats_t (in PHP FFI and LuaJIT: "struct larder_stats"). Set
+   struct_size to sizeof(struct larder_stats) before the call; the library writes the
+   fields that fit in it. */
+struct larder_stats {
     uint32_t struct_size;
     uint32_t reserved;
     uint64_t entries;          /* live entries (expired ones until reclaimed) */
@@ -153,7 +156,8 @@ typedef struct larder_stats {
     uint64_t fill_handovers;
     uint64_t fills_fenced;
     uint64_t locks;
-} larder_stats;
+};
+typedef struct larder_stats larder_stats_t;
 
 /* The version of an entry (opaque token), from larder_gets, for larder_cas. */
 typedef struct larder_version { uint64_t words[3]; } larder_version;
@@ -204,7 +208,7 @@ larder_status larder_ttl(larder_cache *c, const void *key, size_t key_len, int64
 /* Removes every entry. OK: *removed (if not NULL) = how many there were. */
 larder_status larder_clear(larder_cache *c, uint64_t *removed);
 /* OK: the counters, written up to out->struct_size (which the caller sets). */
-larder_status larder_stats(larder_cache *c, larder_stats *out);
+larder_status larder_stats(larder_cache *c, struct larder_stats *out);
 
 /* CAS. As larder_get, and on OK *version = the entry's version. */
 larder_status larder_gets(larder_cache *c, const void *key, size_t key_len, void *buf,

@@ -255,9 +255,12 @@ pub unsafe fn close(p: *mut Handle) -> Result<(), Error> {
 }
 
 /// How many references `p` has (for tests).
+///
+/// # Safety
+/// `p` is a handle the caller holds a reference to.
 #[cfg(test)]
-pub fn refs(p: *mut Handle) -> usize {
-    // SAFETY: the tests call this only on a handle they hold.
+pub unsafe fn refs(p: *mut Handle) -> usize {
+    // SAFETY: the caller holds a reference, so the handle is live.
     unsafe { &*p }.refs.load(Ordering::Relaxed)
 }
 
@@ -351,10 +354,12 @@ mod tests {
         let a = open(key(&path), opener(path.clone())).unwrap();
         let b = open(key(&path), || panic!("a re-open must not open the file")).unwrap();
         assert_eq!(a, b);
-        assert_eq!(refs(a), 2);
+        // SAFETY: held.
+        assert_eq!(unsafe { refs(a) }, 2);
         // SAFETY: both references are held.
         unsafe { close(b) }.unwrap();
-        assert_eq!(refs(a), 1);
+        // SAFETY: held.
+        assert_eq!(unsafe { refs(a) }, 1);
         // SAFETY: the last reference.
         unsafe { close(a) }.unwrap();
         // Gone from the map: the next open opens the file again.
