@@ -364,8 +364,8 @@ pub unsafe extern "C" fn larder_open(
         ));
         // SAFETY: as the caller promises for `opts`.
         let o = unsafe { read_options(opts) }?;
-        let key = Key {
-            path: canonical(name)?,
+        let key = |path: std::path::PathBuf| Key {
+            path,
             capacity: or_default(o.capacity, larder_core::DEFAULT_CAPACITY),
             max_key_len: or_default(o.max_key_len as usize, larder_core::DEFAULT_MAX_KEY_LEN),
             max_value_len: or_default(o.max_value_len as usize, larder_core::DEFAULT_MAX_VALUE_LEN),
@@ -381,22 +381,30 @@ pub unsafe extern "C" fn larder_open(
             mode: or_default(o.mode, 0o600),
             attach_only: o.attach_only != 0,
         };
-        let k = key.clone();
-        let h = registry::open(key, move || {
-            let opts = Options::new()
-                .capacity(k.capacity)
-                .max_key_len(k.max_key_len)
-                .max_value_len(k.max_value_len)
-                .shards(k.shards)
-                .lock_timeout(Duration::from_millis(k.lock_timeout_ms))
-                .fill_timeout(Duration::from_millis(k.fill_timeout_ms))
-                .mode(k.mode);
-            if k.attach_only {
-                opts.attach(&k.path)
-            } else {
-                opts.open(&k.path)
-            }
-        })?;
+        // A bare name or an absolute path means the same file in every call (a relative
+        // path depends on the working directory): it is its own key too, found without
+        // resolving anything.
+        let stable = name.is_absolute() || !name.as_os_str().as_bytes().contains(&b'/');
+        let alias = stable.then(|| key(name.to_path_buf()));
+        let h = registry::open(
+            alias,
+            || Ok(key(canonical(name)?)),
+            |k| {
+                let opts = Options::new()
+                    .capacity(k.capacity)
+                    .max_key_len(k.max_key_len)
+                    .max_value_len(k.max_value_len)
+                    .shards(k.shards)
+                    .lock_timeout(Duration::from_millis(k.lock_timeout_ms))
+                    .fill_timeout(Duration::from_millis(k.fill_timeout_ms))
+                    .mode(k.mode);
+                if k.attach_only {
+                    opts.attach(&k.path)
+                } else {
+                    opts.open(&k.path)
+                }
+            },
+        )?;
         // SAFETY: as above.
         unsafe { out.write(h) };
         Ok(LARDER_OK)

@@ -50,7 +50,6 @@ pub struct Key {
 /// What a `larder_cache *` points to.
 pub struct Handle {
     pub cache: Cache,
-    key: Key,
     /// Opens not yet closed, in this process (a forked child has its own copy).
     refs: AtomicUsize,
 }
@@ -191,42 +190,64 @@ impl Drop for Guard {
     }
 }
 
-/// The handle for `key`: the open one with one more reference, or a new one made by
-/// `open` (called without the lock held: opening reads and maps the file).
-pub fn open(key: Key, open: impl FnOnce() -> Result<Cache, Error>) -> Result<*mut Handle, Error> {
-    if let Some(p) = bump(&key)? {
-        return Ok(p);
+/// The handle for a name: the open one with one more reference, or a new one.
+///
+/// `alias` is the key of the name as given, where it means the same file in every call
+/// (a bare name, or an absolute path): it is looked up first, so a re-open costs one map
+/// lookup and resolves nothing. Otherwise `resolve` gives the canonical key, and `open`
+/// opens the file (called without the lock held: opening reads and maps it). Both keys
+/// then name the handle.
+pub fn open(
+    alias: Option<Key>,
+    resolve: impl FnOnce() -> Result<Key, Error>,
+    open: impl FnOnce(&Key) -> Result<Cache, Error>,
+) -> Result<*mut Handle, Error> {
+    if let Some(a) = &alias {
+        let mut g = Guard::lock()?;
+        if let Some(p) = bump(&mut g, a) {
+            return Ok(p);
+        }
+    }
+    let key = resolve()?;
+    {
+        let mut g = Guard::lock()?;
+        if let Some(p) = bump(&mut g, &key) {
+            if let Some(a) = alias {
+                g.map().insert(a, Ptr(p));
+            }
+            return Ok(p);
+        }
     }
     let fresh = Box::new(Handle {
-        cache: open()?,
-        key,
+        cache: open(&key)?,
         refs: AtomicUsize::new(1),
     });
     let mut g = Guard::lock()?;
-    if let Some(Ptr(p)) = g.map().get(&fresh.key).copied() {
+    if let Some(p) = bump(&mut g, &key) {
         // Another thread opened it meanwhile: use its handle, drop ours (unlocked).
-        // SAFETY: a handle in the map is live (its last close removes it first, under
-        // this lock).
-        unsafe { &*p }.refs.fetch_add(1, Ordering::Relaxed);
+        if let Some(a) = alias {
+            g.map().insert(a, Ptr(p));
+        }
         drop(g);
         drop(fresh);
         return Ok(p);
     }
     let p = Box::into_raw(fresh);
-    // SAFETY: `p` came from `Box::into_raw` just above.
-    let key = unsafe { &*p }.key.clone();
     g.map().insert(key, Ptr(p));
+    if let Some(a) = alias {
+        g.map().insert(a, Ptr(p));
+    }
     Ok(p)
 }
 
-fn bump(key: &Key) -> Result<Option<*mut Handle>, Error> {
-    let mut g = Guard::lock()?;
-    Ok(g.map().get(key).map(|&Ptr(p)| {
+/// The handle `key` names, with one more reference.
+fn bump(g: &mut Guard, key: &Key) -> Option<*mut Handle> {
+    g.map().get(key).map(|&Ptr(p)| {
         // SAFETY: a handle in the map is live (its last close removes it first, under
         // this lock).
         unsafe { &*p }.refs.fetch_add(1, Ordering::Relaxed);
         p
-    }))
+    })
 }
 
 /// Drops one reference to `p`, and the handle with the last one.
@@ -241,8 +262,9 @@ pub unsafe fn close(p: *mut Handle) -> Result<(), Error> {
         let h = unsafe { &*p };
         // Decremented under the lock, so no `open` can find it at 0 and revive it.
         let last = h.refs.fetch_sub(1, Ordering::AcqRel) == 1;
-        if last && g.map().get(&h.key) == Some(&Ptr(p)) {
-            g.map().remove(&h.key);
+        if last {
+            // Every key naming it (the canonical one and the aliases): a handful.
+            g.map().retain(|_, v| *v != Ptr(p));
         }
         last
     };
@@ -337,8 +359,8 @@ mod tests {
         }
     }
 
-    fn opener(path: std::path::PathBuf) -> impl FnOnce() -> Result<Cache, Error> {
-        move || {
+    fn opener(path: std::path::PathBuf) -> impl FnOnce(&Key) -> Result<Cache, Error> {
+        move |_| {
             larder_core::Options::new()
                 .capacity(4 << 20)
                 .max_value_len(4096)
@@ -346,13 +368,21 @@ mod tests {
         }
     }
 
+    /// `open` with only the canonical key.
+    fn open_key(
+        key: Key,
+        open_file: impl FnOnce(&Key) -> Result<Cache, Error>,
+    ) -> Result<*mut Handle, Error> {
+        open(None, || Ok(key), open_file)
+    }
+
     #[test]
     fn same_key_gives_same_handle_until_last_close() {
         let _serial = serial();
         let d = dir("same");
         let path = d.0.join("c");
-        let a = open(key(&path), opener(path.clone())).unwrap();
-        let b = open(key(&path), || panic!("a re-open must not open the file")).unwrap();
+        let a = open_key(key(&path), opener(path.clone())).unwrap();
+        let b = open_key(key(&path), |_| panic!("a re-open must not open the file")).unwrap();
         assert_eq!(a, b);
         // SAFETY: held.
         assert_eq!(unsafe { refs(a) }, 2);
@@ -364,9 +394,9 @@ mod tests {
         unsafe { close(a) }.unwrap();
         // Gone from the map: the next open opens the file again.
         let mut opened = false;
-        let c = open(key(&path), || {
+        let c = open_key(key(&path), |k| {
             opened = true;
-            opener(path.clone())()
+            opener(path.clone())(k)
         })
         .unwrap();
         assert!(opened);
@@ -375,14 +405,52 @@ mod tests {
     }
 
     #[test]
+    fn an_alias_finds_the_handle_without_resolving_and_goes_with_it() {
+        let _serial = serial();
+        let d = dir("alias");
+        let path = d.0.join("c");
+        let mut alias = key(&path);
+        alias.path = "as-given".into();
+        let a = open(Some(alias.clone()), || Ok(key(&path)), opener(path.clone())).unwrap();
+        let b = open(
+            Some(alias.clone()),
+            || panic!("an alias hit must not resolve"),
+            |_| panic!("nor open"),
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        // The canonical key names it too.
+        let c = open_key(key(&path), |_| panic!("a re-open must not open the file")).unwrap();
+        assert_eq!(a, c);
+        for p in [a, b, c] {
+            // SAFETY: three references held, each dropped once.
+            unsafe { close(p) }.unwrap();
+        }
+        // Both keys went with the last close.
+        let mut resolved = false;
+        let d2 = open(
+            Some(alias),
+            || {
+                resolved = true;
+                Ok(key(&path))
+            },
+            opener(path.clone()),
+        )
+        .unwrap();
+        assert!(resolved);
+        // SAFETY: held once.
+        unsafe { close(d2) }.unwrap();
+    }
+
+    #[test]
     fn other_options_give_another_handle() {
         let _serial = serial();
         let d = dir("opts");
         let path = d.0.join("c");
-        let a = open(key(&path), opener(path.clone())).unwrap();
+        let a = open_key(key(&path), opener(path.clone())).unwrap();
         let mut k = key(&path);
         k.lock_timeout_ms = 200;
-        let b = open(k, opener(path.clone())).unwrap();
+        let b = open_key(k, opener(path.clone())).unwrap();
         assert_ne!(a, b);
         // SAFETY: each held once.
         unsafe { close(a) }.unwrap();
@@ -397,7 +465,7 @@ mod tests {
         let _serial = serial();
         let d = dir("takeover");
         let path = d.0.join("c");
-        let a = open(key(&path), opener(path.clone())).unwrap();
+        let a = open_key(key(&path), opener(path.clone())).unwrap();
         // What a child sees when its parent's other thread held the lock at fork: the
         // parent's word. (Serialised with the other tests of this module by the lock
         // itself: the word is only replaced while free.)
@@ -412,9 +480,9 @@ mod tests {
             std::thread::yield_now();
         }
         let mut opened = false;
-        let b = open(key(&path), || {
+        let b = open_key(key(&path), |k| {
             opened = true;
-            opener(path.clone())()
+            opener(path.clone())(k)
         })
         .unwrap();
         assert!(opened, "a map left mid-operation must not be trusted");
@@ -445,7 +513,7 @@ mod tests {
         // and leaves with `_exit`, running no destructors or exit handlers of the parent.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let code = match open(key(&path), opener(path.clone())) {
+            let code = match open_key(key(&path), opener(path.clone())) {
                 Ok(p) => {
                     // SAFETY: held once.
                     match unsafe { close(p) } {
@@ -466,7 +534,7 @@ mod tests {
         assert!(libc::WIFEXITED(status), "child did not exit: {status}");
         assert_eq!(libc::WEXITSTATUS(status), 0, "child could not open");
         // The parent's lock is free again and works.
-        let p = open(key(&path), opener(path.clone())).unwrap();
+        let p = open_key(key(&path), opener(path.clone())).unwrap();
         // SAFETY: held once.
         unsafe { close(p) }.unwrap();
     }

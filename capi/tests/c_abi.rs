@@ -293,6 +293,30 @@ fn php_ffi_loads_the_block_and_calls_the_library() {
     assert_eq!(out.trim(), "value 126");
 }
 
+/// The README's example (examples/hello.c) builds as its comment says and runs.
+#[test]
+fn readme_example_runs() {
+    let tmp = TempDir::new("hello");
+    let exe = tmp.0.join("hello");
+    let lib = lib_dir();
+    run_ok(
+        Command::new("cc")
+            .args(STRICT_C)
+            .arg("-I")
+            .arg(Path::new(MANIFEST).join("include"))
+            .arg(Path::new(MANIFEST).join("examples/hello.c"))
+            .arg("-L")
+            .arg(&lib)
+            .arg("-l:liblarder.so")
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-o")
+            .arg(&exe),
+    );
+    let (code, out, err) = run_with_deadline(Command::new(&exe).arg(tmp.0.join("cache")));
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_eq!(out, "token:abc = claims\nfail:alice = 1\n");
+}
+
 #[test]
 fn header_compiles_as_cpp() {
     if !have("c++") {

@@ -214,6 +214,28 @@ static void test_open(void) {
     EXPECT(LARDER_OK, larder_open(path, &other, &c));
     larder_close(c);
 
+    /* one file, one handle: a relative path, and a path through a symlinked directory */
+    {
+        char cwd[4096], link[4096], via_link[4096], canon[4096];
+        larder_cache *rel = NULL, *abs_ = NULL, *linked = NULL;
+        path_of(canon, sizeof canon, "canon");
+        path_of(link, sizeof link, "link");
+        snprintf(via_link, sizeof via_link, "%s/link/canon", dir);
+        CHECK(getcwd(cwd, sizeof cwd) != NULL);
+        CHECK(symlink(dir, link) == 0);
+        EXPECT(LARDER_OK, larder_open(canon, &o, &abs_));
+        CHECK(chdir(dir) == 0);
+        EXPECT(LARDER_OK, larder_open("./canon", &o, &rel));
+        CHECK(chdir(cwd) == 0);
+        EXPECT(LARDER_OK, larder_open(via_link, &o, &linked));
+        CHECK(abs_ != NULL && rel == abs_ && linked == abs_);
+        larder_close(rel);
+        larder_close(linked);
+        larder_close(abs_);
+        EXPECT(LARDER_OK, larder_unlink(canon));
+        CHECK(unlink(link) == 0);
+    }
+
     /* names are bytes, not necessarily UTF-8 */
     snprintf(path2, sizeof path2, "%s/caf\xe9", dir);
     EXPECT(LARDER_OK, larder_open(path2, &o, &c));
