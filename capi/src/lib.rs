@@ -1121,6 +1121,3 @@ pub extern "C" fn larder_strerror(s: c_int) -> *const c_char {
 pub extern "C" fn larder_last_error() -> *const c_char {
     status::last_error()
 }
-
-#[cfg(test)]
-mod tests;

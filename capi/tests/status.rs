@@ -1,10 +1,15 @@
 //! The status mapping and the header agree, and the mapping is one-to-one.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::{c_int, CStr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::*;
+// `larder` is this package's library (the C ABI); the core is `larder_core`.
+use larder::status::{self, *};
+use larder::{larder_last_error, larder_strerror};
+use larder_core::{Error, Options};
 
 /// A directory removed on drop (even when a test panics).
 struct TempDir(PathBuf);
