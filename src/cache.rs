@@ -1036,6 +1036,17 @@ impl Cache {
         Ok(self.write_set(key, value, ttl, Store::IfAbsent, Wait::Yes)? != SetOutcome::Exists)
     }
 
+    /// Like [`Cache::insert_if_absent`], but never waits for a lock
+    /// ([`Error::WouldBlock`]).
+    pub fn try_insert_if_absent(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        Ok(self.write_set(key, value, ttl, Store::IfAbsent, Wait::No)? != SetOutcome::Exists)
+    }
+
     /// Adds `delta` to the counter at `key` and returns its new value, atomically for
     /// every process sharing the file (failed-login counters, rate limits).
     ///
@@ -1072,14 +1083,35 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn incr(&self, key: &[u8], delta: i64, init: i64, ttl: Option<Duration>) -> Result<i64> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
+        self.incr_waiting(key, (delta, init), ttl, Wait::Yes)
+    }
+
+    /// Like [`Cache::incr`], but never waits for a lock ([`Error::WouldBlock`]).
+    pub fn try_incr(
+        &self,
+        key: &[u8],
+        delta: i64,
+        init: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64> {
+        self.incr_waiting(key, (delta, init), ttl, Wait::No)
+    }
+
+    fn incr_waiting(
+        &self,
+        key: &[u8],
+        (delta, init): (i64, i64),
+        ttl: Option<Duration>,
+        wait: Wait,
+    ) -> Result<i64> {
+        let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         Self::check_value(&a, COUNTER_LEN)?;
         let new_expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
         // Allocated before the critical section, which must not allocate.
         let mut buf = Vec::with_capacity(COUNTER_LEN);
-        let counted = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Revoke(h), |s| {
+        let counted = self.locked(&a, a.geo.shard_of(h), wait, Access::Revoke(h), |s| {
             table::incr(s, key, h, delta, init, new_expire, now, &mut buf)
         })?;
         match counted {
@@ -1349,14 +1381,21 @@ impl Cache {
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         let (a, now) = self.enter_at(Wait::Yes)?;
         Self::check_key(&a, key)?;
-        self.remove_in(&a, key, now)
+        self.remove_in(&a, key, now, Wait::Yes)
+    }
+
+    /// Like [`Cache::remove`], but never waits for a lock ([`Error::WouldBlock`]).
+    pub fn try_remove(&self, key: &[u8]) -> Result<bool> {
+        let (a, now) = self.enter_at(Wait::No)?;
+        Self::check_key(&a, key)?;
+        self.remove_in(&a, key, now, Wait::No)
     }
 
     /// [`Cache::remove`] in the file `a` maps (the near cache's lease removes in its own
     /// file, whatever the handle maps by then).
-    pub(crate) fn remove_in(&self, a: &Attached, key: &[u8], now: u64) -> Result<bool> {
+    pub(crate) fn remove_in(&self, a: &Attached, key: &[u8], now: u64, wait: Wait) -> Result<bool> {
         let h = a.hasher.hash(key);
-        self.locked(a, a.geo.shard_of(h), Wait::Yes, Access::Revoke(h), |s| {
+        self.locked(a, a.geo.shard_of(h), wait, Access::Revoke(h), |s| {
             let kh = s.locate(h);
             s.remove(key, &kh, now)
         })
@@ -1380,11 +1419,20 @@ impl Cache {
 
     /// Gives a fresh entry a new TTL (`None`: no expiry); false if there is none.
     pub fn touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
+        self.touch_waiting(key, ttl, Wait::Yes)
+    }
+
+    /// Like [`Cache::touch`], but never waits for a lock ([`Error::WouldBlock`]).
+    pub fn try_touch(&self, key: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        self.touch_waiting(key, ttl, Wait::No)
+    }
+
+    fn touch_waiting(&self, key: &[u8], ttl: Option<Duration>, wait: Wait) -> Result<bool> {
+        let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Write, |s| {
+        self.locked(&a, a.geo.shard_of(h), wait, Access::Write, |s| {
             let kh = s.locate(h);
             s.touch(key, &kh, expire, now)
         })

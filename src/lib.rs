@@ -79,6 +79,21 @@
 //!   slots for read counters, so gets share no cache line across processes. A slot is
 //!   claimed with an open file description lock, so larder starts no threads.
 //!
+//! # Which calls wait, and for how long
+//!
+//! No call waits on another process without a deadline, and a call that would wait on
+//! an event loop's thread has a `try_` form that never does ([`Error::WouldBlock`]):
+//!
+//! | calls | wait for | at most |
+//! |---|---|---|
+//! | [`Cache::get`], `get_into`, `get_many`, `get_stale`, `get_versioned` | a shard lock, only when the optimistic read fails (a writer mid-write, or a stopped or dead one) | the lock timeout (`Options::lock_timeout`, 500 ms by default) |
+//! | `set`, `insert_if_absent`, `replace`, `remove`, `incr`, `touch`, `ttl`, `set_if_version`, `set_with_ticket`, `Fill::complete` | the key's shard lock | the lock timeout |
+//! | `clear`, `verify`, `repair` | every shard's lock in turn | the lock timeout per shard |
+//! | [`Cache::stats`] | nothing (it reads counters without locks) | no wait |
+//! | [`Cache::get_or_insert_with`], [`Cache::begin_fill`] | the shard lock, then another process's fill of a key of the same fill slot (unless a stale value can be served) | the lock timeout, then the fill timeout (`Options::fill_timeout`, 5 s by default) |
+//! | any call, once per 250 ms per handle | the check that the path still names the file; after a replacement, a replacer's file lock; after a removal by another uid, the owner's re-creation | the lock timeout; 200 ms for the owner |
+//! | `try_get`, `try_set`, `try_insert_if_absent`, `try_remove`, `try_incr`, `try_touch`, `try_begin_fill` | nothing: [`Error::WouldBlock`] instead | no wait |
+//!
 //! # Limits
 //!
 //! Linux with glibc only. Processes sharing a file must run the same format version

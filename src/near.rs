@@ -377,7 +377,7 @@ fn invalidate_in(cache: &Cache, a: &crate::file::Attached, key: &[u8], now: u64)
         return Ok(false);
     }
     word(a, NA_INVALIDATIONS).fetch_add(1, SeqCst);
-    cache.remove_in(a, key, now)
+    cache.remove_in(a, key, now, Wait::Yes)
 }
 
 /// [`Near::flush`] in the file `a` maps.

@@ -1109,9 +1109,21 @@ fn assert_held_shard_times_out(c: &Cache, timeout: Duration, neighbour: &[u8], o
             "{op} waited far past the deadline: {took:?}"
         );
     }
+    let mut out = Vec::new();
     for (op, r) in [
         ("try_get", c.try_get(neighbour).map(|_| ())),
         ("try_set", c.try_set(neighbour, b"x", None)),
+        (
+            "try_insert_if_absent",
+            c.try_insert_if_absent(neighbour, b"x", None).map(|_| ()),
+        ),
+        ("try_remove", c.try_remove(neighbour).map(|_| ())),
+        ("try_incr", c.try_incr(neighbour, 1, 0, None).map(|_| ())),
+        ("try_touch", c.try_touch(neighbour, None).map(|_| ())),
+        (
+            "try_begin_fill",
+            c.try_begin_fill(neighbour, &mut out).map(|_| ()),
+        ),
     ] {
         match r {
             Err(e @ Error::WouldBlock) => {
@@ -1123,6 +1135,14 @@ fn assert_held_shard_times_out(c: &Cache, timeout: Duration, neighbour: &[u8], o
     // WouldBlock only when a lock is busy: another shard answers both.
     assert_eq!(c.try_get(other).expect("try_get"), Some(b"other".to_vec()));
     c.try_set(other, b"other2", None).expect("try_set");
+    assert!(!c
+        .try_insert_if_absent(other, b"x", None)
+        .expect("try_insert_if_absent"));
+    assert!(c.try_touch(other, None).expect("try_touch"));
+    let more = common::keys_in_shard(c, c.shard_of(other), "unheld", 2);
+    assert!(!c.try_remove(&more[0]).expect("try_remove"));
+    assert_eq!(c.try_incr(&more[1], 2, 40, None).expect("try_incr"), 42);
+    assert!(c.try_remove(&more[1]).expect("try_remove"));
     c.set(other, b"other", None).expect("set");
     assert!(c.stats().lock_timeouts >= timeouts_before + blocking.len() as u64);
 }
