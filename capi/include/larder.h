@@ -210,6 +210,21 @@ larder_status larder_clear(larder_cache *c, uint64_t *removed);
 /* OK: the counters, written up to out->struct_size (which the caller sets). */
 larder_status larder_stats(larder_cache *c, struct larder_stats *out);
 
+/* For event loops (OpenResty): the same calls, but none waits for a lock. Where one
+   would (another process holds the shard lock), E_WOULD_BLOCK and nothing was done;
+   otherwise each returns what its waiting sibling returns. */
+larder_status larder_try_get(larder_cache *c, const void *key, size_t key_len,
+                             void *buf, size_t cap, size_t *len);
+larder_status larder_try_set(larder_cache *c, const void *key, size_t key_len,
+                             const void *val, size_t val_len, uint64_t ttl_ms);
+larder_status larder_try_add(larder_cache *c, const void *key, size_t key_len,
+                             const void *val, size_t val_len, uint64_t ttl_ms);
+larder_status larder_try_remove(larder_cache *c, const void *key, size_t key_len);
+larder_status larder_try_incr(larder_cache *c, const void *key, size_t key_len,
+                              int64_t delta, int64_t init, uint64_t ttl_ms, int64_t *out);
+larder_status larder_try_touch(larder_cache *c, const void *key, size_t key_len,
+                               uint64_t ttl_ms);
+
 /* CAS. As larder_get, and on OK *version = the entry's version. */
 larder_status larder_gets(larder_cache *c, const void *key, size_t key_len, void *buf,
                           size_t cap, size_t *len, larder_version *version);

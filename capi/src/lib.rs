@@ -462,6 +462,52 @@ pub unsafe extern "C" fn larder_unlink(name: *const c_char) -> c_int {
 // ---------------------------------------------------------------------------------------
 // Reads
 
+/// Whether a call may wait for a lock (up to its deadline) or gives up at once with
+/// `LARDER_E_WOULD_BLOCK` (the `larder_try_` calls, for event loops).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// # Safety
+/// As `larder_get`.
+unsafe fn get(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented on `larder_get`.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        check_out(buf, cap, len)?;
+        with_scratch(|v| {
+            let found = match wait {
+                Wait::Yes => h.cache.get_into(key, v)?,
+                Wait::No => match h.cache.try_get(key)? {
+                    Some(value) => {
+                        *v = value;
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if found {
+                // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
+                Ok(unsafe { copy_out(v, buf, cap, len, LARDER_OK) })
+            } else {
+                // SAFETY: as above.
+                unsafe { zero_len(len) };
+                Ok(LARDER_MISS)
+            }
+        })
+    })
+}
+
 /// Copies a fresh value into `buf`.
 ///
 /// # Safety
@@ -476,21 +522,25 @@ pub unsafe extern "C" fn larder_get(
     cap: usize,
     len: *mut usize,
 ) -> c_int {
-    entry(|| {
-        // SAFETY: the caller's promises, as documented above.
-        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
-        check_out(buf, cap, len)?;
-        with_scratch(|v| {
-            if h.cache.get_into(key, v)? {
-                // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
-                Ok(unsafe { copy_out(v, buf, cap, len, LARDER_OK) })
-            } else {
-                // SAFETY: as above.
-                unsafe { zero_len(len) };
-                Ok(LARDER_MISS)
-            }
-        })
-    })
+    // SAFETY: the caller's promises are `get`'s.
+    unsafe { get(Wait::Yes, c, key, key_len, buf, cap, len) }
+}
+
+/// `larder_get` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_get`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_get(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    // SAFETY: the caller's promises are `get`'s.
+    unsafe { get(Wait::No, c, key, key_len, buf, cap, len) }
 }
 
 /// Copies a fresh value (`LARDER_OK`) or an expired one (`LARDER_STALE`).
@@ -611,8 +661,10 @@ enum Store {
 
 /// # Safety
 /// As `larder_set`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn store(
     how: Store,
+    wait: Wait,
     c: *mut larder_cache,
     key: *const c_void,
     key_len: usize,
@@ -630,15 +682,30 @@ unsafe fn store(
             )
         };
         let t = ttl(ttl_ms);
-        Ok(match how {
-            Store::Set => {
-                h.cache.set(key, val, t)?;
+        let cache = &h.cache;
+        Ok(match (how, wait) {
+            (Store::Set, Wait::Yes) => {
+                cache.set(key, val, t)?;
                 LARDER_OK
             }
-            Store::Add if h.cache.insert_if_absent(key, val, t)? => LARDER_OK,
-            Store::Add => LARDER_EXISTS,
-            Store::Replace if h.cache.replace(key, val, t)? => LARDER_OK,
-            Store::Replace => LARDER_MISS,
+            (Store::Set, Wait::No) => {
+                cache.try_set(key, val, t)?;
+                LARDER_OK
+            }
+            (Store::Add, w) => {
+                let stored = match w {
+                    Wait::Yes => cache.insert_if_absent(key, val, t)?,
+                    Wait::No => cache.try_insert_if_absent(key, val, t)?,
+                };
+                if stored {
+                    LARDER_OK
+                } else {
+                    LARDER_EXISTS
+                }
+            }
+            // The core has no replace that never waits: no `larder_try_replace` asks.
+            (Store::Replace, _) if cache.replace(key, val, t)? => LARDER_OK,
+            (Store::Replace, _) => LARDER_MISS,
         })
     })
 }
@@ -658,7 +725,7 @@ pub unsafe extern "C" fn larder_set(
     ttl_ms: u64,
 ) -> c_int {
     // SAFETY: the caller's promises are `store`'s.
-    unsafe { store(Store::Set, c, key, key_len, val, val_len, ttl_ms) }
+    unsafe { store(Store::Set, Wait::Yes, c, key, key_len, val, val_len, ttl_ms) }
 }
 
 /// Stores a value only if there is no fresh entry.
@@ -675,7 +742,7 @@ pub unsafe extern "C" fn larder_add(
     ttl_ms: u64,
 ) -> c_int {
     // SAFETY: the caller's promises are `store`'s.
-    unsafe { store(Store::Add, c, key, key_len, val, val_len, ttl_ms) }
+    unsafe { store(Store::Add, Wait::Yes, c, key, key_len, val, val_len, ttl_ms) }
 }
 
 /// Stores a value only if there is a fresh entry.
@@ -692,7 +759,52 @@ pub unsafe extern "C" fn larder_replace(
     ttl_ms: u64,
 ) -> c_int {
     // SAFETY: the caller's promises are `store`'s.
-    unsafe { store(Store::Replace, c, key, key_len, val, val_len, ttl_ms) }
+    unsafe {
+        store(
+            Store::Replace,
+            Wait::Yes,
+            c,
+            key,
+            key_len,
+            val,
+            val_len,
+            ttl_ms,
+        )
+    }
+}
+
+/// `larder_set` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_set`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_set(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `store`'s.
+    unsafe { store(Store::Set, Wait::No, c, key, key_len, val, val_len, ttl_ms) }
+}
+
+/// `larder_add` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_set`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_add(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `store`'s.
+    unsafe { store(Store::Add, Wait::No, c, key, key_len, val, val_len, ttl_ms) }
 }
 
 /// Stores a value only if the entry still has `version`.
@@ -735,6 +847,20 @@ pub unsafe extern "C" fn larder_cas(
     })
 }
 
+/// # Safety
+/// As `larder_remove`.
+unsafe fn remove(wait: Wait, c: *mut larder_cache, key: *const c_void, key_len: usize) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promises, as documented on `larder_remove`.
+        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
+        let removed = match wait {
+            Wait::Yes => h.cache.remove(key)?,
+            Wait::No => h.cache.try_remove(key)?,
+        };
+        Ok(if removed { LARDER_OK } else { LARDER_MISS })
+    })
+}
+
 /// Removes an entry.
 ///
 /// # Safety
@@ -745,14 +871,50 @@ pub unsafe extern "C" fn larder_remove(
     key: *const c_void,
     key_len: usize,
 ) -> c_int {
+    // SAFETY: the caller's promises are `remove`'s.
+    unsafe { remove(Wait::Yes, c, key, key_len) }
+}
+
+/// `larder_remove` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_remove`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_remove(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+) -> c_int {
+    // SAFETY: the caller's promises are `remove`'s.
+    unsafe { remove(Wait::No, c, key, key_len) }
+}
+
+/// # Safety
+/// As `larder_incr`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn incr(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    delta: i64,
+    init: i64,
+    ttl_ms: u64,
+    out: *mut i64,
+) -> c_int {
     entry(|| {
-        // SAFETY: the caller's promises, as documented above.
+        // SAFETY: the caller's promises, as documented on `larder_incr`.
         let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
-        Ok(if h.cache.remove(key)? {
-            LARDER_OK
-        } else {
-            LARDER_MISS
-        })
+        if out.is_null() {
+            return Err(Failure::Null("out"));
+        }
+        let v = match wait {
+            Wait::Yes => h.cache.incr(key, delta, init, ttl(ttl_ms))?,
+            Wait::No => h.cache.try_incr(key, delta, init, ttl(ttl_ms))?,
+        };
+        // SAFETY: non-NULL and writable by the caller's promise.
+        unsafe { out.write(v) };
+        Ok(LARDER_OK)
     })
 }
 
@@ -770,16 +932,45 @@ pub unsafe extern "C" fn larder_incr(
     ttl_ms: u64,
     out: *mut i64,
 ) -> c_int {
+    // SAFETY: the caller's promises are `incr`'s.
+    unsafe { incr(Wait::Yes, c, key, key_len, delta, init, ttl_ms, out) }
+}
+
+/// `larder_incr` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_incr`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_incr(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    delta: i64,
+    init: i64,
+    ttl_ms: u64,
+    out: *mut i64,
+) -> c_int {
+    // SAFETY: the caller's promises are `incr`'s.
+    unsafe { incr(Wait::No, c, key, key_len, delta, init, ttl_ms, out) }
+}
+
+/// # Safety
+/// As `larder_touch`.
+unsafe fn touch(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    ttl_ms: u64,
+) -> c_int {
     entry(|| {
-        // SAFETY: the caller's promises, as documented above.
+        // SAFETY: the caller's promises, as documented on `larder_touch`.
         let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
-        if out.is_null() {
-            return Err(Failure::Null("out"));
-        }
-        let v = h.cache.incr(key, delta, init, ttl(ttl_ms))?;
-        // SAFETY: non-NULL and writable by the caller's promise.
-        unsafe { out.write(v) };
-        Ok(LARDER_OK)
+        let touched = match wait {
+            Wait::Yes => h.cache.touch(key, ttl(ttl_ms))?,
+            Wait::No => h.cache.try_touch(key, ttl(ttl_ms))?,
+        };
+        Ok(if touched { LARDER_OK } else { LARDER_MISS })
     })
 }
 
@@ -794,15 +985,23 @@ pub unsafe extern "C" fn larder_touch(
     key_len: usize,
     ttl_ms: u64,
 ) -> c_int {
-    entry(|| {
-        // SAFETY: the caller's promises, as documented above.
-        let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
-        Ok(if h.cache.touch(key, ttl(ttl_ms))? {
-            LARDER_OK
-        } else {
-            LARDER_MISS
-        })
-    })
+    // SAFETY: the caller's promises are `touch`'s.
+    unsafe { touch(Wait::Yes, c, key, key_len, ttl_ms) }
+}
+
+/// `larder_touch` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_touch`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_touch(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `touch`'s.
+    unsafe { touch(Wait::No, c, key, key_len, ttl_ms) }
 }
 
 /// Removes every entry.
@@ -957,7 +1156,7 @@ pub unsafe extern "C" fn larder_set_with_ticket(
 /// As `larder_fill_begin`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn fill_begin(
-    wait: bool,
+    wait: Wait,
     c: *mut larder_cache,
     key: *const c_void,
     key_len: usize,
@@ -977,10 +1176,9 @@ unsafe fn fill_begin(
         let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
         check_out(buf, cap, len)?;
         with_scratch(|v| {
-            let begun = if wait {
-                h.cache.begin_fill(key, v)?
-            } else {
-                h.cache.try_begin_fill(key, v)?
+            let begun = match wait {
+                Wait::Yes => h.cache.begin_fill(key, v)?,
+                Wait::No => h.cache.try_begin_fill(key, v)?,
             };
             Ok(match begun {
                 // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
@@ -1027,7 +1225,7 @@ pub unsafe extern "C" fn larder_fill_begin(
     fill: *mut *mut larder_fill,
 ) -> c_int {
     // SAFETY: the caller's promises are `fill_begin`'s.
-    unsafe { fill_begin(true, c, key, key_len, buf, cap, len, fill) }
+    unsafe { fill_begin(Wait::Yes, c, key, key_len, buf, cap, len, fill) }
 }
 
 /// `larder_fill_begin` that never waits: `LARDER_E_WOULD_BLOCK` where it would.
@@ -1045,7 +1243,7 @@ pub unsafe extern "C" fn larder_fill_try_begin(
     fill: *mut *mut larder_fill,
 ) -> c_int {
     // SAFETY: the caller's promises are `fill_begin`'s.
-    unsafe { fill_begin(false, c, key, key_len, buf, cap, len, fill) }
+    unsafe { fill_begin(Wait::No, c, key, key_len, buf, cap, len, fill) }
 }
 
 /// Takes a fill back from the caller if it is the thread that began it; otherwise

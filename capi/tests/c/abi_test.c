@@ -316,6 +316,30 @@ static void test_basic(void) {
     EXPECT(LARDER_OK, larder_set(c, K("forever"), K("v"), UINT64_MAX));
     EXPECT(LARDER_OK, larder_get(c, K("forever"), buf, sizeof buf, &len));
 
+    /* the calls that never wait: with no lock held elsewhere, their siblings' outcomes */
+    EXPECT(LARDER_E_NULL, larder_try_get(NULL, K("a"), buf, sizeof buf, &len));
+    EXPECT(LARDER_E_NULL, larder_try_get(c, K("a"), buf, sizeof buf, NULL));
+    EXPECT(LARDER_E_NULL, larder_try_set(c, NULL, 2, K("v"), 0));
+    EXPECT(LARDER_E_NULL, larder_try_incr(c, K("tn"), 1, 0, 0, NULL));
+    EXPECT(LARDER_MISS, larder_try_get(c, K("try"), buf, sizeof buf, &len));
+    EXPECT(LARDER_OK, larder_try_add(c, K("try"), K("one"), 0));
+    EXPECT(LARDER_EXISTS, larder_try_add(c, K("try"), K("two"), 0));
+    EXPECT(LARDER_OK, larder_try_set(c, K("try"), K("three"), 0));
+    EXPECT(LARDER_TOO_SMALL, larder_try_get(c, K("try"), buf, 2, &len));
+    CHECK(len == 5);
+    EXPECT(LARDER_OK, larder_try_get(c, K("try"), buf, sizeof buf, &len));
+    CHECK(len == 5 && memcmp(buf, "three", 5) == 0);
+    EXPECT(LARDER_OK, larder_try_touch(c, K("try"), 60000));
+    EXPECT(LARDER_OK, larder_ttl(c, K("try"), &ttl));
+    CHECK(ttl > 0 && ttl <= 60000);
+    EXPECT(LARDER_MISS, larder_try_touch(c, K("none"), 60000));
+    EXPECT(LARDER_OK, larder_try_incr(c, K("tn"), 2, 40, 0, &n));
+    CHECK(n == 42);
+    EXPECT(LARDER_E_NOT_A_COUNTER, larder_try_incr(c, K("try"), 1, 0, 0, &n));
+    EXPECT(LARDER_OK, larder_try_remove(c, K("try")));
+    EXPECT(LARDER_MISS, larder_try_remove(c, K("try")));
+    EXPECT(LARDER_E_TOO_LARGE, larder_try_set(c, big, 65, K("v"), 0));
+
     /* expiry and get_stale: poll (with a deadline) until the entry has expired */
     EXPECT(LARDER_OK, larder_set(c, K("short"), K("old"), 1));
     {
