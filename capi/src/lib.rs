@@ -364,7 +364,7 @@ pub unsafe extern "C" fn larder_open(
         ));
         // SAFETY: as the caller promises for `opts`.
         let o = unsafe { read_options(opts) }?;
-        let key = |path: std::path::PathBuf| Key {
+        let key = |path: std::ffi::OsString| Key {
             path,
             capacity: or_default(o.capacity, larder_core::DEFAULT_CAPACITY),
             max_key_len: or_default(o.max_key_len as usize, larder_core::DEFAULT_MAX_KEY_LEN),
@@ -385,10 +385,10 @@ pub unsafe extern "C" fn larder_open(
         // path depends on the working directory): it is its own key too, found without
         // resolving anything.
         let stable = name.is_absolute() || !name.as_os_str().as_bytes().contains(&b'/');
-        let alias = stable.then(|| key(name.to_path_buf()));
+        let alias = stable.then(|| key(name.as_os_str().to_os_string()));
         let h = registry::open(
             alias,
-            || Ok(key(canonical(name)?)),
+            || Ok(key(canonical(name)?.into_os_string())),
             |k| {
                 let opts = Options::new()
                     .capacity(k.capacity)
@@ -399,9 +399,9 @@ pub unsafe extern "C" fn larder_open(
                     .fill_timeout(Duration::from_millis(k.fill_timeout_ms))
                     .mode(k.mode);
                 if k.attach_only {
-                    opts.attach(&k.path)
+                    opts.attach(Path::new(&k.path))
                 } else {
-                    opts.open(&k.path)
+                    opts.open(Path::new(&k.path))
                 }
             },
         )?;

@@ -21,7 +21,7 @@
 
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,11 +32,12 @@ use larder_core::{Cache, Error};
 /// stopped process waits this long.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// What makes two opens the same: the file's resolved path and the options after
-/// defaults were applied (so 0 and the default value are the same).
+/// What makes two opens the same: the file's resolved path (or the name as given, for an
+/// alias) and the options after defaults were applied (so 0 and the default value are
+/// the same). The path is kept as bytes: hashing a `Path` parses its components.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub path: PathBuf,
+    pub path: OsString,
     pub capacity: u64,
     pub max_key_len: usize,
     pub max_value_len: usize,
@@ -292,7 +293,7 @@ mod tests {
 
     fn key(path: &std::path::Path) -> Key {
         Key {
-            path: path.to_path_buf(),
+            path: path.as_os_str().to_os_string(),
             capacity: 4 << 20,
             max_key_len: 256,
             max_value_len: 4096,
