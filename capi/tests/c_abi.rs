@@ -267,6 +267,45 @@ fn ffi_block_is_plain_declarations_that_compile_alone() {
     );
 }
 
+/// The functions the block declares (every identifier followed by `(`, but the types).
+fn declared_functions(block: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (i, _) in block.match_indices('(') {
+        let before = &block[..i];
+        let start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |p| p + 1);
+        let name = &before[start..];
+        if name.starts_with("larder_") {
+            out.insert(name.to_string());
+        }
+    }
+    out
+}
+
+/// The shared library exports exactly the functions the header declares.
+#[test]
+fn library_exports_exactly_the_declared_functions() {
+    if !have("nm") {
+        eprintln!("skipped: no nm");
+        return;
+    }
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib_dir().join("liblarder.so"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let exported: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+        .collect();
+    let declared = declared_functions(&ffi_block());
+    assert!(declared.len() > 30, "{declared:?}");
+    assert_eq!(exported, declared);
+}
+
 /// PHP's FFI loads the block as the PHP binding will (skipped, saying so, where PHP or
 /// its FFI extension is missing).
 #[test]
