@@ -1319,3 +1319,33 @@ pub extern "C" fn larder_strerror(s: c_int) -> *const c_char {
 pub extern "C" fn larder_last_error() -> *const c_char {
     status::last_error()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_inside_an_entry_point_is_internal_with_its_message() {
+        let s = entry(|| panic!("boom {}", 42));
+        assert_eq!(s, LARDER_E_INTERNAL);
+        // SAFETY: the library's NUL-terminated message, read before the next error.
+        let msg = unsafe { CStr::from_ptr(larder_last_error()) }
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            msg.contains("boom 42") && msg.contains("please report"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_failure_leaves_its_status_and_message() {
+        let s = entry(|| Err(Failure::Null("key")));
+        assert_eq!(s, LARDER_E_NULL);
+        // SAFETY: as above.
+        let msg = unsafe { CStr::from_ptr(larder_last_error()) }
+            .to_string_lossy()
+            .into_owned();
+        assert!(msg.starts_with("key is NULL"), "{msg}");
+    }
+}
