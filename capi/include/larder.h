@@ -39,10 +39,10 @@
  *
  * FORK. Handles survive fork: a child uses its parent's handles as they are, and a
  * re-open in the child returns the inherited handle. The child's references are its
- * own (close them in the child as usual; the parent is unaffected). Nothing in the
- * library waits on a lock that a parent's other thread held at the moment of fork. A
- * fill the parent held stays the parent's thread's (the child gets
- * LARDER_E_WRONG_THREAD on it). A process killed while it holds a fill or a lock is
+ * own (close them in the child as usual; the parent is unaffected). The registry of
+ * open handles never waits in a child for a parent's thread that held it at the moment
+ * of fork (the child takes it over), and fork itself never waits for it. A fill the
+ * parent held stays the parent's thread's (the child gets LARDER_E_WRONG_THREAD on it). A process killed while it holds a fill or a lock is
  * repaired by the others: the next caller takes the fill over (LARDER_FILL).
  *
  * PANICS. No panic crosses this boundary: a bug inside larder is LARDER_E_INTERNAL.
