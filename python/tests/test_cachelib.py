@@ -96,6 +96,8 @@ class TestLarderCache(
         assert cache.get("big") is None
         assert cache.add("big", too_large) is False
         assert cache.set_many({"small": 1, "big": too_large}) == ["small"]
+        too_long = "k" * (cache._cache.limits()["max_key_len"] + 1)
+        assert cache.set(too_long, 1) is False
 
 
 class Unpicklable:

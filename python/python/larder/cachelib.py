@@ -112,8 +112,12 @@ class LarderCache(BaseCache):
         try:
             self._cache.set(key, data, ttl)
         except _STORE_ERRORS:
-            # Never leave the value this one was meant to replace.
-            self._cache.delete(key)
+            # Never leave the value this one was meant to replace (a key too long to
+            # store has none, and its delete fails the same way).
+            try:
+                self._cache.delete(key)
+            except larder.TooLarge:
+                pass
             return False
         return True
 

@@ -177,9 +177,16 @@ class LarderCache(BaseCache):
         try:
             yield ("set", key, data, ttl)
         except (larder.TooLarge, larder.NoSpace):
-            # Never leave the value this one was meant to replace.
-            yield ("delete", key)
+            yield from self._forget(key)
             raise
+
+    def _forget(self, key):
+        """After a failed store: never leave the value it was meant to replace (a key
+        too long to store has none, and its delete fails the same way)."""
+        try:
+            yield ("delete", key)
+        except larder.TooLarge:
+            pass
 
     def _add(self, key, value, timeout, version):
         key = self.make_and_validate_key(key, version=version)
@@ -231,7 +238,7 @@ class LarderCache(BaseCache):
             try:
                 yield ("set", key, encoded, ttl)
             except (larder.TooLarge, larder.NoSpace):
-                yield ("delete", key)
+                yield from self._forget(key)
                 failed.append(original)
         return failed
 
