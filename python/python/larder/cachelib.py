@@ -112,14 +112,17 @@ class LarderCache(BaseCache):
         try:
             self._cache.set(key, data, ttl)
         except _STORE_ERRORS:
-            # Never leave the value this one was meant to replace (a key too long to
-            # store has none, and its delete fails the same way).
-            try:
-                self._cache.delete(key)
-            except larder.TooLarge:
-                pass
+            self._forget(key)
             return False
         return True
+
+    def _forget(self, key):
+        """After a failed store: never leave the value it was meant to replace (a key
+        too long to store has none, and its delete fails the same way)."""
+        try:
+            self._cache.delete(key)
+        except larder.TooLarge:
+            pass
 
     def add(self, key, value, timeout=None):
         data = _framework.encode(value, self.serializer.dumps)
@@ -135,12 +138,32 @@ class LarderCache(BaseCache):
             return False
 
     def set_many(self, mapping, timeout=None):
-        return [k for k, v in mapping.items() if self.set(k, v, timeout)]
+        cache = self._cache
+        ttl = self._ttl(timeout)
+        if not hasattr(cache, "set_many") or ttl == 0:
+            return [k for k, v in mapping.items() if self.set(k, v, timeout)]
+        dumps = self.serializer.dumps
+        encoded = {k: _framework.encode(v, dumps) for k, v in mapping.items()}
+        keys = {self._key(k): k for k, data in encoded.items() if data is not None}
+        failed = set(
+            cache.set_many({k: encoded[name] for k, name in keys.items()}, ttl)
+        )
+        for key in failed:
+            self._forget(key)
+        return [name for key, name in keys.items() if key not in failed]
 
     def delete(self, key):
         return self._cache.delete(self._key(key))
 
     def delete_many(self, *keys):
+        cache = self._cache
+        if hasattr(cache, "delete_many"):
+            try:
+                cache.delete_many([self._key(k) for k in keys])
+                # A key that was not there is deleted too, as cachelib says.
+                return list(keys)
+            except larder.LarderError:
+                pass  # key by key below, to tell which failed
         deleted = []
         for key in keys:
             try:

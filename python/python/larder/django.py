@@ -293,10 +293,28 @@ class LarderCache(BaseCache):
         return self._run(self._get_many(keys, version))
 
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
-        return self._run(self._set_many(data, timeout, version))
+        cache = self._cache
+        ttl = self.get_backend_timeout(timeout)
+        if not hasattr(cache, "set_many") or ttl == 0:
+            return self._run(self._set_many(data, timeout, version))
+        names = {}
+        encoded = {}
+        for name, value in data.items():
+            key = self.make_and_validate_key(name, version=version)
+            names[key] = name
+            encoded[key] = self._encode(value)
+        failed = cache.set_many(encoded, ttl)
+        for key in failed:
+            self._run(self._forget(key))
+        return [names[key] for key in failed]
 
     def delete_many(self, keys, version=None):
-        self._run(self._delete_many(keys, version))
+        cache = self._cache
+        if not hasattr(cache, "delete_many"):
+            return self._run(self._delete_many(keys, version))
+        cache.delete_many(
+            [self.make_and_validate_key(k, version=version) for k in keys]
+        )
 
     def incr(self, key, delta=1, version=None):
         return self._run(self._incr(key, delta, version))

@@ -204,8 +204,8 @@ def test_every_payload_length_round_trips():
 
 
 class AwaitableCache(larder.Cache):
-    """A handle with awaitable methods (each runs its blocking call in a thread),
-    standing in for larder.Cache's own where the installed larder has none."""
+    """A handle with awaitable methods: larder.Cache's own where the installed larder
+    has them, else each runs its synchronous method in a thread."""
 
     __slots__ = ()
 
@@ -223,14 +223,30 @@ class AwaitableCache(larder.Cache):
 _AWAITABLE = {"get", "set", "add", "delete", "get_many", "incr", "touch", "get_or_set"}
 
 
+class SyncOnlyCache(larder.Cache):
+    """A handle without awaitable methods, whatever the installed larder has."""
+
+    __slots__ = ()
+
+    def __getattribute__(self, name):
+        if name[:1] == "a" and name[1:] in _AWAITABLE:
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
 class AwaitableBackend(larder.django.LarderCache):
     handle_class = AwaitableCache
 
 
-@pytest.mark.parametrize("backend", [larder.django.LarderCache, AwaitableBackend])
+class SyncOnlyBackend(larder.django.LarderCache):
+    handle_class = SyncOnlyCache
+
+
+@pytest.mark.parametrize("backend", [AwaitableBackend, SyncOnlyBackend])
 def test_awaitable_methods(backend):
     location = unique_location()
     cache = backend(location, params(location))
+    # Native: larder's awaitable methods; else Django's defaults (a thread each).
     assert cache._native_async is (backend is AwaitableBackend)
 
     async def scenario():
