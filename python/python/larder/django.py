@@ -95,8 +95,8 @@ class LarderCache(BaseCache):
         if culling:
             raise ImproperlyConfigured(
                 f"larder.django.LarderCache has no {', '.join(culling).upper()}: the "
-                f'file\'s size is OPTIONS["capacity"] (bytes), and larder evicts the '
-                f"least recently used entries by itself"
+                f'file\'s size is OPTIONS["capacity"] (bytes), and a full file evicts '
+                f"by itself (S3-FIFO)"
             )
         serializer = _serializer(options.pop("serializer", None))
         self._dumps = serializer.dumps
