@@ -1,0 +1,1 @@
+# cachelib's reusable test classes, vendored; see data.py.

@@ -1,0 +1,1 @@
+# Django's tests/cache package, vendored; see tests.py.
