@@ -13,6 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target"
+target="$(cd "$target" && pwd)"
 
 # The near-cache and `larder listen` tests start redis-server of their own.
 if ! command -v redis-server >/dev/null; then
