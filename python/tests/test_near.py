@@ -95,6 +95,35 @@ def test_another_clients_write_stops_being_served_within_the_bound(
     wait_for_hit(near, "k:a", b"v2")
 
 
+def test_a_stopped_listeners_silence_stops_hits_within_the_bound(
+    near, other, listening
+):
+    other("SET", "k:a", "v1")
+    wait_for_hit(near, "k:a", b"v1")
+    # No invalidation reaches the near cache while the listener is stopped: only the
+    # heartbeat's age keeps v1 from being served past the bound.
+    listening.signal(signal.SIGSTOP)
+    try:
+        other("SET", "k:a", "v2")
+        written = time.monotonic()
+        end = written + DEADLINE
+        while True:
+            asked = time.monotonic()
+            got = near.get("k:a")
+            if got == b"v2":
+                break
+            assert got == b"v1"
+            assert (
+                asked - written < BOUND
+            ), f"v1 still served {asked - written:.3f} s after"
+            assert asked < end
+        before = near.stats()["bypasses"]
+        assert near.get("k:a") == b"v2"
+        assert near.stats()["bypasses"] == before + 1
+    finally:
+        listening.signal(signal.SIGCONT)
+
+
 def test_a_killed_listeners_successor_flushes(
     cache, near, other, listening, redis_server
 ):
