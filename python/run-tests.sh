@@ -33,12 +33,14 @@ echo "run-tests.sh: test wheel $wheel built in $((SECONDS - started)) s" >&2
 
 # A fresh environment each run: nothing left from a previous install or from the
 # source tree can stand in for what the wheel holds.
+started=$SECONDS
 venv="$target/venv-wheel"
 rm -rf "$venv"
 python3 -m venv "$venv"
 python="$(cd "$venv/bin" && pwd)/python"
 "$python" -m pip install -q -r python/requirements-test.txt
 "$python" -m pip install -q --no-deps "$wheel"
+echo "run-tests.sh: fresh environment with the wheel made in $((SECONDS - started)) s" >&2
 
 cd python
 # The suite must import the installed package, not python/python/larder.
