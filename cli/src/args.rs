@@ -316,6 +316,14 @@ pub enum Cmd {
     /// summary.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
+    /// `larder bench` in a build without it (the Python wheel's command): a one-line
+    /// answer that says where to find it, rather than "unrecognized subcommand".
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[cfg(feature = "bench")]

@@ -202,6 +202,12 @@ fn run(cli: Cli) -> Outcome {
         Cmd::Ls { dir } => ls::run(g, &dir),
         #[cfg(feature = "bench")]
         Cmd::Bench(a) => bench::run(g, a),
+        #[cfg(not(feature = "bench"))]
+        Cmd::Bench { .. } => Err(Failure::new(
+            "bench is not in this build of the command (its workers run the command's \
+             executable again, which here is not the command): install the larder \
+             command from cli/ (cargo install --path cli) to run it",
+        )),
     }
 }
 
