@@ -9,8 +9,8 @@
 #
 # LARDER_WHEEL_FEATURES=crash-points does the same as --features. The tools (maturin,
 # zig, auditwheel) are pinned below and installed into a virtual environment under
-# target/ (made on first use), never into the system's Python. The path of the wheel
-# built is the last line of stdout.
+# target/ (made on first use, from $PYTHON or python3), never into the system's Python.
+# The path of the wheel built is the last line of stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +31,7 @@ esac
 target="${CARGO_TARGET_DIR:-target}"
 tools="$target/venv-build"
 if [ ! -x "$tools/bin/python" ]; then
-    python3 -m venv "$tools"
+    "${PYTHON:-python3}" -m venv "$tools"
 fi
 # The wheel's glibc floor: manylinux2014 (glibc 2.17, the oldest Rust's std supports).
 manylinux=2_17

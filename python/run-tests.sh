@@ -8,8 +8,9 @@
 #
 #   python/run-tests.sh [PYTEST ARGS...]
 #
-# LARDER_SKIP_RELEASE_WHEEL=1 skips the release wheel (a second release build of the
-# extension) for a quicker run while working on the tests.
+# PYTHON=/path/to/python3 is the interpreter the fresh environments are made from
+# (default: python3). LARDER_SKIP_RELEASE_WHEEL=1 skips the release wheel (a second
+# release build of the extension) for a quicker run while working on the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
@@ -20,6 +21,12 @@ target="$(cd "$target" && pwd)"
 if ! command -v redis-server >/dev/null; then
     apt-get -o DPkg::Lock::Timeout=300 update -q
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q redis-server
+fi
+# The fresh environments (this script's and build-wheel.sh's tools).
+base="${PYTHON:-python3}"
+if ! "$base" -c 'import venv, ensurepip' 2>/dev/null; then
+    apt-get -o DPkg::Lock::Timeout=300 update -q
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q python3-venv
 fi
 # build-wheel.sh's check of the extension's sections.
 if ! command -v readelf >/dev/null; then
@@ -36,7 +43,7 @@ echo "run-tests.sh: test wheel $wheel built in $((SECONDS - started)) s" >&2
 started=$SECONDS
 venv="$target/venv-wheel"
 rm -rf "$venv"
-python3 -m venv "$venv"
+"$base" -m venv "$venv"
 python="$(cd "$venv/bin" && pwd)/python"
 "$python" -m pip install -q -r python/requirements-test.txt
 "$python" -m pip install -q --no-deps "$wheel"
