@@ -4,6 +4,7 @@ listener's successor flushing, the awaitable methods leaving the event loop free
 errors as larder's exceptions."""
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import time
@@ -245,6 +246,23 @@ def test_bad_configurations_and_closed_handles_are_value_errors(cache, redis_ser
     assert n.closed
     with pytest.raises(ValueError, match="closed"):
         n.get("k:a")
+
+
+def test_threads_share_one_near_cache(near, other, listening):
+    for i in range(8):
+        other("SET", f"k:t{i}", f"v{i}")
+
+    def reader(n):
+        for _ in range(50):
+            for i in range(8):
+                k = (i + n) % 8
+                assert near.get(f"k:t{k}") == f"v{k}".encode()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for f in [pool.submit(reader, n) for n in range(4)]:
+            f.result(timeout=DEADLINE)  # a reader's failure, or a hang, fails here
+    stats = near.stats()
+    assert stats["hits"] + stats["redis_reads"] == 4 * 50 * 8, stats
 
 
 def test_a_forked_child_uses_a_connection_of_its_own(near, other):
