@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+#[cfg(feature = "bench")]
 use larder_bench::{self as workload, Distribution, Mix};
 
 use crate::codec::Encoding;
@@ -313,9 +314,19 @@ pub enum Cmd {
     },
     /// Run the multi-process workload against a scratch cache (or NAME) and print a
     /// summary.
+    #[cfg(feature = "bench")]
     Bench(BenchArgs),
+    /// `larder bench` in a build without it (the Python wheel's command): a one-line
+    /// answer that says where to find it, rather than "unrecognized subcommand".
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The cache to use [default: a scratch cache in /dev/shm, removed afterwards]. One
@@ -342,10 +353,12 @@ pub struct BenchArgs {
 }
 
 /// The workload's own parsers, so that `larder bench` reads a mix as the benchmarks do.
+#[cfg(feature = "bench")]
 fn parse_mix(s: &str) -> Result<Mix, String> {
     Mix::parse(s).map_err(|e| e.to_string())
 }
 
+#[cfg(feature = "bench")]
 fn parse_distribution(s: &str) -> Result<Distribution, String> {
     Distribution::parse(s).map_err(|e| e.to_string())
 }
@@ -360,6 +373,7 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    #[cfg(feature = "bench")]
     #[test]
     fn mixes_must_add_up() {
         assert_eq!(parse_mix("90/10").unwrap().get_percent(), 90);

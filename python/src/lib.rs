@@ -5,6 +5,9 @@
 //! sets first try without waiting, with the GIL held, and release it only when they would
 //! have to wait.
 
+mod cli;
+mod near;
+
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -894,5 +897,7 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
         larder::DEFAULT_FILL_TIMEOUT.as_secs_f64(),
     )?;
     m.add("CRASH_POINTS", cfg!(feature = "crash-points"))?;
+    cli::register(m)?;
+    near::register(m)?;
     Ok(())
 }

@@ -37,6 +37,7 @@ import struct as _struct
 from . import _larder
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _errors_all
+from .near import NearCache  # noqa: F401  (larder.near: the Redis near cache)
 
 __version__ = _larder.__version__
 Ticket = _larder.Ticket

@@ -31,6 +31,8 @@ from ._errors import (
     WouldBlock as WouldBlock,
 )
 
+from .near import NearCache as NearCache
+
 __version__: str
 DEFAULT_CAPACITY: int
 DEFAULT_MAX_KEY_LEN: int
