@@ -15,6 +15,8 @@
 
 pub mod registry;
 pub mod status;
+#[cfg(test)]
+mod status_tests;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, OsStr};

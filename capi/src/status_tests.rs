@@ -1,4 +1,5 @@
-//! The status mapping and the header agree, and the mapping is one-to-one.
+//! The status mapping and the header agree, and the mapping is one-to-one. (Unit tests:
+//! the library is a cdylib and a staticlib only, so integration tests cannot link it.)
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{c_int, CStr};
@@ -6,9 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-// `larder` is this package's library (the C ABI); the core is `larder_core`.
-use larder::status::{self, *};
-use larder::{larder_last_error, larder_strerror};
+use crate::status::{self, *};
+use crate::{larder_last_error, larder_strerror};
 use larder_core::{Error, Options};
 
 /// A directory removed on drop (even when a test panics).
