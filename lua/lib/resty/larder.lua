@@ -601,9 +601,10 @@ local function store(self, op, safe, key, value, exptime, flags)
     if not flags then
         return false, err, false
     end
+    -- Argument errors are (nil, err), as the dict's; refusals (false, err, forcible).
     key, err = check_key(self, key)
     if not key then
-        return false, err, false
+        return nil, err
     end
     if value == nil then
         -- set(key, nil) deletes, as in the dict; add/replace of nil too.
@@ -615,7 +616,7 @@ local function store(self, op, safe, key, value, exptime, flags)
     end
     local p, n = value_bytes(self, value, flags)
     if not p then
-        return false, n, false
+        return nil, n
     end
     if safe and n + #key > self:free_space() then
         return false, "no memory", false
