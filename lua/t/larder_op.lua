@@ -3,6 +3,9 @@
 --
 --   /op?cache=NAME&op=OP&key=K[&value=V][&ttl=SECONDS][&capacity=BYTES]
 --
+--   capacity: used when the cache file is created; without it an existing file is
+--   opened with its own parameters, and a missing one created with larder's default.
+--
 --   op=get     {"ok":true,"found":true,"value":"...","value_hex":"..."}
 --              or {"ok":true,"found":false}
 --   op=set     {"ok":true}
@@ -122,7 +125,15 @@ function _M.handle()
     if args.capacity ~= nil and not capacity then
         return fail("bad capacity")
     end
-    local dict, err = larder.open(cache, { raw = true, capacity = capacity })
+    -- Without capacity=, the cache as it is (its file's parameters), or a new one of
+    -- larder's default size.
+    local dict, err
+    if not capacity then
+        dict = larder.open(cache, { raw = true, attach_only = true })
+    end
+    if not dict then
+        dict, err = larder.open(cache, { raw = true, capacity = capacity })
+    end
     if not dict then
         return fail(err)
     end
