@@ -526,4 +526,34 @@ function _M.bench()
     reply(out)
 end
 
+------------------------------------------------------------------------------------
+-- /t/hammer: ?seconds of sets of same-size self-checking values (in place, for the
+-- dict), without yielding, so that a signal from outside lands inside a write;
+-- /t/whois: the pid of the worker hammering.
+------------------------------------------------------------------------------------
+
+function _M.hammer()
+    local args = ngx.req.get_uri_args()
+    local d = dict_of(args)
+    local keys, size = tonumber(args.keys) or 16, tonumber(args.size) or 65536
+    local seconds = tonumber(args.seconds) or 2
+    ngx.shared.meta:set("hammer", ngx.worker.pid(), seconds)
+    ngx.update_time()
+    local deadline = ngx.now() + seconds
+    local n = 0
+    repeat
+        for _ = 1, 100 do
+            local key = "churn" .. math.random(keys)
+            d:set(key, make_value(key, size, math.random(100000, 999999)))
+            n = n + 1
+        end
+        ngx.update_time()
+    until ngx.now() > deadline
+    reply({ sets = n })
+end
+
+function _M.whois()
+    reply({ pid = ngx.shared.meta:get("hammer") or 0 })
+end
+
 return _M
