@@ -1,0 +1,210 @@
+"""resty.larder under a real nginx with the Lua module (run by lua/run-tests.sh)."""
+
+import os
+import re
+import threading
+import time
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+from nginxctl import (
+    Nginx,
+    kill_stopped_workers,
+    process_state,
+    remove_cache_files,
+    unique_name,
+    wait_until,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class CacheTestCase(unittest.TestCase):
+    """One nginx for the class; a fresh cache name per test, its files removed after."""
+
+    env = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.nginx = Nginx(env=cls.env)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.nginx.close()
+
+    def new_cache(self, what="t"):
+        name = unique_name(what)
+        self.addCleanup(remove_cache_files, name)
+        return name
+
+    def assert_no_failures(self, result):
+        self.assertEqual(result["failures"], [], result)
+        self.assertGreater(result["passed"], 0)
+
+
+class TestHeaderBlock(unittest.TestCase):
+    def test_embedded_declarations_are_the_headers(self):
+        with open(os.path.join(REPO, "capi", "include", "larder.h")) as f:
+            header = f.read()
+        block = header.split("/* LARDER_FFI_BEGIN */\n", 1)[1].split("/* LARDER_FFI_END */", 1)[0]
+        with open(os.path.join(REPO, "lua", "lib", "resty", "larder.lua")) as f:
+            lua = f.read()
+        embedded = re.search(r"local CDEF = \[=\[\n(.*?)\]=\]", lua, re.S).group(1)
+        self.assertEqual(embedded, block)
+
+
+class TestDictConventions(CacheTestCase):
+    def test_shared_dict_passes_the_assertions(self):
+        self.assert_no_failures(self.nginx.request("/t/conformance", {"backend": "shared"}))
+
+    def test_larder_passes_the_same_assertions(self):
+        shared = self.nginx.request("/t/conformance", {"backend": "shared"})
+        ours = self.nginx.request("/t/conformance", {"backend": "larder", "cache": self.new_cache()})
+        self.assert_no_failures(ours)
+        self.assertEqual(ours["passed"], shared["passed"])
+
+    def test_larder_differences_extras_and_bad_input(self):
+        self.assert_no_failures(self.nginx.request("/t/larder_only", {"cache": self.new_cache()}))
+
+    def test_mixed_sizes_never_give_no_memory_while_mostly_empty(self):
+        shared = self.nginx.request("/t/mixed", {"backend": "shared"})
+        ours = self.nginx.request("/t/mixed", {"backend": "larder", "cache": self.new_cache()})
+        print(
+            "\nmixed sizes, %d sets: lua_shared_dict %d 'no memory', larder %d"
+            % (ours["sets"], shared["no_memory"], ours["no_memory"])
+        )
+        self.assertEqual(ours["other_errors"], [])
+        self.assertEqual(ours["no_memory"], 0)
+        self.assertLess(ours["live_max"], ours["capacity"] / 4, "the cache was mostly empty")
+
+
+class TestSingleFlightAcrossWorkers(CacheTestCase):
+    def test_fn_runs_once_while_concurrent_requests_wait(self):
+        cache = self.new_cache("fill")
+        params = {"cache": cache, "key": "token:abc", "ms": 300}
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(lambda _: self.nginx.request("/t/fill", params), range(12)))
+        self.assertEqual({a["value"] for a in answers}, {"value of token:abc"}, answers)
+        self.assertEqual(sorted(a["how"] for a in answers).count("filled"), 1, answers)
+        runs = self.nginx.request("/t/fill", params)["runs"]
+        self.assertEqual(runs, 1)
+
+
+class TestOpInterface(CacheTestCase):
+    """The /op location of nginx.sh, which the three-language test uses."""
+
+    def op(self, **params):
+        return self.nginx.request("/op", params)
+
+    def test_ops_in_raw_mode(self):
+        c = self.new_cache("op")
+        cap = 4 << 20
+        self.assertEqual(self.op(cache=c, op="get", key="k", capacity=cap), {"ok": True, "found": False})
+        self.assertEqual(self.op(cache=c, op="set", key="k", value="héllo", ttl=60), {"ok": True})
+        got = self.op(cache=c, op="get", key="k")
+        self.assertEqual(got["value"], "héllo")
+        self.assertEqual(bytes.fromhex(got["value_hex"]), "héllo".encode())
+        self.assertEqual(self.op(cache=c, op="add", key="k", value="x"), {"ok": False, "error": "exists"})
+        self.assertEqual(self.op(cache=c, op="add", key="k2", value=""), {"ok": True})
+        self.assertEqual(self.op(cache=c, op="get", key="k2")["value"], "")
+        self.assertEqual(self.op(cache=c, op="delete", key="k"), {"ok": True})
+        self.assertFalse(self.op(cache=c, op="get", key="k")["found"])
+        self.assertEqual(self.op(cache=c, op="incr", key="n"), {"ok": True, "value": "1"})
+        self.assertEqual(self.op(cache=c, op="incr", key="n", value=-5), {"ok": True, "value": "-4"})
+        counter = self.op(cache=c, op="get", key="n")
+        self.assertTrue(counter["binary"])
+        self.assertEqual(bytes.fromhex(counter["value_hex"]), (-4).to_bytes(8, "little", signed=True))
+        self.assertEqual(self.op(cache=c, op="stats")["stats"]["entries"], 2)
+        binary = bytes(range(256))
+        self.assertEqual(self.nginx.request("/op", {"cache": c, "op": "set", "key": "b"}, body=binary), {"ok": True})
+        self.assertEqual(bytes.fromhex(self.op(cache=c, op="get", key="b")["value_hex"]), binary)
+        self.assertFalse(self.op(cache=c, op="nope", key="k")["ok"])
+        self.assertFalse(self.op(op="get", key="k")["ok"])
+
+
+class TestWorkersKilledMidWrite(CacheTestCase):
+    """Each worker stops itself inside a write (holding the shard lock) at its 26th
+    set; the test SIGKILLs it, the master respawns it, and the others carry on."""
+
+    env = (
+        ("LARDER_CRASH_AT", "set.mid_value"),
+        ("LARDER_CRASH_ACTION", "stop"),
+        ("LARDER_CRASH_SKIP", "25"),
+    )
+    kills_wanted = 3
+    recovery_deadline = 15.0
+
+    def test_survivors_carry_on_and_values_are_never_torn(self):
+        cache = self.new_cache("crash")
+        params = {"cache": cache, "n": 10, "keys": 16, "max": 20000, "lock_timeout_ms": 200}
+        stop = threading.Event()
+        lock = threading.Lock()
+        results = []  # (monotonic time, answer or None)
+
+        def client():
+            while not stop.is_set():
+                try:
+                    answer = self.nginx.request("/t/churn", params, timeout=2.0)
+                except (OSError, RuntimeError):
+                    answer = None
+                with lock:
+                    results.append((time.monotonic(), answer))
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        kill_times = []
+        try:
+            deadline = time.monotonic() + 60
+            while len(kill_times) < self.kills_wanted:
+                self.assertLess(time.monotonic(), deadline, "workers did not reach the crash point")
+                for _ in range(kill_stopped_workers(self.nginx)):
+                    kill_times.append(time.monotonic())
+                time.sleep(0.02)
+            # Requests keep succeeding after the last kill.
+            last = kill_times[-1]
+            wait_until(
+                lambda: any(t > last and a is not None and not a["errors"] for t, a in list(results)),
+                self.recovery_deadline,
+                "a clean request after the last kill",
+            )
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+        # Every kill was followed by successful requests within the deadline.
+        for k in kill_times:
+            self.assertTrue(
+                any(k < t <= k + self.recovery_deadline and a is not None for t, a in results),
+                "no request succeeded within %ss of a kill" % self.recovery_deadline,
+            )
+        answers = [a for _, a in results if a is not None]
+        self.assertEqual(sum(a["torn"] for a in answers), 0, "a torn value was read")
+        self.assertGreater(sum(a["written"] for a in answers), 0)
+        # Only the lock waits of the stopped worker's time may have failed.
+        errors = {e for a in answers for e in a["errors"]}
+        self.assertLessEqual(errors, {"set: timeout", "get: timeout"}, errors)
+
+        # Let no stopped worker hold a lock, then read everything back.
+        wait_until(
+            lambda: kill_stopped_workers(self.nginx) == 0
+            and len(self.nginx.worker_pids()) == 2
+            and all(process_state(p) != "T" for p in self.nginx.worker_pids()),
+            10,
+            "two running workers",
+        )
+        final = self.nginx.request("/t/verify", {"cache": cache, "keys": 16})
+        self.assertEqual(final["torn"], 0)
+        self.assertEqual(final["errors"], [])
+        self.assertGreater(final["read"], 0)
+        self.assertGreaterEqual(final["stats"]["recoveries"], 1, final["stats"])
+        self.assertIn("exited on signal 9", self.nginx.error_log())
+        print(
+            "\nkilled %d workers mid-write; %d requests answered, %d timed out; "
+            "%d repairs; 0 torn values"
+            % (len(kill_times), len(answers), len(results) - len(answers), final["stats"]["recoveries"])
+        )
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
