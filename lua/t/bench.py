@@ -19,6 +19,8 @@ def throughput(nginx, cache):
     for backend in ("shared", "larder"):
         for _ in range(RUNS):
             r = nginx.request("/t/bench", {"backend": backend, "cache": cache, "n": N}, timeout=120)
+            if "error" in r:
+                raise SystemExit("bench: %s: %s" % (backend, r["error"]))
             for op, v in r.items():
                 rows.setdefault(op, {}).setdefault(backend, []).append(v)
     print("\n### ops/s in one worker, %d ops per run, %d runs each (median)\n" % (N, RUNS))
