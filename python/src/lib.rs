@@ -962,6 +962,13 @@ impl PyCache {
         Ok(n)
     }
 
+    /// The shard `key` lives in (`0..limits()["shards"]`): writers of keys in
+    /// different shards never contend.
+    fn shard_of(&self, key: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let k = key_bytes(key)?;
+        Ok(self.cache()?.shard_of(&k))
+    }
+
     /// The lock timeout of this handle, in seconds.
     #[getter]
     fn lock_timeout(&self) -> f64 {
