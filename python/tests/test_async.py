@@ -286,3 +286,32 @@ def test_a_fill_stores_without_stalling_while_the_shard_lock_is_held(path, procs
     assert c[key] == b"filled"
     assert ticker.worst < MAX_STALL, f"the loop stalled {ticker.worst * 1e3:.1f} ms"
     c.close()
+
+
+@needs_crash_points
+def test_aget_waits_off_the_loop_for_a_writer_stopped_mid_write(path, procs):
+    c = larder.Cache(path, capacity=4 << 20, lock_timeout=0.2)
+    c["k"] = b"old.."  # the length of the child's value: overwritten in place
+    p = _workers.start_child(procs, ["set", path, "k"], "overwrite.mid_value", "stop")
+    _workers.wait_stopped(p)
+
+    async def main():
+        with Ticker() as ticker:
+            with pytest.raises(TimeoutError):
+                await c.aget("k")
+            with pytest.raises(TimeoutError):
+                await c.aget_many(["k"])
+            with pytest.raises(TimeoutError):
+                await c.agets("k")
+            with pytest.raises(TimeoutError):
+                await c.aget_or_set("k", lambda: b"never")
+        return ticker
+
+    try:
+        ticker = asyncio.run(main())
+    finally:
+        p.send_signal(signal.SIGCONT)
+    assert p.wait(timeout=60) == 0
+    assert ticker.worst < MAX_STALL, f"the loop stalled {ticker.worst * 1e3:.1f} ms"
+    assert c["k"] == b"child"
+    c.close()
