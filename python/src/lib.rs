@@ -1135,15 +1135,34 @@ impl PyCache {
 
     /// Bench hook (python/bench.py): seconds taken by the Rust `get_into` of each key of
     /// `keys`, `rounds` times over, with one reused buffer and the GIL released: the
-    /// Rust cost of the hits that `get` makes from Python.
-    fn _bench_get_into(&self, py: Python<'_>, keys: Vec<Vec<u8>>, rounds: usize) -> PyResult<f64> {
+    /// Rust cost of the hits that `get` makes from Python. With `chained`, the choice
+    /// of each key depends on the value read before it (through a zero the processor
+    /// cannot see), so that no get starts before the previous one has ended, as
+    /// happens between two calls from the interpreter: its latency, not its
+    /// throughput.
+    #[pyo3(signature = (keys, rounds, chained=false))]
+    fn _bench_get_into(
+        &self,
+        py: Python<'_>,
+        keys: Vec<Vec<u8>>,
+        rounds: usize,
+        chained: bool,
+    ) -> PyResult<f64> {
         let cache = self.cache()?;
         py.detach(|| {
             let mut buf = Vec::new();
             let start = Instant::now();
+            let mut carry = 0usize;
+            // A zero the compiler cannot see: `value byte * zero` is zero, computed
+            // from the loaded value, so the next key's address waits for that load.
+            let zero = std::hint::black_box(0usize);
             for _ in 0..rounds {
-                for k in &keys {
+                for i in 0..keys.len() {
+                    let k = &keys[i + carry];
                     std::hint::black_box(cache.get_into(std::hint::black_box(k), &mut buf)?);
+                    if chained {
+                        carry = usize::from(buf.first().copied().unwrap_or(0)) * zero;
+                    }
                 }
             }
             Ok(start.elapsed().as_secs_f64())
