@@ -482,6 +482,18 @@ impl Fill {
     /// caller's to use, but nobody is served it later. Fails as [`Cache::set`] does (a
     /// value too large, a lock timeout); the fill ends either way.
     pub fn complete(self, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        self.store(value, ttl, Wait::Yes)
+    }
+
+    /// [`Fill::complete`] without waiting for the shard lock: [`Error::WouldBlock`] if
+    /// another process holds it, and the fill is still this caller's, to try again (an
+    /// event loop that must not block) or to drop. On any other outcome the value is
+    /// stored or not as by `complete`, and the caller drops the `Fill` to end it.
+    pub fn try_complete(&self, value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        self.store(value, ttl, Wait::No)
+    }
+
+    fn store(&self, value: &[u8], ttl: Option<Duration>, wait: Wait) -> Result<bool> {
         let a = &self.held;
         let cache = Cache {
             inner: Arc::clone(self.held.owner()),
@@ -489,7 +501,7 @@ impl Fill {
         let stored = Cache::check_value(a, value.len()).and_then(|()| {
             let now = cache.now_ms();
             let fill = (&self.key[..], value, ttl);
-            cache.store_fenced(a, now, fill, |_| {
+            cache.store_fenced(a, now, fill, wait, |_| {
                 fence::fill_admits(&a.region, &a.geo, self.h)
             })
         });
@@ -981,6 +993,12 @@ impl Cache {
         )
     }
 
+    /// Like [`Cache::get_into`], but never waits for a lock ([`Error::WouldBlock`], as
+    /// [`Cache::try_get`]).
+    pub fn try_get_into(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
+        Ok(self.read(key, buf, Expired::Hide, Wait::No, Count::Yes)? == Found::Fresh)
+    }
+
     /// Like [`Cache::get`], but never waits for a lock: [`Error::WouldBlock`] if the read
     /// needs the shard lock and another process holds it.
     pub fn try_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -1158,7 +1176,18 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn get_versioned(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
+        self.get_versioned_waiting(key, Wait::Yes)
+    }
+
+    /// Like [`Cache::get_versioned`], but never waits for a lock ([`Error::WouldBlock`]
+    /// where it would: another process holds the shard lock it needs, to read or to give
+    /// the entry its first version).
+    pub fn try_get_versioned(&self, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
+        self.get_versioned_waiting(key, Wait::No)
+    }
+
+    fn get_versioned_waiting(&self, key: &[u8], wait: Wait) -> Result<Option<(Vec<u8>, Version)>> {
+        let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         let h = a.hasher.hash(key);
         let idx = a.geo.shard_of(h);
@@ -1171,7 +1200,7 @@ impl Cache {
         };
         let found = match optimistic {
             Some(found) => found,
-            None => self.locked(&a, idx, Wait::Yes, Access::Write, |s| {
+            None => self.locked(&a, idx, wait, Access::Write, |s| {
                 table::read_versioned(s, key, h, &mut out, now)
             })?,
         };
@@ -1240,7 +1269,29 @@ impl Cache {
         ttl: Option<Duration>,
         version: Version,
     ) -> Result<bool> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
+        self.set_if_version_waiting(key, (value, ttl), version, Wait::Yes)
+    }
+
+    /// Like [`Cache::set_if_version`], but never waits for a lock
+    /// ([`Error::WouldBlock`]).
+    pub fn try_set_if_version(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        version: Version,
+    ) -> Result<bool> {
+        self.set_if_version_waiting(key, (value, ttl), version, Wait::No)
+    }
+
+    fn set_if_version_waiting(
+        &self,
+        key: &[u8],
+        (value, ttl): (&[u8], Option<Duration>),
+        version: Version,
+        wait: Wait,
+    ) -> Result<bool> {
+        let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         Self::check_value(&a, value.len())?;
         let h = a.hasher.hash(key);
@@ -1251,7 +1302,7 @@ impl Cache {
             return Ok(false);
         }
         let expire = Self::expiry(now, ttl);
-        let stored = self.locked(&a, idx, Wait::Yes, Access::Revoke(h), |s| {
+        let stored = self.locked(&a, idx, wait, Access::Revoke(h), |s| {
             table::set_if_version(s, key, h, value, expire, version.number, now)
         })?;
         Ok(stored.is_some())
@@ -1706,6 +1757,15 @@ impl Cache {
         Ok(Self::ticket_in(&a, key))
     }
 
+    /// Like [`Cache::ticket`], which takes no lock, but never waits for the periodic
+    /// check of the file's path either ([`Error::WouldBlock`] while another thread of
+    /// this process has been at that check for a whole check period).
+    pub fn try_ticket(&self, key: &[u8]) -> Result<Ticket> {
+        let a = self.enter(Wait::No)?;
+        Self::check_key(&a, key)?;
+        Ok(Self::ticket_in(&a, key))
+    }
+
     /// A ticket for `key` in the file `a` maps.
     pub(crate) fn ticket_in(a: &Attached, key: &[u8]) -> Ticket {
         Ticket::take(&a.region, &a.geo, a.hasher.file_id(), a.hasher.hash(key))
@@ -1723,7 +1783,20 @@ impl Cache {
         ticket: Ticket,
     ) -> Result<bool> {
         let (a, now) = self.enter_at(Wait::Yes)?;
-        self.store_with_ticket(&a, now, (key, value, ttl), ticket, || true)
+        self.store_with_ticket(&a, now, (key, value, ttl), ticket, Wait::Yes, || true)
+    }
+
+    /// Like [`Cache::set_with_ticket`], but never waits for a lock
+    /// ([`Error::WouldBlock`]; the ticket stays good for a later try).
+    pub fn try_set_with_ticket(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        ticket: Ticket,
+    ) -> Result<bool> {
+        let (a, now) = self.enter_at(Wait::No)?;
+        self.store_with_ticket(&a, now, (key, value, ttl), ticket, Wait::No, || true)
     }
 
     /// [`Cache::set_with_ticket`] in the file `a` maps, which also stores only if
@@ -1734,6 +1807,7 @@ impl Cache {
         now: u64,
         fill: (&[u8], &[u8], Option<Duration>),
         ticket: Ticket,
+        wait: Wait,
         still: impl Fn() -> bool,
     ) -> Result<bool> {
         Self::check_key(a, fill.0)?;
@@ -1746,7 +1820,7 @@ impl Cache {
                 "set_with_ticket: the ticket was taken for another key".into(),
             ));
         }
-        self.store_fenced(a, now, fill, |f| ticket.admitted(f) && still())
+        self.store_fenced(a, now, fill, wait, |f| ticket.admitted(f) && still())
     }
 
     /// Stores a fill (as [`Cache::set`]) in the file `a` maps if `admits` says, under
@@ -1757,6 +1831,7 @@ impl Cache {
         a: &Attached,
         now: u64,
         (key, value, ttl): (&[u8], &[u8], Option<Duration>),
+        wait: Wait,
         admits: impl Fn(&Fences<'_>) -> bool,
     ) -> Result<bool> {
         let h = a.hasher.hash(key);
@@ -1767,7 +1842,7 @@ impl Cache {
         // revocation) do not fence each other.
         // Checked under the lock, which orders the check after every revocation that
         // took the lock before (see `fence`).
-        self.locked(a, idx, Wait::Yes, Access::Write, |s| {
+        self.locked(a, idx, wait, Access::Write, |s| {
             table::store_fenced(s, &fences, &admits, key, h, value, expire, now)
         })
     }

@@ -289,7 +289,7 @@ impl<'c> Near<'c> {
         let (a, now) = self.cache.enter_at(Wait::Yes)?;
         let epoch = word(&a, NA_EPOCH);
         self.cache
-            .store_with_ticket(&a, now, (key, value, ttl), ticket.fence, || {
+            .store_with_ticket(&a, now, (key, value, ttl), ticket.fence, Wait::Yes, || {
                 epoch.load(SeqCst) == ticket.epoch
             })
     }

@@ -1112,6 +1112,10 @@ fn assert_held_shard_times_out(c: &Cache, timeout: Duration, neighbour: &[u8], o
     let mut out = Vec::new();
     for (op, r) in [
         ("try_get", c.try_get(neighbour).map(|_| ())),
+        (
+            "try_get_into",
+            c.try_get_into(neighbour, &mut Vec::new()).map(|_| ()),
+        ),
         ("try_set", c.try_set(neighbour, b"x", None)),
         (
             "try_insert_if_absent",
@@ -1134,6 +1138,9 @@ fn assert_held_shard_times_out(c: &Cache, timeout: Duration, neighbour: &[u8], o
     }
     // WouldBlock only when a lock is busy: another shard answers both.
     assert_eq!(c.try_get(other).expect("try_get"), Some(b"other".to_vec()));
+    let mut buf = Vec::new();
+    assert!(c.try_get_into(other, &mut buf).expect("try_get_into"));
+    assert_eq!(buf, b"other");
     c.try_set(other, b"other2", None).expect("try_set");
     assert!(!c
         .try_insert_if_absent(other, b"x", None)
@@ -1170,6 +1177,69 @@ fn lock_held_past_deadline_times_out_and_try_ops_would_block() {
     assert_eq!(c.get(&neighbour).expect("get"), Some(b"neighbour".to_vec()));
     c.try_set(&neighbour, b"n2", None).expect("try_set");
     assert_eq!(c.stats().recoveries, 0);
+    assert!(c.verify().expect("verify").is_clean());
+}
+
+/// The `try_` forms of versions, tickets and fills give `WouldBlock` while a writer
+/// holds the shard lock mid-write, change nothing, and succeed once it lets go; a
+/// ticket takes no lock at all.
+#[test]
+fn try_forms_of_versions_tickets_and_fills_would_block() {
+    let t = TempCache::new("err-try-forms");
+    let c = t
+        .options()
+        .lock_timeout(Duration::from_millis(100))
+        .open(t.name())
+        .expect("open");
+    let (key, neighbour, _) = lock_test_keys(&c);
+    c.set(&key, b"key", None).expect("set");
+    let (_, version) = c.get_versioned(&key).expect("get_versioned").expect("hit");
+    let ticket = c.ticket(&neighbour).expect("ticket");
+    let mut out = Vec::new();
+    let fill = match c.begin_fill(&neighbour, &mut out).expect("begin_fill") {
+        larder::Begin::Fill(fill) => fill,
+        other => panic!("expected a fill, got {other:?}"),
+    };
+    let held = HeldLock::hold(&t.path, 0, true);
+    let would_block = |op: &str, r: Result<(), Error>| match r {
+        Err(Error::WouldBlock) => {}
+        other => panic!("{op}: expected WouldBlock, got {other:?}"),
+    };
+    would_block("try_get_versioned", c.try_get_versioned(&key).map(|_| ()));
+    would_block(
+        "try_set_if_version",
+        c.try_set_if_version(&key, b"v2", None, version).map(|_| ()),
+    );
+    would_block(
+        "try_set_with_ticket",
+        c.try_set_with_ticket(&neighbour, b"t", None, ticket)
+            .map(|_| ()),
+    );
+    would_block(
+        "Fill::try_complete",
+        fill.try_complete(b"f", None).map(|_| ()),
+    );
+    // A ticket takes no lock.
+    let second = c.try_ticket(&neighbour).expect("try_ticket");
+    drop(held);
+    // The fill was kept: completing it now stores its value.
+    assert!(fill.try_complete(b"f", None).expect("try_complete"));
+    drop(fill);
+    assert_eq!(c.get(&neighbour).expect("get"), Some(b"f".to_vec()));
+    // Tickets taken before that fill's store are still admitted (a store does not
+    // revoke); the version still matches, nothing having changed the entry.
+    assert!(c
+        .try_set_with_ticket(&neighbour, b"t", None, second)
+        .expect("try_set_with_ticket"));
+    let (value, now) = c
+        .try_get_versioned(&key)
+        .expect("try_get_versioned")
+        .expect("hit");
+    assert_eq!((value.as_slice(), now), (&b"key"[..], version));
+    assert!(c
+        .try_set_if_version(&key, b"v2", None, version)
+        .expect("try_set_if_version"));
+    assert_eq!(c.get(&key).expect("get"), Some(b"v2".to_vec()));
     assert!(c.verify().expect("verify").is_clean());
 }
 

@@ -9,9 +9,10 @@ mod cli;
 mod near;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use larder::{Clock, Error, Mismatch, Options, Remedy};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -275,12 +276,79 @@ impl PyCache {
         }
     }
 
-    /// A fresh value, trying without waiting (GIL held) first.
-    fn read(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
-        let cache = self.cache()?;
+    /// Looks `key` up and passes the value of a fresh entry (or `None`) to `then`.
+    ///
+    /// The hot path of every read: the handle is borrowed under its mutex (no reference
+    /// count taken), the value is copied into this thread's reused buffer (no
+    /// allocation), and nothing waits: only if the read needs a shard lock that another
+    /// process holds is the handle cloned and the read repeated, waiting, with the GIL
+    /// released. With `wait` false that case raises `WouldBlock` instead.
+    fn read_with<R>(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        wait: bool,
+        then: impl FnOnce(Option<&[u8]>) -> PyResult<R>,
+    ) -> PyResult<R> {
         let k = key_bytes(key)?;
-        match cache.try_get(&k) {
-            Err(Error::WouldBlock) => py.detach(|| cache.get(&k)).map_err(to_py),
+        READ_BUF.with(|cell| {
+            // A serializer's loads may read this cache again on this thread: the buffer
+            // is then busy, and that read uses its own.
+            let mut own = Vec::new();
+            let mut borrowed = cell.try_borrow_mut();
+            let buf = match borrowed.as_mut() {
+                Ok(b) => &mut **b,
+                Err(_) => &mut own,
+            };
+            let found = {
+                let guard = self.handle.lock().unwrap_or_else(|p| p.into_inner());
+                let cache = guard
+                    .as_ref()
+                    .ok_or_else(|| PyValueError::new_err("operation on a closed larder.Cache"))?;
+                match cache.try_get_into(&k, buf) {
+                    Err(Error::WouldBlock) if wait => {
+                        let cache = cache.clone();
+                        drop(guard);
+                        py.detach(|| cache.get_into(&k, buf)).map_err(to_py)?
+                    }
+                    r => r.map_err(to_py)?,
+                }
+            };
+            let r = then(found.then_some(&buf[..]));
+            if buf.capacity() > READ_BUF_KEEP {
+                *buf = Vec::new();
+            }
+            r
+        })
+    }
+
+    /// The value of a fresh entry as Python sees it, or `default`.
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+        wait: bool,
+    ) -> PyResult<Py<PyAny>> {
+        self.read_with(py, key, wait, |v| match v {
+            Some(v) => self.decode(py, v),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        })
+    }
+
+    /// Runs `op` without waiting, with the GIL held; if it would have waited (a lock
+    /// another process holds), runs `wait` instead with the GIL released, or raises
+    /// `WouldBlock` when `may_wait` is false.
+    fn attempt<R: Send>(
+        &self,
+        py: Python<'_>,
+        may_wait: bool,
+        op: impl FnOnce(&larder::Cache) -> larder::Result<R>,
+        wait: impl FnOnce(&larder::Cache) -> larder::Result<R> + Send,
+    ) -> PyResult<R> {
+        let cache = self.cache()?;
+        match op(&cache) {
+            Err(Error::WouldBlock) if may_wait => py.detach(|| wait(&cache)).map_err(to_py),
             r => r.map_err(to_py),
         }
     }
@@ -292,19 +360,307 @@ impl PyCache {
         value: &Bound<'_, PyAny>,
         ttl: Option<Duration>,
     ) -> PyResult<()> {
-        let cache = self.cache()?;
+        self.store_waiting(py, key, value, ttl, true)
+    }
+
+    fn store_waiting(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<Duration>,
+        may_wait: bool,
+    ) -> PyResult<()> {
         let k = key_bytes(key)?;
         let v = self.encode(value)?;
-        match cache.try_set(&k, &v, ttl) {
-            Err(Error::WouldBlock) => py.detach(|| cache.set(&k, &v, ttl)).map_err(to_py),
-            r => r.map_err(to_py),
-        }
+        self.attempt(
+            py,
+            may_wait,
+            |c| c.try_set(&k, &v, ttl),
+            |c| c.set(&k, &v, ttl),
+        )
     }
 
     fn remove(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        let cache = self.cache()?;
+        self.remove_waiting(py, key, true)
+    }
+
+    fn remove_waiting(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        may_wait: bool,
+    ) -> PyResult<bool> {
         let k = key_bytes(key)?;
-        py.detach(|| cache.remove(&k)).map_err(to_py)
+        self.attempt(py, may_wait, |c| c.try_remove(&k), |c| c.remove(&k))
+    }
+
+    fn add_waiting(
+        &self,
+        py: Python<'_>,
+        (key, value): (&Bound<'_, PyAny>, &Bound<'_, PyAny>),
+        ttl: Option<&Bound<'_, PyAny>>,
+        may_wait: bool,
+    ) -> PyResult<bool> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let k = key_bytes(key)?;
+        let v = self.encode(value)?;
+        self.attempt(
+            py,
+            may_wait,
+            |c| c.try_insert_if_absent(&k, &v, ttl),
+            |c| c.insert_if_absent(&k, &v, ttl),
+        )
+    }
+
+    fn incr_waiting(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        (delta, init): (i64, i64),
+        ttl: Option<&Bound<'_, PyAny>>,
+        may_wait: bool,
+    ) -> PyResult<i64> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let k = key_bytes(key)?;
+        self.attempt(
+            py,
+            may_wait,
+            |c| c.try_incr(&k, delta, init, ttl),
+            |c| c.incr(&k, delta, init, ttl),
+        )
+    }
+
+    fn touch_waiting(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        may_wait: bool,
+    ) -> PyResult<bool> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let k = key_bytes(key)?;
+        self.attempt(py, may_wait, |c| c.try_touch(&k, ttl), |c| c.touch(&k, ttl))
+    }
+
+    fn gets_waiting(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        (default, cas_default): (Option<Py<PyAny>>, Option<Py<PyAny>>),
+        may_wait: bool,
+    ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let k = key_bytes(key)?;
+        let found = self.attempt(
+            py,
+            may_wait,
+            |c| c.try_get_versioned(&k),
+            |c| c.get_versioned(&k),
+        )?;
+        Ok(match found {
+            Some((value, version)) => (
+                self.decode(py, &value)?,
+                PyBytes::new(py, &token_of(version)).into_any().unbind(),
+            ),
+            None => (
+                default.unwrap_or_else(|| py.None()),
+                cas_default.unwrap_or_else(|| py.None()),
+            ),
+        })
+    }
+
+    fn cas_waiting(
+        &self,
+        py: Python<'_>,
+        (key, value): (&Bound<'_, PyAny>, &Bound<'_, PyAny>),
+        cas: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        may_wait: bool,
+    ) -> PyResult<Option<bool>> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let version = version_of(cas)?;
+        let k = key_bytes(key)?;
+        let v = self.encode(value)?;
+        let stored = self.attempt(
+            py,
+            may_wait,
+            |c| c.try_set_if_version(&k, &v, ttl, version),
+            |c| c.set_if_version(&k, &v, ttl, version),
+        )?;
+        if stored {
+            return Ok(Some(true));
+        }
+        // pymemcache's answer for a key that is not there: None (read after the refusal,
+        // so a key removed meanwhile reads as gone).
+        let present = self.read_with(py, key, may_wait, |v| Ok(v.is_some()))?;
+        Ok(present.then_some(false))
+    }
+
+    fn ticket_waiting(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        may_wait: bool,
+    ) -> PyResult<PyTicket> {
+        let k = key_bytes(key)?;
+        let ticket = self.attempt(py, may_wait, |c| c.try_ticket(&k), |c| c.ticket(&k))?;
+        Ok(PyTicket { ticket })
+    }
+
+    fn set_with_ticket_waiting(
+        &self,
+        py: Python<'_>,
+        (key, value): (&Bound<'_, PyAny>, &Bound<'_, PyAny>),
+        ticket: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+        may_wait: bool,
+    ) -> PyResult<bool> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let ticket = ticket
+            .cast::<PyTicket>()
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "ticket must be a larder.Ticket from Cache.ticket(), not {}",
+                    ticket
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?
+            .get()
+            .ticket;
+        let k = key_bytes(key)?;
+        let v = self.encode(value)?;
+        self.attempt(
+            py,
+            may_wait,
+            |c| c.try_set_with_ticket(&k, &v, ttl, ticket),
+            |c| c.set_with_ticket(&k, &v, ttl, ticket),
+        )
+    }
+}
+
+/// Values longer than this are not kept in the thread's read buffer after a read.
+const READ_BUF_KEEP: usize = 64 << 10;
+
+thread_local! {
+    /// The buffer each thread reads values into before they become Python objects.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The opaque CAS token of a version: its three words, little-endian, 24 bytes.
+fn token_of(version: larder::Version) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    for (chunk, w) in out.chunks_exact_mut(8).zip(version.to_words()) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// The version of a CAS token from `gets`.
+fn version_of(token: &Bound<'_, PyAny>) -> PyResult<larder::Version> {
+    let bytes = token
+        .cast::<PyBytes>()
+        .map_err(|_| PyTypeError::new_err("cas takes the token gets returned (bytes)"))?
+        .as_bytes();
+    if bytes.len() != 24 {
+        return Err(PyValueError::new_err(
+            "not a CAS token of larder.Cache.gets (24 bytes)",
+        ));
+    }
+    let mut words = [0u64; 3];
+    for (w, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *w = u64::from_le_bytes(b);
+    }
+    Ok(larder::Version::from_words(words))
+}
+
+/// A fill of one key that this thread holds, from `Cache._try_begin_fill` (the
+/// awaitable `aget_or_set`): completed or abandoned by the thread that began it.
+#[pyclass(unsendable, module = "larder._larder", name = "Fill")]
+struct PyFill {
+    fill: RefCell<Option<larder::Fill>>,
+}
+
+#[pymethods]
+impl PyFill {
+    /// Stores `data` (bytes, already serialized) if no write revoked the key since the
+    /// fill began; True if it stored it. Never waits: raises `WouldBlock` if another
+    /// process holds the shard lock, and the fill is still held, to try again.
+    #[pyo3(signature = (data, ttl=None))]
+    fn try_complete(
+        &self,
+        data: &Bound<'_, PyBytes>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let fill = self.fill.borrow();
+        let fill = fill
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("this fill has ended"))?;
+        fill.try_complete(data.as_bytes(), ttl).map_err(to_py)
+    }
+
+    /// Ends the fill (after `try_complete`, or instead of it: a waiter computes).
+    fn abandon(&self) {
+        drop(self.fill.borrow_mut().take());
+    }
+
+    fn __repr__(&self) -> &'static str {
+        "<larder.Fill>"
+    }
+}
+
+/// The iterator of `Cache.entries()`: `(key, value_len, ttl)` of each entry, one shard
+/// at a time.
+#[pyclass(module = "larder._larder", name = "Entries")]
+struct PyEntries {
+    entries: Mutex<larder::Entries>,
+    /// Whether to yield expired entries too.
+    expired: bool,
+    /// Whether to yield keys alone.
+    keys_only: bool,
+}
+
+#[pymethods]
+impl PyEntries {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        loop {
+            let next = py.detach(|| {
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next()
+            });
+            let e = match next {
+                None => return Ok(None),
+                Some(r) => r.map_err(to_py)?,
+            };
+            if !self.expired && e.ttl == Some(Duration::ZERO) {
+                continue;
+            }
+            let key = PyBytes::new(py, &e.key).into_any();
+            if self.keys_only {
+                return Ok(Some(key.unbind()));
+            }
+            let ttl = match e.ttl {
+                None => py.None(),
+                Some(t) => t.as_secs_f64().into_pyobject(py)?.into_any().unbind(),
+            };
+            return Ok(Some(
+                (key, e.value_len, ttl)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+            ));
+        }
     }
 }
 
@@ -453,21 +809,365 @@ impl PyCache {
         key: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        match self.read(py, key)? {
-            Some(v) => self.decode(py, &v),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        self.lookup(py, key, default, true)
+    }
+
+    /// `get` that never waits: raises `WouldBlock` where `get` would wait for a shard
+    /// lock (another process is mid-write in the key's shard, or stopped or died there).
+    #[pyo3(signature = (key, default=None))]
+    fn try_get(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.lookup(py, key, default, false)
     }
 
     fn __getitem__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.read(py, key)? {
-            Some(v) => self.decode(py, &v),
+        self.read_with(py, key, true, |v| match v {
+            Some(v) => self.decode(py, v),
             None => Err(pyo3::exceptions::PyKeyError::new_err(key.clone().unbind())),
-        }
+        })
     }
 
     fn __contains__(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.read(py, key)?.is_some())
+        self.read_with(py, key, true, |v| Ok(v.is_some()))
+    }
+
+    /// The number of entries the file holds (expired ones not yet reclaimed included),
+    /// from the shards' counters: no lock is taken.
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.cache()?.stats().entries as usize)
+    }
+
+    /// The keys of the fresh entries, one shard at a time (each shard's lock is held
+    /// only while its keys are copied out).
+    fn __iter__(&self) -> PyResult<PyEntries> {
+        Ok(PyEntries {
+            entries: Mutex::new(self.cache()?.entries()),
+            expired: false,
+            keys_only: true,
+        })
+    }
+
+    /// `(key, value_len, ttl)` of every entry, one shard at a time (each shard's lock is
+    /// held only while its entries are copied out); `ttl` is the seconds left, None for
+    /// no expiry. Expired entries not yet reclaimed are listed, with a ttl of 0.0.
+    fn entries(&self) -> PyResult<PyEntries> {
+        Ok(PyEntries {
+            entries: Mutex::new(self.cache()?.entries()),
+            expired: true,
+            keys_only: false,
+        })
+    }
+
+    /// The int value of a counter (an entry `incr` made: 8 bytes, a little-endian
+    /// int64), or `default`; raises `NotACounter` for a value of another length.
+    #[pyo3(signature = (key, default=None))]
+    fn get_counter(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.read_with(py, key, true, |v| match v {
+            None => Ok(default.unwrap_or_else(|| py.None())),
+            Some(v) => match <[u8; 8]>::try_from(v) {
+                Ok(b) => Ok(i64::from_le_bytes(b).into_pyobject(py)?.into_any().unbind()),
+                Err(_) => Err(to_py(Error::NotACounter { len: v.len() })),
+            },
+        })
+    }
+
+    /// `(value, cas)`: the value of a fresh entry and an opaque token of its version
+    /// (bytes) for `cas`, or `(default, cas_default)`; pymemcache's `gets`.
+    #[pyo3(signature = (key, default=None, cas_default=None))]
+    fn gets(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+        cas_default: Option<Py<PyAny>>,
+    ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.gets_waiting(py, key, (default, cas_default), true)
+    }
+
+    /// Stores `value` only if the key's fresh entry still has the version `cas` came
+    /// from (`gets`); pymemcache's `cas`: True if it stored it, False if the entry
+    /// changed (or expired, or was evicted) since, None if there is no fresh entry.
+    #[pyo3(signature = (key, value, cas, ttl=None))]
+    fn cas(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        cas: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<bool>> {
+        self.cas_waiting(py, (key, value), cas, ttl, true)
+    }
+
+    /// Stores every item of `mapping` with the same TTL; returns the list of the keys
+    /// it could not store (a value too large for the file, or no space), as given.
+    /// Any other error raises, after the items before it were stored.
+    #[pyo3(signature = (mapping, ttl=None))]
+    fn set_many(
+        &self,
+        py: Python<'_>,
+        mapping: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        let cache = self.cache()?;
+        let items = mapping.call_method0("items")?;
+        let mut failed = Vec::new();
+        for item in items.try_iter()? {
+            let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+            let k = key_bytes(&key)?;
+            let v = self.encode(&value)?;
+            let r = match cache.try_set(&k, &v, ttl) {
+                Err(Error::WouldBlock) => py.detach(|| cache.set(&k, &v, ttl)),
+                r => r,
+            };
+            match r {
+                Ok(()) => {}
+                Err(Error::TooLarge { .. } | Error::NoSpace { .. }) => failed.push(key.unbind()),
+                Err(e) => return Err(to_py(e)),
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Removes every key of `keys`; returns how many fresh entries it removed. Each
+    /// key is revoked as by `delete`, found or not.
+    fn delete_many(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<u64> {
+        if keys.is_instance_of::<PyString>() || keys.is_instance_of::<PyBytes>() {
+            return Err(PyTypeError::new_err(
+                "delete_many takes an iterable of keys, not one key",
+            ));
+        }
+        let cache = self.cache()?;
+        let mut n = 0;
+        for key in keys.try_iter()? {
+            let key = key?;
+            let k = key_bytes(&key)?;
+            let removed = match cache.try_remove(&k) {
+                Err(Error::WouldBlock) => py.detach(|| cache.remove(&k)),
+                r => r,
+            }
+            .map_err(to_py)?;
+            n += u64::from(removed);
+        }
+        Ok(n)
+    }
+
+    /// The shard `key` lives in (`0..limits()["shards"]`): writers of keys in
+    /// different shards never contend.
+    fn shard_of(&self, key: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let k = key_bytes(key)?;
+        Ok(self.cache()?.shard_of(&k))
+    }
+
+    /// The lock timeout of this handle, in seconds.
+    #[getter]
+    fn lock_timeout(&self) -> f64 {
+        self.lock_timeout.as_secs_f64()
+    }
+
+    /// The fill timeout of this handle, in seconds.
+    #[getter]
+    fn fill_timeout(&self) -> f64 {
+        self.fill_timeout.as_secs_f64()
+    }
+
+    // The non-waiting forms behind the awaitable methods (larder/__init__.py): each
+    // raises WouldBlock where its blocking twin would wait.
+
+    #[pyo3(signature = (key, value, ttl=None))]
+    fn _try_set(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let ttl = opt_duration(ttl, "ttl")?;
+        self.store_waiting(py, key, value, ttl, false)
+    }
+
+    #[pyo3(signature = (key, value, ttl=None))]
+    fn _try_add(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.add_waiting(py, (key, value), ttl, false)
+    }
+
+    fn _try_delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_waiting(py, key, false)
+    }
+
+    #[pyo3(signature = (key, delta=1, init=0, ttl=None))]
+    fn _try_incr(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        delta: i64,
+        init: i64,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<i64> {
+        self.incr_waiting(py, key, (delta, init), ttl, false)
+    }
+
+    #[pyo3(signature = (key, ttl=None))]
+    fn _try_touch(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.touch_waiting(py, key, ttl, false)
+    }
+
+    #[pyo3(signature = (key, default=None, cas_default=None))]
+    fn _try_gets(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+        cas_default: Option<Py<PyAny>>,
+    ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        self.gets_waiting(py, key, (default, cas_default), false)
+    }
+
+    #[pyo3(signature = (key, value, cas, ttl=None))]
+    fn _try_cas(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        cas: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<bool>> {
+        self.cas_waiting(py, (key, value), cas, ttl, false)
+    }
+
+    fn _try_ticket(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<PyTicket> {
+        self.ticket_waiting(py, key, false)
+    }
+
+    #[pyo3(signature = (key, value, ticket, ttl=None))]
+    fn _try_set_with_ticket(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        ticket: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.set_with_ticket_waiting(py, (key, value), ticket, ttl, false)
+    }
+
+    /// The value of `key` (decoded) if it is fresh, or a stale one while another
+    /// process refreshes it; else a `Fill` this thread now holds. Never waits
+    /// (`WouldBlock`: another process's fill of a key of the same slot, or a shard
+    /// lock).
+    fn _try_begin_fill(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let cache = self.cache()?;
+        let k = key_bytes(key)?;
+        let mut out = Vec::new();
+        match cache.try_begin_fill(&k, &mut out).map_err(to_py)? {
+            larder::Begin::Fill(fill) => Ok(Py::new(
+                py,
+                PyFill {
+                    fill: RefCell::new(Some(fill)),
+                },
+            )?
+            .into_any()),
+            _ => self.decode(py, &out),
+        }
+    }
+
+    /// Waits (GIL released) until `key` has a value or its fill is free: returns
+    /// `(True, value)` for a value (fresh, or stale while another process refreshes
+    /// it); `(False, None)` when this thread could fill it, having let the fill go for
+    /// the caller to take again (`aget_or_set` runs its fill on the event loop's
+    /// thread, which must hold the fill itself).
+    fn _wait_fill(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<(bool, Py<PyAny>)> {
+        let cache = self.cache()?;
+        let k = key_bytes(key)?;
+        let value = py
+            .detach(|| {
+                let mut out = Vec::new();
+                Ok::<_, Error>(match cache.begin_fill(&k, &mut out)? {
+                    larder::Begin::Fill(fill) => {
+                        drop(fill);
+                        None
+                    }
+                    _ => Some(out),
+                })
+            })
+            .map_err(to_py)?;
+        Ok(match value {
+            Some(v) => (true, self.decode(py, &v)?),
+            None => (false, py.None()),
+        })
+    }
+
+    /// What `value` is stored as (the serializer's bytes).
+    fn _encode<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let v = self.encode(value)?;
+        Ok(PyBytes::new(py, &v))
+    }
+
+    /// The object every reader of stored `data` gets.
+    fn _decode(&self, py: Python<'_>, data: &Bound<'_, PyBytes>) -> PyResult<Py<PyAny>> {
+        self.decode(py, data.as_bytes())
+    }
+
+    /// Bench hook (python/bench.py): seconds taken by the Rust `get_into` of each key of
+    /// `keys`, `rounds` times over, with one reused buffer and the GIL released: the
+    /// Rust cost of the hits that `get` makes from Python. With `chained`, the choice
+    /// of each key depends on the value read before it (through a zero the processor
+    /// cannot see), so that no get starts before the previous one has ended, as
+    /// happens between two calls from the interpreter: its latency, not its
+    /// throughput.
+    #[pyo3(signature = (keys, rounds, chained=false))]
+    fn _bench_get_into(
+        &self,
+        py: Python<'_>,
+        keys: Vec<Vec<u8>>,
+        rounds: usize,
+        chained: bool,
+    ) -> PyResult<f64> {
+        let cache = self.cache()?;
+        py.detach(|| {
+            let mut buf = Vec::new();
+            let start = Instant::now();
+            let mut carry = 0usize;
+            // A zero the compiler cannot see: `value byte * zero` is zero, computed
+            // from the loaded value, so the next key's address waits for that load.
+            let zero = std::hint::black_box(0usize);
+            for _ in 0..rounds {
+                for i in 0..keys.len() {
+                    let k = &keys[i + carry];
+                    std::hint::black_box(cache.get_into(std::hint::black_box(k), &mut buf)?);
+                    if chained {
+                        carry = usize::from(buf.first().copied().unwrap_or(0)) * zero;
+                    }
+                }
+            }
+            Ok(start.elapsed().as_secs_f64())
+        })
+        .map_err(to_py)
     }
 
     fn __setitem__(
@@ -508,12 +1208,7 @@ impl PyCache {
         value: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let ttl = opt_duration(ttl, "ttl")?;
-        let cache = self.cache()?;
-        let k = key_bytes(key)?;
-        let v = self.encode(value)?;
-        py.detach(|| cache.insert_if_absent(&k, &v, ttl))
-            .map_err(to_py)
+        self.add_waiting(py, (key, value), ttl, true)
     }
 
     /// Adds `delta` to the counter at `key` and returns the new value, atomically for
@@ -528,11 +1223,7 @@ impl PyCache {
         init: i64,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<i64> {
-        let ttl = opt_duration(ttl, "ttl")?;
-        let cache = self.cache()?;
-        let k = key_bytes(key)?;
-        py.detach(|| cache.incr(&k, delta, init, ttl))
-            .map_err(to_py)
+        self.incr_waiting(py, key, (delta, init), ttl, true)
     }
 
     /// Stores only over a fresh entry; True if it stored.
@@ -595,10 +1286,7 @@ impl PyCache {
         key: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let ttl = opt_duration(ttl, "ttl")?;
-        let cache = self.cache()?;
-        let k = key_bytes(key)?;
-        py.detach(|| cache.touch(&k, ttl)).map_err(to_py)
+        self.touch_waiting(py, key, ttl, true)
     }
 
     /// Removes every entry; returns how many there were.
@@ -637,10 +1325,7 @@ impl PyCache {
     /// A ticket to store `key`'s value computed from now on: take it on a miss, before
     /// reading what the value is computed from, then store with `set_with_ticket`.
     fn ticket(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<PyTicket> {
-        let cache = self.cache()?;
-        let k = key_bytes(key)?;
-        let ticket = py.detach(|| cache.ticket(&k)).map_err(to_py)?;
-        Ok(PyTicket { ticket })
+        self.ticket_waiting(py, key, true)
     }
 
     /// Stores `value` only if nothing revoked `key` since `ticket` was taken; True if it
@@ -654,26 +1339,7 @@ impl PyCache {
         ticket: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let ttl = opt_duration(ttl, "ttl")?;
-        let ticket = ticket
-            .cast::<PyTicket>()
-            .map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "ticket must be a larder.Ticket from Cache.ticket(), not {}",
-                    ticket
-                        .get_type()
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_default()
-                ))
-            })?
-            .get()
-            .ticket;
-        let cache = self.cache()?;
-        let k = key_bytes(key)?;
-        let v = self.encode(value)?;
-        py.detach(|| cache.set_with_ticket(&k, &v, ttl, ticket))
-            .map_err(to_py)
+        self.set_with_ticket_waiting(py, (key, value), ticket, ttl, true)
     }
 
     /// The value for `key`, computed by `fill()` and stored if missing, with at most one
@@ -693,6 +1359,16 @@ impl PyCache {
             cache.get_or_insert_with(&k, ttl, || {
                 Python::attach(|py| {
                     let obj = fill.bind(py).call0().map_err(FillError::Py)?;
+                    if obj.hasattr("__await__").map_err(FillError::Py)? {
+                        // Closed, so that it is not reported as never awaited.
+                        if obj.hasattr("close").map_err(FillError::Py)? {
+                            obj.call_method0("close").map_err(FillError::Py)?;
+                        }
+                        return Err(FillError::Py(PyTypeError::new_err(
+                            "get_or_set's fill returned an awaitable: await \
+                             cache.aget_or_set(key, fill) in a coroutine instead",
+                        )));
+                    }
                     let bytes = self.encode(&obj).map_err(FillError::Py)?.into_owned();
                     Ok::<_, FillError>(bytes)
                 })
@@ -884,6 +1560,8 @@ fn codec(py: Python<'_>, ser: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, 
 fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCache>()?;
     m.add_class::<PyTicket>()?;
+    m.add_class::<PyFill>()?;
+    m.add_class::<PyEntries>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", larder::DEFAULT_CAPACITY)?;
     m.add("DEFAULT_MAX_KEY_LEN", larder::DEFAULT_MAX_KEY_LEN)?;

@@ -11,6 +11,34 @@ import larder
 _INHERITED = None
 
 
+def start_child(procs, args, at=None, action=None):
+    """Runs this file with ``args`` in a child process (appended to ``procs``, the
+    fixture that kills what is left); with ``at``, the child's larder acts there
+    (``LARDER_CRASH_AT``) as ``action`` says (kill, stop)."""
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("LARDER_CRASH_AT", None)
+    if at:
+        env["LARDER_CRASH_AT"] = at
+        env["LARDER_CRASH_ACTION"] = action
+    p = subprocess.Popen([sys.executable, __file__, *args], env=env)
+    procs.append(p)
+    return p
+
+
+def wait_stopped(p, deadline=30):
+    """Returns once process ``p`` is stopped (SIGSTOP at a crash point)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with open(f"/proc/{p.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        assert p.poll() is None, "child exited instead of stopping"
+        time.sleep(0.01)  # poll interval; the deadline above bounds the wait
+    raise AssertionError("child did not stop in time")
+
+
 def checked_value(i, version, n=256):
     body = struct.pack("<QQ", i, version) + bytes(n - 24)
     return body + struct.pack("<Q", zlib.crc32(body))

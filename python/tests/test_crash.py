@@ -1,10 +1,7 @@
 """Children killed or stopped inside locks (the test wheel has larder's crash points)."""
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,29 +14,8 @@ pytestmark = pytest.mark.skipif(
     not larder._larder.CRASH_POINTS, reason="needs the wheel built with --features crash-points"
 )
 
-WORKERS = _workers.__file__
-
-
-def child(procs, args, at=None, action=None):
-    env = dict(os.environ)
-    env.pop("LARDER_CRASH_AT", None)
-    if at:
-        env["LARDER_CRASH_AT"] = at
-        env["LARDER_CRASH_ACTION"] = action
-    p = subprocess.Popen([sys.executable, WORKERS, *args], env=env)
-    procs.append(p)
-    return p
-
-
-def wait_stopped(p, deadline=30):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with open(f"/proc/{p.pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                return
-        assert p.poll() is None, "child exited instead of stopping"
-        time.sleep(0.01)
-    raise AssertionError("child did not stop in time")
+child = _workers.start_child
+wait_stopped = _workers.wait_stopped
 
 
 def test_killed_inside_shard_lock(cache, procs):

@@ -28,14 +28,31 @@ miss before reading what the value is computed from::
         ticket = cache.ticket("token:abc")
         claims = validate("abc")       # meanwhile another worker may revoke the token
         cache.set_with_ticket("token:abc", claims, ticket, ttl=300)  # False if it did
+
+In an event loop, the ``a*`` methods (``aget``, ``aset``, ``aget_or_set``, ...) are
+awaitable twins of the calls: a hit, or a write whose lock is free, completes inline
+with no thread hop; a call that would wait (a lock another process holds, another
+process's fill) waits in a thread of the loop's default executor, so the loop never
+stalls. ``aget_or_set`` takes a coroutine function (or a plain one) as its fill, with
+single flight across processes.
+
+A ``Cache`` is a ``collections.abc.MutableMapping`` of its fresh entries (``len``,
+iteration shard by shard, ``keys``, ``items``, ``values``), so
+``cachetools.cached(cache, key=larder.cachetools_key)`` caches a function's results
+in it.
 """
 
+import collections.abc as _abc
 import functools as _functools
 import hashlib as _hashlib
+import inspect as _inspect
 import struct as _struct
+import time as _time
 
 from . import _larder
 from ._errors import *  # noqa: F401,F403
+from ._errors import Timeout as _Timeout
+from ._errors import WouldBlock as _WouldBlock
 from ._errors import __all__ as _errors_all
 from .near import NearCache  # noqa: F401  (larder.near: the Redis near cache)
 
@@ -76,7 +93,49 @@ def _unpickle(cls, state):
         return cls(state["name"], **runtime)
 
 
-class Cache(_larder.Cache):
+def _asyncio():
+    """asyncio, imported on first use: most processes never await a cache call, and
+    importing asyncio costs more than importing larder."""
+    import asyncio
+
+    return asyncio
+
+
+async def _off_loop(fn, *args):
+    """``fn(*args)`` in a thread of the running loop's default executor."""
+    asyncio = _asyncio()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, _functools.partial(fn, *args))
+
+
+class _ItemsView(_abc.ItemsView):
+    """``Cache.items()``: a key that expires or is removed between the listing of its
+    shard and the read of its value is skipped."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        miss = object()
+        for key in self._mapping:
+            value = self._mapping.get(key, miss)
+            if value is not miss:
+                yield (key, value)
+
+
+class _ValuesView(_abc.ValuesView):
+    """``Cache.values()``, skipping keys gone since their shard was listed."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        miss = object()
+        for key in self._mapping:
+            value = self._mapping.get(key, miss)
+            if value is not miss:
+                yield value
+
+
+class Cache(_larder.Cache, _abc.MutableMapping):
     """A handle on one cache file; see the module's documentation.
 
     ``Cache(name)`` with no creation parameter attaches to an existing file with its own
@@ -94,9 +153,184 @@ class Cache(_larder.Cache):
     file without flapping. Handles work in
     a ``fork``ed child and pickle (re-attaching by path) for ``spawn`` and
     ``forkserver`` workers.
+
+    How long a call can block: a read (``get``, ``get_many``, ``gets``, ``in``, ...)
+    takes no lock unless a writer is mid-write in its shard, and then waits at most
+    ``lock_timeout`` (0.5 s by default) for that shard's lock; a write (``set``,
+    ``add``, ``delete``, ``incr``, ``touch``, ``cas``, ``set_with_ticket``, ...) waits
+    at most ``lock_timeout`` for its shard's lock; ``clear``, ``verify`` and
+    ``repair`` at most ``lock_timeout`` per shard; ``get_or_set`` and ``memoize``
+    the lock timeout, then at most ``fill_timeout`` (5 s by default) for another
+    process's fill of the key (plus its own fill's run time). Any call, once per
+    250 ms, checks that the path still names its file (at most ``lock_timeout``).
+    Past a deadline, ``larder.Timeout`` (a ``TimeoutError``). While it waits, the GIL
+    is released. ``try_get`` never waits (``WouldBlock``); the ``a*`` methods never
+    block the event loop.
+
+    As a ``MutableMapping``: ``len(cache)`` is the number of entries the file holds
+    (expired ones not yet reclaimed included, from counters, no lock); iteration
+    yields the keys (``bytes``) of the fresh entries one shard at a time, each shard
+    locked only while its keys are copied; ``items()`` and ``values()`` skip keys that
+    vanish meanwhile. Two handles are equal only if they are the same object (a
+    mapping's content comparison would read the whole file), and handles hash by
+    identity.
     """
 
     __slots__ = ()
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def items(self):
+        """The ``(key, value)`` pairs of the fresh entries, shard by shard."""
+        return _ItemsView(self)
+
+    def values(self):
+        """The values of the fresh entries, shard by shard."""
+        return _ValuesView(self)
+
+    # Awaitable twins (Django's names). Each tries its call without waiting, inline;
+    # only a call that would wait for another process runs in the executor.
+
+    async def aget(self, key, default=None):
+        """``get`` that never blocks the event loop."""
+        try:
+            return self.try_get(key, default)
+        except _WouldBlock:
+            return await _off_loop(self.get, key, default)
+
+    async def aget_many(self, keys, default=None):
+        """``get_many`` that never blocks the event loop."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("aget_many takes an iterable of keys, not one key")
+        keys = list(keys)
+        try:
+            return [self.try_get(k, default) for k in keys]
+        except _WouldBlock:
+            return await _off_loop(self.get_many, keys, default)
+
+    async def aset(self, key, value, ttl=None):
+        """``set`` that never blocks the event loop."""
+        try:
+            return self._try_set(key, value, ttl)
+        except _WouldBlock:
+            return await _off_loop(self.set, key, value, ttl)
+
+    async def aadd(self, key, value, ttl=None):
+        """``add`` that never blocks the event loop."""
+        try:
+            return self._try_add(key, value, ttl)
+        except _WouldBlock:
+            return await _off_loop(self.add, key, value, ttl)
+
+    async def adelete(self, key):
+        """``delete`` that never blocks the event loop."""
+        try:
+            return self._try_delete(key)
+        except _WouldBlock:
+            return await _off_loop(self.delete, key)
+
+    async def aincr(self, key, delta=1, init=0, ttl=None):
+        """``incr`` that never blocks the event loop."""
+        try:
+            return self._try_incr(key, delta, init, ttl)
+        except _WouldBlock:
+            return await _off_loop(self.incr, key, delta, init, ttl)
+
+    async def atouch(self, key, ttl=None):
+        """``touch`` that never blocks the event loop."""
+        try:
+            return self._try_touch(key, ttl)
+        except _WouldBlock:
+            return await _off_loop(self.touch, key, ttl)
+
+    async def agets(self, key, default=None, cas_default=None):
+        """``gets`` that never blocks the event loop."""
+        try:
+            return self._try_gets(key, default, cas_default)
+        except _WouldBlock:
+            return await _off_loop(self.gets, key, default, cas_default)
+
+    async def acas(self, key, value, cas, ttl=None):
+        """``cas`` that never blocks the event loop."""
+        try:
+            return self._try_cas(key, value, cas, ttl)
+        except _WouldBlock:
+            return await _off_loop(self.cas, key, value, cas, ttl)
+
+    async def aticket(self, key):
+        """``ticket`` that never blocks the event loop."""
+        try:
+            return self._try_ticket(key)
+        except _WouldBlock:
+            return await _off_loop(self.ticket, key)
+
+    async def aset_with_ticket(self, key, value, ticket, ttl=None):
+        """``set_with_ticket`` that never blocks the event loop."""
+        try:
+            return self._try_set_with_ticket(key, value, ticket, ttl)
+        except _WouldBlock:
+            return await _off_loop(self.set_with_ticket, key, value, ticket, ttl)
+
+    async def aget_or_set(self, key, fill, ttl=None):
+        """``get_or_set`` for an event loop: the value of ``key``, computed by
+        ``fill()`` (a coroutine function, or a plain function) and stored if missing,
+        with at most one process computing it at a time.
+
+        A hit returns inline. On a miss this coroutine takes the key's fill and awaits
+        ``fill()`` on the loop; while another process (or task) holds the fill, it
+        waits in an executor thread (at most ``fill_timeout`` per wait), never on the
+        loop. The store waits for no lock on the loop: while another process holds
+        the shard lock, it retries every few milliseconds, up to ``lock_timeout``
+        (then ``larder.Timeout``). If ``fill()`` raises, or this task is cancelled,
+        the fill is abandoned and a waiter computes instead, as when a filling
+        process dies. The caller gets the stored value read back through the
+        serializer, exactly what every other caller gets.
+        """
+        deadline = _time.monotonic() + self.fill_timeout + self.lock_timeout
+        while True:
+            try:
+                got = self._try_begin_fill(key)
+            except _WouldBlock:
+                found, value = await _off_loop(self._wait_fill, key)
+                if found:
+                    return value
+                # The thread could have filled it, and let the fill go: take it here.
+                if _time.monotonic() > deadline:
+                    raise _Timeout(
+                        "aget_or_set: the key's fill was taken by others each time it "
+                        "was free, for longer than the fill timeout"
+                    ) from None
+                continue
+            if not isinstance(got, _larder.Fill):
+                return got
+            try:
+                value = fill()
+                if _inspect.isawaitable(value):
+                    value = await value
+                data = self._encode(value)
+                await self._complete(got, data, ttl)
+            finally:
+                got.abandon()
+            return self._decode(data)
+
+    async def _complete(self, fill, data, ttl):
+        """Stores a fill's value without blocking the loop: polls the shard lock with
+        a deadline while another process holds it."""
+        asyncio = _asyncio()
+        deadline = _time.monotonic() + self.lock_timeout
+        delay = 0.0005
+        while True:
+            try:
+                return fill.try_complete(data, ttl)
+            except _WouldBlock:
+                if _time.monotonic() >= deadline:
+                    raise _Timeout(
+                        "aget_or_set: another process held the shard lock for longer "
+                        "than the lock timeout; retry, or raise the timeout"
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.01)
 
     def __reduce__(self):
         return (_unpickle, (type(self), self._pickle_state()))
@@ -151,7 +385,7 @@ class Cache(_larder.Cache):
                 """The cache key of the call with these arguments."""
                 if key is not None:
                     return key(*args, **kwargs)
-                return prefix + _arguments_digest(fn, args, kwargs)
+                return prefix + _arguments_digest(fn.__qualname__, args, kwargs)
 
             def invalidate(*args, **kwargs):
                 """Deletes the cached result of the call with these arguments; returns
@@ -252,9 +486,26 @@ def _put_sorted(out, tag, items):
         out += item
 
 
+def cachetools_key(*args, **kwargs):
+    """A ``bytes`` key of a call's arguments, for ``cachetools.cached(cache,
+    key=larder.cachetools_key)`` with a ``larder.Cache`` as the cache (cachetools'
+    own ``hashkey`` is a tuple, which larder cannot key, and whose ``hash()`` differs
+    between processes).
+
+    The key is ``b"cachetools:"`` and the hex BLAKE2b digest of the arguments'
+    encoding, as ``Cache.memoize`` keys its calls: the same in every process, with the
+    same rules (``bytes``, ``str``, ``int``, ``float``, ``bool``, ``None`` and tuples,
+    lists, dicts and frozensets of them; anything else raises ``TypeError``). It does
+    not include the function: functions sharing a cache pass their own name, e.g.
+    ``key=functools.partial(larder.cachetools_key, "perms")``.
+    """
+    return b"cachetools:" + _arguments_digest(None, args, kwargs).encode()
+
+
 def _arguments_digest(fn, args, kwargs):
     """The hex digest of the encoding of a call's positional arguments, then its
-    keyword arguments sorted by name."""
+    keyword arguments sorted by name; ``fn`` is the memoized function's qualname for
+    errors (None: ``cachetools_key``'s)."""
     out = bytearray(_LENGTH.pack(len(args)))
     for position, value in enumerate(args):
         _encode_argument(fn, f"argument {position}", value, out)
@@ -270,9 +521,13 @@ def _encode_argument(fn, where, value, out):
     try:
         _encode(value, out, 0)
     except (_Unkeyable, _TooDeep) as e:
-        what = f"memoize cannot key {where} of {fn.__qualname__}, of type "
+        if fn is None:
+            what = f"cachetools_key cannot key {where}, of type "
+            fix = "pass cachetools.cached a key= function of your own for it"
+        else:
+            what = f"memoize cannot key {where} of {fn}, of type "
+            fix = "pass key= to memoize to build the cache key from the arguments yourself"
         what += type(value).__qualname__
-        fix = "pass key= to memoize to build the cache key from the arguments yourself"
         if isinstance(e, _TooDeep):
             raise ValueError(
                 f"{what}: it is nested more than {_MAX_NESTING} deep, or contains "
@@ -288,4 +543,4 @@ def _encode_argument(fn, where, value, out):
         ) from None
 
 
-__all__ = ["Cache", "Ticket", *_errors_all]
+__all__ = ["Cache", "Ticket", "cachetools_key", *_errors_all]

@@ -22,7 +22,6 @@ Keys are ``bytes`` or ``str`` (UTF-8); values are bytes-like and come back as
 not be reached or did not answer within ``io_timeout``).
 """
 
-import asyncio as _asyncio
 import functools as _functools
 
 from . import _larder
@@ -82,7 +81,9 @@ class NearCache(_larder.NearCache):
 
     @staticmethod
     async def _in_executor(fn, *args):
-        loop = _asyncio.get_running_loop()
+        import asyncio  # on first use: importing it costs more than importing larder
+
+        loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, _functools.partial(fn, *args))
 
     def __enter__(self):
