@@ -20,9 +20,10 @@ fi
 # Installing the nginx package starts the system's nginx; these tests never use it.
 
 # The tests stop workers inside a write (LARDER_CRASH_AT), which needs the crash points:
-# a build of its own (target/lua-tests), so target/release keeps the production build.
-cargo build -p larder-capi --release --features crash-points --target-dir "$repo/target/lua-tests"
-export LARDER_LIBRARY="$repo/target/lua-tests/release/liblarder.so"
+# a build of its own (target/crash-points, shared with the PHP and three-language
+# suites), so target/release keeps the production build.
+cargo build -p larder-capi --release --features crash-points --target-dir "$repo/target/crash-points"
+export LARDER_LIBRARY="$repo/target/crash-points/release/liblarder.so"
 
 cd "$here/t"
 exec python3 -B test_nginx.py "$@"
