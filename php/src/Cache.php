@@ -34,8 +34,6 @@ final class Cache
     /** How often cas retries when the entry changed but still holds $old. */
     private const CAS_TRIES = 1000;
 
-    /** Handles opened in this request, by name and options: one reference per request. */
-    private static array $handles = [];
     /** Fills begun and not yet ended in this request, ended at shutdown if a fatal error skipped that. */
     private static array $fills = [];
     private static bool $shutdownRegistered = false;
@@ -45,7 +43,6 @@ final class Cache
     private string $name;
     private bool $php;
     private bool $persistent;
-    private string $handleKey;
     private CData $buf;
     private int $cap;
     private CData $len;
@@ -73,9 +70,11 @@ final class Cache
      *    held by a live process, or for another worker's entry() generator.
      *  - mode (file mode at creation, default 0600), attach_only (bool: never create).
      *  - serializer: null (strings only, the default) or 'php' (serialize/unserialize).
-     *  - persistent (bool, default true): keep the handle for the life of the process, so
-     *    every later request's `new Cache` is the C library's cheap re-open (no open,
-     *    mmap or flock). With false, the handle is closed when the object is destroyed.
+     *  - persistent (bool, default true): the object's reference to the handle is kept
+     *    for the life of the process (PHP-FPM workers outlive requests), so every later
+     *    `new Cache` of the name is the C library's cheap re-open (no open, mmap or
+     *    flock; one more count on the handle). With false, the object gives its
+     *    reference back when it is destroyed, and the last one unmaps the file.
      *
      * @param array<string, int|bool|string|null> $options
      */
@@ -105,7 +104,6 @@ final class Cache
         $this->persistent = $persistent;
         $copts = $ffi->new('larder_options');
         $ffi->larder_options_init(FFI::addr($copts));
-        $given = [];
         foreach ($options as $option => $value) {
             if ($option === 'serializer' || $option === 'persistent') {
                 continue;
@@ -133,22 +131,15 @@ final class Cache
                 throw new InvalidArgumentException("open {$name}: option {$option} is over 2^32-1");
             }
             $copts->{$option} = $value;
-            $given[$option] = $value;
         }
-        ksort($given);
-        $this->handleKey = $name . "\0" . serialize($given);
-        $this->handle = $persistent ? (self::$handles[$this->handleKey] ?? null) : null;
-        if ($this->handle === null) {
-            $out = $ffi->new('larder_cache*');
-            $status = $ffi->larder_open($name, FFI::addr($copts), FFI::addr($out));
-            if ($status !== $ffi->LARDER_OK) {
-                throw Exception::fromStatus($ffi, $status, "open {$name}");
-            }
-            $this->handle = $out;
-            if ($persistent) {
-                self::$handles[$this->handleKey] = $out;
-            }
+        $out = $ffi->new('larder_cache*');
+        // A name already open in this process (an earlier request of this worker) is the
+        // library's registry hit: the same handle, one more reference, no open/mmap/flock.
+        $status = $ffi->larder_open($name, FFI::addr($copts), FFI::addr($out));
+        if ($status !== $ffi->LARDER_OK) {
+            throw Exception::fromStatus($ffi, $status, "open {$name}");
         }
+        $this->handle = $out;
         $this->cap = self::INITIAL_BUFFER;
         $this->buf = $ffi->new("char[{$this->cap}]");
         $this->len = $ffi->new('size_t');
@@ -206,9 +197,6 @@ final class Cache
     {
         if ($this->handle === null) {
             return;
-        }
-        if ($this->persistent) {
-            unset(self::$handles[$this->handleKey]);
         }
         $this->ffi->larder_close($this->handle);
         $this->handle = null;
@@ -458,7 +446,7 @@ final class Cache
         self::checkKey($key, 'entry');
         $ttlMs = self::ttlMs($ttl);
         $ffi = $this->ffi;
-        $fillKey = $this->handleKey . "\0" . $key;
+        $fillKey = $this->name . "\0" . $key;
         if (isset(self::$fills[$fillKey])) {
             throw new InvalidArgumentException(sprintf(
                 'entry %s: called again for the same key from inside its own generator',
