@@ -55,12 +55,12 @@ class Response:
 
 
 def _record(kind, content):
-    return (
-        struct.pack(
-            "!BBHHBx", FCGI_VERSION, kind, REQUEST_ID, len(content), 0
-        )
-        + content
-    )
+    """One record, or several when content is over a record's 65535 bytes."""
+    out = b""
+    for start in range(0, max(len(content), 1), 65535):
+        part = content[start : start + 65535]
+        out += struct.pack("!BBHHBx", FCGI_VERSION, kind, REQUEST_ID, len(part), 0) + part
+    return out
 
 
 def _length(n):
@@ -88,6 +88,7 @@ def request(socket_path, script_filename, query="", timeout=10.0):
         except OSError as e:
             raise FcgiError(f"connect {socket_path}: {e}") from e
         script_name = "/" + script_filename.rsplit("/", 1)[-1]
+        what = f"{script_name}?{query[:200]}"
         params = {
             "GATEWAY_INTERFACE": "FastCGI/1.0",
             "REQUEST_METHOD": "GET",
@@ -117,16 +118,16 @@ def request(socket_path, script_filename, query="", timeout=10.0):
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise FcgiTimeout(f"{script_name}?{query}: no response within {timeout} s")
+                raise FcgiTimeout(f"{what}: no response within {timeout} s")
             sock.settimeout(left)
             try:
                 chunk = sock.recv(65536)
             except socket.timeout as e:
-                raise FcgiTimeout(f"{script_name}?{query}: no response within {timeout} s") from e
+                raise FcgiTimeout(f"{what}: no response within {timeout} s") from e
             except OSError as e:
-                raise FcgiError(f"{script_name}?{query}: {e}") from e
+                raise FcgiError(f"{what}: {e}") from e
             if not chunk:
-                raise FcgiError(f"{script_name}?{query}: connection closed before the end of the response")
+                raise FcgiError(f"{what}: connection closed before the end of the response")
             buf += chunk
             while len(buf) >= 8:
                 _, kind, _, clen, plen = struct.unpack("!BBHHB", buf[:7])
