@@ -15,6 +15,11 @@ if (!class_exists(Larder\Cache::class)) {
     });
 }
 
+// From the command line (the benchmark): NAME=VALUE arguments are the query.
+if (PHP_SAPI === 'cli' && !empty($argv) && count($argv) > 1) {
+    parse_str(implode('&', array_slice($argv, 1)), $_GET);
+}
+
 /** Prints one JSON object (status 500 when ok is false) and ends the request. */
 function answer(array $fields): never
 {
