@@ -17,7 +17,7 @@
  *       the same for APCu (whose apcu_entry holds APCu's lock around the generator).
  *   lab.php?op=bench&lib=larder|apcu&kind=fetch|store&n=N[&cache=C]
  *       N operations in a loop inside the request: {"ns_per_op": ...}.
- *   lab.php?op=open_cost&cache=C
+ *   lab.php?op=open_cost&cache=C[&persistent=0]
  *       the time of `new Larder\Cache(C)` in this request: {"open_ns": ...}.
  */
 
@@ -110,8 +110,9 @@ try {
             }
             answer(['ok' => true, 'ns_per_op' => (hrtime(true) - $t) / $n]);
         case 'open_cost':
+            $persistent = param('persistent', '1') === '1';
             $t = hrtime(true);
-            $cache = open_cache();
+            $cache = new Larder\Cache(param('cache'), ['persistent' => $persistent]);
             $ns = hrtime(true) - $t;
             $cache->fetch('k');
             answer(['ok' => true, 'open_ns' => $ns]);
