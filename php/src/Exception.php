@@ -1,0 +1,85 @@
+<?php
+
+declare(strict_types=1);
+
+namespace Larder;
+
+use FFI;
+
+/**
+ * The base of every exception this package throws for a larder_status error.
+ *
+ * getCode() is the larder_status number (read from the header through FFI, so it is the
+ * library's); getStatusName() its name (e.g. "LARDER_E_TIMEOUT"); the message is the C
+ * ABI's larder_last_error(): what happened, the cache file's name, and what to do.
+ * Outcomes that are not errors (MISS, EXISTS, FENCED) are return values, never thrown.
+ */
+class Exception extends \RuntimeException
+{
+    /** Status name => class; a status not listed is an InternalException. */
+    private const CLASSES = [
+        'LARDER_E_NULL' => InvalidArgumentException::class,
+        'LARDER_E_INTERNAL' => InternalException::class,
+        'LARDER_E_INVALID_NAME' => InvalidNameException::class,
+        'LARDER_E_INVALID_OPTIONS' => InvalidOptionsException::class,
+        'LARDER_E_TOO_LARGE' => TooLargeException::class,
+        'LARDER_E_INCOMPATIBLE' => IncompatibleException::class,
+        'LARDER_E_VERSION' => IncompatibleException::class,
+        'LARDER_E_NOT_A_CACHE' => CorruptException::class,
+        'LARDER_E_CORRUPT' => CorruptException::class,
+        'LARDER_E_UNSAFE_FILE' => UnsafeFileException::class,
+        'LARDER_E_TRUNCATED' => CorruptException::class,
+        'LARDER_E_OTHER_BOOT' => EnvironmentException::class,
+        'LARDER_E_OTHER_PID_NAMESPACE' => EnvironmentException::class,
+        'LARDER_E_OTHER_TIME_NAMESPACE' => EnvironmentException::class,
+        'LARDER_E_DETACHED' => FileException::class,
+        'LARDER_E_NOT_A_COUNTER' => NotACounterException::class,
+        'LARDER_E_OVERFLOW' => OverflowException::class,
+        'LARDER_E_INVALID_ARGUMENT' => InvalidArgumentException::class,
+        'LARDER_E_NO_SPACE' => NoSpaceException::class,
+        'LARDER_E_TIMEOUT' => TimeoutException::class,
+        'LARDER_E_WOULD_BLOCK' => WouldBlockException::class,
+        'LARDER_E_IN_USE' => FileException::class,
+        'LARDER_E_NOT_FOUND' => NotFoundException::class,
+        'LARDER_E_PROC_UNAVAILABLE' => EnvironmentException::class,
+        'LARDER_E_IO' => IoException::class,
+        'LARDER_E_UNSUPPORTED' => InternalException::class,
+        'LARDER_E_WRONG_THREAD' => InternalException::class,
+    ];
+
+    private string $statusName = '';
+
+    /** The status's name, e.g. "LARDER_E_TIMEOUT" ("" for the binding's own errors). */
+    public function getStatusName(): string
+    {
+        return $this->statusName;
+    }
+
+    /**
+     * The exception for an error status, with this thread's larder_last_error() message.
+     *
+     * @internal Used by Cache; the numbers come from the loaded header.
+     */
+    public static function fromStatus(FFI $ffi, int $status, string $doing): self
+    {
+        static $byCode = null;
+        if ($byCode === null) {
+            $byCode = [];
+            foreach (self::CLASSES as $name => $class) {
+                $byCode[$ffi->{$name}] = [$name, $class];
+            }
+        }
+        [$name, $class] = $byCode[$status] ?? ['', InternalException::class];
+        // FFI returns a const char * as a PHP string (a copy; the library keeps its own).
+        $detail = (string) $ffi->larder_last_error();
+        if ($detail === '') {
+            $detail = (string) $ffi->larder_strerror($status);
+        }
+        if ($name === '') {
+            $detail = sprintf('unknown larder_status %d: %s', $status, $detail);
+        }
+        $e = new $class(sprintf('%s: %s', $doing, $detail), $status);
+        $e->statusName = $name;
+        return $e;
+    }
+}
