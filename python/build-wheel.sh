@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the larder-py wheel a user installs: one manylinux_2_17 abi3 wheel (CPython
-# 3.9+, glibc 2.17+, linked with zig so that the build host's glibc does not matter),
+# 3.10+, glibc 2.17+, linked with zig so that the build host's glibc does not matter),
 # stripped, with the package's metadata, then checks it (auditwheel's verdict, the tags,
 # the metadata, no debug info) and prints its size.
 #
@@ -57,7 +57,7 @@ fi
 wheel="${wheels[0]}"
 
 # The checks: the wheel a user gets must install on any glibc >= 2.17 x86_64 Linux
-# and any CPython >= 3.9, and describe itself on PyPI.
+# and any CPython >= 3.10, and describe itself on PyPI.
 "$tools/bin/python" - "$wheel" "$manylinux" >&2 <<'EOF'
 import email
 import os
@@ -70,8 +70,8 @@ wheel, manylinux = sys.argv[1], sys.argv[2]
 name = os.path.basename(wheel)
 problems = []
 tag = f"manylinux_{manylinux}_x86_64"
-if "-cp39-abi3-" not in name or tag not in name:
-    problems.append(f"the file name {name} is not a cp39-abi3 {tag} wheel")
+if "-cp310-abi3-" not in name or tag not in name:
+    problems.append(f"the file name {name} is not a cp310-abi3 {tag} wheel")
 
 show = subprocess.run(
     [sys.executable, "-m", "auditwheel", "show", wheel],
@@ -100,7 +100,7 @@ with zipfile.ZipFile(wheel) as z:
             for section in (".debug_info", ".symtab"):
                 if section in sections:
                     problems.append(f"{so} is not stripped: it has {section}")
-if "Tag: cp39-abi3-" not in wheel_meta:
+if "Tag: cp310-abi3-" not in wheel_meta:
     problems.append(f"WHEEL does not tag it abi3:\n{wheel_meta}")
 if not body or len(body) < 1000 or meta.get("Description-Content-Type") is None:
     problems.append("METADATA has no long description (the README)")

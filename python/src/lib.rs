@@ -346,9 +346,18 @@ impl PyCache {
         op: impl FnOnce(&larder::Cache) -> larder::Result<R>,
         wait: impl FnOnce(&larder::Cache) -> larder::Result<R> + Send,
     ) -> PyResult<R> {
-        let cache = self.cache()?;
-        match op(&cache) {
-            Err(Error::WouldBlock) if may_wait => py.detach(|| wait(&cache)).map_err(to_py),
+        // Borrowed under the handle's mutex for the try (no reference count taken, as
+        // in `read_with`); cloned only to wait with the mutex and the GIL released.
+        let guard = self.handle.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = guard
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("operation on a closed larder.Cache"))?;
+        match op(cache) {
+            Err(Error::WouldBlock) if may_wait => {
+                let cache = cache.clone();
+                drop(guard);
+                py.detach(|| wait(&cache)).map_err(to_py)
+            }
             r => r.map_err(to_py),
         }
     }
