@@ -60,13 +60,14 @@ def cache(name):
 def php(server: str, cache: str, op: str, **query) -> dict:
     """One request to op.php in the php-fpm pool under DIR/server."""
     qs = urllib.parse.urlencode({"cache": cache, "op": op, "capacity": CAPACITY, **query})
-    body = fcgi.request(
+    response = fcgi.request(
         str(DIR / server / "fpm.sock"),
         str(ROOT / "php" / "tests" / "www" / "op.php"),
         qs,
         timeout=DEADLINE,
     )
-    return json.loads(body)
+    assert response.status == 200, response
+    return json.loads(response.body)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
