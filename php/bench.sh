@@ -7,9 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -p larder-capi --release
-cargo build -p larder-capi --release --features crash-points --target-dir target/php-crash
+cargo build -p larder-capi --release --features crash-points --target-dir target/crash-points
 echo "== throughput (target/release/liblarder.so)"
 LARDER_LIBRARY=$PWD/target/release/liblarder.so python3 php/tests/bench.py "$@"
 echo
-echo "== a worker killed while it holds the lock (target/php-crash/release/liblarder.so)"
-LARDER_LIBRARY=$PWD/target/php-crash/release/liblarder.so python3 php/tests/kill_compare.py --crash-points
+echo "== a worker killed while it holds the lock (target/crash-points/release/liblarder.so)"
+LARDER_LIBRARY=$PWD/target/crash-points/release/liblarder.so python3 php/tests/kill_compare.py --crash-points

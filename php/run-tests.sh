@@ -22,8 +22,9 @@ if ((${#need[@]})); then
             $sudo apt-get -o DPkg::Lock::Timeout=300 install -y "${need[@]}"; }
 fi
 
-cargo build -p larder-capi --release --features crash-points --target-dir target/php-crash
-export LARDER_LIBRARY=$PWD/target/php-crash/release/liblarder.so
+# The crash-points build the OpenResty and three-language suites use too.
+cargo build -p larder-capi --release --features crash-points --target-dir target/crash-points
+export LARDER_LIBRARY=$PWD/target/crash-points/release/liblarder.so
 
 start=$SECONDS
 echo "== php-cli unit tests (ffi.enable=1, FFI::cdef)"

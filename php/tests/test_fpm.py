@@ -5,7 +5,7 @@ crash-points build with LARDER_CRASH_AT=set.mid_value and LARDER_CRASH_ACTION=st
 store stops its worker in the middle of writing the value, holding the shard lock; the
 test then SIGKILLs it. Every request has a deadline: the pool never hangs.
 
-    LARDER_LIBRARY=target/php-crash/release/liblarder.so python3 php/tests/test_fpm.py
+    LARDER_LIBRARY=target/crash-points/release/liblarder.so python3 php/tests/test_fpm.py
 """
 
 import os
