@@ -121,6 +121,15 @@ typedef struct larder_options {
     uint64_t fill_timeout_ms;  /* 0 = default (5000) */
     uint32_t mode;             /* file mode; 0 = default (0600) */
     uint32_t attach_only;      /* nonzero: attach to an existing file, never create */
+    /* Sharing one file between uids (a web server's workers and an application of its
+       own user): create it with mode 0660 and a group both are in; each accepts the
+       other's file by naming the creator's uid in allow_uids. The fields above make the
+       first layout (struct_size 56): a struct that ends there reads these as 0. */
+    uint32_t group;            /* the file's group at creation, when has_group is nonzero */
+    uint32_t has_group;        /* 0 = the creating process's effective group (gid 0 is valid) */
+    uint32_t allow_uids[4];    /* owners accepted besides this process's effective uid */
+    uint32_t allow_uids_count; /* how many of allow_uids are set: 0..4 (more: E_INVALID_ARGUMENT) */
+    uint32_t reserved;         /* 0 */
 } larder_options;
 
 /* Counters of the whole cache, for the call larder_stats. In C a typedef and a function
@@ -169,8 +178,9 @@ void larder_options_init(larder_options *opts);
 
 /* Opens (creates, unless attach_only) the cache `name`; opts NULL = defaults.
    OK: *out is the handle. Error: *out is NULL (E_INVALID_NAME, E_INCOMPATIBLE,
-   E_NOT_FOUND, E_NO_SPACE, E_UNSAFE_FILE, ...). Same name and options again: the same
-   handle, one more reference. */
+   E_NOT_FOUND, E_NO_SPACE, E_UNSAFE_FILE, ...); a file owned by another uid than this
+   process's effective one and not in allow_uids is E_UNSAFE_FILE. Same name and options
+   (group and allowed uids included) again: the same handle, one more reference. */
 larder_status larder_open(const char *name, const larder_options *opts, larder_cache **out);
 /* Drops one reference; the last one closes the handle. NULL is a no-op. */
 void larder_close(larder_cache *c);

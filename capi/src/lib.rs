@@ -17,6 +17,10 @@ pub mod registry;
 pub mod status;
 #[cfg(test)]
 mod status_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod uid_tests;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, OsStr};
@@ -47,14 +51,31 @@ pub struct larder_options {
     pub fill_timeout_ms: u64,
     pub mode: u32,
     pub attach_only: u32,
+    pub group: u32,
+    pub has_group: u32,
+    pub allow_uids: [u32; MAX_ALLOW_UIDS],
+    pub allow_uids_count: u32,
+    pub reserved: u32,
 }
 
+/// How many uids `larder_options.allow_uids` holds.
+pub const MAX_ALLOW_UIDS: usize = 4;
+
+/// The smallest `struct_size` accepted: the first layout, which ended with
+/// `attach_only`. The fields after it read as 0 (the default) when a caller's struct
+/// stops there.
+const FIRST_OPTIONS_SIZE: usize = std::mem::offset_of!(larder_options, attach_only) + 4;
+
 // The header's layout (x86-64 and aarch64 Linux: the C test asserts the same numbers).
-const _: () = assert!(std::mem::size_of::<larder_options>() == 56);
+const _: () = assert!(std::mem::size_of::<larder_options>() == 88);
 const _: () = assert!(std::mem::offset_of!(larder_options, capacity) == 8);
 const _: () = assert!(std::mem::offset_of!(larder_options, shards) == 24);
 const _: () = assert!(std::mem::offset_of!(larder_options, lock_timeout_ms) == 32);
 const _: () = assert!(std::mem::offset_of!(larder_options, attach_only) == 52);
+const _: () = assert!(FIRST_OPTIONS_SIZE == 56);
+const _: () = assert!(std::mem::offset_of!(larder_options, group) == 56);
+const _: () = assert!(std::mem::offset_of!(larder_options, allow_uids) == 64);
+const _: () = assert!(std::mem::offset_of!(larder_options, allow_uids_count) == 80);
 
 /// `larder_stats` (see the header). Written only up to the caller's `struct_size`.
 #[repr(C)]
@@ -289,12 +310,19 @@ pub unsafe extern "C" fn larder_options_init(opts: *mut larder_options) {
         fill_timeout_ms: larder_core::DEFAULT_FILL_TIMEOUT.as_millis() as u64,
         mode: 0o600,
         attach_only: 0,
+        group: 0,
+        has_group: 0,
+        allow_uids: [0; MAX_ALLOW_UIDS],
+        allow_uids_count: 0,
+        reserved: 0,
     };
     // SAFETY: `opts` is non-NULL and, by the caller's promise, writable.
     unsafe { opts.write(defaults) };
 }
 
-/// The caller's options, read up to its `struct_size`.
+/// The caller's options, read up to its `struct_size`: a struct of an older header (at
+/// least the first layout, up to `attach_only`) has its missing fields read as 0, the
+/// default; a newer header's fields this library does not know must be 0.
 ///
 /// # Safety
 /// A non-NULL `opts` points to `opts->struct_size` readable bytes.
@@ -308,27 +336,60 @@ unsafe fn read_options(opts: *const larder_options) -> Result<larder_options, Fa
     }
     // SAFETY: `struct_size` is the first field, which every version of the struct has.
     let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
-    if size < OURS {
+    if size < FIRST_OPTIONS_SIZE {
         return Err(Error::InvalidArgument(format!(
-            "larder_options.struct_size is {size}, less than this library's {OURS}: set it \
-             with larder_options_init"
+            "larder_options.struct_size is {size}, less than the smallest this library \
+             reads ({FIRST_OPTIONS_SIZE}, up to attach_only): set it with larder_options_init"
         ))
         .into());
     }
-    // A newer header's fields this library does not know must be left at zero: it
-    // cannot honour them.
-    // SAFETY: the caller promises `struct_size` readable bytes.
-    let extra = unsafe { std::slice::from_raw_parts(opts.cast::<u8>().add(OURS), size - OURS) };
-    if extra.iter().any(|&b| b != 0) {
+    if size > OURS {
+        // A newer header's fields this library does not know must be left at zero: it
+        // cannot honour them.
+        // SAFETY: the caller promises `struct_size` readable bytes.
+        let extra = unsafe { std::slice::from_raw_parts(opts.cast::<u8>().add(OURS), size - OURS) };
+        if extra.iter().any(|&b| b != 0) {
+            return Err(Error::InvalidArgument(format!(
+                "larder_options has fields this library (a {OURS}-byte struct) does not \
+                 know set: use a liblarder as new as its header"
+            ))
+            .into());
+        }
+    }
+    let mut o = larder_options::default();
+    // SAFETY: the caller promises `size` readable bytes, of which the first
+    // `min(size, OURS)` are copied into the local `o`; every bit pattern is a valid
+    // `larder_options` (integers only), and the fields past `size` stay 0.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            opts.cast::<u8>(),
+            (&mut o as *mut larder_options).cast::<u8>(),
+            size.min(OURS),
+        )
+    };
+    if o.allow_uids_count as usize > MAX_ALLOW_UIDS {
         return Err(Error::InvalidArgument(format!(
-            "larder_options has fields this library (a {OURS}-byte struct) does not know \
-             set: use a liblarder as new as its header"
+            "larder_options.allow_uids_count is {}, more than the {MAX_ALLOW_UIDS} uids \
+             allow_uids holds",
+            o.allow_uids_count
         ))
         .into());
     }
-    // SAFETY: at least `OURS` readable bytes (checked above), and every bit pattern is a
-    // valid `larder_options` (integers only).
-    Ok(unsafe { opts.read_unaligned() })
+    if o.reserved != 0 {
+        return Err(Error::InvalidArgument(
+            "larder_options.reserved is not 0: leave it as larder_options_init sets it".into(),
+        )
+        .into());
+    }
+    Ok(o)
+}
+
+/// The allowed owners of `o`, sorted and without repeats (one key for one set).
+fn allowed_uids(o: &larder_options) -> Vec<u32> {
+    let mut uids = o.allow_uids[..o.allow_uids_count as usize].to_vec();
+    uids.sort_unstable();
+    uids.dedup();
+    uids
 }
 
 fn or_default<T: PartialEq + Default>(v: T, default: T) -> T {
@@ -382,6 +443,8 @@ pub unsafe extern "C" fn larder_open(
             ),
             mode: or_default(o.mode, 0o600),
             attach_only: o.attach_only != 0,
+            group: (o.has_group != 0).then_some(o.group),
+            allow_uids: allowed_uids(&o),
         };
         // A bare name or an absolute path means the same file in every call (a relative
         // path depends on the working directory): it is its own key too, found without
@@ -392,7 +455,7 @@ pub unsafe extern "C" fn larder_open(
             alias,
             || Ok(key(canonical(name)?.into_os_string())),
             |k| {
-                let opts = Options::new()
+                let mut opts = Options::new()
                     .capacity(k.capacity)
                     .max_key_len(k.max_key_len)
                     .max_value_len(k.max_value_len)
@@ -400,6 +463,12 @@ pub unsafe extern "C" fn larder_open(
                     .lock_timeout(Duration::from_millis(k.lock_timeout_ms))
                     .fill_timeout(Duration::from_millis(k.fill_timeout_ms))
                     .mode(k.mode);
+                if let Some(gid) = k.group {
+                    opts = opts.group(gid);
+                }
+                for &uid in &k.allow_uids {
+                    opts = opts.allow_uid(uid);
+                }
                 if k.attach_only {
                     opts.attach(Path::new(&k.path))
                 } else {

@@ -46,6 +46,10 @@ pub struct Key {
     pub fill_timeout_ms: u64,
     pub mode: u32,
     pub attach_only: bool,
+    /// The file's group at creation (`None`: the process's effective group).
+    pub group: Option<u32>,
+    /// Owners accepted besides the caller's effective uid, sorted, without repeats.
+    pub allow_uids: Vec<u32>,
 }
 
 /// What a `larder_cache *` points to.
@@ -290,6 +294,7 @@ pub unsafe fn refs(p: *mut Handle) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{wait_child, TempDir};
 
     fn key(path: &std::path::Path) -> Key {
         Key {
@@ -302,6 +307,8 @@ mod tests {
             fill_timeout_ms: 5000,
             mode: 0o600,
             attach_only: false,
+            group: None,
+            allow_uids: Vec::new(),
         }
     }
 
@@ -312,52 +319,8 @@ mod tests {
         SERIAL.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn dir(tag: &str) -> tempdir::Dir {
-        tempdir::Dir::new(tag)
-    }
-
-    /// Waits for child `pid` to exit, up to a deadline (killing it then); its status.
-    fn wait_child(pid: libc::pid_t) -> i32 {
-        let start = Instant::now();
-        loop {
-            let mut status = 0;
-            // SAFETY: polls our own child; `status` is a valid out pointer.
-            let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if rc == pid {
-                return status;
-            }
-            assert_eq!(rc, 0, "waitpid failed");
-            if start.elapsed() > Duration::from_secs(30) {
-                // SAFETY: kills and reaps our own child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                // SAFETY: reaps it.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                panic!("the child did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    mod tempdir {
-        /// A directory removed on drop (even when a test panics).
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new(tag: &str) -> Dir {
-                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let d = std::env::temp_dir()
-                    .join(format!("larder-capi-reg-{tag}-{}-{n}", std::process::id()));
-                std::fs::create_dir_all(&d).unwrap();
-                Dir(d)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
+    fn dir(tag: &str) -> TempDir {
+        TempDir::new(&format!("reg-{tag}"))
     }
 
     fn opener(path: std::path::PathBuf) -> impl FnOnce(&Key) -> Result<Cache, Error> {

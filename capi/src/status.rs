@@ -226,8 +226,8 @@ pub fn message(e: &Error) -> String {
              (`larder rm {name}`)"
         ),
         Some(Remedy::AllowOwner { uid }) => format!(
-            "or run the processes sharing it as uid {uid} (or accept that owner: \
-             `larder --allow-uid {uid} ...`)"
+            "accept that owner: add {uid} to allow_uids in larder_options (and count it in \
+             allow_uids_count), or run the processes sharing it as uid {uid}"
         ),
         Some(Remedy::Create) => {
             "create it: open it without attach_only in larder_options".to_string()

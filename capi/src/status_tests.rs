@@ -3,30 +3,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{c_int, CStr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::status::{self, *};
+use crate::test_support::TempDir;
 use crate::{larder_last_error, larder_strerror};
 use larder_core::{Error, Options};
-
-/// A directory removed on drop (even when a test panics).
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("larder-capi-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A `Detached` error, which only the library makes: the file under an open handle is
 /// replaced by one that is not a cache, and the handle, after its periodic check, cannot

@@ -147,6 +147,7 @@ fn c_program_exercises_every_call() {
     );
     for section in [
         "open: ok",
+        "options: ok",
         "basic: ok",
         "errors: ok",
         "fill_local: ok",

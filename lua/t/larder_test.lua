@@ -346,6 +346,61 @@ function _M.larder_only()
 end
 
 ------------------------------------------------------------------------------------
+-- /t/shared_file: the options for a file shared between uids. ?group: the gid the file
+-- ?cache is created with (mode 0660), which stores k = v. With ?owner (a uid the test
+-- gave the file to meanwhile): refused unless that owner is in allow_uids.
+------------------------------------------------------------------------------------
+
+function _M.shared_file()
+    local args = ngx.req.get_uri_args()
+    local r = recorder()
+    local function opts(extra)
+        local o = { capacity = CAPACITY, max_value_len = MAX_VALUE }
+        for k, v in pairs(extra) do
+            o[k] = v
+        end
+        return o
+    end
+    local bad_group, bad_uids = 'bad "group" option',
+                                'bad "allow_uids" option: a list of at most 4 uids'
+    for what, case in pairs({
+        ["group as a string"] = { { group = "www-data" }, bad_group },
+        ["negative group"] = { { group = -1 }, bad_group },
+        ["group over 32 bits"] = { { group = 2 ^ 32 }, bad_group },
+        ["fractional group"] = { { group = 1.5 }, bad_group },
+        ["five uids"] = { { allow_uids = { 1, 2, 3, 4, 5 } }, bad_uids },
+        ["uids with keys"] = { { allow_uids = { a = 1 } }, bad_uids },
+        ["uids with a hole"] = { { allow_uids = { 1, nil, 3 } }, bad_uids },
+        ["uids not a table"] = { { allow_uids = 0 }, bad_uids },
+        ["a negative uid"] = { { allow_uids = { -1 } }, bad_uids },
+        ["a uid as a string"] = { { allow_uids = { "0" } }, bad_uids },
+    }) do
+        r.same(what, pack(nil, case[2]), larder.open(args.cache, opts(case[1])))
+    end
+
+    local owner = tonumber(args.owner)
+    if not owner then
+        local d, err = larder.open(args.cache, opts({ mode = tonumber("660", 8),
+                                                      group = tonumber(args.group),
+                                                      allow_uids = { 0 } }))
+        r.truthy("open with a group and allowed uids", d, err)
+        if d then
+            r.same("set", pack(true, nil, false), d:set("k", "v"))
+        end
+        return reply(r)
+    end
+    local d, err = larder.open(args.cache, opts({ allow_uids = { owner + 1 } }))
+    r.truthy("another owner's file is refused", d == nil and err
+             and err:find("owned by uid " .. owner, 1, true), err)
+    d, err = larder.open(args.cache, opts({ allow_uids = { owner + 1, owner } }))
+    r.truthy("opened with its owner allowed", d, err)
+    if d then
+        r.same("the value is there", pack("v"), d:get("k"))
+    end
+    reply(r)
+end
+
+------------------------------------------------------------------------------------
 -- /t/fill: a fill across workers. fn takes ?ms and counts its runs in ?key .. ":runs".
 ------------------------------------------------------------------------------------
 

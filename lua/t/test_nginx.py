@@ -78,6 +78,25 @@ class TestDictConventions(CacheTestCase):
         self.assertLess(ours["live_max"], ours["capacity"] / 4, "the cache was mostly empty")
 
 
+class TestSharedFile(CacheTestCase):
+    def test_group_mode_and_allowed_uids(self):
+        # A path, so that the test knows the file's name (new_cache's cleanup removes it).
+        cache = "/dev/shm/" + self.new_cache("uids")
+        root = os.geteuid() == 0
+        # Root may give the file any group; another user, its own.
+        gid = 54321 if root else os.getegid()
+        self.assert_no_failures(self.nginx.request("/t/shared_file", {"cache": cache, "group": gid}))
+        path = cache
+        st = os.stat(path)
+        self.assertEqual(st.st_gid, gid)
+        self.assertEqual(st.st_mode & 0o777, 0o660)
+        if not root:
+            print("\nanother uid's file: skipped, it needs root to chown")
+            return
+        os.chown(path, 65534, -1)
+        self.assert_no_failures(self.nginx.request("/t/shared_file", {"cache": cache, "owner": 65534}))
+
+
 class TestSingleFlightAcrossWorkers(CacheTestCase):
     def test_fn_runs_once_while_concurrent_requests_wait(self):
         cache = self.new_cache("fill")

@@ -69,6 +69,10 @@ final class Cache
      *  - lock_timeout_ms (500), fill_timeout_ms (5000): how long a call waits for a lock
      *    held by a live process, or for another worker's entry() generator.
      *  - mode (file mode at creation, default 0600), attach_only (bool: never create).
+     *  - group (int gid, or null for the creating process's group): the file's group at
+     *    creation; with mode 0660, the workers of other uids in that group share it.
+     *  - allow_uids (list of at most 4 int uids): owners accepted besides this process's
+     *    effective uid (by default another uid's file throws UnsafeFileException).
      *  - serializer: null (strings only, the default) or 'php' (serialize/unserialize).
      *  - persistent (bool, default true): the object's reference to the handle is kept
      *    for the life of the process (PHP-FPM workers outlive requests), so every later
@@ -76,7 +80,7 @@ final class Cache
      *    flock; one more count on the handle). With false, the object gives its
      *    reference back when it is destroyed, and the last one unmaps the file.
      *
-     * @param array<string, int|bool|string|null> $options
+     * @param array<string, int|bool|string|array<int>|null> $options
      */
     public function __construct(string $name, array $options = [])
     {
@@ -108,9 +112,20 @@ final class Cache
             if ($option === 'serializer' || $option === 'persistent') {
                 continue;
             }
+            if ($option === 'group') {
+                if ($value !== null) {
+                    $copts->group = self::uint32($name, 'group', $value);
+                    $copts->has_group = 1;
+                }
+                continue;
+            }
+            if ($option === 'allow_uids') {
+                self::allowUids($name, $value, $copts);
+                continue;
+            }
             if (!in_array($option, self::C_OPTIONS, true)) {
                 throw new InvalidArgumentException(sprintf(
-                    'open %s: unknown option %s (known: %s, serializer, persistent)',
+                    'open %s: unknown option %s (known: %s, group, allow_uids, serializer, persistent)',
                     $name,
                     var_export($option, true),
                     implode(', ', self::C_OPTIONS)
@@ -154,6 +169,39 @@ final class Cache
         $this->stale = $ffi->LARDER_STALE;
         $this->fill = $ffi->LARDER_FILL;
         $this->notACounter = $ffi->LARDER_E_NOT_A_COUNTER;
+    }
+
+    /** $value as a uint32_t field of larder_options, or InvalidArgumentException. */
+    private static function uint32(string $name, string $option, mixed $value): int
+    {
+        if (!is_int($value) || $value < 0 || $value > 0xFFFFFFFF) {
+            throw new InvalidArgumentException(sprintf(
+                'open %s: option %s must be an integer from 0 to 2^32-1, not %s',
+                $name,
+                $option,
+                var_export($value, true)
+            ));
+        }
+        return $value;
+    }
+
+    /** Writes the list $uids into larder_options.allow_uids and its count. */
+    private static function allowUids(string $name, mixed $uids, CData $copts): void
+    {
+        $max = count($copts->allow_uids);
+        if (!is_array($uids) || !array_is_list($uids) || count($uids) > $max) {
+            throw new InvalidArgumentException(sprintf(
+                'open %s: option allow_uids must be a list of at most %d uids, not %s',
+                $name,
+                $max,
+                !is_array($uids) ? var_export($uids, true)
+                    : (array_is_list($uids) ? count($uids) . ' of them' : 'an array with keys')
+            ));
+        }
+        foreach ($uids as $i => $uid) {
+            $copts->allow_uids[$i] = self::uint32($name, "allow_uids[{$i}]", $uid);
+        }
+        $copts->allow_uids_count = count($uids);
     }
 
     public function __destruct()

@@ -56,6 +56,14 @@ function name(): string
     return $name;
 }
 
+/** A unique path in /dev/shm (a name with '/', used as given) for one test; run() removes it. */
+function shm_path(): string
+{
+    $path = '/dev/shm/' . name();
+    $GLOBALS['names'][] = $path;
+    return $path;
+}
+
 function small(array $options = []): Cache
 {
     return new Cache(name(), $options + ['capacity' => 4 << 20]);
@@ -350,6 +358,67 @@ function test_library_errors_are_clear(): void
     $header = Larder\Library::ffiHeader('/x/liblarder.so');
     check(str_starts_with($header, "#define FFI_SCOPE \"larder\"\n#define FFI_LIB \"/x/liblarder.so\"\n"), 'ffiHeader');
     throws(Larder\LibraryException::class, fn () => Larder\Library::ffiHeader('/x/"quoted'), 'a quote in the library path');
+}
+
+/** Whether this process runs as root: the owner of a file it creates. */
+function is_root(): bool
+{
+    $tmp = tempnam(sys_get_temp_dir(), 'larder-unit-');
+    try {
+        return fileowner($tmp) === 0;
+    } finally {
+        unlink($tmp);
+    }
+}
+
+function test_group_and_allow_uids_map_onto_the_options(): void
+{
+    $bad = [
+        'too many uids' => ['allow_uids' => [1, 2, 3, 4, 5]],
+        'uids not a list' => ['allow_uids' => ['a' => 1]],
+        'uids not an array' => ['allow_uids' => 0],
+        'a negative uid' => ['allow_uids' => [-1]],
+        'a uid over 32 bits' => ['allow_uids' => [1 << 32]],
+        'a uid as a string' => ['allow_uids' => ['0']],
+        'a negative group' => ['group' => -1],
+        'a group over 32 bits' => ['group' => 1 << 32],
+        'a group as a string' => ['group' => 'www-data'],
+    ];
+    foreach ($bad as $what => $options) {
+        $e = throws(Larder\InvalidArgumentException::class, fn () => small($options), $what);
+        check(str_contains($e->getMessage(), array_key_first($options)), "{$what}: the message names the option: " . $e->getMessage());
+    }
+
+    // The file gets the group and mode asked (root may choose any group; another user
+    // its own, the group of a file it creates).
+    $root = is_root();
+    $probe = tempnam(sys_get_temp_dir(), 'larder-unit-');
+    $mine = filegroup($probe);
+    unlink($probe);
+    $gid = $root ? 54321 : $mine;
+    $path = shm_path();
+    new Cache($path, ['capacity' => 4 << 20, 'mode' => 0660, 'group' => $gid, 'allow_uids' => [0]]);
+    same($gid, filegroup($path), 'the file\'s group');
+    same(0660, fileperms($path) & 0777, 'the file\'s mode');
+    $default = shm_path();
+    new Cache($default, ['capacity' => 4 << 20, 'group' => null]);
+    same($mine, filegroup($default), 'a null group is the creator\'s');
+    if (!$root) {
+        echo "     (another uid's file: skipped, it needs root to chown)\n";
+        return;
+    }
+    // A file owned by another uid: refused unless that owner is allowed (other allowed
+    // uids are another handle, so each open below is a real one).
+    $other = shm_path();
+    $root = new Cache($other, ['capacity' => 4 << 20]);
+    $root->store('from', 'root');
+    $root->close();
+    check(chown($other, 65534), 'chown to 65534');
+    $e = throws(Larder\UnsafeFileException::class, fn () => new Cache($other, ['capacity' => 4 << 20, 'allow_uids' => [1234]]), 'a foreign owner not allowed');
+    same('LARDER_E_UNSAFE_FILE', $e->getStatusName(), 'the status');
+    check(str_contains($e->getMessage(), 'owned by uid 65534'), 'names the owner: ' . $e->getMessage());
+    $allowed = new Cache($other, ['capacity' => 4 << 20, 'allow_uids' => [1234, 65534]]);
+    same('root', $allowed->fetch('from'), 'opened with its owner allowed');
 }
 
 $filter = $argv[1] ?? '';

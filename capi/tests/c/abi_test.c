@@ -20,8 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
-_Static_assert(sizeof(larder_options) == 56, "larder_options layout");
+_Static_assert(sizeof(larder_options) == 88, "larder_options layout");
 _Static_assert(offsetof(larder_options, attach_only) == 52, "larder_options layout");
+_Static_assert(offsetof(larder_options, group) == 56, "larder_options layout");
+_Static_assert(offsetof(larder_options, allow_uids) == 64, "larder_options layout");
+_Static_assert(offsetof(larder_options, allow_uids_count) == 80, "larder_options layout");
 _Static_assert(sizeof(struct larder_stats) == 208, "larder_stats layout");
 _Static_assert(offsetof(struct larder_stats, locks) == 200, "larder_stats layout");
 _Static_assert(sizeof(larder_version) == 24, "larder_version layout");
@@ -166,10 +169,13 @@ static void test_open(void) {
     other.capacity = 4096; /* no room for a shard */
     EXPECT(LARDER_E_INVALID_OPTIONS, larder_open(path, &other, &c));
 
-    /* struct_size: smaller than the library's, or larger with unknown fields set */
+    /* struct_size: smaller than the first layout, or larger with unknown fields set */
     other = o;
     other.struct_size = 8;
     EXPECT(LARDER_E_INVALID_ARGUMENT, larder_open(path, &other, &c));
+    other.struct_size = offsetof(larder_options, attach_only) + 3;
+    EXPECT(LARDER_E_INVALID_ARGUMENT, larder_open(path, &other, &c));
+    CHECK(strstr(larder_last_error(), "struct_size") != NULL);
     {
         struct { larder_options o; uint64_t newer; } big;
         memset(&big, 0, sizeof big);
@@ -252,6 +258,87 @@ static void test_open(void) {
     larder_close(c);
     EXPECT(LARDER_OK, larder_unlink(path2));
     EXPECT(LARDER_E_NULL, larder_unlink(NULL));
+    EXPECT(LARDER_OK, larder_unlink(path));
+}
+
+/* The fields after the first layout (group, allowed uids): an older caller's smaller
+   struct, their limits, and their part in which handle a re-open gets. */
+static void test_options(void) {
+    char path[4096];
+    larder_options o, other;
+    larder_cache *c = NULL, *again = NULL, *third = NULL;
+    path_of(path, sizeof path, "options");
+    larder_options_init(&o);
+    o.capacity = 4 << 20;
+    CHECK(o.has_group == 0 && o.allow_uids_count == 0 && o.reserved == 0);
+    EXPECT(LARDER_OK, larder_open(path, &o, &c));
+
+    /* a struct of the first layout (up to attach_only): the rest reads as 0, the default;
+       bytes past its struct_size are never read */
+    other = o;
+    other.struct_size = offsetof(larder_options, attach_only) + sizeof other.attach_only;
+    other.has_group = 1;
+    other.group = 4321;
+    other.allow_uids_count = 99;
+    other.reserved = 7;
+    EXPECT(LARDER_OK, larder_open(path, &other, &again));
+    CHECK(again == c);
+    larder_close(again);
+    /* one that ends inside the new fields: the missing ones are 0 too */
+    other.struct_size = offsetof(larder_options, allow_uids_count);
+    other.allow_uids[0] = 0;
+    EXPECT(LARDER_OK, larder_open(path, &other, &again));
+    CHECK(again != NULL && again != c); /* the group is set, the count is 0 */
+    larder_close(again);
+
+    /* at most four allowed uids; reserved must be 0 */
+    other = o;
+    other.allow_uids_count = 5;
+    EXPECT(LARDER_E_INVALID_ARGUMENT, larder_open(path, &other, &again));
+    CHECK(again == NULL);
+    CHECK(strstr(larder_last_error(), "allow_uids_count is 5") != NULL);
+    other.allow_uids_count = 0xffffffffu;
+    EXPECT(LARDER_E_INVALID_ARGUMENT, larder_open(path, &other, &again));
+    other = o;
+    other.reserved = 1;
+    EXPECT(LARDER_E_INVALID_ARGUMENT, larder_open(path, &other, &again));
+    CHECK(strstr(larder_last_error(), "reserved") != NULL);
+
+    /* the permissions are part of the handle's identity: other allowed uids or another
+       group give another handle; the same set in another order, or repeated, the same;
+       uids past the count do not count */
+    other = o;
+    other.allow_uids[0] = 33;
+    other.allow_uids[1] = 0;
+    other.allow_uids[2] = 12345; /* past the count */
+    other.allow_uids_count = 2;
+    EXPECT(LARDER_OK, larder_open(path, &other, &again));
+    CHECK(again != NULL && again != c);
+    other.allow_uids[0] = 0;
+    other.allow_uids[1] = 33;
+    other.allow_uids[2] = 0;
+    other.allow_uids_count = 3;
+    EXPECT(LARDER_OK, larder_open(path, &other, &third));
+    CHECK(third == again);
+    larder_close(third);
+    other.allow_uids[2] = 12345;
+    EXPECT(LARDER_OK, larder_open(path, &other, &third));
+    CHECK(third != NULL && third != again && third != c);
+    larder_close(third);
+    larder_close(again);
+    other = o;
+    other.has_group = 1;
+    other.group = (uint32_t)getegid();
+    EXPECT(LARDER_OK, larder_open(path, &other, &again));
+    CHECK(again != NULL && again != c);
+    larder_close(again);
+    /* a group without has_group is no group */
+    other.has_group = 0;
+    EXPECT(LARDER_OK, larder_open(path, &other, &again));
+    CHECK(again == c);
+    larder_close(again);
+
+    larder_close(c);
     EXPECT(LARDER_OK, larder_unlink(path));
 }
 
@@ -764,6 +851,7 @@ int main(int argc, char **argv) {
     dir = argv[1];
     setvbuf(stdout, NULL, _IOLBF, 0);
     run("open", test_open);
+    run("options", test_options);
     run("basic", test_basic);
     run("errors", test_errors);
     run("fill_local", test_fill_local);

@@ -25,6 +25,7 @@ local math_floor = math.floor
 local math_max = math.max
 local pcall = pcall
 local ipairs = ipairs
+local pairs = pairs
 local getmetatable = getmetatable
 local ngx = ngx -- nil outside nginx (plain LuaJIT)
 
@@ -94,6 +95,15 @@ typedef struct larder_options {
     uint64_t fill_timeout_ms;  /* 0 = default (5000) */
     uint32_t mode;             /* file mode; 0 = default (0600) */
     uint32_t attach_only;      /* nonzero: attach to an existing file, never create */
+    /* Sharing one file between uids (a web server's workers and an application of its
+       own user): create it with mode 0660 and a group both are in; each accepts the
+       other's file by naming the creator's uid in allow_uids. The fields above make the
+       first layout (struct_size 56): a struct that ends there reads these as 0. */
+    uint32_t group;            /* the file's group at creation, when has_group is nonzero */
+    uint32_t has_group;        /* 0 = the creating process's effective group (gid 0 is valid) */
+    uint32_t allow_uids[4];    /* owners accepted besides this process's effective uid */
+    uint32_t allow_uids_count; /* how many of allow_uids are set: 0..4 (more: E_INVALID_ARGUMENT) */
+    uint32_t reserved;         /* 0 */
 } larder_options;
 
 /* Counters of the whole cache, for the call larder_stats. In C a typedef and a function
@@ -142,8 +152,9 @@ void larder_options_init(larder_options *opts);
 
 /* Opens (creates, unless attach_only) the cache `name`; opts NULL = defaults.
    OK: *out is the handle. Error: *out is NULL (E_INVALID_NAME, E_INCOMPATIBLE,
-   E_NOT_FOUND, E_NO_SPACE, E_UNSAFE_FILE, ...). Same name and options again: the same
-   handle, one more reference. */
+   E_NOT_FOUND, E_NO_SPACE, E_UNSAFE_FILE, ...); a file owned by another uid than this
+   process's effective one and not in allow_uids is E_UNSAFE_FILE. Same name and options
+   (group and allowed uids included) again: the same handle, one more reference. */
 larder_status larder_open(const char *name, const larder_options *opts, larder_cache **out);
 /* Drops one reference; the last one closes the handle. NULL is a no-op. */
 void larder_close(larder_cache *c);
@@ -1085,6 +1096,40 @@ local NUMERIC_OPTIONS = {
     "fill_timeout_ms", "mode",
 }
 
+local MAX_ALLOW_UIDS = 4 -- the size of larder_options.allow_uids
+local UINT32_MAX = 4294967295
+
+local function is_uint32(v)
+    return type(v) == "number" and v >= 0 and v <= UINT32_MAX and v == math_floor(v)
+end
+
+-- The uids of opts.allow_uids, sorted (one id for one set), or nil, err.
+local function allowed_uids(list)
+    if list == nil then
+        return {}
+    end
+    local bad = 'bad "allow_uids" option: a list of at most ' .. MAX_ALLOW_UIDS .. " uids"
+    if type(list) ~= "table" then
+        return nil, bad
+    end
+    local n = 0
+    for _ in pairs(list) do
+        n = n + 1
+    end
+    if n ~= #list or n > MAX_ALLOW_UIDS then
+        return nil, bad
+    end
+    local uids = {}
+    for i = 1, n do
+        if not is_uint32(list[i]) then
+            return nil, bad
+        end
+        uids[i] = list[i]
+    end
+    table.sort(uids)
+    return uids
+end
+
 -- The open dicts of this Lua VM, by name and options: open() again returns the same
 -- object (larder's registry would return the same handle too, at a small cost).
 local opened = {}
@@ -1092,8 +1137,10 @@ local opened = {}
 -- dict, or nil, err. name: a bare name (a file in /dev/shm) or a path on a tmpfs.
 -- opts (all optional): capacity, max_key_len, max_value_len, shards (creation
 -- parameters, fixed in the file), lock_timeout_ms, fill_timeout_ms, mode (e.g.
--- tonumber("660", 8)), attach_only, raw (values byte for byte, no type or flags),
--- library (the path of liblarder.so; else env LARDER_LIBRARY; else ffi.load("larder")).
+-- tonumber("660", 8)), group (the file's gid at creation; else the worker's group),
+-- allow_uids (a list of at most 4 uids whose files are accepted besides the worker's
+-- own), attach_only, raw (values byte for byte, no type or flags), library (the path
+-- of liblarder.so; else env LARDER_LIBRARY; else ffi.load("larder")).
 function _M.open(name, opts)
     if type(name) ~= "string" or name == "" then
         return nil, "bad \"name\" argument"
@@ -1106,7 +1153,15 @@ function _M.open(name, opts)
     if not loaded then
         return nil, err
     end
-    local id = { name, opts.raw and "raw" or "typed", opts.attach_only and "attach" or "" }
+    if opts.group ~= nil and not is_uint32(opts.group) then
+        return nil, 'bad "group" option'
+    end
+    local uids, uids_err = allowed_uids(opts.allow_uids)
+    if not uids then
+        return nil, uids_err
+    end
+    local id = { name, opts.raw and "raw" or "typed", opts.attach_only and "attach" or "",
+                 tostring(opts.group), table.concat(uids, ",") }
     for _, f in ipairs(NUMERIC_OPTIONS) do
         local v = opts[f]
         if v ~= nil then
@@ -1131,6 +1186,14 @@ function _M.open(name, opts)
         end
     end
     o.attach_only = opts.attach_only and 1 or 0
+    if opts.group ~= nil then
+        o.group = opts.group
+        o.has_group = 1
+    end
+    for i, uid in ipairs(uids) do
+        o.allow_uids[i - 1] = uid
+    end
+    o.allow_uids_count = #uids
     local out = ffi_new("larder_cache *[1]")
     local st = tonumber(lib.larder_open(name, o, out))
     if st ~= S.OK then
