@@ -1,5 +1,4 @@
-//! The status mapping and the header agree, and the mapping is one-to-one. (Unit tests:
-//! the library is a cdylib and a staticlib only, so integration tests cannot link it.)
+//! The status mapping and the header agree, and the mapping is one-to-one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{c_int, CStr};
