@@ -32,18 +32,29 @@ if ! "$python" -c 'import sys, larder, pytest; sys.exit(not larder._larder.CRASH
     "$python" -m pip install -q --no-deps "$wheel"
 fi
 
-# shellcheck source=../php/tests/fpm.sh
+# shellcheck source=php/tests/fpm.sh
 source php/tests/fpm.sh
-# shellcheck source=../lua/t/nginx.sh
+# shellcheck source=lua/t/nginx.sh
 source lua/t/nginx.sh
 
 dir="$(mktemp -d /tmp/larder-interop.XXXXXX)"
+# Every server is stopped, whatever failed before: no error inside one stop may skip
+# the others or the removal of the directory.
 cleanup() {
-    for server in php php-victim; do [ -d "$dir/$server" ] && fpm_stop "$dir/$server"; done
-    for server in nginx nginx-victim; do [ -d "$dir/$server" ] && nginx_stop "$dir/$server"; done
+    set +e
+    local server
+    for server in php php-victim; do
+        if [ -d "$dir/$server" ]; then fpm_stop "$dir/$server"; fi
+    done
+    for server in nginx nginx-victim; do
+        if [ -d "$dir/$server" ]; then nginx_stop "$dir/$server"; fi
+    done
     rm -rf "$dir"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
 mkdir "$dir/php" "$dir/php-victim" "$dir/nginx" "$dir/nginx-victim"
 # The victims stop themselves (SIGSTOP) in the middle of their first value, holding the
 # shard's lock; the test then SIGKILLs them. Started in subshells: the start functions

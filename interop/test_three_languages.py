@@ -257,9 +257,7 @@ def test_a_php_worker_killed_mid_write_is_repaired_by_the_others(name, cache):
 def test_an_nginx_worker_killed_mid_write_is_repaired_by_the_others(name, cache):
     cache.set("token:abc", b"old")
     before = cache.stats()
-    request = Background(
-        nginx, "nginx-victim", name, "set", key="token:abc", value="new" * 100
-    )
+    request = Background(nginx, "nginx-victim", name, "set", key="token:abc", value="new" * 100)
     pid = stopped_one_of(lambda: worker_pids("nginx", "nginx-victim"))
     kill_and_reap(pid)
     request.join()

@@ -109,7 +109,9 @@ class Seed:
         from multiprocessing import shared_memory
 
         slots = KEYS * 2
-        shm = shared_memory.SharedMemory(create=True, size=slots * (seed_cache.SLOT_HDR + VALUE_LEN))
+        shm = shared_memory.SharedMemory(
+            create=True, size=slots * (seed_cache.SLOT_HDR + VALUE_LEN)
+        )
         t = seed_cache.Table(shm.buf, slots, VALUE_LEN)
         for i in range(KEYS):
             t.set(key(i), val(i))
@@ -165,7 +167,17 @@ class Redis:
         d = tempfile.mkdtemp(prefix="larder-bench-redis-")
         sock = os.path.join(d, "redis.sock")
         p = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                "--port",
+                "0",
+                "--unixsocket",
+                sock,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
         )
         import redis
@@ -207,7 +219,10 @@ def measure(peer, state, procs, get_pct, seconds):
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(procs)
     out = ctx.Queue()
-    ps = [ctx.Process(target=worker, args=(peer, state, i, get_pct, seconds, barrier, out)) for i in range(procs)]
+    ps = [
+        ctx.Process(target=worker, args=(peer, state, i, get_pct, seconds, barrier, out))
+        for i in range(procs)
+    ]
     for p in ps:
         p.start()
     try:
@@ -240,14 +255,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--hits-only", action="store_true", help="only the get-hit costs")
-    ap.add_argument("--peers", default="dict,larder,seed,diskcache,redis",
-                    help="comma-separated peers of the throughput table")
+    ap.add_argument(
+        "--peers",
+        default="dict,larder,seed,diskcache,redis",
+        help="comma-separated peers of the throughput table",
+    )
     args = ap.parse_args()
     if args.hits_only:
         hit_costs()
         return
-    by_key = {"dict": Dict(), "larder": Larder(), "seed": Seed(), "diskcache": DiskCache(),
-              "redis": Redis()}
+    by_key = {
+        "dict": Dict(),
+        "larder": Larder(),
+        "seed": Seed(),
+        "diskcache": DiskCache(),
+        "redis": Redis(),
+    }
     peers = [by_key[p] for p in args.peers.split(",")]
     cols = [(90, 1), (90, 2), (100, 1), (100, 2)]
     results = {}
@@ -259,15 +282,22 @@ def main():
         state = peer.setup()
         try:
             for get_pct, procs in cols:
-                results[(peer.name, get_pct, procs)] = measure(peer, state, procs, get_pct, args.seconds)
-                print(f"# {peer.name} {get_pct}/{100 - get_pct} x{procs}: "
-                      f"{results[(peer.name, get_pct, procs)]:,.0f} ops/s", file=sys.stderr)
+                results[(peer.name, get_pct, procs)] = measure(
+                    peer, state, procs, get_pct, args.seconds
+                )
+                print(
+                    f"# {peer.name} {get_pct}/{100 - get_pct} x{procs}: "
+                    f"{results[(peer.name, get_pct, procs)]:,.0f} ops/s",
+                    file=sys.stderr,
+                )
         finally:
             peer.teardown(state)
 
-    print(f"ops/s, sum over processes; in brackets larder / peer "
-          f"({KEYS:,} keys of 32 B, {VALUE_LEN} B values, uniform, {args.seconds:g} s each, "
-          f"{os.cpu_count()} CPUs)\n")
+    print(
+        f"ops/s, sum over processes; in brackets larder / peer "
+        f"({KEYS:,} keys of 32 B, {VALUE_LEN} B values, uniform, {args.seconds:g} s each, "
+        f"{os.cpu_count()} CPUs)\n"
+    )
     print("| peer | " + " | ".join(f"{g}/{100 - g}, {p} proc" for g, p in cols) + " |")
     print("|---|" + "---|" * len(cols))
     for peer in peers:
@@ -283,8 +313,11 @@ def main():
         print(f"| {peer.name} | " + " | ".join(cells) + " |")
     for g in (90, 100):
         if ("larder", g, 2) in results:
-            print(f"\nlarder {g}/{100 - g}: 2 processes / 1 = "
-                  f"{results[('larder', g, 2)] / results[('larder', g, 1)]:.2f}x", end="")
+            print(
+                f"\nlarder {g}/{100 - g}: 2 processes / 1 = "
+                f"{results[('larder', g, 2)] / results[('larder', g, 1)]:.2f}x",
+                end="",
+            )
     print()
 
     hit_costs()
@@ -347,18 +380,24 @@ def hit_costs():
     finally:
         c.close()
         larder.Cache.unlink(path)
-    print("\nget hit, one process, ns per call (best of 5): the Rust get_into of the same keys "
-          "in the same order beside the Python get. Rust back to back lets one get's memory "
-          "loads overlap the next one's; chained, each get starts when the last has ended, "
-          "as between two calls from the interpreter. Empty loop: a Python loop over the "
-          "keys that calls nothing\n")
-    print("| keys | Rust get_into | Rust, chained | Python get | Python - Rust | "
-          "Python - Rust chained | empty loop | dict.get |")
+    print(
+        "\nget hit, one process, ns per call (best of 5): the Rust get_into of the same keys "
+        "in the same order beside the Python get. Rust back to back lets one get's memory "
+        "loads overlap the next one's; chained, each get starts when the last has ended, "
+        "as between two calls from the interpreter. Empty loop: a Python loop over the "
+        "keys that calls nothing\n"
+    )
+    print(
+        "| keys | Rust get_into | Rust, chained | Python get | Python - Rust | "
+        "Python - Rust chained | empty loop | dict.get |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, n, rust, chained, py, loop_ns, dct in rows:
-        print(f"| {name} ({n:,}) | {rust * 1e9:.0f} | {chained * 1e9:.0f} | {py * 1e9:.0f} "
-              f"| {(py - rust) * 1e9:.0f} | {(py - chained) * 1e9:.0f} | {loop_ns * 1e9:.0f} "
-              f"| {dct * 1e9:.0f} |")
+        print(
+            f"| {name} ({n:,}) | {rust * 1e9:.0f} | {chained * 1e9:.0f} | {py * 1e9:.0f} "
+            f"| {(py - rust) * 1e9:.0f} | {(py - chained) * 1e9:.0f} | {loop_ns * 1e9:.0f} "
+            f"| {dct * 1e9:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -186,8 +186,7 @@ class Listening:
                 line = self.lines.get(timeout=max(left, 0))
             except queue.Empty:
                 raise AssertionError(
-                    f"larder listen printed no line with {text!r} in {deadline} s: "
-                    f"{self.seen}"
+                    f"larder listen printed no line with {text!r} in {deadline} s: " f"{self.seen}"
                 ) from None
             if line is None:
                 raise AssertionError(

@@ -38,9 +38,7 @@ class CustomCache(LarderCache):
 OPTIONS = {"capacity": 4 << 20, "lock_timeout": 5}
 
 
-@pytest.fixture(
-    params=[None, "test-key-prefix:"], ids=["no_key_prefix", "with_key_prefix"]
-)
+@pytest.fixture(params=[None, "test-key-prefix:"], ids=["no_key_prefix", "with_key_prefix"])
 def key_prefix(request):
     return request.param
 

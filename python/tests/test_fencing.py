@@ -63,9 +63,7 @@ def test_a_ticket_is_for_its_key(cache):
 UNCACHED = [r for r in REVOCATIONS if not r[1] or r[0] == "clear"]
 
 
-@pytest.mark.parametrize(
-    "name,cached,revoke,after", UNCACHED, ids=[r[0] for r in UNCACHED]
-)
+@pytest.mark.parametrize("name,cached,revoke,after", UNCACHED, ids=[r[0] for r in UNCACHED])
 def test_get_or_set_in_another_process_never_stores_over_a_revocation(
     cache, procs, tmp_path, name, cached, revoke, after
 ):

@@ -116,9 +116,15 @@ def test_without_proc_opens_are_refused_naming_proc(path, cache):
     cache["k"] = b"v"
     out = subprocess.run(
         [
-            "unshare", "--mount", "--fork", "sh", "-c",
+            "unshare",
+            "--mount",
+            "--fork",
+            "sh",
+            "-c",
             'mount -t tmpfs none /proc && exec "$0" -c "$1" "$2"',
-            sys.executable, NO_PROC_CHILD, path,
+            sys.executable,
+            NO_PROC_CHILD,
+            path,
         ],
         capture_output=True,
         timeout=60,

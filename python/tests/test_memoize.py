@@ -322,9 +322,7 @@ def test_order_of_dict_items_frozenset_members_and_keywords_does_not_matter(prob
 
 
 def test_equal_values_get_equal_keys(probe):
-    assert probe.cache_key([1, "a", b"b", None]) == probe.cache_key(
-        [1, "a", b"b", None]
-    )
+    assert probe.cache_key([1, "a", b"b", None]) == probe.cache_key([1, "a", b"b", None])
     assert probe.cache_key(float("nan")) == probe.cache_key(float("nan"))
     big = 10**40
     assert probe.cache_key(big + 1) == probe.cache_key(int(str(big + 1)))
@@ -340,10 +338,7 @@ def test_key_is_prefixed_by_module_and_qualname(cache):
         return b"2"
 
     key = first.cache_key(1)
-    prefix = (
-        "memoize:test_memoize."
-        "test_key_is_prefixed_by_module_and_qualname.<locals>.first:"
-    )
+    prefix = "memoize:test_memoize." "test_key_is_prefixed_by_module_and_qualname.<locals>.first:"
     assert key.startswith(prefix)
     digest = key[len(prefix) :]
     assert len(digest) == 32 and int(digest, 16) >= 0
@@ -412,9 +407,7 @@ SCALARS = (
 )
 HASHABLES = st.recursive(
     SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3).map(tuple) | st.frozensets(inner, max_size=3)
-    ),
+    lambda inner: (st.lists(inner, max_size=3).map(tuple) | st.frozensets(inner, max_size=3)),
     max_leaves=8,
 )
 VALUES = st.recursive(

@@ -75,9 +75,7 @@ def wait_for_hit(near, key, value):
         assert time.monotonic() < end, f"no near-cache hit for {key!r}: {near.stats()}"
 
 
-def test_another_clients_write_stops_being_served_within_the_bound(
-    near, other, listening
-):
+def test_another_clients_write_stops_being_served_within_the_bound(near, other, listening):
     other("SET", "k:a", "v1")
     wait_for_hit(near, "k:a", b"v1")
     other("SET", "k:a", "v2")
@@ -96,9 +94,7 @@ def test_another_clients_write_stops_being_served_within_the_bound(
     wait_for_hit(near, "k:a", b"v2")
 
 
-def test_a_stopped_listeners_silence_stops_hits_within_the_bound(
-    near, other, listening
-):
+def test_a_stopped_listeners_silence_stops_hits_within_the_bound(near, other, listening):
     other("SET", "k:a", "v1")
     wait_for_hit(near, "k:a", b"v1")
     # No invalidation reaches the near cache while the listener is stopped: only the
@@ -114,9 +110,7 @@ def test_a_stopped_listeners_silence_stops_hits_within_the_bound(
             if got == b"v2":
                 break
             assert got == b"v1"
-            assert (
-                asked - written < BOUND
-            ), f"v1 still served {asked - written:.3f} s after"
+            assert asked - written < BOUND, f"v1 still served {asked - written:.3f} s after"
             assert asked < end
         before = near.stats()["bypasses"]
         assert near.get("k:a") == b"v2"
@@ -125,9 +119,7 @@ def test_a_stopped_listeners_silence_stops_hits_within_the_bound(
         listening.signal(signal.SIGCONT)
 
 
-def test_a_killed_listeners_successor_flushes(
-    cache, near, other, listening, redis_server
-):
+def test_a_killed_listeners_successor_flushes(cache, near, other, listening, redis_server):
     other("SET", "k:a", "v1")
     wait_for_hit(near, "k:a", b"v1")
     assert cache.get("k:a") == b"v1"
@@ -180,9 +172,7 @@ def test_set_and_delete_write_redis_and_drop_the_near_copy(near, other, listenin
     assert after["redis_reads"] == before["redis_reads"] + 2, (before, after)
 
 
-def test_awaitables_leave_the_event_loop_free_while_redis_is_stopped(
-    near, other, redis_server
-):
+def test_awaitables_leave_the_event_loop_free_while_redis_is_stopped(near, other, redis_server):
     async def main():
         await near.aset("k:c", b"v")
         assert await near.aget("k:c") == b"v"

@@ -530,8 +530,7 @@ def _encode_argument(fn, where, value, out):
         what += type(value).__qualname__
         if isinstance(e, _TooDeep):
             raise ValueError(
-                f"{what}: it is nested more than {_MAX_NESTING} deep, or contains "
-                f"itself; {fix}"
+                f"{what}: it is nested more than {_MAX_NESTING} deep, or contains " f"itself; {fix}"
             ) from None
         offender = e.args[0]
         if offender is not value:

@@ -145,9 +145,7 @@ class LarderCache(BaseCache):
         dumps = self.serializer.dumps
         encoded = {k: _framework.encode(v, dumps) for k, v in mapping.items()}
         keys = {self._key(k): k for k, data in encoded.items() if data is not None}
-        failed = set(
-            cache.set_many({k: encoded[name] for k, name in keys.items()}, ttl)
-        )
+        failed = set(cache.set_many({k: encoded[name] for k, name in keys.items()}, ttl))
         for key in failed:
             self._forget(key)
         return [name for key, name in keys.items() if key not in failed]

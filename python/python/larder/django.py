@@ -205,29 +205,20 @@ class LarderCache(BaseCache):
         return (yield ("touch", key, ttl))
 
     def _delete(self, key, version):
-        return bool(
-            (yield ("delete", self.make_and_validate_key(key, version=version)))
-        )
+        return bool((yield ("delete", self.make_and_validate_key(key, version=version))))
 
     def _has_key(self, key, version):
-        return (
-            yield ("get", self.make_and_validate_key(key, version=version))
-        ) is not None
+        return (yield ("get", self.make_and_validate_key(key, version=version))) is not None
 
     def _get_many(self, keys, version):
         keys = {self.make_and_validate_key(k, version=version): k for k in keys}
         if not keys:
             return {}
         raws = yield ("get_many", list(keys))
-        return {
-            keys[k]: self._decode(raw) for k, raw in zip(keys, raws) if raw is not None
-        }
+        return {keys[k]: self._decode(raw) for k, raw in zip(keys, raws) if raw is not None}
 
     def _set_many(self, data, timeout, version):
-        items = {
-            self.make_and_validate_key(k, version=version): (k, v)
-            for k, v in data.items()
-        }
+        items = {self.make_and_validate_key(k, version=version): (k, v) for k, v in data.items()}
         ttl = self.get_backend_timeout(timeout)
         failed = []
         for key, (original, value) in items.items():
@@ -312,9 +303,7 @@ class LarderCache(BaseCache):
         cache = self._cache
         if not hasattr(cache, "delete_many"):
             return self._run(self._delete_many(keys, version))
-        cache.delete_many(
-            [self.make_and_validate_key(k, version=version) for k in keys]
-        )
+        cache.delete_many([self.make_and_validate_key(k, version=version) for k in keys])
 
     def incr(self, key, delta=1, version=None):
         return self._run(self._incr(key, delta, version))

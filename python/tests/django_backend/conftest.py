@@ -12,13 +12,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 if not settings.configured:
     settings.configure(
-        DATABASES={
-            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
-        },
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         INSTALLED_APPS=["cache"],
-        CACHES={
-            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-        },
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         SECRET_KEY="larder-tests",
         USE_TZ=True,

@@ -51,9 +51,7 @@ LOCATION = unique_location()
 # bounds the file by its capacity and evicts by itself, so this backend refuses those
 # options). Without those aliases the three cull tests skip themselves, as for Redis.
 @override_settings(
-    CACHES=caches_setting_for_tests(
-        base=params(LOCATION), exclude={"cull", "zero_cull"}
-    )
+    CACHES=caches_setting_for_tests(base=params(LOCATION), exclude={"cull", "zero_cull"})
 )
 class LarderCacheTests(BaseCacheTests, TestCase):
     @classmethod
