@@ -308,6 +308,49 @@ function test_every_error_status_has_a_documented_class(): void
     check(str_contains($unknown->getMessage(), 'unknown larder_status 999'), 'names the number');
 }
 
+function test_an_outcome_is_never_reported_with_a_stale_last_error(): void
+{
+    $ffi = Larder\Library::ffi();
+    // An error leaves its message in larder_last_error(); an outcome sets none.
+    throws(Larder\InvalidNameException::class, fn () => new Cache('stale message!'), 'an invalid name');
+    $e = Larder\Exception::fromStatus($ffi, $ffi->LARDER_TOO_SMALL, 'test');
+    same(Larder\InternalException::class, get_class($e), 'an outcome given to fromStatus');
+    same('LARDER_TOO_SMALL', $e->getStatusName(), 'its status name');
+    same($ffi->LARDER_TOO_SMALL, $e->getCode(), 'its code');
+    check(str_contains($e->getMessage(), 'LARDER_TOO_SMALL (4) is not an error'), 'names it: ' . $e->getMessage());
+    check(!str_contains($e->getMessage(), 'stale message'), 'not the earlier error: ' . $e->getMessage());
+    check(!str_contains($e->getMessage(), 'unknown'), 'a known status: ' . $e->getMessage());
+}
+
+function test_a_value_that_keeps_growing_between_reads_is_a_clear_error(): void
+{
+    $ffi = Larder\Library::ffi();
+    $name = name();
+    (new Cache($name, ['capacity' => 4 << 20]))->store('k', 'v');
+    // A Cache that takes OK for TOO_SMALL, so every read of the present value is one more
+    // "it grew": what other processes replacing it with larger values would cause. (One
+    // each: every read doubles its buffer.)
+    $rigged = function () use ($ffi, $name): Cache {
+        $c = new Cache($name, ['capacity' => 4 << 20]);
+        (new ReflectionProperty(Cache::class, 'ok'))->setValue($c, -1);
+        (new ReflectionProperty(Cache::class, 'tooSmall'))->setValue($c, $ffi->LARDER_OK);
+        return $c;
+    };
+    $reads = [
+        'fetch' => fn () => $rigged()->fetch('k'),
+        'entry' => fn () => $rigged()->entry('k', fn () => 'generated'),
+    ];
+    foreach ($reads as $doing => $read) {
+        $e = throws(Larder\ValueGrewException::class, $read, "{$doing} of a value that keeps growing");
+        check($e instanceof Larder\Exception, 'a Larder\Exception');
+        same($ffi->LARDER_TOO_SMALL, $e->getCode(), 'the code is LARDER_TOO_SMALL');
+        check(
+            str_starts_with($e->getMessage(), "{$doing} 'k': the value kept growing between reads"),
+            'says what happened: ' . $e->getMessage()
+        );
+    }
+}
+
 function test_stats_and_clear(): void
 {
     $c = small();
