@@ -15,15 +15,32 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pool import WWW, Pool  # noqa: E402
+from pool import WWW, Pool, run_main  # noqa: E402
 
 RUNS = 3
 
 
 def cli(n, lib, kind, cache):
-    cmd = ["php", "-n", "-d", "extension=ffi", "-d", "ffi.enable=1", "-d", "extension=apcu",
-           "-d", "apc.enable_cli=1", "-d", "apc.shm_size=64M", os.path.join(WWW, "lab.php"),
-           "op=bench", f"lib={lib}", f"kind={kind}", f"n={n}", f"cache={cache}"]
+    cmd = [
+        "php",
+        "-n",
+        "-d",
+        "extension=ffi",
+        "-d",
+        "ffi.enable=1",
+        "-d",
+        "extension=apcu",
+        "-d",
+        "apc.enable_cli=1",
+        "-d",
+        "apc.shm_size=64M",
+        os.path.join(WWW, "lab.php"),
+        "op=bench",
+        f"lib={lib}",
+        f"kind={kind}",
+        f"n={n}",
+        f"cache={cache}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
     return json.loads(out)["ns_per_op"]
 
@@ -43,14 +60,34 @@ def main():
                     if where == "php-cli":
                         runs = [cli(args.n, lib, kind, cache) for _ in range(RUNS)]
                     else:
-                        runs = [pool.call("lab.php", 60.0, op="bench", lib=lib, kind=kind, n=str(args.n),
-                                          cache=cache)["ns_per_op"] for _ in range(RUNS)]
+                        runs = [
+                            pool.call(
+                                "lab.php",
+                                60.0,
+                                op="bench",
+                                lib=lib,
+                                kind=kind,
+                                n=str(args.n),
+                                cache=cache,
+                            )["ns_per_op"]
+                            for _ in range(RUNS)
+                        ]
                     result[lib] = statistics.median(runs)
-                rows.append((where, "fetch hit" if kind == "fetch" else "store", result["larder"], result["apcu"]))
+                rows.append(
+                    (
+                        where,
+                        "fetch hit" if kind == "fetch" else "store",
+                        result["larder"],
+                        result["apcu"],
+                    )
+                )
         opens = {}
         for persistent in ("1", "0"):
             name = f"{cache}-open-{persistent}"
-            answers = [pool.call("lab.php", 10.0, op="open_cost", cache=name, persistent=persistent) for _ in range(40)]
+            answers = [
+                pool.call("lab.php", 10.0, op="open_cost", cache=name, persistent=persistent)
+                for _ in range(40)
+            ]
             seen, first, later = set(), [], []
             for a in answers:
                 (later if a["pid"] in seen else first).append(a["open_ns"])
@@ -69,9 +106,13 @@ def main():
     print("\n`new Larder\\Cache(name)` inside a php-fpm request (40 requests, 2 workers), ns:\n")
     print("| handle | first request of a worker | later requests (median) |")
     print("|---|---|---|")
-    print(f"| persistent (default): the registry's re-open | {opens['1'][0]:.0f} | {opens['1'][1]:.0f} |")
-    print(f"| persistent => false: open, mmap, flock every request | {opens['0'][0]:.0f} | {opens['0'][1]:.0f} |")
+    print(
+        f"| persistent (default): the registry's re-open | {opens['1'][0]:.0f} | {opens['1'][1]:.0f} |"
+    )
+    print(
+        f"| persistent => false: open, mmap, flock every request | {opens['0'][0]:.0f} | {opens['0'][1]:.0f} |"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

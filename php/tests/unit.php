@@ -3,7 +3,7 @@
 /**
  * Unit tests of Larder\Cache in php-cli (ffi.enable=1, FFI::cdef from larder.h):
  *
- *   php -d ffi.enable=1 php/tests/unit.php [FILTER]
+ *   php8.2 -n -d extension=ffi -d ffi.enable=1 php/tests/unit.php [FILTER]
  *
  * A small runner: every function named test_* runs with a fresh cache name (pid and a
  * counter) whose file is removed afterwards, pass or fail. Exit status 1 if any failed.

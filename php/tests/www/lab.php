@@ -25,18 +25,6 @@ declare(strict_types=1);
 
 require __DIR__ . '/boot.php';
 
-/** Linux's SIGSTOP (the constant is pcntl's, which php-fpm does not load). */
-const SIGNAL_STOP = 19;
-
-/** Waits while $gate exists, with a deadline. */
-function wait_for_gate(string $gate): void
-{
-    $deadline = hrtime(true) + 20_000_000_000;
-    while (file_exists($gate) && hrtime(true) < $deadline) {
-        usleep(1000); // poll interval; the deadline bounds the wait
-    }
-}
-
 try {
     $op = param('op');
     switch ($op) {
