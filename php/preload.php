@@ -10,7 +10,7 @@
  * there, load the library with ffi.preload and a header from bin/ffi-header.php:
  *
  *   ffi.enable=preload
- *   ffi.preload=/etc/php/8.2/larder.ffi.h   ; php php/bin/ffi-header.php > that file
+ *   ffi.preload=/etc/php/8.2/larder.ffi.h   ; php8.2 php/bin/ffi-header.php > that file
  *   opcache.preload=/path/to/php/preload.php
  *   opcache.preload_user=www-data
  *

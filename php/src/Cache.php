@@ -508,9 +508,12 @@ final class Cache
             if ($status === $this->ok || $status === $this->stale) {
                 return $this->decode(FFI::string($this->buf, $this->len->cdata), 'entry', $key);
             }
-            if ($status === $this->tooSmall && $try < self::READ_TRIES) {
-                $this->grow($this->len->cdata);
-                continue;
+            if ($status === $this->tooSmall) {
+                if ($try < self::READ_TRIES) {
+                    $this->grow($this->len->cdata);
+                    continue;
+                }
+                throw $this->grew('entry', $key);
             }
             if ($status === $this->fill) {
                 break;
@@ -671,9 +674,12 @@ final class Cache
             if ($status === $this->miss) {
                 return false;
             }
-            if ($status === $this->tooSmall && $try < self::READ_TRIES) {
-                $this->grow($this->len->cdata);
-                continue;
+            if ($status === $this->tooSmall) {
+                if ($try < self::READ_TRIES) {
+                    $this->grow($this->len->cdata);
+                    continue;
+                }
+                throw $this->grew('fetch', $key);
             }
             throw $this->error($status, 'fetch', $key);
         }
@@ -742,6 +748,20 @@ final class Cache
     private function error(int $status, string $doing, string $key): Exception
     {
         return Exception::fromStatus($this->ffi, $status, sprintf('%s %s', $doing, self::quote($key)));
+    }
+
+    /** The read of $key met a larger value READ_TRIES + 1 times in a row. */
+    private function grew(string $doing, string $key): ValueGrewException
+    {
+        return new ValueGrewException(sprintf(
+            '%s %s: the value kept growing between reads (%d reads in a row found it larger '
+            . 'than the buffer, last %d bytes needed): other processes keep replacing it with '
+            . 'larger values; retry later',
+            $doing,
+            self::quote($key),
+            self::READ_TRIES + 1,
+            $this->len->cdata
+        ), $this->ffi->LARDER_TOO_SMALL);
     }
 
     private function closed(): Exception

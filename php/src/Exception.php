@@ -12,7 +12,9 @@ use FFI;
  * getCode() is the larder_status number (read from the header through FFI, so it is the
  * library's); getStatusName() its name (e.g. "LARDER_E_TIMEOUT"); the message is the C
  * ABI's larder_last_error(): what happened, the cache file's name, and what to do.
- * Outcomes that are not errors (MISS, EXISTS, FENCED) are return values, never thrown.
+ * Outcomes that are not errors (MISS, EXISTS, FENCED) are return values, never thrown;
+ * fromStatus() of an outcome (a binding bug) is an InternalException naming it, without
+ * larder_last_error() (which an outcome does not set).
  */
 class Exception extends \RuntimeException
 {
@@ -47,6 +49,14 @@ class Exception extends \RuntimeException
         'LARDER_E_WRONG_THREAD' => InternalException::class,
     ];
 
+    /** The first error status: below it, a larder_status is an outcome (OK, MISS, ...). */
+    private const FIRST_ERROR = 100;
+    /** The outcomes of larder.h, by name. */
+    private const OUTCOMES = [
+        'LARDER_OK', 'LARDER_MISS', 'LARDER_EXISTS', 'LARDER_FENCED', 'LARDER_TOO_SMALL',
+        'LARDER_STALE', 'LARDER_FILL',
+    ];
+
     private string $statusName = '';
 
     /** The status's name, e.g. "LARDER_E_TIMEOUT" ("" for the binding's own errors). */
@@ -70,16 +80,39 @@ class Exception extends \RuntimeException
             }
         }
         [$name, $class] = $byCode[$status] ?? ['', InternalException::class];
-        // FFI returns a const char * as a PHP string (a copy; the library keeps its own).
-        $detail = (string) $ffi->larder_last_error();
-        if ($detail === '') {
-            $detail = (string) $ffi->larder_strerror($status);
-        }
-        if ($name === '') {
-            $detail = sprintf('unknown larder_status %d: %s', $status, $detail);
+        if ($status >= 0 && $status < self::FIRST_ERROR) {
+            // An outcome (MISS, TOO_SMALL, ...) sets no larder_last_error(): what that
+            // returns is an earlier call's message. An outcome here is a binding bug.
+            $name = self::outcomeName($ffi, $status);
+            $detail = sprintf(
+                'the outcome %s (%d) is not an error; the binding should have handled it: %s',
+                $name,
+                $status,
+                (string) $ffi->larder_strerror($status)
+            );
+        } else {
+            // FFI returns a const char * as a PHP string (a copy; the library keeps its own).
+            $detail = (string) $ffi->larder_last_error();
+            if ($detail === '') {
+                $detail = (string) $ffi->larder_strerror($status);
+            }
+            if ($name === '') {
+                $detail = sprintf('unknown larder_status %d: %s', $status, $detail);
+            }
         }
         $e = new $class(sprintf('%s: %s', $doing, $detail), $status);
         $e->statusName = $name;
         return $e;
+    }
+
+    /** The name of an outcome status, e.g. "LARDER_TOO_SMALL" ("" if the header has none). */
+    private static function outcomeName(FFI $ffi, int $status): string
+    {
+        foreach (self::OUTCOMES as $name) {
+            if ($ffi->{$name} === $status) {
+                return $name;
+            }
+        }
+        return '';
     }
 }

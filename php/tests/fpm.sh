@@ -14,8 +14,17 @@
 #   fpm_stop DIR
 #       SIGTERM to the master (and SIGCONT to its workers, so stopped ones die too); after
 #       5 s, SIGKILL to the master and the workers it had. Waits until they are gone.
+#       Safe in a trap under `set -euo pipefail`: no failing step aborts it; non-zero
+#       only if processes outlive SIGKILL.
 #   fpm_worker_pids DIR
 #       Prints the pids of the master's live workers, one a line.
+#   fpm_forward_signals
+#       For a script that runs the Python suites (which stop their own pools): traps
+#       SIGTERM, SIGINT and SIGHUP so that the child fpm_run_child is waiting for gets the
+#       signal and is waited for (its pools stop), then the script exits 128 + N.
+#   fpm_run_child COMMAND [ARG ...]
+#       Runs COMMAND in the background and waits for it (so the trap runs at once); its
+#       exit status.
 #
 # Runs as any user; as root it passes -R and sets opcache.preload_user to root.
 
@@ -38,7 +47,7 @@ fpm_start() {
         echo "fpm_start: no library at $lib (build it: cargo build -p larder-capi --release)" >&2
         return 1
     fi
-    php -n "$_FPM_SH_DIR/../bin/ffi-header.php" "$lib" >"$dir/larder.ffi.h" || return 1
+    php8.2 -n "$_FPM_SH_DIR/../bin/ffi-header.php" "$lib" >"$dir/larder.ffi.h" || return 1
     cat >"$dir/php.ini" <<EOF
 extension = ffi
 extension = posix
@@ -87,10 +96,11 @@ request_terminate_timeout = 60
 $pool_env
 EOF
     # PHP_INI_SCAN_DIR empty: only this php.ini, never the system's conf.d.
-    if ! PHP_INI_SCAN_DIR= LARDER_LIBRARY="$lib" "$FPM_BIN" $root_flag -y "$dir/php-fpm.conf" \
+    if ! PHP_INI_SCAN_DIR='' LARDER_LIBRARY="$lib" "$FPM_BIN" $root_flag -y "$dir/php-fpm.conf" \
         -c "$dir/php.ini" >"$dir/fpm.start.log" 2>&1; then
         echo "fpm_start: $FPM_BIN failed:" >&2
         cat "$dir/fpm.start.log" "$dir/fpm.log" >&2 2>/dev/null
+        fpm_stop "$dir" # in case a master daemonized before the failure
         return 1
     fi
     local deadline=$((SECONDS + 10))
@@ -135,29 +145,64 @@ _fpm_any_alive() {
 }
 
 fpm_stop() {
-    local dir=$1 master workers deadline
+    # Every step tolerates failure (a worker may exit between two signals): this runs from
+    # callers' traps under `set -euo pipefail`, where one failing command would end the
+    # cleanup early.
+    local dir=$1 master deadline
+    local -a workers=()
     master=$(cat "$dir/fpm.pid" 2>/dev/null) || return 0
-    # shellcheck disable=SC2207
-    workers=($(fpm_worker_pids "$dir"))
-    kill -TERM "$master" 2>/dev/null
-    ((${#workers[@]})) && kill -CONT "${workers[@]}" 2>/dev/null
+    if ! [[ $master =~ ^[0-9]+$ ]]; then
+        rm -f "$dir/fpm.pid" || true
+        return 0
+    fi
+    mapfile -t workers < <(fpm_worker_pids "$dir" || true)
+    kill -TERM "$master" 2>/dev/null || true
+    if ((${#workers[@]} > 0)); then
+        kill -CONT "${workers[@]}" 2>/dev/null || true
+    fi
     deadline=$((SECONDS + 5))
     while _fpm_any_alive "$master" "${workers[@]}" && ((SECONDS < deadline)); do
-        sleep 0.05 # poll interval; the deadline bounds the wait
+        sleep 0.05 || true # poll interval; the deadline bounds the wait
     done
     if _fpm_any_alive "$master" "${workers[@]}"; then
-        # shellcheck disable=SC2207
-        workers+=($(fpm_worker_pids "$dir"))
-        kill -KILL "$master" "${workers[@]}" 2>/dev/null
+        mapfile -t -O "${#workers[@]}" workers < <(fpm_worker_pids "$dir" || true)
+        kill -KILL "$master" "${workers[@]}" 2>/dev/null || true
         deadline=$((SECONDS + 5))
         while _fpm_any_alive "$master" "${workers[@]}" && ((SECONDS < deadline)); do
-            sleep 0.05
+            sleep 0.05 || true
         done
     fi
-    rm -f "$dir/fpm.pid"
+    rm -f "$dir/fpm.pid" || true
     if _fpm_any_alive "$master" "${workers[@]}"; then
-        echo "fpm_stop: processes of $dir still alive after SIGKILL" >&2
+        echo "fpm_stop: processes of $dir still alive after SIGKILL" >&2 || true
         return 1
     fi
     return 0
+}
+
+_FPM_CHILD=""
+
+_fpm_on_signal() {
+    local name=$1 number=$2
+    trap '' TERM INT HUP # once: the child's cleanup is not interrupted
+    if [ -n "$_FPM_CHILD" ]; then
+        kill -"$name" "$_FPM_CHILD" 2>/dev/null || true
+        wait "$_FPM_CHILD" 2>/dev/null || true
+    fi
+    exit $((128 + number))
+}
+
+fpm_forward_signals() {
+    trap '_fpm_on_signal TERM 15' TERM
+    trap '_fpm_on_signal INT 2' INT
+    trap '_fpm_on_signal HUP 1' HUP
+}
+
+fpm_run_child() {
+    local status=0
+    "$@" &
+    _FPM_CHILD=$!
+    wait "$_FPM_CHILD" || status=$?
+    _FPM_CHILD=""
+    return "$status"
 }

@@ -8,7 +8,9 @@ test then SIGKILLs it. Every request has a deadline: the pool never hangs.
     LARDER_LIBRARY=target/crash-points/release/liblarder.so python3 php/tests/test_fpm.py
 """
 
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import unittest
@@ -16,16 +18,31 @@ import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pool import Pool, kill, process_state, wait_until  # noqa: E402
+from pool import Pool, kill, process_state, run_main, wait_until  # noqa: E402
 
 DEADLINE = 10.0  # seconds any single request may take before the test fails
 HEALTHY_WORKERS = 6
 COUNTER = [0]
+NAMES = []  # the caches and temporary directories of the tests, removed by tearDown or
+TMPS = []  # at exit (a signal skips tearDown)
 
 
 def cache_name():
     COUNTER[0] += 1
-    return f"php-fpm-test-{os.getpid()}-{COUNTER[0]}"
+    name = f"php-fpm-test-{os.getpid()}-{COUNTER[0]}"
+    NAMES.append(name)
+    return name
+
+
+def remove_test_files():
+    while NAMES:
+        name = NAMES.pop()
+        for entry in os.listdir("/dev/shm"):
+            if entry.startswith(name + ".larder"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join("/dev/shm", entry))
+    while TMPS:
+        shutil.rmtree(TMPS.pop(), ignore_errors=True)
 
 
 class FpmSuite(unittest.TestCase):
@@ -50,22 +67,14 @@ class FpmSuite(unittest.TestCase):
             cls.healthy.stop()
 
     def setUp(self):
-        self.names = []
         self.tmp = tempfile.mkdtemp(prefix="larder-php-test-")
+        TMPS.append(self.tmp)
 
     def tearDown(self):
-        for name in self.names:
-            for entry in os.listdir("/dev/shm"):
-                if entry.startswith(name + ".larder"):
-                    os.unlink(os.path.join("/dev/shm", entry))
-        for entry in os.listdir(self.tmp):
-            os.unlink(os.path.join(self.tmp, entry))
-        os.rmdir(self.tmp)
+        remove_test_files()
 
     def new_cache(self, **options):
-        name = cache_name()
-        self.names.append(name)
-        return dict(cache=name, capacity=str(4 << 20), **options)
+        return dict(cache=cache_name(), capacity=str(4 << 20), **options)
 
     def op(self, pool, cache, **query):
         return pool.call("op.php", DEADLINE, **cache, **query)
@@ -78,28 +87,52 @@ class FpmSuite(unittest.TestCase):
             self.assertTrue(self.op(self.healthy, cache, op="store", key=key, value=value)["ok"])
         for round_ in range(3):
             with self.subTest(round=round_):
-                victim = self.victim.submit("op.php", DEADLINE, **cache, op="store", key="victim", value="x" * 3000)
-                stopped = wait_until(self.victim.stopped_workers, DEADLINE, "a victim worker stops inside its store")
+                victim = self.victim.submit(
+                    "op.php", DEADLINE, **cache, op="store", key="victim", value="x" * 3000
+                )
+                stopped = wait_until(
+                    self.victim.stopped_workers, DEADLINE, "a victim worker stops inside its store"
+                )
                 # While it is stopped (alive, holding the lock) every request answers within
                 # the deadline: a value, or a TimeoutException after lock_timeout_ms.
-                during = [self.op(self.healthy, cache, op="fetch", key="k1"),
-                          self.op(self.healthy, cache, op="store", key="k2", value=values["k2"])]
+                during = [
+                    self.op(self.healthy, cache, op="fetch", key="k1"),
+                    self.op(self.healthy, cache, op="store", key="k2", value=values["k2"]),
+                ]
                 for answer in during:
                     self.assertTrue(answer["ok"] or answer["status"] == "LARDER_E_TIMEOUT", answer)
                 for pid in stopped:
                     kill(pid)
-                wait_until(lambda: all(process_state(p) in (None, "Z") for p in stopped), DEADLINE, "the victim dies")
+                wait_until(
+                    lambda: all(process_state(p) in (None, "Z") for p in stopped),
+                    DEADLINE,
+                    "the victim dies",
+                )
                 # The killed request's connection breaks; that is all it gets.
                 with self.assertRaises(Exception):
                     victim.result(DEADLINE)
                 # Right after the kill: the next writer repairs the shard and everyone serves.
-                self.assertTrue(self.op(self.healthy, cache, op="store", key="after", value=str(round_))["ok"])
+                self.assertTrue(
+                    self.op(self.healthy, cache, op="store", key="after", value=str(round_))["ok"]
+                )
                 for key, value in values.items():
                     answer = self.op(self.healthy, cache, op="fetch", key=key)
-                    self.assertEqual((answer["ok"], answer["found"], answer.get("value")), (True, True, value), key)
+                    self.assertEqual(
+                        (answer["ok"], answer["found"], answer.get("value")),
+                        (True, True, value),
+                        key,
+                    )
                 answer = self.op(self.healthy, cache, op="fetch", key="victim")
-                self.assertEqual((answer["ok"], answer["found"]), (True, False), "the half-written entry was dropped")
-                wait_until(lambda: len(self.victim.worker_pids()) == 2, DEADLINE, "the victim pool respawns its worker")
+                self.assertEqual(
+                    (answer["ok"], answer["found"]),
+                    (True, False),
+                    "the half-written entry was dropped",
+                )
+                wait_until(
+                    lambda: len(self.victim.worker_pids()) == 2,
+                    DEADLINE,
+                    "the victim pool respawns its worker",
+                )
         stats = self.op(self.healthy, cache, op="stats")["stats"]
         self.assertGreaterEqual(stats["recoveries"], 3, stats)
 
@@ -107,23 +140,43 @@ class FpmSuite(unittest.TestCase):
         cache = self.new_cache()
         started, gate = os.path.join(self.tmp, "started"), os.path.join(self.tmp, "gate")
         open(gate, "w").close()
-        filler = self.healthy.submit("lab.php", DEADLINE, **cache, op="hold_entry", key="token",
-                                     value="claims", started=started, gate=gate)
+        filler = self.healthy.submit(
+            "lab.php",
+            DEADLINE,
+            **cache,
+            op="hold_entry",
+            key="token",
+            value="claims",
+            started=started,
+            gate=gate,
+        )
         wait_until(lambda: os.path.exists(started), DEADLINE, "the generator starts")
         self.assertTrue(self.op(self.healthy, cache, op="delete", key="token")["ok"])
         os.unlink(gate)
         answer = filler.result(DEADLINE)
-        self.assertEqual((answer["ok"], answer["value"], answer["generated"]), (True, "claims", True), answer)
+        self.assertEqual(
+            (answer["ok"], answer["value"], answer["generated"]), (True, "claims", True), answer
+        )
         answer = self.op(self.healthy, cache, op="fetch", key="token")
         self.assertEqual((answer["ok"], answer["found"]), (True, False), "the revocation stands")
-        self.assertGreaterEqual(self.op(self.healthy, cache, op="stats")["stats"]["fills_fenced"], 1)
+        self.assertGreaterEqual(
+            self.op(self.healthy, cache, op="stats")["stats"]["fills_fenced"], 1
+        )
 
     def test_delete_before_a_ticket_store_is_never_undone(self):
         cache = self.new_cache()
         started, gate = os.path.join(self.tmp, "started"), os.path.join(self.tmp, "gate")
         open(gate, "w").close()
-        writer = self.healthy.submit("lab.php", DEADLINE, **cache, op="hold_ticket", key="token",
-                                     value="claims", started=started, gate=gate)
+        writer = self.healthy.submit(
+            "lab.php",
+            DEADLINE,
+            **cache,
+            op="hold_ticket",
+            key="token",
+            value="claims",
+            started=started,
+            gate=gate,
+        )
         wait_until(lambda: os.path.exists(started), DEADLINE, "the ticket is taken")
         self.assertTrue(self.op(self.healthy, cache, op="delete", key="token")["ok"])
         os.unlink(gate)
@@ -131,36 +184,67 @@ class FpmSuite(unittest.TestCase):
         self.assertFalse(self.op(self.healthy, cache, op="fetch", key="token")["found"])
 
     def test_entry_runs_its_generator_once_while_the_others_wait(self):
-        cache = self.new_cache()
+        # The waiters wait as long as the test may poll, so load cannot time them out.
+        cache = self.new_cache(fill_timeout_ms=str(int(DEADLINE * 1000)))
         started, gate = os.path.join(self.tmp, "started"), os.path.join(self.tmp, "gate")
         open(gate, "w").close()
         n = HEALTHY_WORKERS - 2
-        futures = [self.healthy.submit("lab.php", DEADLINE, **cache, op="hold_entry", key="k",
-                                       value="computed", started=started, gate=gate) for _ in range(n)]
+        futures = [
+            self.healthy.submit(
+                "lab.php",
+                DEADLINE,
+                **cache,
+                op="hold_entry",
+                key="k",
+                value="computed",
+                started=started,
+                gate=gate,
+            )
+            for _ in range(n)
+        ]
         wait_until(lambda: os.path.exists(started), DEADLINE, "one generator starts")
         # Every request is inside a worker (the status request is one more active process).
-        wait_until(lambda: self.healthy.active_processes() >= n + 1, DEADLINE, f"{n} requests in workers")
+        wait_until(
+            lambda: self.healthy.active_processes() >= n + 1, DEADLINE, f"{n} requests in workers"
+        )
         os.unlink(gate)
         answers = [f.result(DEADLINE) for f in futures]
         self.assertEqual({a["value"] for a in answers}, {"computed"}, answers)
         self.assertEqual(sum(a["generated"] for a in answers), 1, answers)
         self.assertEqual(len({a["pid"] for a in answers}), n, "each request had its own worker")
-        self.assertEqual(self.op(self.healthy, cache, op="inc", key="runs:k", value="0")["value"], "1")
+        self.assertEqual(
+            self.op(self.healthy, cache, op="inc", key="runs:k", value="0")["value"], "1"
+        )
 
     def test_filler_killed_in_its_generator_hands_the_key_over(self):
-        cache = self.new_cache()
+        # The waiter waits as long as the test may poll, so load cannot time it out.
+        cache = self.new_cache(fill_timeout_ms=str(int(DEADLINE * 1000)))
         before = set(self.healthy.stopped_workers())
         self.healthy.submit("lab.php", DEADLINE, **cache, op="stop_entry", key="k", value="first")
-        filler = wait_until(lambda: set(self.healthy.stopped_workers()) - before, DEADLINE, "the filler stops")
-        waiter = self.healthy.submit("op.php", DEADLINE, **cache, op="entry", key="k", value="second")
-        wait_until(lambda: self.healthy.active_processes() >= 3, DEADLINE, "the waiter is in a worker")
+        filler = wait_until(
+            lambda: set(self.healthy.stopped_workers()) - before, DEADLINE, "the filler stops"
+        )
+        waiter = self.healthy.submit(
+            "op.php", DEADLINE, **cache, op="entry", key="k", value="second"
+        )
+        wait_until(
+            lambda: self.healthy.active_processes() >= 3, DEADLINE, "the waiter is in a worker"
+        )
         self.assertFalse(waiter.done(), "the waiter waits for the fill")
         for pid in filler:
             kill(pid)
         answer = waiter.result(DEADLINE)
-        self.assertEqual((answer["ok"], answer["value"], answer["generated"]), (True, "second", True), answer)
-        self.assertGreaterEqual(self.op(self.healthy, cache, op="stats")["stats"]["fill_handovers"], 1)
-        wait_until(lambda: len(self.healthy.worker_pids()) == HEALTHY_WORKERS, DEADLINE, "the pool respawns")
+        self.assertEqual(
+            (answer["ok"], answer["value"], answer["generated"]), (True, "second", True), answer
+        )
+        self.assertGreaterEqual(
+            self.op(self.healthy, cache, op="stats")["stats"]["fill_handovers"], 1
+        )
+        wait_until(
+            lambda: len(self.healthy.worker_pids()) == HEALTHY_WORKERS,
+            DEADLINE,
+            "the pool respawns",
+        )
 
     def test_fatal_error_in_a_generator_hands_the_key_over(self):
         # The fatal error skips finally blocks; unless its shutdown handler abandoned the fill,
@@ -178,11 +262,17 @@ class FpmSuite(unittest.TestCase):
     def test_op_php_interface(self):
         cache = self.new_cache()
         self.assertEqual(self.op(self.healthy, cache, op="fetch", key="a")["found"], False)
-        self.assertEqual(self.op(self.healthy, cache, op="store", key="a", value="1", ttl="60")["stored"], True)
-        self.assertEqual(self.op(self.healthy, cache, op="add", key="a", value="2")["stored"], False)
+        self.assertEqual(
+            self.op(self.healthy, cache, op="store", key="a", value="1", ttl="60")["stored"], True
+        )
+        self.assertEqual(
+            self.op(self.healthy, cache, op="add", key="a", value="2")["stored"], False
+        )
         self.assertEqual(self.op(self.healthy, cache, op="fetch", key="a")["value"], "1")
         self.assertEqual(self.op(self.healthy, cache, op="inc", key="n", value="5")["value"], "5")
-        self.assertEqual(self.op(self.healthy, cache, op="entry", key="e", value="g")["generated"], True)
+        self.assertEqual(
+            self.op(self.healthy, cache, op="entry", key="e", value="g")["generated"], True
+        )
         self.assertEqual(self.op(self.healthy, cache, op="delete", key="a")["deleted"], True)
         self.assertEqual(self.op(self.healthy, cache, op="stats")["stats"]["entries"], 2)
         bad = self.op(self.healthy, cache, op="fetch", key="")
@@ -193,10 +283,12 @@ class FpmSuite(unittest.TestCase):
     def test_zz_every_worker_still_answers(self):
         # Last (unittest runs tests by name): after the kills above, the whole pool serves.
         cache = self.new_cache()
-        futures = [self.healthy.submit("op.php", DEADLINE, **cache, op="store", key=f"k{i}", value="v")
-                   for i in range(HEALTHY_WORKERS * 3)]
+        futures = [
+            self.healthy.submit("op.php", DEADLINE, **cache, op="store", key=f"k{i}", value="v")
+            for i in range(HEALTHY_WORKERS * 3)
+        ]
         self.assertTrue(all(f.result(DEADLINE)["ok"] for f in futures))
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    run_main(lambda: unittest.main(verbosity=2), cleanup=remove_test_files)

@@ -3,13 +3,16 @@
 /**
  * Unit tests of Larder\Cache in php-cli (ffi.enable=1, FFI::cdef from larder.h):
  *
- *   php -d ffi.enable=1 php/tests/unit.php [FILTER]
+ *   php8.2 -n -d extension=ffi -d ffi.enable=1 php/tests/unit.php [FILTER]
  *
  * A small runner: every function named test_* runs with a fresh cache name (pid and a
  * counter) whose file is removed afterwards, pass or fail. Exit status 1 if any failed.
  */
 
 declare(strict_types=1);
+
+// A test entry script: it declares its tests, then runs them below (PSR-1's rule against
+// declarations with side effects does not fit a self-running file).
 
 require __DIR__ . '/www/boot.php';
 
@@ -29,7 +32,12 @@ function check(bool $condition, string $what): void
 function same(mixed $expected, mixed $actual, string $what): void
 {
     if ($expected !== $actual) {
-        throw new Failure(sprintf('%s: expected %s, got %s', $what, var_export($expected, true), var_export($actual, true)));
+        throw new Failure(sprintf(
+            '%s: expected %s, got %s',
+            $what,
+            var_export($expected, true),
+            var_export($actual, true)
+        ));
     }
 }
 
@@ -169,9 +177,17 @@ function test_entry_generator_that_throws_hands_the_key_on(): void
     same('second', $c->entry('k', fn () => 'second'), 'the next entry computes (the fill was abandoned)');
     throws(TypeError::class, fn () => $c->entry('t', fn () => ['not', 'a', 'string']), 'a non-string value');
     same('third', $c->entry('t', fn () => 'third'), 'the fill of a wrong-typed value was abandoned too');
-    $e = throws(Larder\InvalidArgumentException::class, fn () => $c->entry('r', fn () => $c->entry('r', fn () => 'x')), 'entry from its own generator');
+    $e = throws(
+        Larder\InvalidArgumentException::class,
+        fn () => $c->entry('r', fn () => $c->entry('r', fn () => 'x')),
+        'entry from its own generator'
+    );
     same('after', $c->entry('r', fn () => 'after'), 'the outer fill was abandoned');
-    throws(Larder\TooLargeException::class, fn () => $c->entry('big', fn () => str_repeat('x', 70000)), 'a value over max_value_len');
+    throws(
+        Larder\TooLargeException::class,
+        fn () => $c->entry('big', fn () => str_repeat('x', 70000)),
+        'a value over max_value_len'
+    );
     same('small', $c->entry('big', fn () => 'small'), 'the too-large fill ended');
 }
 
@@ -200,7 +216,11 @@ function test_ticket_store_is_refused_after_a_revocation(): void
     same(false, $c->storeWithTicket($t, 'stale'), 'a ticket taken before a delete is refused');
     same(false, $c->fetch('k'), 'nothing was stored');
     $other = small();
-    throws(Larder\InvalidArgumentException::class, fn () => $other->storeWithTicket($c->ticket('k'), 'x'), 'a ticket of another cache');
+    throws(
+        Larder\InvalidArgumentException::class,
+        fn () => $other->storeWithTicket($c->ticket('k'), 'x'),
+        'a ticket of another cache'
+    );
 }
 
 function test_ttl_and_touch(): void
@@ -234,7 +254,10 @@ function test_php_serializer_round_trips_and_counts(): void
         $c->store($key, $value);
         $back = $c->fetch($key, $ok);
         same(true, $ok, "fetch {$key}");
-        check($back == $value && gettype($back) === gettype($value), "round trip of {$key}: " . var_export($back, true));
+        check(
+            $back == $value && gettype($back) === gettype($value),
+            "round trip of {$key}: " . var_export($back, true)
+        );
     }
     $c->store('hits', 0);
     same(1, $c->inc('hits'), 'an int stored by store() is a counter, as in APCu');
@@ -244,7 +267,11 @@ function test_php_serializer_round_trips_and_counts(): void
     same(['v' => 1], $c->fetch('e'), 'entry stored it serialized');
     $raw = new Cache($c->name(), ['capacity' => 4 << 20]);
     $raw->store('foreign', 'not serialized');
-    throws(Larder\SerializerException::class, fn () => $c->fetch('foreign'), 'fetch of a value written without the serializer');
+    throws(
+        Larder\SerializerException::class,
+        fn () => $c->fetch('foreign'),
+        'fetch of a value written without the serializer'
+    );
     throws(Exception::class, fn () => $c->store('closure', fn () => 1), 'a closure cannot be serialized');
 }
 
@@ -259,31 +286,74 @@ function test_bad_input_is_an_exception_never_a_crash(): void
         'ticket' => fn () => $c->ticket('')] as $method => $call) {
         throws(Larder\InvalidArgumentException::class, $call, "{$method} with an empty key");
     }
-    $e = throws(Larder\TooLargeException::class, fn () => $c->store(str_repeat('k', 300), 'v'), 'a key over max_key_len');
+    $e = throws(
+        Larder\TooLargeException::class,
+        fn () => $c->store(str_repeat('k', 300), 'v'),
+        'a key over max_key_len'
+    );
     same('LARDER_E_TOO_LARGE', $e->getStatusName(), 'the status name');
     same(Larder\Library::ffi()->LARDER_E_TOO_LARGE, $e->getCode(), 'the code is the larder_status');
     check(str_contains($e->getMessage(), 'max_key_len'), 'the message names the remedy: ' . $e->getMessage());
-    throws(Larder\TooLargeException::class, fn () => $c->store('k', str_repeat('v', 70000)), 'a value over max_value_len');
-    throws(Larder\TooLargeException::class, fn () => $c->fetch(str_repeat('k', 300)), 'fetch with a key over max_key_len');
+    throws(
+        Larder\TooLargeException::class,
+        fn () => $c->store('k', str_repeat('v', 70000)),
+        'a value over max_value_len'
+    );
+    throws(
+        Larder\TooLargeException::class,
+        fn () => $c->fetch(str_repeat('k', 300)),
+        'fetch with a key over max_key_len'
+    );
     $e = throws(TypeError::class, fn () => $c->store('k', ['array']), 'an array value without a serializer');
-    check(str_contains($e->getMessage(), "'serializer' => 'php'"), 'the TypeError names the option: ' . $e->getMessage());
+    check(
+        str_contains($e->getMessage(), "'serializer' => 'php'"),
+        'the TypeError names the option: ' . $e->getMessage()
+    );
     throws(TypeError::class, fn () => $c->store('k', 42), 'an int value without a serializer');
     throws(TypeError::class, fn () => $c->store('k', null), 'null without a serializer');
     throws(TypeError::class, fn () => $c->add('k', new stdClass()), 'an object without a serializer');
     throws(Larder\InvalidArgumentException::class, fn () => $c->store('k', 'v', -1), 'a negative ttl');
-    throws(Larder\InvalidArgumentException::class, fn () => $c->store('k', 'v', PHP_INT_MAX), 'a ttl beyond int64 milliseconds');
+    throws(
+        Larder\InvalidArgumentException::class,
+        fn () => $c->store('k', 'v', PHP_INT_MAX),
+        'a ttl beyond int64 milliseconds'
+    );
     throws(Larder\InvalidArgumentException::class, fn () => new Cache(name(), ['capcity' => 1]), 'an unknown option');
     throws(Larder\InvalidArgumentException::class, fn () => new Cache(name(), ['capacity' => -1]), 'a negative option');
     throws(Larder\InvalidArgumentException::class, fn () => new Cache(name(), ['capacity' => '1M']), 'a string option');
-    throws(Larder\InvalidArgumentException::class, fn () => new Cache(name(), ['shards' => 1 << 40]), 'an option over 32 bits');
-    throws(Larder\InvalidArgumentException::class, fn () => new Cache(name(), ['serializer' => 'igbinary']), 'an unsupported serializer');
-    throws(Larder\InvalidArgumentException::class, fn () => new Cache(name(), ['persistent' => 'yes']), 'persistent not a bool');
-    throws(Larder\InvalidOptionsException::class, fn () => new Cache(name(), ['capacity' => 1024]), 'a capacity the core refuses');
+    throws(
+        Larder\InvalidArgumentException::class,
+        fn () => new Cache(name(), ['shards' => 1 << 40]),
+        'an option over 32 bits'
+    );
+    throws(
+        Larder\InvalidArgumentException::class,
+        fn () => new Cache(name(), ['serializer' => 'igbinary']),
+        'an unsupported serializer'
+    );
+    throws(
+        Larder\InvalidArgumentException::class,
+        fn () => new Cache(name(), ['persistent' => 'yes']),
+        'persistent not a bool'
+    );
+    throws(
+        Larder\InvalidOptionsException::class,
+        fn () => new Cache(name(), ['capacity' => 1024]),
+        'a capacity the core refuses'
+    );
     throws(Larder\InvalidNameException::class, fn () => new Cache('bad name!'), 'an invalid name');
     throws(Larder\InvalidNameException::class, fn () => new Cache(''), 'an empty name');
     throws(Larder\InvalidNameException::class, fn () => new Cache("a\0b"), 'a name with a NUL byte');
-    throws(Larder\IncompatibleException::class, fn () => new Cache($c->name(), ['capacity' => 8 << 20]), 'reopening with another capacity');
-    $e = throws(Larder\NotFoundException::class, fn () => new Cache(name(), ['attach_only' => true]), 'attach_only without a file');
+    throws(
+        Larder\IncompatibleException::class,
+        fn () => new Cache($c->name(), ['capacity' => 8 << 20]),
+        'reopening with another capacity'
+    );
+    $e = throws(
+        Larder\NotFoundException::class,
+        fn () => new Cache(name(), ['attach_only' => true]),
+        'attach_only without a file'
+    );
     check($e instanceof Larder\FileException && $e instanceof Larder\Exception, 'NotFoundException is a FileException');
     $attached = new Cache($c->name(), ['attach_only' => true]);
     $c->store('shared', 'yes');
@@ -301,11 +371,62 @@ function test_every_error_status_has_a_documented_class(): void
         same($ffi->{$name}, $e->getCode(), "the code of {$name}");
         check(get_class($e) !== Larder\Exception::class, "{$name} has its own class (" . get_class($e) . ')');
     }
-    same(Larder\TimeoutException::class, get_class(Larder\Exception::fromStatus($ffi, $ffi->LARDER_E_TIMEOUT, 't')), 'E_TIMEOUT');
-    same(Larder\NoSpaceException::class, get_class(Larder\Exception::fromStatus($ffi, $ffi->LARDER_E_NO_SPACE, 't')), 'E_NO_SPACE');
+    same(
+        Larder\TimeoutException::class,
+        get_class(Larder\Exception::fromStatus($ffi, $ffi->LARDER_E_TIMEOUT, 't')),
+        'E_TIMEOUT'
+    );
+    same(
+        Larder\NoSpaceException::class,
+        get_class(Larder\Exception::fromStatus($ffi, $ffi->LARDER_E_NO_SPACE, 't')),
+        'E_NO_SPACE'
+    );
     $unknown = Larder\Exception::fromStatus($ffi, 999, 'test');
     same(Larder\InternalException::class, get_class($unknown), 'an unknown status');
     check(str_contains($unknown->getMessage(), 'unknown larder_status 999'), 'names the number');
+}
+
+function test_an_outcome_is_never_reported_with_a_stale_last_error(): void
+{
+    $ffi = Larder\Library::ffi();
+    // An error leaves its message in larder_last_error(); an outcome sets none.
+    throws(Larder\InvalidNameException::class, fn () => new Cache('stale message!'), 'an invalid name');
+    $e = Larder\Exception::fromStatus($ffi, $ffi->LARDER_TOO_SMALL, 'test');
+    same(Larder\InternalException::class, get_class($e), 'an outcome given to fromStatus');
+    same('LARDER_TOO_SMALL', $e->getStatusName(), 'its status name');
+    same($ffi->LARDER_TOO_SMALL, $e->getCode(), 'its code');
+    check(str_contains($e->getMessage(), 'LARDER_TOO_SMALL (4) is not an error'), 'names it: ' . $e->getMessage());
+    check(!str_contains($e->getMessage(), 'stale message'), 'not the earlier error: ' . $e->getMessage());
+    check(!str_contains($e->getMessage(), 'unknown'), 'a known status: ' . $e->getMessage());
+}
+
+function test_a_value_that_keeps_growing_between_reads_is_a_clear_error(): void
+{
+    $ffi = Larder\Library::ffi();
+    $name = name();
+    (new Cache($name, ['capacity' => 4 << 20]))->store('k', 'v');
+    // A Cache that takes OK for TOO_SMALL, so every read of the present value is one more
+    // "it grew": what other processes replacing it with larger values would cause. (One
+    // each: every read doubles its buffer.)
+    $rigged = function () use ($ffi, $name): Cache {
+        $c = new Cache($name, ['capacity' => 4 << 20]);
+        (new ReflectionProperty(Cache::class, 'ok'))->setValue($c, -1);
+        (new ReflectionProperty(Cache::class, 'tooSmall'))->setValue($c, $ffi->LARDER_OK);
+        return $c;
+    };
+    $reads = [
+        'fetch' => fn () => $rigged()->fetch('k'),
+        'entry' => fn () => $rigged()->entry('k', fn () => 'generated'),
+    ];
+    foreach ($reads as $doing => $read) {
+        $e = throws(Larder\ValueGrewException::class, $read, "{$doing} of a value that keeps growing");
+        check($e instanceof Larder\Exception, 'a Larder\Exception');
+        same($ffi->LARDER_TOO_SMALL, $e->getCode(), 'the code is LARDER_TOO_SMALL');
+        check(
+            str_starts_with($e->getMessage(), "{$doing} 'k': the value kept growing between reads"),
+            'says what happened: ' . $e->getMessage()
+        );
+    }
 }
 
 function test_stats_and_clear(): void
@@ -346,18 +467,30 @@ function test_handles_are_shared_and_closed(): void
 
 function test_library_errors_are_clear(): void
 {
-    $e = throws(Larder\LibraryException::class, fn () => Larder\Library::declarations('/nonexistent/larder.h'), 'a missing header');
+    $e = throws(
+        Larder\LibraryException::class,
+        fn () => Larder\Library::declarations('/nonexistent/larder.h'),
+        'a missing header'
+    );
     check(str_contains($e->getMessage(), 'LARDER_HEADER'), 'names LARDER_HEADER: ' . $e->getMessage());
     $tmp = tempnam(sys_get_temp_dir(), 'larder-unit-');
     try {
         file_put_contents($tmp, "int x;\n");
-        throws(Larder\LibraryException::class, fn () => Larder\Library::declarations($tmp), 'a header without the block');
+        throws(
+            Larder\LibraryException::class,
+            fn () => Larder\Library::declarations($tmp),
+            'a header without the block'
+        );
     } finally {
         unlink($tmp);
     }
     $header = Larder\Library::ffiHeader('/x/liblarder.so');
     check(str_starts_with($header, "#define FFI_SCOPE \"larder\"\n#define FFI_LIB \"/x/liblarder.so\"\n"), 'ffiHeader');
-    throws(Larder\LibraryException::class, fn () => Larder\Library::ffiHeader('/x/"quoted'), 'a quote in the library path');
+    throws(
+        Larder\LibraryException::class,
+        fn () => Larder\Library::ffiHeader('/x/"quoted'),
+        'a quote in the library path'
+    );
 }
 
 /** Whether this process runs as root: the owner of a file it creates. */
@@ -386,7 +519,10 @@ function test_group_and_allow_uids_map_onto_the_options(): void
     ];
     foreach ($bad as $what => $options) {
         $e = throws(Larder\InvalidArgumentException::class, fn () => small($options), $what);
-        check(str_contains($e->getMessage(), array_key_first($options)), "{$what}: the message names the option: " . $e->getMessage());
+        check(
+            str_contains($e->getMessage(), array_key_first($options)),
+            "{$what}: the message names the option: " . $e->getMessage()
+        );
     }
 
     // The file gets the group and mode asked (root may choose any group; another user
@@ -414,7 +550,11 @@ function test_group_and_allow_uids_map_onto_the_options(): void
     $root->store('from', 'root');
     $root->close();
     check(chown($other, 65534), 'chown to 65534');
-    $e = throws(Larder\UnsafeFileException::class, fn () => new Cache($other, ['capacity' => 4 << 20, 'allow_uids' => [1234]]), 'a foreign owner not allowed');
+    $e = throws(
+        Larder\UnsafeFileException::class,
+        fn () => new Cache($other, ['capacity' => 4 << 20, 'allow_uids' => [1234]]),
+        'a foreign owner not allowed'
+    );
     same('LARDER_E_UNSAFE_FILE', $e->getStatusName(), 'the status');
     check(str_contains($e->getMessage(), 'owned by uid 65534'), 'names the owner: ' . $e->getMessage());
     $allowed = new Cache($other, ['capacity' => 4 << 20, 'allow_uids' => [1234, 65534]]);

@@ -17,6 +17,11 @@
  *       the same for APCu (whose apcu_entry holds APCu's lock around the generator).
  *   lab.php?op=bench&lib=larder|apcu&kind=fetch|store&n=N[&cache=C]
  *       N operations in a loop inside the request: {"ns_per_op": ...}.
+ *   lab.php?op=bench&lib=ffi&kind=trivial|get&n=N&cache=C
+ *       the same loop around bare FFI calls through the FFI object Cache uses: trivial,
+ *       larder_close(NULL) (a documented no-op: one pointer in, nothing returned); get,
+ *       larder_get of a hit with the Cache's own handle and buffer (the C call of fetch,
+ *       without the PHP around it).
  *   lab.php?op=open_cost&cache=C[&persistent=0]
  *       the time of `new Larder\Cache(C)` in this request: {"open_ns": ...}.
  */
@@ -24,18 +29,6 @@
 declare(strict_types=1);
 
 require __DIR__ . '/boot.php';
-
-/** Linux's SIGSTOP (the constant is pcntl's, which php-fpm does not load). */
-const SIGNAL_STOP = 19;
-
-/** Waits while $gate exists, with a deadline. */
-function wait_for_gate(string $gate): void
-{
-    $deadline = hrtime(true) + 20_000_000_000;
-    while (file_exists($gate) && hrtime(true) < $deadline) {
-        usleep(1000); // poll interval; the deadline bounds the wait
-    }
-}
 
 try {
     $op = param('op');
@@ -90,7 +83,31 @@ try {
             for ($i = 0; $i < 1000; $i++) {
                 $keys[] = sprintf('bench:key:%024d', $i);
             }
-            if (param('lib') === 'larder') {
+            if (param('lib') === 'ffi') {
+                $ffi = Larder\Library::ffi();
+                if ($kind === 'trivial') {
+                    $t = hrtime(true);
+                    for ($i = 0; $i < $n; $i++) {
+                        $ffi->larder_close(null); // documented as a no-op
+                    }
+                    answer(['ok' => true, 'ns_per_op' => (hrtime(true) - $t) / $n]);
+                }
+                $cache = open_cache();
+                foreach ($keys as $k) {
+                    $cache->store($k, $value);
+                }
+                // The handle and buffers of the Cache (under ffi.enable=preload only preloaded
+                // code may create CData; calling functions is allowed everywhere).
+                $field = static fn (string $name) => (new ReflectionProperty(Larder\Cache::class, $name))
+                    ->getValue($cache);
+                [$handle, $buf, $cap, $lenPtr] = [$field('handle'), $field('buf'), $field('cap'), $field('lenPtr')];
+                $t = hrtime(true);
+                for ($i = 0; $i < $n; $i++) {
+                    $k = $keys[$i % 1000];
+                    $ffi->larder_get($handle, $k, strlen($k), $buf, $cap, $lenPtr);
+                }
+                answer(['ok' => true, 'ns_per_op' => (hrtime(true) - $t) / $n]);
+            } elseif (param('lib') === 'larder') {
                 $cache = open_cache();
                 foreach ($keys as $k) {
                     $cache->store($k, $value);

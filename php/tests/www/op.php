@@ -4,6 +4,7 @@
  * One cache operation per request, for tests in any language:
  *
  *   op.php?cache=NAME&op=OP&key=K[&value=V][&ttl=SECONDS][&capacity=BYTES][&shards=N]
+ *         [&fill_timeout_ms=MS]
  *
  * OP: fetch, store, add, delete, inc (value = the step, default 1), entry (its generator
  * returns value), stats. Prints one JSON object with "ok" and "pid" (the worker's):
@@ -16,7 +17,7 @@
  *   stats   {"ok":true,"stats":{"entries":1,...}}
  * An exception gives HTTP status 500 and {"ok":false,"error":CLASS,"status":
  * "LARDER_E_...","message":"..."}. The cache is opened with larder's default options
- * except capacity and shards when given.
+ * except capacity, shards and fill_timeout_ms when given.
  */
 
 declare(strict_types=1);
