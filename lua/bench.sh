@@ -5,8 +5,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
-command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ||
-    { echo "bench.sh: run lua/run-tests.sh first (it installs nginx and the Lua module)" >&2; exit 1; }
+if ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_http_lua_module.so ]; then
+    echo "bench.sh: run lua/run-tests.sh first (it installs nginx and the Lua module)" >&2
+    exit 1
+fi
 cargo build -p larder-capi --release
 export LARDER_LIBRARY="$repo/target/release/liblarder.so"
 cd "$here/t"

@@ -12,10 +12,11 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v cargo >/dev/null || { echo "run-tests.sh: cargo is required" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=300 install -y "${need[@]}" ||
-        { apt-get -o DPkg::Lock::Timeout=300 update &&
-          apt-get -o DPkg::Lock::Timeout=300 install -y "${need[@]}"; }
+    sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300)
+    "${apt[@]}" install -y "${need[@]}" ||
+        { "${apt[@]}" update && "${apt[@]}" install -y "${need[@]}"; }
 fi
 # Installing the nginx package starts the system's nginx; these tests never use it.
 

@@ -977,9 +977,19 @@ impl Cache {
     /// Like [`Cache::get`], but returns an expired value too, flagged, for
     /// serve-stale-on-error.
     pub fn get_stale(&self, key: &[u8]) -> Result<Option<StaleValue>> {
+        self.get_stale_waiting(key, Wait::Yes)
+    }
+
+    /// Like [`Cache::get_stale`], but never waits for a lock ([`Error::WouldBlock`], as
+    /// [`Cache::try_get`]).
+    pub fn try_get_stale(&self, key: &[u8]) -> Result<Option<StaleValue>> {
+        self.get_stale_waiting(key, Wait::No)
+    }
+
+    fn get_stale_waiting(&self, key: &[u8], wait: Wait) -> Result<Option<StaleValue>> {
         let mut out = Vec::new();
         Ok(
-            match self.read(key, &mut out, Expired::Serve, Wait::Yes, Count::Yes)? {
+            match self.read(key, &mut out, Expired::Serve, wait, Count::Yes)? {
                 Found::Fresh => Some(StaleValue {
                     value: out,
                     expired: false,
@@ -1326,12 +1336,27 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn replace(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
+        self.replace_waiting(key, value, ttl, Wait::Yes)
+    }
+
+    /// Like [`Cache::replace`], but never waits for a lock ([`Error::WouldBlock`]).
+    pub fn try_replace(&self, key: &[u8], value: &[u8], ttl: Option<Duration>) -> Result<bool> {
+        self.replace_waiting(key, value, ttl, Wait::No)
+    }
+
+    fn replace_waiting(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        wait: Wait,
+    ) -> Result<bool> {
+        let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         Self::check_value(&a, value.len())?;
         let expire = Self::expiry(now, ttl);
         let h = a.hasher.hash(key);
-        self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Revoke(h), |s| {
+        self.locked(&a, a.geo.shard_of(h), wait, Access::Revoke(h), |s| {
             table::replace(s, key, h, value, expire, now)
         })
     }
@@ -1455,15 +1480,24 @@ impl Cache {
     /// The time a fresh entry has left: `None` if there is no fresh entry, `Some(None)`
     /// if it has no expiry (`ngx.shared.DICT`'s `ttl`). Takes the key's shard lock.
     pub fn ttl(&self, key: &[u8]) -> Result<Option<Option<Duration>>> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
+        self.ttl_waiting(key, Wait::Yes)
+    }
+
+    /// Like [`Cache::ttl`], but never waits for a lock ([`Error::WouldBlock`]).
+    pub fn try_ttl(&self, key: &[u8]) -> Result<Option<Option<Duration>>> {
+        self.ttl_waiting(key, Wait::No)
+    }
+
+    fn ttl_waiting(&self, key: &[u8], wait: Wait) -> Result<Option<Option<Duration>>> {
+        let (a, now) = self.enter_at(wait)?;
         Self::check_key(&a, key)?;
         let h = a.hasher.hash(key);
-        let expire = self.locked(&a, a.geo.shard_of(h), Wait::Yes, Access::Read, |s| match s
-            .find(key, &s.locate(h))
-        {
-            Probe::Hit { rec, .. } if !rec.expired(now) => Ok(Some(rec.expire)),
-            Probe::Hit { .. } | Probe::Miss => Ok(None),
-            Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+        let expire = self.locked(&a, a.geo.shard_of(h), wait, Access::Read, |s| {
+            match s.find(key, &s.locate(h)) {
+                Probe::Hit { rec, .. } if !rec.expired(now) => Ok(Some(rec.expire)),
+                Probe::Hit { .. } | Probe::Miss => Ok(None),
+                Probe::Bad => Err(Damaged("index slot points at no live record".into())),
+            }
         })?;
         Ok(expire.map(|e| (e != 0).then(|| Duration::from_millis(e - now))))
     }
@@ -1528,6 +1562,22 @@ impl Cache {
             n += self.locked(&a, idx, Wait::Yes, Access::RevokeAll, |s| Ok(s.clear()))?;
         }
         Ok(n)
+    }
+
+    /// Removes every entry of shard `shard` (`0..`[`Cache::shard_count`]), fencing off
+    /// every fill in flight in it, and returns how many there were; never waits for its
+    /// lock ([`Error::WouldBlock`]). An event loop clears the cache with it shard by
+    /// shard, retrying a busy shard later, where [`Cache::clear`] would wait.
+    /// [`Error::InvalidArgument`] for a shard the cache does not have.
+    pub fn try_clear_shard(&self, shard: usize) -> Result<u64> {
+        let a = self.enter(Wait::No)?;
+        if shard >= a.geo.shard_count {
+            return Err(Error::InvalidArgument(format!(
+                "shard {shard} out of range: the cache has {} shards",
+                a.geo.shard_count
+            )));
+        }
+        self.locked(&a, shard, Wait::No, Access::RevokeAll, |s| Ok(s.clear()))
     }
 
     /// The value for `key`, computed by `f` and stored if missing, with at most one

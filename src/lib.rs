@@ -92,7 +92,7 @@
 //! | [`Cache::stats`] | nothing (it reads counters without locks) | no wait |
 //! | [`Cache::get_or_insert_with`], [`Cache::begin_fill`] | the shard lock, then another process's fill of a key of the same fill slot (unless a stale value can be served) | the lock timeout, then the fill timeout (`Options::fill_timeout`, 5 s by default) |
 //! | any call, once per 250 ms per handle | the check that the path still names the file; after a replacement, a replacer's file lock; after a removal by another uid, the owner's re-creation | the lock timeout; 200 ms for the owner |
-//! | `try_get`, `try_get_into`, `try_set`, `try_insert_if_absent`, `try_remove`, `try_incr`, `try_touch`, `try_begin_fill`, `try_get_versioned`, `try_set_if_version`, `try_ticket`, `try_set_with_ticket`, `Fill::try_complete` | nothing: [`Error::WouldBlock`] instead | no wait |
+//! | `try_get`, `try_get_into`, `try_get_stale`, `try_set`, `try_insert_if_absent`, `try_replace`, `try_remove`, `try_incr`, `try_touch`, `try_ttl`, `try_clear_shard`, `try_begin_fill`, `try_get_versioned`, `try_set_if_version`, `try_ticket`, `try_set_with_ticket`, `Fill::try_complete` | nothing: [`Error::WouldBlock`] instead | no wait |
 //!
 //! # Limits
 //!

@@ -1124,6 +1124,13 @@ fn assert_held_shard_times_out(c: &Cache, timeout: Duration, neighbour: &[u8], o
         ("try_remove", c.try_remove(neighbour).map(|_| ())),
         ("try_incr", c.try_incr(neighbour, 1, 0, None).map(|_| ())),
         ("try_touch", c.try_touch(neighbour, None).map(|_| ())),
+        ("try_get_stale", c.try_get_stale(neighbour).map(|_| ())),
+        (
+            "try_replace",
+            c.try_replace(neighbour, b"x", None).map(|_| ()),
+        ),
+        ("try_ttl", c.try_ttl(neighbour).map(|_| ())),
+        ("try_clear_shard", c.try_clear_shard(0).map(|_| ())),
         (
             "try_begin_fill",
             c.try_begin_fill(neighbour, &mut out).map(|_| ()),
@@ -1146,10 +1153,25 @@ fn assert_held_shard_times_out(c: &Cache, timeout: Duration, neighbour: &[u8], o
         .try_insert_if_absent(other, b"x", None)
         .expect("try_insert_if_absent"));
     assert!(c.try_touch(other, None).expect("try_touch"));
+    let stale = c.try_get_stale(other).expect("try_get_stale").expect("hit");
+    assert_eq!(
+        (stale.value.as_slice(), stale.expired),
+        (&b"other2"[..], false)
+    );
+    assert!(c.try_replace(other, b"other3", None).expect("try_replace"));
+    assert_eq!(c.try_ttl(other).expect("try_ttl"), Some(None));
+    assert!(matches!(
+        c.try_clear_shard(c.shard_count()),
+        Err(Error::InvalidArgument(_))
+    ));
     let more = common::keys_in_shard(c, c.shard_of(other), "unheld", 2);
     assert!(!c.try_remove(&more[0]).expect("try_remove"));
     assert_eq!(c.try_incr(&more[1], 2, 40, None).expect("try_incr"), 42);
     assert!(c.try_remove(&more[1]).expect("try_remove"));
+    // Clearing the unheld shard removes its entries; the held shard keeps its own.
+    let other_shard = c.shard_of(other);
+    assert!(c.try_clear_shard(other_shard).expect("try_clear_shard") >= 1);
+    assert_eq!(c.try_get(other).expect("try_get"), None);
     c.set(other, b"other", None).expect("set");
     assert!(c.stats().lock_timeouts >= timeouts_before + blocking.len() as u64);
 }

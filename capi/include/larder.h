@@ -234,6 +234,16 @@ larder_status larder_try_incr(larder_cache *c, const void *key, size_t key_len,
                               int64_t delta, int64_t init, uint64_t ttl_ms, int64_t *out);
 larder_status larder_try_touch(larder_cache *c, const void *key, size_t key_len,
                                uint64_t ttl_ms);
+larder_status larder_try_get_stale(larder_cache *c, const void *key, size_t key_len,
+                                   void *buf, size_t cap, size_t *len);
+larder_status larder_try_replace(larder_cache *c, const void *key, size_t key_len,
+                                 const void *val, size_t val_len, uint64_t ttl_ms);
+larder_status larder_try_ttl(larder_cache *c, const void *key, size_t key_len,
+                             int64_t *ttl_ms);
+/* larder_clear has no try_ form: an event loop clears shard by shard (shard in
+   0 .. stats.shard_count - 1, else E_INVALID_ARGUMENT), retrying a busy one later.
+   OK: *removed (if not NULL) = how many entries the shard had. */
+larder_status larder_try_clear_shard(larder_cache *c, uint32_t shard, uint64_t *removed);
 
 /* CAS. As larder_get, and on OK *version = the entry's version. */
 larder_status larder_gets(larder_cache *c, const void *key, size_t key_len, void *buf,
@@ -242,6 +252,12 @@ larder_status larder_gets(larder_cache *c, const void *key, size_t key_len, void
    it). MISS: no fresh entry (removed, expired or evicted). */
 larder_status larder_cas(larder_cache *c, const void *key, size_t key_len, const void *val,
                          size_t val_len, uint64_t ttl_ms, const larder_version *version);
+/* The same, never waiting for a lock (E_WOULD_BLOCK; nothing was stored). */
+larder_status larder_try_gets(larder_cache *c, const void *key, size_t key_len, void *buf,
+                              size_t cap, size_t *len, larder_version *version);
+larder_status larder_try_cas(larder_cache *c, const void *key, size_t key_len,
+                             const void *val, size_t val_len, uint64_t ttl_ms,
+                             const larder_version *version);
 
 /* Tickets, for cache-aside code: take one on a miss BEFORE reading the source, store
    with it. OK: *out is the ticket. */
@@ -270,6 +286,11 @@ larder_status larder_fill_try_begin(larder_cache *c, const void *key, size_t key
    use, nobody is served it later). Errors as larder_set (the fill ends all the same). */
 larder_status larder_fill_complete(larder_fill *f, const void *val, size_t val_len,
                                    uint64_t ttl_ms);
+/* As larder_fill_complete, but never waits for the shard lock: E_WOULD_BLOCK, nothing
+   stored, and f is still the caller's (call it again later, or abandon it). Any other
+   result ends the fill and frees f, as larder_fill_complete. */
+larder_status larder_fill_try_complete(larder_fill *f, const void *val, size_t val_len,
+                                       uint64_t ttl_ms);
 /* Ends the fill without a value, freeing f: a waiter computes next. NULL is a no-op.
    From another thread than the one that began it, nothing happens (see
    larder_last_error). */

@@ -627,11 +627,47 @@ pub unsafe extern "C" fn larder_get_stale(
     cap: usize,
     len: *mut usize,
 ) -> c_int {
+    // SAFETY: the caller's promises are `get_stale`'s.
+    unsafe { get_stale(Wait::Yes, c, key, key_len, buf, cap, len) }
+}
+
+/// `larder_get_stale` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_get`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_get_stale(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
+    // SAFETY: the caller's promises are `get_stale`'s.
+    unsafe { get_stale(Wait::No, c, key, key_len, buf, cap, len) }
+}
+
+/// # Safety
+/// As `larder_get`.
+unsafe fn get_stale(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+) -> c_int {
     entry(|| {
-        // SAFETY: the caller's promises, as documented above.
+        // SAFETY: the caller's promises, as documented on `larder_get`.
         let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
         check_out(buf, cap, len)?;
-        match h.cache.get_stale(key)? {
+        let found = match wait {
+            Wait::Yes => h.cache.get_stale(key)?,
+            Wait::No => h.cache.try_get_stale(key)?,
+        };
+        match found {
             Some(s) => {
                 let found = if s.expired { LARDER_STALE } else { LARDER_OK };
                 // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
@@ -660,14 +696,53 @@ pub unsafe extern "C" fn larder_gets(
     len: *mut usize,
     version: *mut larder_version,
 ) -> c_int {
+    // SAFETY: the caller's promises are `gets`'.
+    unsafe { gets(Wait::Yes, c, key, key_len, buf, cap, len, version) }
+}
+
+/// `larder_gets` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_gets`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_gets(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    version: *mut larder_version,
+) -> c_int {
+    // SAFETY: the caller's promises are `gets`'.
+    unsafe { gets(Wait::No, c, key, key_len, buf, cap, len, version) }
+}
+
+/// # Safety
+/// As `larder_gets`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gets(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    buf: *mut c_void,
+    cap: usize,
+    len: *mut usize,
+    version: *mut larder_version,
+) -> c_int {
     entry(|| {
-        // SAFETY: the caller's promises, as documented above.
+        // SAFETY: the caller's promises, as documented on `larder_gets`.
         let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
         check_out(buf, cap, len)?;
         if version.is_null() {
             return Err(Failure::Null("version"));
         }
-        match h.cache.get_versioned(key)? {
+        let found = match wait {
+            Wait::Yes => h.cache.get_versioned(key)?,
+            Wait::No => h.cache.try_get_versioned(key)?,
+        };
+        match found {
             Some((value, v)) => {
                 // SAFETY: `buf`, `cap` and `len` were checked and are the caller's.
                 let s = unsafe { copy_out(&value, buf, cap, len, LARDER_OK) };
@@ -701,13 +776,45 @@ pub unsafe extern "C" fn larder_ttl(
     key_len: usize,
     ttl_ms: *mut i64,
 ) -> c_int {
+    // SAFETY: the caller's promises are `ttl_left`'s.
+    unsafe { ttl_left(Wait::Yes, c, key, key_len, ttl_ms) }
+}
+
+/// `larder_ttl` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_ttl`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_ttl(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    ttl_ms: *mut i64,
+) -> c_int {
+    // SAFETY: the caller's promises are `ttl_left`'s.
+    unsafe { ttl_left(Wait::No, c, key, key_len, ttl_ms) }
+}
+
+/// # Safety
+/// As `larder_ttl`.
+unsafe fn ttl_left(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    ttl_ms: *mut i64,
+) -> c_int {
     entry(|| {
-        // SAFETY: the caller's promises, as documented above.
+        // SAFETY: the caller's promises, as documented on `larder_ttl`.
         let (h, key) = unsafe { (handle(c)?, bytes(key, key_len, "key")?) };
         if ttl_ms.is_null() {
             return Err(Failure::Null("ttl_ms"));
         }
-        match h.cache.ttl(key)? {
+        let left = match wait {
+            Wait::Yes => h.cache.ttl(key)?,
+            Wait::No => h.cache.try_ttl(key)?,
+        };
+        match left {
             None => Ok(LARDER_MISS),
             Some(left) => {
                 let ms = left.map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -774,9 +881,17 @@ unsafe fn store(
                     LARDER_EXISTS
                 }
             }
-            // The core has no replace that never waits: no `larder_try_replace` asks.
-            (Store::Replace, _) if cache.replace(key, val, t)? => LARDER_OK,
-            (Store::Replace, _) => LARDER_MISS,
+            (Store::Replace, w) => {
+                let replaced = match w {
+                    Wait::Yes => cache.replace(key, val, t)?,
+                    Wait::No => cache.try_replace(key, val, t)?,
+                };
+                if replaced {
+                    LARDER_OK
+                } else {
+                    LARDER_MISS
+                }
+            }
         })
     })
 }
@@ -878,6 +993,34 @@ pub unsafe extern "C" fn larder_try_add(
     unsafe { store(Store::Add, Wait::No, c, key, key_len, val, val_len, ttl_ms) }
 }
 
+/// `larder_replace` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_set`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_replace(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    // SAFETY: the caller's promises are `store`'s.
+    unsafe {
+        store(
+            Store::Replace,
+            Wait::No,
+            c,
+            key,
+            key_len,
+            val,
+            val_len,
+            ttl_ms,
+        )
+    }
+}
+
 /// Stores a value only if the entry still has `version`.
 ///
 /// # Safety
@@ -892,8 +1035,43 @@ pub unsafe extern "C" fn larder_cas(
     ttl_ms: u64,
     version: *const larder_version,
 ) -> c_int {
+    // SAFETY: the caller's promises are `cas`'.
+    unsafe { cas(Wait::Yes, c, key, key_len, val, val_len, ttl_ms, version) }
+}
+
+/// `larder_cas` that never waits for a lock.
+///
+/// # Safety
+/// As `larder_cas`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_cas(
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+    version: *const larder_version,
+) -> c_int {
+    // SAFETY: the caller's promises are `cas`'.
+    unsafe { cas(Wait::No, c, key, key_len, val, val_len, ttl_ms, version) }
+}
+
+/// # Safety
+/// As `larder_cas`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn cas(
+    wait: Wait,
+    c: *mut larder_cache,
+    key: *const c_void,
+    key_len: usize,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+    version: *const larder_version,
+) -> c_int {
     entry(|| {
-        // SAFETY: the caller's promises, as documented above.
+        // SAFETY: the caller's promises, as documented on `larder_cas`.
         let (h, key, val) = unsafe {
             (
                 handle(c)?,
@@ -903,15 +1081,23 @@ pub unsafe extern "C" fn larder_cas(
         };
         // SAFETY: a non-NULL `version` is readable by the caller's promise.
         let v = unsafe { version.as_ref() }.ok_or(Failure::Null("version"))?;
-        if h.cache
-            .set_if_version(key, val, ttl(ttl_ms), Version::from_words(v.words))?
-        {
+        let version = Version::from_words(v.words);
+        let stored = match wait {
+            Wait::Yes => h.cache.set_if_version(key, val, ttl(ttl_ms), version)?,
+            Wait::No => h.cache.try_set_if_version(key, val, ttl(ttl_ms), version)?,
+        };
+        if stored {
             return Ok(LARDER_OK);
         }
         // Refused: tell a moved version from a gone entry (memcached's EXISTS and
         // NOT_FOUND). The look is a moment later than the refusal, so an entry set or
-        // removed in between is reported as it is now.
-        Ok(match h.cache.ttl(key)? {
+        // removed in between is reported as it is now. Without waiting, a busy lock
+        // then is E_WOULD_BLOCK, which holds too: nothing was stored.
+        let left = match wait {
+            Wait::Yes => h.cache.ttl(key)?,
+            Wait::No => h.cache.try_ttl(key)?,
+        };
+        Ok(match left {
             Some(_) => LARDER_EXISTS,
             None => LARDER_MISS,
         })
@@ -1085,6 +1271,30 @@ pub unsafe extern "C" fn larder_clear(c: *mut larder_cache, removed: *mut u64) -
         // SAFETY: the caller's promise.
         let h = unsafe { handle(c) }?;
         let n = h.cache.clear()?;
+        if !removed.is_null() {
+            // SAFETY: non-NULL and writable by the caller's promise.
+            unsafe { removed.write(n) };
+        }
+        Ok(LARDER_OK)
+    })
+}
+
+/// Removes every entry of one shard, never waiting for its lock.
+///
+/// # Safety
+/// `c` a live handle or NULL; `removed` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn larder_try_clear_shard(
+    c: *mut larder_cache,
+    shard: u32,
+    removed: *mut u64,
+) -> c_int {
+    entry(|| {
+        // SAFETY: the caller's promise.
+        let h = unsafe { handle(c) }?;
+        let shard = usize::try_from(shard)
+            .map_err(|_| Error::InvalidArgument(format!("shard {shard} out of range")))?;
+        let n = h.cache.try_clear_shard(shard)?;
         if !removed.is_null() {
             // SAFETY: non-NULL and writable by the caller's promise.
             unsafe { removed.write(n) };
@@ -1357,6 +1567,41 @@ pub unsafe extern "C" fn larder_fill_complete(
         } else {
             LARDER_FENCED
         })
+    })
+}
+
+/// `larder_fill_complete` that never waits for the shard lock: `LARDER_E_WOULD_BLOCK`
+/// and the fill is still the caller's (to try again or abandon); otherwise as
+/// `larder_fill_complete`, the fill ended and `f` freed.
+///
+/// # Safety
+/// As `larder_fill_complete`.
+#[no_mangle]
+pub unsafe extern "C" fn larder_fill_try_complete(
+    f: *mut larder_fill,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
+    entry(|| {
+        if f.is_null() {
+            return Err(Failure::Null("fill"));
+        }
+        // SAFETY: `f` is non-NULL and live by the caller's promise.
+        let held = unsafe { take_fill(f) }?;
+        // A NULL `val` with a length ends the fill, as in `larder_fill_complete`.
+        // SAFETY: the caller's promise for `val`.
+        let val = unsafe { bytes(val, val_len, "val") }?;
+        match held.fill.try_complete(val, ttl(ttl_ms)) {
+            Err(Error::WouldBlock) => {
+                // Still the caller's: hand the box back untouched.
+                let _ = Box::into_raw(held);
+                Err(Error::WouldBlock.into())
+            }
+            Ok(true) => Ok(LARDER_OK),
+            Ok(false) => Ok(LARDER_FENCED),
+            Err(e) => Err(e.into()),
+        }
     })
 }
 

@@ -4,6 +4,7 @@
 import os
 import signal
 import statistics
+import sys
 import threading
 import time
 
@@ -35,10 +36,16 @@ def mixed(nginx, cache):
     print("\n### mixed value sizes (10 B to 100 KiB), cache mostly empty, 4 MiB each\n")
     print("| | lua_shared_dict | resty.larder |")
     print("|---|---|---|")
-    res = {b: nginx.request("/t/mixed", {"backend": b, "cache": cache, "n": 2000}, timeout=120)
-           for b in ("shared", "larder")}
-    for field, label in (("sets", "sets"), ("no_memory", "\"no memory\" failures"),
-                         ("live_max", "most bytes live at once"), ("capacity", "capacity (bytes)")):
+    res = {
+        b: nginx.request("/t/mixed", {"backend": b, "cache": cache, "n": 2000}, timeout=120)
+        for b in ("shared", "larder")
+    }
+    for field, label in (
+        ("sets", "sets"),
+        ("no_memory", '"no memory" failures'),
+        ("live_max", "most bytes live at once"),
+        ("capacity", "capacity (bytes)"),
+    ):
         print("| %s | %d | %d |" % (label, res["shared"][field], res["larder"][field]))
 
 
@@ -55,6 +62,7 @@ def kill_trial(nginx, backend, cache):
 
     t = threading.Thread(target=hammer)
     t.start()
+
     def whois():
         # A request that the hammering worker accepted waits behind it: give up soon.
         try:
@@ -77,7 +85,9 @@ def kill_trial(nginx, backend, cache):
         seen["blocked"] = True  # the other worker never answered while the writer was stopped
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: process_state(pid) in (None, "Z"), 5, "the worker to die")
-    after = wait_until(lambda: nginx.request("/t/verify", probe, timeout=10), 20, "an answer after the kill")
+    after = wait_until(
+        lambda: nginx.request("/t/verify", probe, timeout=10), 20, "an answer after the kill"
+    )
     seen["answered_after_kill"] = True
     seen["torn"] = after["torn"]
     t.join(timeout=15)
@@ -85,7 +95,9 @@ def kill_trial(nginx, backend, cache):
 
 
 def kills(nginx, cache):
-    print("\n### a writer stopped inside a write (SIGSTOP), then SIGKILLed; %d trials each\n" % TRIALS)
+    print(
+        "\n### a writer stopped inside a write (SIGSTOP), then SIGKILLed; %d trials each\n" % TRIALS
+    )
     print("| | lua_shared_dict | resty.larder |")
     print("|---|---|---|")
     res = {}
@@ -109,12 +121,18 @@ def main():
         mixed(nginx, cache)
         kills(nginx, cache)
         log = nginx.error_log()
-        print("\nnginx error.log: %d \"was locked by\" (the master force-unlocking a dead worker's"
-              " zone), %d \"exited on signal 9\"" % (log.count("was locked by"), log.count("exited on signal 9")))
+        print(
+            '\nnginx error.log: %d "was locked by" (the master force-unlocking a dead worker\'s'
+            ' zone), %d "exited on signal 9"'
+            % (log.count("was locked by"), log.count("exited on signal 9"))
+        )
     finally:
         nginx.close()
         remove_cache_files(cache)
 
 
 if __name__ == "__main__":
+    # A SIGTERM (a CI timeout, a Ctrl-C'd wrapper) unwinds like an exception, so that
+    # the finally blocks and tearDowns stop nginx and remove the cache files.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

@@ -1,7 +1,20 @@
 -- Test locations for lua/t/test_nginx.py and lua/bench.sh (lua/t/tests.conf includes
 -- them). Each handler answers one JSON object.
 
+local ffi = require("ffi")
 local larder = require("resty.larder")
+
+if not pcall(ffi.typeof, "struct timespec") then
+    ffi.cdef([[
+        struct timespec { long tv_sec; long tv_nsec; };
+    ]])
+end
+if not pcall(function() return ffi.C.clock_gettime end) then
+    ffi.cdef([[
+        int clock_gettime(int clk_id, struct timespec *tp);
+    ]])
+end
+local CLOCK_MONOTONIC = 1
 
 local _M = {}
 
@@ -51,6 +64,7 @@ local function dict_of(args)
         max_value_len = MAX_VALUE,
         raw = args.raw == "1",
         lock_timeout_ms = tonumber(args.lock_timeout_ms),
+        fill_timeout_ms = tonumber(args.fill_timeout_ms),
     })
     if not d then
         ngx.status = 500
@@ -262,6 +276,19 @@ function _M.larder_only()
            d:incr("k", 1, {}))
     r.same("bad flags", pack(false, 'bad "flags" argument', false), d:set("k", "v", 0, -1))
     r.same("called with a dot", pack(nil, 'bad "zone" argument'), d.get("k"))
+    r.same("exptime past 2^53 ms", pack(false, 'bad "exptime" argument', false),
+           d:set("k", "v", 2 ^ 53))
+    r.same("expire past 2^53 ms", pack(nil, 'bad "exptime" argument'), d:expire("k", 1e300))
+    r.same("init_ttl past 2^53 ms", pack(nil, 'bad "init_ttl" argument'),
+           d:incr("k", 1, 0, 2 ^ 60))
+    for _, bad in ipairs({ { "max_key_len", 2 ^ 32 + 16 }, { "shards", 2 ^ 32 },
+                           { "mode", math.huge }, { "capacity", math.huge },
+                           { "capacity", 2 ^ 53 + 2 }, { "lock_timeout_ms", 0 / 0 },
+                           { "fill_timeout_ms", 1.5 }, { "max_value_len", -1 } }) do
+        r.same("option " .. bad[1] .. " = " .. tostring(bad[2]),
+               pack(nil, 'bad "' .. bad[1] .. '" option'),
+               larder.open(args.cache .. "-bad", { [bad[1]] = bad[2] }))
+    end
     -- flush_all removes (the dict only marks entries expired).
     d:set("gone", "v")
     d:flush_all()
@@ -300,6 +327,11 @@ function _M.larder_only()
     r.same("normal mode reads the counter", pack(5), d:get("rc"))
     r.same("normal incr of the counter", pack(7), d:incr("rc", 2))
     r.same("raw sees it", pack(9, nil, false), raw:incr("rc", 2, 0))
+    r.same("raw fractional delta", pack(nil, "raw counters are integers"), raw:incr("rc", 0.5))
+    r.same("raw fractional init", pack(nil, "raw counters are integers"),
+           raw:incr("rf", 1, 0.5))
+    r.same("raw counter kept", pack("\9\0\0\0\0\0\0\0"), raw:get("rc"))
+    r.same("raw absent after a refused init", pack(nil), raw:get("rf"))
     raw:set("foreign", "plain text")
     local v, err = d:get("foreign")
     r.truthy("normal mode refuses a foreign value", v == nil and err ~= nil, err)
@@ -555,13 +587,16 @@ function _M.bench()
         d:set(keys[i], value)
     end
     local out = {}
+    -- ngx.now() counts milliseconds: loops are timed with CLOCK_MONOTONIC instead.
+    local ts = ffi.new("struct timespec")
+    local function now()
+        ffi.C.clock_gettime(CLOCK_MONOTONIC, ts)
+        return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+    end
     local function time(name, f)
-        ngx.update_time()
-        local t0 = ngx.now()
+        local t0 = now()
         f()
-        ngx.update_time()
-        local dt = math.max(ngx.now() - t0, 0.001)
-        out[name] = math.floor(n / dt)
+        out[name] = math.floor(n / (now() - t0))
     end
     -- Every get must be a hit, and its value a string the loop uses (so that nothing
     -- of the call can be left out by the compiler): the bytes read are counted.
@@ -611,6 +646,69 @@ function _M.hammer()
         ngx.update_time()
     until ngx.now() > deadline
     reply({ sets = n })
+end
+
+------------------------------------------------------------------------------------
+-- Waiting (lua/t/test_nginx.py's TestWaiting, while another process is stopped
+-- holding the shard lock of ?key): /t/blocked runs every method on ?key in the
+-- content phase, each of which sleeps until the lock timeout; /t/pid answers at once
+-- (the worker's pid, and whether /t/blocked has begun); /t/busy (tests.conf, set_by_lua)
+-- runs them where nothing may wait.
+------------------------------------------------------------------------------------
+
+-- Every method of the dict on key: { method = the error it returned }.
+local function every_method(d, key)
+    local out = {}
+    local function put(m, ...)
+        local n = select("#", ...)
+        local t = { ... }
+        -- The error: the second value, or for a method that returns only nil, err.
+        out[m] = tostring(n >= 2 and t[2] or t[1])
+    end
+    put("get", d:get(key))
+    put("get_stale", d:get_stale(key))
+    put("set", d:set(key, "v"))
+    put("add", d:add(key, "v"))
+    put("replace", d:replace(key, "v"))
+    put("delete", d:delete(key))
+    put("incr", d:incr(key, 1, 0))
+    put("incr_float", d:incr(key, 0.5, 0))
+    put("ttl", d:ttl(key))
+    put("expire", d:expire(key, 10))
+    put("flush_all", d:flush_all())
+    put("get_or_fill", d:get_or_fill(key, function() return "filled" end, 10))
+    return out
+end
+
+function _M.blocked()
+    local args = ngx.req.get_uri_args()
+    local d = dict_of(args)
+    ngx.shared.meta:set("waiting:" .. args.cache, true, 60)
+    ngx.update_time()
+    local start = ngx.now()
+    local errors = every_method(d, args.key)
+    ngx.update_time()
+    reply({ pid = ngx.worker.pid(), errors = errors, seconds = ngx.now() - start })
+end
+
+function _M.pid()
+    local args = ngx.req.get_uri_args()
+    if args.cache then
+        dict_of(args) -- creates the cache
+    end
+    reply({ pid = ngx.worker.pid(),
+            waiting = args.cache and ngx.shared.meta:get("waiting:" .. args.cache) or false })
+end
+
+-- In set_by_lua (a phase that cannot yield): a JSON answer, as a string.
+function _M.busy()
+    local args = ngx.req.get_uri_args()
+    local d = assert(larder.open(args.cache, {
+        capacity = CAPACITY, max_value_len = MAX_VALUE,
+        lock_timeout_ms = tonumber(args.lock_timeout_ms),
+        fill_timeout_ms = tonumber(args.fill_timeout_ms),
+    }))
+    return json({ phase = ngx.get_phase(), errors = every_method(d, args.key) })
 end
 
 function _M.whois()

@@ -1,9 +1,12 @@
+# shellcheck shell=bash
 # nginx with the Lua module and resty.larder, on a private unix socket; source it:
 #
 #   source lua/t/nginx.sh
-#   nginx_start DIR [NAME=VALUE ...]  # config in DIR, 2 workers on DIR/nginx.sock
+#   nginx_start DIR [NAME=VALUE ...]  # config in DIR, NGINX_WORKERS (default 2)
+#                                     # workers on DIR/nginx.sock
 #   nginx_worker_pids DIR             # the workers' pids, one a line
 #   nginx_stop DIR                    # QUIT, then KILL after a deadline; waits
+#                                     # (safe under set -euo pipefail, e.g. in a trap)
 #
 # Each NAME=VALUE is exported and passed to the workers (`env NAME;`). LARDER_LIBRARY
 # (the liblarder.so the workers load) defaults to the repository's
@@ -51,7 +54,7 @@ nginx_start() {
         case $name in
             '' | *[!A-Za-z0-9_]*) echo "nginx_start: bad NAME=VALUE: $kv" >&2; return 2 ;;
         esac
-        export "$kv"
+        export "${kv?}"
         envs="$envs
 env $name;"
     done
@@ -63,7 +66,7 @@ env $name;"
 load_module $NGINX_MODULES/ndk_http_module.so;
 load_module $NGINX_MODULES/ngx_http_lua_module.so;
 $user
-worker_processes 2;
+worker_processes ${NGINX_WORKERS:-2};
 daemon on;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -121,26 +124,39 @@ CONF
 }
 
 nginx_stop() {
-    local dir=$1 master pids pid deadline sig
+    local dir=$1 master pid deadline sig alive state
+    local -a pids
     master=$(_nginx_master_pid "$dir") || return 0
-    pids="$master $(ps -o pid= --ppid "$master" | tr -d ' ')"
+    pids=("$master")
+    while read -r pid; do
+        [ -n "$pid" ] && pids+=("$pid")
+    done < <(ps -o pid= --ppid "$master" 2>/dev/null || true)
     for sig in QUIT KILL; do
-        kill -s "$sig" $pids 2>/dev/null
+        kill -s "$sig" "${pids[@]}" 2>/dev/null || true
         # A stopped worker (a crash point's stop) handles QUIT only once continued.
-        [ "$sig" = QUIT ] && kill -s CONT $pids 2>/dev/null
+        if [ "$sig" = QUIT ]; then
+            kill -s CONT "${pids[@]}" 2>/dev/null || true
+        fi
         deadline=$((SECONDS + NGINX_STOP_DEADLINE))
-        while [ $SECONDS -lt $deadline ]; do
-            local alive=""
-            for pid in $pids; do
-                if kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid")" != Z ]; then
+        while [ "$SECONDS" -lt "$deadline" ]; do
+            alive=""
+            for pid in "${pids[@]}"; do
+                # ps prints a zombie's state as Z, Zs, Z+...: a zombie is gone.
+                state=$(ps -o stat= -p "$pid" 2>/dev/null || true)
+                if [ -n "$state" ] && [[ $state != Z* ]]; then
                     alive=1
                 fi
             done
-            [ -z "$alive" ] && { rm -f "$dir/nginx.sock" "$dir/nginx.pid"; return 0; }
+            if [ -z "$alive" ]; then
+                rm -f "$dir/nginx.sock" "$dir/nginx.pid"
+                return 0
+            fi
             sleep 0.05
         done
-        pids="$pids $(ps -o pid= --ppid "$master" 2>/dev/null | tr -d ' ')"
+        while read -r pid; do
+            [ -n "$pid" ] && pids+=("$pid")
+        done < <(ps -o pid= --ppid "$master" 2>/dev/null || true)
     done
-    echo "nginx_stop: processes still alive after KILL: $pids" >&2
+    echo "nginx_stop: processes still alive after KILL: ${pids[*]}" >&2
     return 1
 }

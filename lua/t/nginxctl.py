@@ -49,18 +49,23 @@ class _UnixConnection(http.client.HTTPConnection):
 class Nginx:
     """An nginx of lua/t/nginx.sh in a temporary directory, with the test locations."""
 
-    def __init__(self, env=(), test_locations=True):
+    def __init__(self, env=(), test_locations=True, workers=2):
         self.dir = tempfile.mkdtemp(prefix="larder-nginx-")
-        self.started = False
+        self.workers = workers
         if test_locations:
             os.makedirs(os.path.join(self.dir, "conf.d", "server"))
             os.makedirs(os.path.join(self.dir, "conf.d", "http"))
-            shutil.copy(os.path.join(HERE, "tests.conf"), os.path.join(self.dir, "conf.d", "server"))
-            shutil.copy(os.path.join(HERE, "tests-http.conf"), os.path.join(self.dir, "conf.d", "http"))
+            shutil.copy(
+                os.path.join(HERE, "tests.conf"), os.path.join(self.dir, "conf.d", "server")
+            )
+            shutil.copy(
+                os.path.join(HERE, "tests-http.conf"), os.path.join(self.dir, "conf.d", "http")
+            )
         try:
             self._sh("nginx_start", *["%s=%s" % kv for kv in env])
-            self.started = True
         except BaseException:
+            # nginx may have daemonized before the start failed (or was interrupted):
+            # close stops it whenever its pid file is there.
             self.close()
             raise
 
@@ -70,6 +75,7 @@ class Nginx:
             capture_output=True,
             text=True,
             timeout=60,
+            env=dict(os.environ, NGINX_WORKERS=str(self.workers)),
         )
         if out.returncode != 0:
             raise RuntimeError("%s failed: %s%s" % (fn, out.stdout, out.stderr))
@@ -110,7 +116,7 @@ class Nginx:
 
     def close(self):
         try:
-            if self.started:
+            if os.path.exists(os.path.join(self.dir, "nginx.pid")):
                 self._sh("nginx_stop")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -434,6 +434,54 @@ static void test_basic(void) {
     EXPECT(LARDER_OK, larder_try_remove(c, K("try")));
     EXPECT(LARDER_MISS, larder_try_remove(c, K("try")));
     EXPECT(LARDER_E_TOO_LARGE, larder_try_set(c, big, 65, K("v"), 0));
+    EXPECT(LARDER_MISS, larder_try_replace(c, K("try"), K("r"), 0));
+    EXPECT(LARDER_OK, larder_try_set(c, K("try"), K("four"), 0));
+    EXPECT(LARDER_OK, larder_try_replace(c, K("try"), K("five"), 60000));
+    EXPECT(LARDER_OK, larder_try_get_stale(c, K("try"), buf, sizeof buf, &len));
+    CHECK(len == 4 && memcmp(buf, "five", 4) == 0);
+    EXPECT(LARDER_TOO_SMALL, larder_try_get_stale(c, K("try"), buf, 2, &len));
+    CHECK(len == 4);
+    EXPECT(LARDER_MISS, larder_try_get_stale(c, K("none"), buf, sizeof buf, &len));
+    EXPECT(LARDER_E_NULL, larder_try_ttl(c, K("try"), NULL));
+    EXPECT(LARDER_OK, larder_try_ttl(c, K("try"), &ttl));
+    CHECK(ttl > 0 && ttl <= 60000);
+    EXPECT(LARDER_MISS, larder_try_ttl(c, K("none"), &ttl));
+    {
+        larder_version v1;
+        EXPECT(LARDER_E_NULL, larder_try_gets(c, K("try"), buf, sizeof buf, &len, NULL));
+        EXPECT(LARDER_OK, larder_try_gets(c, K("try"), buf, sizeof buf, &len, &v1));
+        CHECK(len == 4 && memcmp(buf, "five", 4) == 0);
+        EXPECT(LARDER_MISS, larder_try_gets(c, K("none"), buf, sizeof buf, &len, &v1));
+        EXPECT(LARDER_OK, larder_try_gets(c, K("try"), buf, sizeof buf, &len, &v1));
+        EXPECT(LARDER_E_NULL, larder_try_cas(c, K("try"), K("x"), 0, NULL));
+        EXPECT(LARDER_OK, larder_try_cas(c, K("try"), K("six"), 0, &v1));
+        EXPECT(LARDER_EXISTS, larder_try_cas(c, K("try"), K("seven"), 0, &v1)); /* moved */
+        EXPECT(LARDER_OK, larder_try_get(c, K("try"), buf, sizeof buf, &len));
+        CHECK(len == 3 && memcmp(buf, "six", 3) == 0);
+        EXPECT(LARDER_OK, larder_try_remove(c, K("try")));
+        EXPECT(LARDER_MISS, larder_try_cas(c, K("try"), K("eight"), 0, &v1)); /* gone */
+    }
+    {
+        /* clearing shard by shard empties the cache; a shard past the last is refused */
+        struct larder_stats st = stats_of(c);
+        uint64_t shard, cleared = 0, one;
+        EXPECT(LARDER_OK, larder_try_set(c, K("cl1"), K("v"), 0));
+        EXPECT(LARDER_OK, larder_try_set(c, K("cl2"), K("v"), 0));
+        st = stats_of(c);
+        for (shard = 0; shard < st.shard_count; shard++) {
+            EXPECT(LARDER_OK, larder_try_clear_shard(c, (uint32_t)shard, &one));
+            cleared += one;
+        }
+        CHECK(cleared == st.entries && cleared >= 2);
+        EXPECT(LARDER_OK, larder_try_clear_shard(c, 0, NULL));
+        EXPECT(LARDER_E_INVALID_ARGUMENT,
+               larder_try_clear_shard(c, (uint32_t)st.shard_count, &one));
+        EXPECT(LARDER_E_NULL, larder_try_clear_shard(NULL, 0, &one));
+        EXPECT(LARDER_MISS, larder_try_get(c, K("cl1"), buf, sizeof buf, &len));
+        EXPECT(LARDER_MISS, larder_get(c, K("a"), buf, sizeof buf, &len));
+        /* what the tests below read again */
+        EXPECT(LARDER_OK, larder_set(c, K("a"), K("hello"), 0));
+    }
 
     /* expiry and get_stale: poll (with a deadline) until the entry has expired */
     EXPECT(LARDER_OK, larder_set(c, K("short"), K("old"), 1));
@@ -541,9 +589,21 @@ static void test_fill_local(void) {
     EXPECT(LARDER_E_NULL, larder_fill_complete(NULL, K("v"), 0));
     larder_fill_abandon(NULL); /* a no-op */
 
+    EXPECT(LARDER_E_NULL, larder_fill_try_complete(NULL, K("v"), 0));
     EXPECT(LARDER_FILL, larder_fill_begin(c, K("k"), buf, sizeof buf, &len, &f));
     CHECK(f != NULL);
     EXPECT(LARDER_OK, larder_fill_complete(f, K("computed"), 0));
+    /* the non-waiting completion: stored, or fenced, and the fill ended either way */
+    EXPECT(LARDER_FILL, larder_fill_try_begin(c, K("kt"), buf, sizeof buf, &len, &f));
+    EXPECT(LARDER_OK, larder_fill_try_complete(f, K("tried"), 0));
+    EXPECT(LARDER_OK, larder_get(c, K("kt"), buf, sizeof buf, &len));
+    CHECK(len == 5 && memcmp(buf, "tried", 5) == 0);
+    EXPECT(LARDER_OK, larder_remove(c, K("kt")));
+    EXPECT(LARDER_FILL, larder_fill_try_begin(c, K("kt"), buf, sizeof buf, &len, &f));
+    EXPECT(LARDER_MISS, larder_remove(c, K("kt")));
+    EXPECT(LARDER_FENCED, larder_fill_try_complete(f, K("late"), 0));
+    EXPECT(LARDER_FILL, larder_fill_try_begin(c, K("kt"), buf, sizeof buf, &len, &f));
+    larder_fill_abandon(f);
     f = (larder_fill *)&g;
     EXPECT(LARDER_OK, larder_fill_begin(c, K("k"), buf, sizeof buf, &len, &f));
     CHECK(f == NULL && len == 8 && memcmp(buf, "computed", 8) == 0);

@@ -23,6 +23,10 @@ local tonumber = tonumber
 local setmetatable = setmetatable
 local math_floor = math.floor
 local math_max = math.max
+local math_min = math.min
+local select = select
+local unpack = unpack
+local rawequal = rawequal
 local pcall = pcall
 local ipairs = ipairs
 local pairs = pairs
@@ -208,6 +212,16 @@ larder_status larder_try_incr(larder_cache *c, const void *key, size_t key_len,
                               int64_t delta, int64_t init, uint64_t ttl_ms, int64_t *out);
 larder_status larder_try_touch(larder_cache *c, const void *key, size_t key_len,
                                uint64_t ttl_ms);
+larder_status larder_try_get_stale(larder_cache *c, const void *key, size_t key_len,
+                                   void *buf, size_t cap, size_t *len);
+larder_status larder_try_replace(larder_cache *c, const void *key, size_t key_len,
+                                 const void *val, size_t val_len, uint64_t ttl_ms);
+larder_status larder_try_ttl(larder_cache *c, const void *key, size_t key_len,
+                             int64_t *ttl_ms);
+/* larder_clear has no try_ form: an event loop clears shard by shard (shard in
+   0 .. stats.shard_count - 1, else E_INVALID_ARGUMENT), retrying a busy one later.
+   OK: *removed (if not NULL) = how many entries the shard had. */
+larder_status larder_try_clear_shard(larder_cache *c, uint32_t shard, uint64_t *removed);
 
 /* CAS. As larder_get, and on OK *version = the entry's version. */
 larder_status larder_gets(larder_cache *c, const void *key, size_t key_len, void *buf,
@@ -216,6 +230,12 @@ larder_status larder_gets(larder_cache *c, const void *key, size_t key_len, void
    it). MISS: no fresh entry (removed, expired or evicted). */
 larder_status larder_cas(larder_cache *c, const void *key, size_t key_len, const void *val,
                          size_t val_len, uint64_t ttl_ms, const larder_version *version);
+/* The same, never waiting for a lock (E_WOULD_BLOCK; nothing was stored). */
+larder_status larder_try_gets(larder_cache *c, const void *key, size_t key_len, void *buf,
+                              size_t cap, size_t *len, larder_version *version);
+larder_status larder_try_cas(larder_cache *c, const void *key, size_t key_len,
+                             const void *val, size_t val_len, uint64_t ttl_ms,
+                             const larder_version *version);
 
 /* Tickets, for cache-aside code: take one on a miss BEFORE reading the source, store
    with it. OK: *out is the ticket. */
@@ -244,6 +264,11 @@ larder_status larder_fill_try_begin(larder_cache *c, const void *key, size_t key
    use, nobody is served it later). Errors as larder_set (the fill ends all the same). */
 larder_status larder_fill_complete(larder_fill *f, const void *val, size_t val_len,
                                    uint64_t ttl_ms);
+/* As larder_fill_complete, but never waits for the shard lock: E_WOULD_BLOCK, nothing
+   stored, and f is still the caller's (call it again later, or abandon it). Any other
+   result ends the fill and frees f, as larder_fill_complete. */
+larder_status larder_fill_try_complete(larder_fill *f, const void *val, size_t val_len,
+                                       uint64_t ttl_ms);
 /* Ends the fill without a value, freeing f: a waiter computes next. NULL is a no-op.
    From another thread than the one that began it, nothing happens (see
    larder_last_error). */
@@ -283,6 +308,7 @@ local function load_library(path)
     end
     for _, name in ipairs({ "OK", "MISS", "EXISTS", "FENCED", "TOO_SMALL", "STALE",
                             "FILL", "E_TOO_LARGE", "E_TIMEOUT", "E_WOULD_BLOCK",
+                            "E_INVALID_ARGUMENT",
                             "E_NOT_A_COUNTER", "E_OVERFLOW" }) do
         S[name] = tonumber(loaded["LARDER_" .. name])
     end
@@ -305,8 +331,10 @@ local function status_error(st)
            .. ffi_str(lib.larder_last_error())
 end
 
--- Scratch buffers, one per Lua VM (an nginx worker runs Lua on one thread, and no call
--- below yields while it uses them). They grow to the largest value seen.
+-- Scratch buffers, one per Lua VM (an nginx worker runs Lua on one thread). They grow
+-- to the largest value seen. A call that sleeps (see "Waiting" below) may see another
+-- coroutine use them meanwhile: what it passes is copied first (`stable`), and what it
+-- gets back is read before anything can yield.
 local get_buf_size = 4096
 local get_buf = ffi_new("uint8_t[?]", get_buf_size)
 local put_buf_size = 4096
@@ -342,6 +370,115 @@ local function read_into(fn, c, key, ...)
 end
 
 ------------------------------------------------------------------------------------
+-- Waiting. An nginx worker is an event loop: a call that waited there for a lock
+-- would stall every request of the worker. So every method first makes larder's call
+-- that never waits (larder_try_*); when that answers E_WOULD_BLOCK (another process
+-- holds the key's shard lock: mid-write, or stopped or killed there), what follows
+-- depends on the phase (ngx.get_phase()):
+--  * phases that may yield (CAN_SLEEP): sleep (ngx.sleep, 1 ms doubling to 16 ms) and
+--    try again, until the handle's lock timeout (lock_timeout_ms, 500 ms by default)
+--    has passed: then "timeout";
+--  * init (init_by_lua*, in the master before it runs any event loop) and plain LuaJIT
+--    outside nginx: the waiting call, which waits up to the lock timeout ("timeout");
+--  * every other phase (init_worker, which runs on the worker's event loop; set,
+--    rewrite/access/content under a non-yieldable header or body filter, log,
+--    header_filter, body_filter, balancer, exit_worker...): "busy" at once, nothing
+--    done.
+------------------------------------------------------------------------------------
+
+-- Phases in which ngx.sleep may yield (lua-nginx-module's docs of ngx.sleep).
+local CAN_SLEEP = {
+    rewrite = true, access = true, content = true, timer = true,
+    ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
+    preread = true,
+}
+
+local SLEEP_FIRST = 0.001
+local SLEEP_MAX = 0.016
+
+-- "sleep", "wait" (the library's waiting call) or "fail" ("busy").
+local function how_to_wait()
+    if ngx == nil then
+        return "wait"
+    end
+    local phase = ngx.get_phase()
+    if phase == "init" then
+        return "wait"
+    elseif CAN_SLEEP[phase] then
+        return "sleep"
+    end
+    return "fail"
+end
+
+local function clock()
+    ngx.update_time()
+    return ngx.now()
+end
+
+-- Sleeps and calls try(...) again while it answers E_WOULD_BLOCK, up to the deadline
+-- (ngx.now() seconds); E_TIMEOUT when the last try at the deadline still would block.
+local function sleep_retry(deadline, try, ...)
+    local pause = SLEEP_FIRST
+    while true do
+        local left = deadline - clock()
+        if left <= 0 then
+            return S.E_TIMEOUT
+        end
+        ngx.sleep(math_min(pause, left))
+        pause = math_min(pause * 2, SLEEP_MAX)
+        local st = tonumber(try(...))
+        if st ~= S.E_WOULD_BLOCK then
+            return st
+        end
+    end
+end
+
+-- The arguments, with the scratch input buffers (an encoded value, followed by its
+-- length) copied into strings, so that they survive a sleep.
+local function stable(...)
+    local n = select("#", ...)
+    local args = { ... }
+    for i = 1, n do
+        local a = args[i]
+        if rawequal(a, put_buf) or rawequal(a, i64_box) then
+            args[i] = ffi_str(a, args[i + 1])
+        end
+    end
+    return unpack(args, 1, n)
+end
+
+-- The status of try_fn(...), larder's call that never waits, or as the rules above:
+-- of wait_fn(...), its waiting sibling; of tries after sleeps; or E_WOULD_BLOCK.
+local function call(self, try_fn, wait_fn, ...)
+    local st = tonumber(try_fn(...))
+    if st ~= S.E_WOULD_BLOCK then
+        return st
+    end
+    local how = how_to_wait()
+    if how == "wait" then
+        return tonumber(wait_fn(...))
+    elseif how == "fail" then
+        return st
+    end
+    return sleep_retry(clock() + self.lock_timeout, try_fn, stable(...))
+end
+
+-- As call, for the reads into get_buf (read_into).
+local function read(self, try_fn, wait_fn, key, ...)
+    local st = read_into(try_fn, self.c, key, ...)
+    if st ~= S.E_WOULD_BLOCK then
+        return st
+    end
+    local how = how_to_wait()
+    if how == "wait" then
+        return read_into(wait_fn, self.c, key, ...)
+    elseif how == "fail" then
+        return st
+    end
+    return sleep_retry(clock() + self.lock_timeout, read_into, try_fn, self.c, key, ...)
+end
+
+------------------------------------------------------------------------------------
 -- The value format of the normal (non-raw) mode.
 --
 -- ngx.shared.DICT keeps each value's Lua type and a 32-bit flags number. Here:
@@ -367,6 +504,10 @@ local EXACT = 2 ^ 53
 local function is_counter_number(n)
     return n == math_floor(n) and n >= -EXACT and n <= EXACT
            and not (n == 0 and 1 / n < 0)
+end
+
+local function is_integer(n)
+    return n == math_floor(n) and n >= -EXACT and n <= EXACT
 end
 
 -- Returns ptr, len of the encoded value, or nil, err.
@@ -483,6 +624,11 @@ local function to_ms(seconds, what)
         return nil, "bad \"" .. what .. "\" argument"
     end
     local ms = math_floor(seconds * 1000 + 0.5)
+    if ms > EXACT then
+        -- Beyond 2^53 ms (285,000 years) a double no longer counts milliseconds, and
+        -- larder's uint64 would wrap to "no expiry".
+        return nil, "bad \"" .. what .. "\" argument"
+    end
     if seconds > 0 and ms == 0 then
         ms = 1 -- a positive TTL below a millisecond must not mean "never expires"
     end
@@ -549,7 +695,7 @@ function mt.get(self, key)
     if not key then
         return nil, err
     end
-    local st = read_into(lib.larder_get, self.c, key)
+    local st = read(self, lib.larder_try_get, lib.larder_get, key)
     if st == S.MISS then
         return nil
     elseif st ~= S.OK then
@@ -575,7 +721,7 @@ function mt.get_stale(self, key)
     if not key then
         return nil, err
     end
-    local st = read_into(lib.larder_get_stale, self.c, key)
+    local st = read(self, lib.larder_try_get_stale, lib.larder_get_stale, key)
     if st == S.MISS then
         return nil
     elseif st ~= S.OK and st ~= S.STALE then
@@ -619,7 +765,7 @@ local function store(self, op, safe, key, value, exptime, flags)
     end
     if value == nil then
         -- set(key, nil) deletes, as in the dict; add/replace of nil too.
-        local st = tonumber(lib.larder_remove(self.c, key, #key))
+        local st = call(self, lib.larder_try_remove, lib.larder_remove, self.c, key, #key)
         if st ~= S.OK and st ~= S.MISS then
             return false, status_error(st), false
         end
@@ -634,14 +780,15 @@ local function store(self, op, safe, key, value, exptime, flags)
     end
     local st
     if op == OP_SET then
-        st = tonumber(lib.larder_set(self.c, key, #key, p, n, ttl_ms))
+        st = call(self, lib.larder_try_set, lib.larder_set, self.c, key, #key, p, n, ttl_ms)
     elseif op == OP_ADD then
-        st = tonumber(lib.larder_add(self.c, key, #key, p, n, ttl_ms))
+        st = call(self, lib.larder_try_add, lib.larder_add, self.c, key, #key, p, n, ttl_ms)
         if st == S.EXISTS then
             return false, "exists", false
         end
     else
-        st = tonumber(lib.larder_replace(self.c, key, #key, p, n, ttl_ms))
+        st = call(self, lib.larder_try_replace, lib.larder_replace, self.c, key, #key, p, n,
+                  ttl_ms)
         if st == S.MISS then
             return false, "not found", false
         end
@@ -688,18 +835,26 @@ local CAS_TRIES = 1000
 -- incr by compare-and-swap: for a missing key without init (the dict then says "not
 -- found", while larder_incr would create it), a delta or init that is not an integer,
 -- a value stored as a double, and an int64 overflow. Keeps the entry's TTL and flags.
+-- In raw mode value and init are integers (mt.incr checks) and so is every result.
 local function incr_cas(self, key, value, init, init_ttl_ms)
     local c = self.c
+    -- Its own: a sleep between larder_gets and larder_cas lets other calls run.
+    local version = ffi_new("larder_version")
     for _ = 1, CAS_TRIES do
-        local st = read_into(lib.larder_gets, c, key, version_box)
+        local st = read(self, lib.larder_try_gets, lib.larder_gets, key, version)
         if st == S.MISS then
             if init == nil then
                 return nil, "not found"
             end
-            local p, n = encode(init + value, 0)
-            st = tonumber(lib.larder_add(c, key, #key, p, n, init_ttl_ms))
+            local new = init + value
+            if self.raw and not is_counter_number(new) then
+                return nil, "raw counters are integers"
+            end
+            local p, n = encode(new, 0)
+            st = call(self, lib.larder_try_add, lib.larder_add, c, key, #key, p, n,
+                      init_ttl_ms)
             if st == S.OK then
-                return init + value
+                return new
             elseif st ~= S.EXISTS then
                 return nil, status_error(st)
             end
@@ -720,22 +875,23 @@ local function incr_cas(self, key, value, init, init_ttl_ms)
                 return nil, "not a number"
             end
             local new = old + value
-            local p, n
-            if self.raw then
-                if not is_counter_number(new) then
-                    return nil, "raw counters are integers"
-                end
-                i64_box[0] = new
-                p, n = i64_box, COUNTER_LEN
-            else
-                p, n = encode(new, flags)
+            if self.raw and not is_counter_number(new) then
+                return nil, "raw counters are integers"
             end
             -- Keep the remaining TTL: larder_cas sets the one it is given.
-            st = tonumber(lib.larder_ttl(c, key, #key, i64_out))
+            st = call(self, lib.larder_try_ttl, lib.larder_ttl, c, key, #key, i64_out)
             if st == S.OK then
                 local left = tonumber(i64_out[0])
                 local ttl_ms = left < 0 and 0 or math_max(left, 1)
-                st = tonumber(lib.larder_cas(c, key, #key, p, n, ttl_ms, version_box))
+                local p, n
+                if self.raw then
+                    i64_box[0] = new
+                    p, n = i64_box, COUNTER_LEN
+                else
+                    p, n = encode(new, flags)
+                end
+                st = call(self, lib.larder_try_cas, lib.larder_cas, c, key, #key, p, n,
+                          ttl_ms, version)
                 if st == S.OK then
                     return new
                 elseif st ~= S.EXISTS and st ~= S.MISS then
@@ -773,6 +929,10 @@ function mt.incr(self, key, value, init, init_ttl)
             return nil, "bad init arg: number expected, got " .. typ
         end
     end
+    if self.raw and (not is_integer(value) or (init ~= nil and not is_integer(init))) then
+        -- A raw counter is larder's 8-byte int64: no fractions.
+        return nil, "raw counters are integers"
+    end
     local init_ttl_ms = 0
     if init_ttl ~= nil then
         if init == nil then
@@ -786,8 +946,8 @@ function mt.incr(self, key, value, init, init_ttl)
     local new
     if init ~= nil and is_counter_number(value) and is_counter_number(init) then
         -- The common case, one atomic call: a counter with an initial value.
-        local st = tonumber(lib.larder_incr(self.c, key, #key, value, init,
-                                            init_ttl_ms, i64_out))
+        local st = call(self, lib.larder_try_incr, lib.larder_incr, self.c, key, #key,
+                        value, init, init_ttl_ms, i64_out)
         if st == S.OK then
             new = tonumber(i64_out[0])
         elseif st ~= S.E_NOT_A_COUNTER and st ~= S.E_OVERFLOW then
@@ -820,7 +980,7 @@ function mt.ttl(self, key)
     if not key then
         return nil, err
     end
-    local st = tonumber(lib.larder_ttl(self.c, key, #key, i64_out))
+    local st = call(self, lib.larder_try_ttl, lib.larder_ttl, self.c, key, #key, i64_out)
     if st == S.MISS then
         return nil, "not found"
     elseif st ~= S.OK then
@@ -851,28 +1011,13 @@ function mt.expire(self, key, exptime)
     if not key then
         return nil, err
     end
-    local st = tonumber(lib.larder_touch(self.c, key, #key, ttl_ms))
+    local st = call(self, lib.larder_try_touch, lib.larder_touch, self.c, key, #key, ttl_ms)
     if st == S.MISS then
         return nil, "not found"
     elseif st ~= S.OK then
         return nil, status_error(st)
     end
     return true
-end
-
--- Removes every entry (the dict marks them expired, so its get_stale still sees them
--- until they are reused; here they are gone). Returns nothing, as the dict; nil, err
--- when a shard's lock could not be taken within the lock timeout.
-function mt.flush_all(self)
-    local err
-    self, err = check_self(self)
-    if not self then
-        return nil, err
-    end
-    local st = tonumber(lib.larder_clear(self.c, nil))
-    if st ~= S.OK then
-        return nil, status_error(st)
-    end
 end
 
 local stats_box = ffi_new("struct larder_stats")
@@ -884,6 +1029,47 @@ local function read_stats(self)
         return nil, status_error(st)
     end
     return stats_box
+end
+
+-- Removes every entry (the dict marks them expired, so its get_stale still sees them
+-- until they are reused; here they are gone). Returns nothing, as the dict. Clears
+-- shard by shard, each without waiting for its lock (larder_try_clear_shard); a busy
+-- shard is waited for as any call (see "Waiting"): nil, "timeout" or nil, "busy"
+-- then, the shards before it cleared, the rest not.
+function mt.flush_all(self)
+    local err
+    self, err = check_self(self)
+    if not self then
+        return nil, err
+    end
+    local s
+    s, err = read_stats(self)
+    if not s then
+        return nil, err
+    end
+    local c = self.c
+    for shard = 0, tonumber(s.shard_count) - 1 do
+        local st = tonumber(lib.larder_try_clear_shard(c, shard, nil))
+        if st == S.E_WOULD_BLOCK then
+            local how = how_to_wait()
+            if how == "wait" then
+                st = tonumber(lib.larder_clear(c, nil))
+                if st ~= S.OK then
+                    return nil, status_error(st)
+                end
+                return
+            elseif how == "sleep" then
+                st = sleep_retry(clock() + self.lock_timeout, lib.larder_try_clear_shard, c,
+                                 shard, nil)
+            end
+        end
+        if st == S.E_INVALID_ARGUMENT then
+            -- The file was replaced meanwhile by one with fewer shards: none is left.
+            break
+        elseif st ~= S.OK then
+            return nil, status_error(st)
+        end
+    end
 end
 
 -- The size of the cache file in bytes (the dict: its zone's size).
@@ -963,22 +1149,47 @@ mt.llen = not_supported
 -- Single flight: get_or_fill
 ------------------------------------------------------------------------------------
 
--- Phases in which ngx.sleep may yield (lua-nginx-module's docs of ngx.sleep).
-local CAN_SLEEP = {
-    rewrite = true, access = true, content = true, timer = true,
-    ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
-    preread = true,
-}
-
-local function can_sleep()
-    return ngx ~= nil and CAN_SLEEP[ngx.get_phase()] == true
-end
-
-local SLEEP_FIRST = 0.001
-local SLEEP_MAX = 0.032
-
 local function abandon(fill)
     lib.larder_fill_abandon(fill)
+end
+
+-- Completes the fill (a cdata with `abandon` as its finalizer) with p, n: the status
+-- of larder_fill_try_complete, waited for as any call (see "Waiting"). On E_TIMEOUT
+-- or E_WOULD_BLOCK the fill is abandoned here; otherwise larder ended it.
+local function complete(self, fill, p, n, ttl_ms)
+    ffi_gc(fill, nil)
+    local st = tonumber(lib.larder_fill_try_complete(fill, p, n, ttl_ms))
+    if st ~= S.E_WOULD_BLOCK then
+        return st
+    end
+    local how = how_to_wait()
+    if how == "wait" then
+        return tonumber(lib.larder_fill_complete(fill, p, n, ttl_ms))
+    elseif how == "fail" then
+        lib.larder_fill_abandon(fill)
+        return st
+    end
+    -- The value must outlive the sleeps; the fill is given up if this coroutine dies.
+    local value = type(p) == "string" and p or ffi_str(p, n)
+    ffi_gc(fill, abandon)
+    local deadline = clock() + self.lock_timeout
+    local pause = SLEEP_FIRST
+    while true do
+        local left = deadline - clock()
+        if left <= 0 then
+            ffi_gc(fill, nil)
+            lib.larder_fill_abandon(fill)
+            return S.E_TIMEOUT
+        end
+        ngx.sleep(math_min(pause, left))
+        pause = math_min(pause * 2, SLEEP_MAX)
+        ffi_gc(fill, nil)
+        st = tonumber(lib.larder_fill_try_complete(fill, value, n, ttl_ms))
+        if st ~= S.E_WOULD_BLOCK then
+            return st
+        end
+        ffi_gc(fill, abandon)
+    end
 end
 
 -- value, err, how: the value for key, computed by fn(...) and stored with ttl seconds
@@ -998,8 +1209,12 @@ end
 -- the fill is given up when the Lua garbage collector frees its handle; until then the
 -- key's other callers wait (at most the fill timeout each). fn must not call
 -- get_or_fill itself: keys share 256 fill slots, so that may wait for itself.
--- In phases that cannot yield (init_worker, set, header_filter, body_filter, log,
--- balancer), a wait is not possible: get_or_fill then returns nil, "busy".
+-- Waiting (for a lock, or for another process's fill) follows the rules of "Waiting"
+-- above, with the fill timeout as the deadline of the wait for another's fill: "busy"
+-- in phases that cannot yield, "timeout" past the deadline. Storing the computed
+-- value waits for the shard lock the same way, up to the lock timeout; if it cannot,
+-- the fill is given up (the next waiter computes) and get_or_fill returns nil, "timeout"
+-- (or nil, "busy").
 function mt.get_or_fill(self, key, fn, ttl, ...)
     local err
     self, err = check_self(self)
@@ -1020,30 +1235,18 @@ function mt.get_or_fill(self, key, fn, ttl, ...)
         return nil, err
     end
 
-    local sleeping = can_sleep()
-    local deadline = sleeping and ngx.now() + self.fill_timeout or nil
-    local pause = SLEEP_FIRST
-    local st
-    while true do
-        fill_out[0] = nil
-        if ngx == nil then
-            -- Plain LuaJIT (no event loop): wait inside the library.
+    fill_out[0] = nil
+    local st = read_into(lib.larder_fill_try_begin, self.c, key, fill_out)
+    if st == S.E_WOULD_BLOCK then
+        local how = how_to_wait()
+        if how == "wait" then
             st = read_into(lib.larder_fill_begin, self.c, key, fill_out)
-        else
-            st = read_into(lib.larder_fill_try_begin, self.c, key, fill_out)
-        end
-        if st ~= S.E_WOULD_BLOCK then
-            break
-        end
-        if not sleeping then
+        elseif how == "fail" then
             return nil, "busy"
+        else
+            st = sleep_retry(clock() + self.fill_timeout, read_into,
+                             lib.larder_fill_try_begin, self.c, key, fill_out)
         end
-        ngx.update_time()
-        if ngx.now() >= deadline then
-            return nil, "timeout"
-        end
-        ngx.sleep(pause)
-        pause = math.min(pause * 2, SLEEP_MAX)
     end
 
     if st == S.OK or st == S.STALE then
@@ -1075,8 +1278,7 @@ function mt.get_or_fill(self, key, fn, ttl, ...)
         lib.larder_fill_abandon(fill)
         return nil, n
     end
-    ffi_gc(fill, nil)
-    st = tonumber(lib.larder_fill_complete(fill, p, n, ttl_ms))
+    st = complete(self, fill, p, n, ttl_ms)
     if st == S.OK then
         return val, nil, "filled"
     elseif st == S.FENCED then
@@ -1091,6 +1293,7 @@ end
 
 local DEFAULT_MAX_KEY_LEN = 256
 local DEFAULT_FILL_TIMEOUT_MS = 5000
+local DEFAULT_LOCK_TIMEOUT_MS = 500
 local NUMERIC_OPTIONS = {
     "capacity", "max_key_len", "max_value_len", "shards", "lock_timeout_ms",
     "fill_timeout_ms", "mode",
@@ -1098,6 +1301,14 @@ local NUMERIC_OPTIONS = {
 
 local MAX_ALLOW_UIDS = 4 -- the size of larder_options.allow_uids
 local UINT32_MAX = 4294967295
+
+-- The largest value of each numeric option: its larder_options field's (uint32_t), or
+-- 2^53 for the uint64_t ones (beyond it a Lua number no longer counts by one).
+local OPTION_MAX = {
+    capacity = EXACT, max_key_len = UINT32_MAX, max_value_len = UINT32_MAX,
+    shards = UINT32_MAX, lock_timeout_ms = EXACT, fill_timeout_ms = EXACT,
+    mode = UINT32_MAX,
+}
 
 local function is_uint32(v)
     return type(v) == "number" and v >= 0 and v <= UINT32_MAX and v == math_floor(v)
@@ -1166,7 +1377,8 @@ function _M.open(name, opts)
         local v = opts[f]
         if v ~= nil then
             v = tonumber(v)
-            if not v or v < 0 or v ~= math_floor(v) then
+            -- NaN fails v == floor(v); an infinity fails the maximum.
+            if not v or v < 0 or v > OPTION_MAX[f] or v ~= math_floor(v) then
                 return nil, "bad \"" .. f .. "\" option"
             end
         end
@@ -1211,7 +1423,11 @@ function _M.open(name, opts)
         raw = opts.raw and true or false,
         max_key_len = max_key_len,
         fill_timeout = (tonumber(opts.fill_timeout_ms) or 0) > 0
-                       and opts.fill_timeout_ms / 1000 or DEFAULT_FILL_TIMEOUT_MS / 1000,
+                       and tonumber(opts.fill_timeout_ms) / 1000
+                       or DEFAULT_FILL_TIMEOUT_MS / 1000,
+        lock_timeout = (tonumber(opts.lock_timeout_ms) or 0) > 0
+                       and tonumber(opts.lock_timeout_ms) / 1000
+                       or DEFAULT_LOCK_TIMEOUT_MS / 1000,
     }, mt)
     opened[id] = dict
     return dict
