@@ -55,25 +55,36 @@ fn lib_dir() -> PathBuf {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    succeeds(Command::new(tool).arg("--version"))
 }
 
-/// Runs a compiler (or any short command) and asserts it succeeded.
-fn run_ok(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Whether `cmd` can be run and exits with 0 within the deadline (killed past it).
+fn succeeds(cmd: &mut Command) -> bool {
+    let Ok(mut child) = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+        return false;
+    };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if start.elapsed() <= RUN_DEADLINE => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
+/// Runs a compiler (or any short command) to its end or the deadline and asserts it
+/// succeeded; its standard output.
+fn run_ok(cmd: &mut Command) -> String {
+    let (code, out, err) = run_with_deadline(cmd);
+    assert_eq!(code, Some(0), "{cmd:?} failed:\n{out}{err}");
+    out
 }
 
 /// Runs `cmd` to its end or the deadline (then kills it); (exit code, stdout, stderr).
@@ -298,13 +309,12 @@ fn library_exports_exactly_the_declared_functions() {
         eprintln!("skipped: no nm");
         return;
     }
-    let out = Command::new("nm")
-        .args(["-D", "--defined-only"])
-        .arg(lib_dir().join("liblarder.so"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let exported: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+    let out = run_ok(
+        Command::new("nm")
+            .args(["-D", "--defined-only"])
+            .arg(lib_dir().join("liblarder.so")),
+    );
+    let exported: std::collections::BTreeSet<String> = out
         .lines()
         .filter_map(|l| l.split_whitespace().nth(2))
         .map(str::to_string)
@@ -318,10 +328,8 @@ fn library_exports_exactly_the_declared_functions() {
 /// its FFI extension is missing).
 #[test]
 fn php_ffi_loads_the_block_and_calls_the_library() {
-    let php_has_ffi = Command::new("php")
-        .args(["-r", "exit(extension_loaded('FFI') ? 0 : 1);"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let php_has_ffi =
+        succeeds(Command::new("php").args(["-r", "exit(extension_loaded('FFI') ? 0 : 1);"]));
     if !php_has_ffi {
         eprintln!("skipped: no php with the FFI extension");
         return;
