@@ -1552,22 +1552,8 @@ pub unsafe extern "C" fn larder_fill_complete(
     val_len: usize,
     ttl_ms: u64,
 ) -> c_int {
-    entry(|| {
-        if f.is_null() {
-            return Err(Failure::Null("fill"));
-        }
-        // SAFETY: `f` is non-NULL and live by the caller's promise.
-        let held = unsafe { take_fill(f) }?;
-        // Read before the fill is consumed: a NULL `val` with a length still ends it
-        // (dropping it abandons it), so a waiter computes.
-        // SAFETY: the caller's promise for `val`.
-        let val = unsafe { bytes(val, val_len, "val") }?;
-        Ok(if held.fill.complete(val, ttl(ttl_ms))? {
-            LARDER_OK
-        } else {
-            LARDER_FENCED
-        })
-    })
+    // SAFETY: the caller's promises, passed on.
+    unsafe { fill_complete(Wait::Yes, f, val, val_len, ttl_ms) }
 }
 
 /// `larder_fill_complete` that never waits for the shard lock: `LARDER_E_WOULD_BLOCK`
@@ -1583,25 +1569,41 @@ pub unsafe extern "C" fn larder_fill_try_complete(
     val_len: usize,
     ttl_ms: u64,
 ) -> c_int {
+    // SAFETY: the caller's promises, passed on.
+    unsafe { fill_complete(Wait::No, f, val, val_len, ttl_ms) }
+}
+
+/// # Safety
+/// As `larder_fill_complete`.
+unsafe fn fill_complete(
+    wait: Wait,
+    f: *mut larder_fill,
+    val: *const c_void,
+    val_len: usize,
+    ttl_ms: u64,
+) -> c_int {
     entry(|| {
         if f.is_null() {
             return Err(Failure::Null("fill"));
         }
         // SAFETY: `f` is non-NULL and live by the caller's promise.
         let held = unsafe { take_fill(f) }?;
-        // A NULL `val` with a length ends the fill, as in `larder_fill_complete`.
+        // Read before the fill is consumed: a NULL `val` with a length still ends it
+        // (dropping it abandons it), so a waiter computes.
         // SAFETY: the caller's promise for `val`.
         let val = unsafe { bytes(val, val_len, "val") }?;
-        match held.fill.try_complete(val, ttl(ttl_ms)) {
-            Err(Error::WouldBlock) => {
-                // Still the caller's: hand the box back untouched.
-                let _ = Box::into_raw(held);
-                Err(Error::WouldBlock.into())
-            }
-            Ok(true) => Ok(LARDER_OK),
-            Ok(false) => Ok(LARDER_FENCED),
-            Err(e) => Err(e.into()),
-        }
+        let stored = match wait {
+            Wait::Yes => held.fill.complete(val, ttl(ttl_ms)),
+            Wait::No => match held.fill.try_complete(val, ttl(ttl_ms)) {
+                Err(Error::WouldBlock) => {
+                    // Still the caller's: hand the box back untouched.
+                    let _ = Box::into_raw(held);
+                    return Err(Error::WouldBlock.into());
+                }
+                done => done,
+            },
+        }?;
+        Ok(if stored { LARDER_OK } else { LARDER_FENCED })
     })
 }
 
