@@ -229,56 +229,49 @@ def test_a_revocation_by_one_is_seen_by_all(name, cache):
     assert nginx_value(name, "token:jkl") is None
 
 
-def check_repaired(name: str, cache: larder.Cache, before: dict, key: str, values: set):
-    """After a writer died holding `key`'s shard lock halfway through a value: every
-    language reads the old or the new value (never a torn one), writes go on, the lock
-    was recovered and the file verifies."""
-    assert py_value(cache, key) in values
-    assert php_value(name, key) in values
-    assert nginx_value(name, key) in values
-    assert php("php", name, "store", key=key, value="after-php")["ok"]
-    assert nginx_value(name, key) == "after-php"
-    assert nginx("nginx", name, "set", key=key, value="after-nginx")["ok"]
-    assert py_value(cache, key) == "after-nginx"
+KEY, OLD, NEW = "token:abc", "old", "new" * 100
+
+
+def check_repaired(name: str, cache: larder.Cache, before: dict):
+    """After a writer died holding KEY's shard lock halfway through NEW: every language
+    reads OLD or NEW (never a torn value), writes go on, the lock was recovered and the
+    file verifies."""
+    assert py_value(cache, KEY) in (OLD, NEW)
+    assert php_value(name, KEY) in (OLD, NEW)
+    assert nginx_value(name, KEY) in (OLD, NEW)
+    assert php("php", name, "store", key=KEY, value="after-php")["ok"]
+    assert nginx_value(name, KEY) == "after-php"
+    assert nginx("nginx", name, "set", key=KEY, value="after-nginx")["ok"]
+    assert py_value(cache, KEY) == "after-nginx"
     assert cache.stats()["recoveries"] > before["recoveries"]
     assert cache.verify() == []
 
 
-def test_a_php_worker_killed_mid_write_is_repaired_by_the_others(name, cache):
-    cache.set("token:abc", b"old")
+@pytest.mark.parametrize(
+    "server, op", [("php", "store"), ("nginx", "set")], ids=["php-fpm", "nginx"]
+)
+def test_a_server_worker_killed_mid_write_is_repaired_by_the_others(name, cache, server, op):
+    cache.set(KEY, OLD.encode())
     before = cache.stats()
-    request = Background(php, "php-victim", name, "store", key="token:abc", value="new" * 100)
-    pid = stopped_one_of(lambda: worker_pids("php", "php-victim"))
-    kill_and_reap(pid)
+    send = {"php": php, "nginx": nginx}[server]
+    request = Background(send, f"{server}-victim", name, op, key=KEY, value=NEW)
+    kill_and_reap(stopped_one_of(lambda: worker_pids(server, f"{server}-victim")))
     request.join()
-    check_repaired(name, cache, before, "token:abc", {"old", "new" * 100})
-
-
-def test_an_nginx_worker_killed_mid_write_is_repaired_by_the_others(name, cache):
-    cache.set("token:abc", b"old")
-    before = cache.stats()
-    request = Background(nginx, "nginx-victim", name, "set", key="token:abc", value="new" * 100)
-    pid = stopped_one_of(lambda: worker_pids("nginx", "nginx-victim"))
-    kill_and_reap(pid)
-    request.join()
-    check_repaired(name, cache, before, "token:abc", {"old", "new" * 100})
+    check_repaired(name, cache, before)
 
 
 def test_a_python_process_killed_mid_write_is_repaired_by_the_others(name, cache):
-    cache.set("token:abc", b"old")
+    cache.set(KEY, OLD.encode())
     before = cache.stats()
     env = dict(os.environ, LARDER_CRASH_AT="set.mid_value", LARDER_CRASH_ACTION="stop")
     code = (
         "import larder, sys; "
-        "larder.Cache(sys.argv[1], capacity=int(sys.argv[2])).set('token:abc', b'new' * 100)"
+        "larder.Cache(sys.argv[1], capacity=int(sys.argv[2])).set(sys.argv[3], sys.argv[4].encode())"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, name, str(CAPACITY)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code, name, str(CAPACITY), KEY, NEW], env=env)
     try:
         wait_until("the writer stopped at its crash point", lambda: state(proc.pid) == "T")
+    finally:
         proc.kill()
         proc.wait(DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(DEADLINE)
-    check_repaired(name, cache, before, "token:abc", {"old", "new" * 100})
+    check_repaired(name, cache, before)
