@@ -31,10 +31,11 @@ miss before reading what the value is computed from::
 
 In an event loop, the ``a*`` methods (``aget``, ``aset``, ``aget_or_set``, ...) are
 awaitable twins of the calls: a hit, or a write whose lock is free, completes inline
-with no thread hop; a call that would wait (a lock another process holds, another
-process's fill) waits in a thread of the loop's default executor, so the loop never
-stalls. ``aget_or_set`` takes a coroutine function (or a plain one) as its fill, with
-single flight across processes.
+with no thread hop; a call that would wait (a lock another process holds) waits in a
+thread of larder's own executor (``WAIT_THREADS`` threads, apart from the loop's default
+executor), so the loop never stalls. ``aget_or_set`` takes a coroutine function (or a
+plain one) as its fill, with single flight across processes; its fill is held by a
+thread of its own, and the tasks of a process waiting for one fill share it.
 
 A ``Cache`` is a ``collections.abc.MutableMapping`` of its fresh entries (``len``,
 iteration shard by shard, ``keys``, ``items``, ``values``), so
@@ -664,7 +665,8 @@ def cachetools_key(*args, **kwargs):
     The key is ``b"cachetools:"`` and the hex BLAKE2b digest of the arguments'
     encoding, as ``Cache.memoize`` keys its calls: the same in every process, with the
     same rules (``bytes``, ``str``, ``int``, ``float``, ``bool``, ``None`` and tuples,
-    lists, dicts and frozensets of them; anything else raises ``TypeError``). It does
+    lists, dicts and frozensets of them; anything else raises ``TypeError``, and one
+    nested more than 100 deep, or containing itself, ``ValueError``). It does
     not include the function: functions sharing a cache pass their own name, e.g.
     ``key=functools.partial(larder.cachetools_key, "perms")``.
     """
