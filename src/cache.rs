@@ -1017,6 +1017,14 @@ impl Cache {
         Ok((found == Found::Fresh).then_some(out))
     }
 
+    /// [`Cache::try_get_into`] that counts a hit but not a miss: the inline first step
+    /// of a fill made in two steps (a binding that looks a key up on an event loop, then
+    /// begins the fill with [`Cache::begin_fill`] on another thread on a miss), where
+    /// `begin_fill`'s own lookup counts the miss, so that the lookup counts once.
+    pub fn try_get_into_counting_hits(&self, key: &[u8], buf: &mut Vec<u8>) -> Result<bool> {
+        Ok(self.read(key, buf, Expired::Hide, Wait::No, Count::Hit)? == Found::Fresh)
+    }
+
     fn write_set(
         &self,
         key: &[u8],
@@ -2018,6 +2026,27 @@ impl Cache {
     pub fn shard_of(&self, key: &[u8]) -> usize {
         let a = self.inner.maps.enter();
         a.geo.shard_of(a.hasher.hash(key))
+    }
+
+    /// The fill slot of `key` (`0..256`): the robust mutex a [`Fill`] of `key` holds,
+    /// shared by the keys of the same slot. A thread that holds a fill and wants another
+    /// key's checks this first: [`Cache::begin_fill`] of a key whose slot the calling
+    /// thread already holds waits for itself until the fill timeout.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), larder::Error> {
+    /// # let dir = std::env::temp_dir().join(format!("larder-doc-slot-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let cache = larder::Options::new().capacity(4 << 20).open(dir.join("slots"))?;
+    /// assert!(cache.fill_slot_of(b"k") < 256);
+    /// assert_eq!(cache.fill_slot_of(b"k"), cache.fill_slot_of(b"k"));
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fill_slot_of(&self, key: &[u8]) -> usize {
+        let a = self.inner.maps.enter();
+        fence::fill_slot_of(a.hasher.hash(key))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use larder::{Cache, Error, Stats};
+use larder::{Begin, Cache, Error, Stats};
 
 mod common;
 use common::{long_timeouts, small_options, TempCache};
@@ -265,4 +265,69 @@ fn a_caller_served_by_anothers_fill_counts_one_miss() {
         },
         "the waiter counted more than one lookup"
     );
+}
+
+/// A fill in two steps (`try_get_into_counting_hits` inline, then `begin_fill`) counts
+/// one lookup: a hit, or one miss.
+#[test]
+fn a_two_step_fill_counts_one_lookup() {
+    let t = TempCache::new("stats-two-step");
+    let (c, _) = open(&t);
+    let mut out = Vec::new();
+    let missed = counted(&c, |c| {
+        assert!(!c.try_get_into_counting_hits(b"k", &mut out).unwrap());
+        match c.begin_fill(b"k", &mut out).expect("begin_fill") {
+            Begin::Fill(fill) => assert!(fill.complete(b"v", None).expect("complete")),
+            other => panic!("expected the fill, got {other:?}"),
+        }
+    });
+    assert_eq!(
+        missed,
+        Lookups {
+            fills: 1,
+            ..ONE_MISS
+        }
+    );
+    let hit = counted(&c, |c| {
+        assert!(c.try_get_into_counting_hits(b"k", &mut out).unwrap());
+    });
+    assert_eq!(hit, ONE_HIT);
+    assert_eq!(out, b"v");
+}
+
+/// `fill_slot_of` names the slot a fill holds: while a fill of one key is held, a key of
+/// the same slot finds its fill busy, and a key of another slot does not.
+#[test]
+fn fill_slot_of_names_the_slot_a_fill_holds() {
+    let t = TempCache::new("stats-fill-slot");
+    let (c, _) = open(&t);
+    let slot = c.fill_slot_of(b"k");
+    assert!(slot < 256);
+    let keys: Vec<Vec<u8>> = (0..4096)
+        .map(|i| format!("other-{i}").into_bytes())
+        .collect();
+    let same = keys
+        .iter()
+        .find(|k| c.fill_slot_of(k) == slot)
+        .expect("a key of the slot");
+    let other = keys
+        .iter()
+        .find(|k| c.fill_slot_of(k) != slot)
+        .expect("a key of another");
+    let mut out = Vec::new();
+    let Begin::Fill(held) = c.begin_fill(b"k", &mut out).expect("begin_fill") else {
+        panic!("expected the fill");
+    };
+    let busy = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut out = Vec::new();
+            let same = matches!(c.try_begin_fill(same, &mut out), Err(Error::WouldBlock));
+            let other = matches!(c.try_begin_fill(other, &mut out), Ok(Begin::Fill(_)));
+            (same, other)
+        })
+        .join()
+        .expect("join")
+    });
+    drop(held);
+    assert_eq!(busy, (true, true));
 }

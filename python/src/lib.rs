@@ -11,7 +11,7 @@ mod near;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use larder::{Clock, Error, Mismatch, Options, Remedy};
@@ -587,39 +587,107 @@ fn version_of(token: &Bound<'_, PyAny>) -> PyResult<larder::Version> {
     Ok(larder::Version::from_words(words))
 }
 
-/// A fill of one key that this thread holds, from `Cache._try_begin_fill` (the
-/// awaitable `aget_or_set`): completed or abandoned by the thread that began it.
-#[pyclass(unsendable, module = "larder._larder", name = "Fill")]
-struct PyFill {
-    fill: RefCell<Option<larder::Fill>>,
+/// What a fill's holder thread is told (see `Cache._hold_fill`): store these bytes
+/// (with this TTL), then report to the callback. Dropping the sender tells it to abandon.
+struct Store {
+    data: Vec<u8>,
+    ttl: Option<Duration>,
+    on_done: Py<PyAny>,
+}
+
+/// The fill of one key, held by a thread of its own (from `Cache._hold_fill`), for
+/// `aget_or_set`, whose fill runs on an event loop: a robust mutex belongs to the thread
+/// that locked it, so the thread that begins the fill ends it. This handle only posts to
+/// it, from any thread: `complete` once, or `abandon` (also what dropping it does, on
+/// whatever thread the garbage collector runs).
+#[pyclass(frozen, module = "larder._larder", name = "FillHolder")]
+struct PyFillHolder {
+    tx: Mutex<Option<mpsc::Sender<Store>>>,
 }
 
 #[pymethods]
-impl PyFill {
-    /// Stores `data` (bytes, already serialized) if no write revoked the key since the
-    /// fill began; True if it stored it. Never waits: raises `WouldBlock` if another
-    /// process holds the shard lock, and the fill is still held, to try again.
-    #[pyo3(signature = (data, ttl=None))]
-    fn try_complete(
+impl PyFillHolder {
+    /// Has the holder store `data` (bytes, already serialized) if no write revoked the
+    /// key since the fill began, and end the fill; `on_done(stored, error)` is called
+    /// from the holder thread with the outcome (a bool, or the exception to raise). The
+    /// fill ends whatever the outcome: a second call raises `ValueError`.
+    #[pyo3(signature = (data, ttl, on_done))]
+    fn complete(
         &self,
         data: &Bound<'_, PyBytes>,
         ttl: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+        on_done: Py<PyAny>,
+    ) -> PyResult<()> {
         let ttl = opt_duration(ttl, "ttl")?;
-        let fill = self.fill.borrow();
-        let fill = fill
-            .as_ref()
-            .ok_or_else(|| PyValueError::new_err("this fill has ended"))?;
-        fill.try_complete(data.as_bytes(), ttl).map_err(to_py)
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tx = tx.ok_or_else(|| PyValueError::new_err("this fill has ended"))?;
+        let store = Store {
+            data: data.as_bytes().to_vec(),
+            ttl,
+            on_done,
+        };
+        tx.send(store).map_err(|_| {
+            PyValueError::new_err("this fill has ended (held longer than the fill timeout)")
+        })
     }
 
-    /// Ends the fill (after `try_complete`, or instead of it: a waiter computes).
+    /// Ends the fill without storing (a waiter computes instead). Harmless after
+    /// `complete` or a previous `abandon`.
     fn abandon(&self) {
-        drop(self.fill.borrow_mut().take());
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     fn __repr__(&self) -> &'static str {
-        "<larder.Fill>"
+        "<larder.FillHolder>"
+    }
+}
+
+/// Calls `f(args)` on a holder thread. An exception of the callback has no caller to go
+/// to: it is reported as unraisable, as Python reports one of a finalizer.
+fn call_back<'py>(py: Python<'py>, f: &Py<PyAny>, args: impl pyo3::call::PyCallArgs<'py>) {
+    if let Err(e) = f.bind(py).call1(args) {
+        e.write_unraisable(py, Some(f.bind(py)));
+    }
+}
+
+/// The holder thread of one fill: begins it (waiting up to the fill timeout for another
+/// thread's or process's), reports what it found to `on_begun(kind, payload)` (`"value"`
+/// and the stored bytes, `"fill"` and None, or `"error"` and the exception), and holds a
+/// fill until told to store, or to abandon, or `hold_for` has passed, whichever is first.
+fn hold_fill(
+    cache: larder::Cache,
+    key: Vec<u8>,
+    hold_for: Duration,
+    on_begun: Py<PyAny>,
+    rx: mpsc::Receiver<Store>,
+) {
+    let mut out = Vec::new();
+    let begun = cache.begin_fill(&key, &mut out);
+    // The callback is dropped with the GIL held, once called.
+    let fill = Python::attach(move |py| match begun {
+        Err(e) => {
+            call_back(py, &on_begun, ("error", to_py(e).into_value(py)));
+            None
+        }
+        Ok(larder::Begin::Fill(fill)) => {
+            call_back(py, &on_begun, ("fill", py.None()));
+            Some(fill)
+        }
+        Ok(_) => {
+            call_back(py, &on_begun, ("value", PyBytes::new(py, &out)));
+            None
+        }
+    });
+    let Some(fill) = fill else { return };
+    // Disconnected (abandoned, or the handle collected) or past the deadline: dropping
+    // the fill ends it, and a waiter computes instead.
+    if let Ok(store) = rx.recv_timeout(hold_for) {
+        let outcome = fill.complete(&store.data, store.ttl);
+        let on_done = store.on_done;
+        Python::attach(move |py| match outcome {
+            Ok(stored) => call_back(py, &on_done, (stored, py.None())),
+            Err(e) => call_back(py, &on_done, (false, to_py(e).into_value(py))),
+        });
     }
 }
 
@@ -1081,50 +1149,58 @@ impl PyCache {
         self.set_with_ticket_waiting(py, (key, value), ticket, ttl, false)
     }
 
-    /// The value of `key` (decoded) if it is fresh, or a stale one while another
-    /// process refreshes it; else a `Fill` this thread now holds. Never waits
-    /// (`WouldBlock`: another process's fill of a key of the same slot, or a shard
-    /// lock).
-    fn _try_begin_fill(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    /// `(True, value)` for a fresh value of `key` (decoded), else `(False, None)`; never
+    /// waits (`WouldBlock`). Counts a hit, not a miss: the first, inline step of
+    /// `aget_or_set`, whose fill's own lookup (`_hold_fill`) counts the miss.
+    fn _try_get_counting_hits(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<(bool, Py<PyAny>)> {
         let cache = self.cache()?;
         let k = key_bytes(key)?;
-        let mut out = Vec::new();
-        match cache.try_begin_fill(&k, &mut out).map_err(to_py)? {
-            larder::Begin::Fill(fill) => Ok(Py::new(
-                py,
-                PyFill {
-                    fill: RefCell::new(Some(fill)),
-                },
-            )?
-            .into_any()),
-            _ => self.decode(py, &out),
-        }
+        READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let found = cache
+                .try_get_into_counting_hits(&k, &mut buf)
+                .map_err(to_py)?;
+            let out = if found {
+                (true, self.decode(py, &buf)?)
+            } else {
+                (false, py.None())
+            };
+            if buf.capacity() > READ_BUF_KEEP {
+                *buf = Vec::new();
+            }
+            Ok(out)
+        })
     }
 
-    /// Waits (GIL released) until `key` has a value or its fill is free: returns
-    /// `(True, value)` for a value (fresh, or stale while another process refreshes
-    /// it); `(False, None)` when this thread could fill it, having let the fill go for
-    /// the caller to take again (`aget_or_set` runs its fill on the event loop's
-    /// thread, which must hold the fill itself).
-    fn _wait_fill(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<(bool, Py<PyAny>)> {
+    /// Begins the fill of `key` on a thread of its own, which reports to
+    /// `on_begun(kind, payload)` (see `hold_fill`) and holds a fill it takes for at most
+    /// the fill timeout; returns the handle that tells it to store or abandon. Never
+    /// waits.
+    fn _hold_fill(&self, key: &Bound<'_, PyAny>, on_begun: Py<PyAny>) -> PyResult<PyFillHolder> {
         let cache = self.cache()?;
-        let k = key_bytes(key)?;
-        let value = py
-            .detach(|| {
-                let mut out = Vec::new();
-                Ok::<_, Error>(match cache.begin_fill(&k, &mut out)? {
-                    larder::Begin::Fill(fill) => {
-                        drop(fill);
-                        None
-                    }
-                    _ => Some(out),
-                })
-            })
-            .map_err(to_py)?;
-        Ok(match value {
-            Some(v) => (true, self.decode(py, &v)?),
-            None => (false, py.None()),
+        let k = key_bytes(key)?.into_owned();
+        let hold_for = self.fill_timeout;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("larder-fill".into())
+            .spawn(move || hold_fill(cache, k, hold_for, on_begun, rx))
+            .map_err(|e| {
+                pyo3::exceptions::PyOSError::new_err(format!(
+                    "cannot start the thread that holds a fill: {e}"
+                ))
+            })?;
+        Ok(PyFillHolder {
+            tx: Mutex::new(Some(tx)),
         })
+    }
+
+    /// The fill slot of `key` (`0..256`), shared by the keys a fill of it holds off.
+    fn _fill_slot_of(&self, key: &Bound<'_, PyAny>) -> PyResult<usize> {
+        Ok(self.cache()?.fill_slot_of(&key_bytes(key)?))
     }
 
     /// What `value` is stored as (the serializer's bytes).
@@ -1569,7 +1645,7 @@ fn codec(py: Python<'_>, ser: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, 
 fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCache>()?;
     m.add_class::<PyTicket>()?;
-    m.add_class::<PyFill>()?;
+    m.add_class::<PyFillHolder>()?;
     m.add_class::<PyEntries>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", larder::DEFAULT_CAPACITY)?;

@@ -123,21 +123,23 @@ def test_try_get_answers_without_waiting(cache):
 @pytest.mark.skipif(not larder._larder.CRASH_POINTS, reason="needs the crash-points wheel")
 def test_try_get_would_block_on_a_writer_stopped_mid_write(path, procs):
     c = larder.Cache(path, capacity=4 << 20, lock_timeout=0.2)
-    c.set("k", b"old..")  # the length of the child's value: overwritten in place
-    p = _workers.start_child(procs, ["set", path, "k"], "overwrite.mid_value", "stop")
-    _workers.wait_stopped(p)
     try:
-        with pytest.raises(larder.WouldBlock):
-            c.try_get("k")
-        with pytest.raises(BlockingIOError):
-            c.try_get("k", b"default")
-        with pytest.raises(TimeoutError):
-            c.get("k")
+        c.set("k", b"old..")  # the length of the child's value: overwritten in place
+        p = _workers.start_child(procs, ["set", path, "k"], "overwrite.mid_value", "stop")
+        _workers.wait_stopped(p)
+        try:
+            with pytest.raises(larder.WouldBlock):
+                c.try_get("k")
+            with pytest.raises(BlockingIOError):
+                c.try_get("k", b"default")
+            with pytest.raises(TimeoutError):
+                c.get("k")
+        finally:
+            p.send_signal(signal.SIGCONT)
+        assert p.wait(timeout=60) == 0
+        assert c.try_get("k") == b"child"
     finally:
-        p.send_signal(signal.SIGCONT)
-    assert p.wait(timeout=60) == 0
-    assert c.try_get("k") == b"child"
-    c.close()
+        c.close()
 
 
 def test_a_cache_is_a_mutable_mapping(cache):

@@ -31,10 +31,11 @@ miss before reading what the value is computed from::
 
 In an event loop, the ``a*`` methods (``aget``, ``aset``, ``aget_or_set``, ...) are
 awaitable twins of the calls: a hit, or a write whose lock is free, completes inline
-with no thread hop; a call that would wait (a lock another process holds, another
-process's fill) waits in a thread of the loop's default executor, so the loop never
-stalls. ``aget_or_set`` takes a coroutine function (or a plain one) as its fill, with
-single flight across processes.
+with no thread hop; a call that would wait (a lock another process holds) waits in a
+thread of larder's own executor (``WAIT_THREADS`` threads, apart from the loop's default
+executor), so the loop never stalls. ``aget_or_set`` takes a coroutine function (or a
+plain one) as its fill, with single flight across processes; its fill is held by a
+thread of its own, and the tasks of a process waiting for one fill share it.
 
 A ``Cache`` is a ``collections.abc.MutableMapping`` of its fresh entries (``len``,
 iteration shard by shard, ``keys``, ``items``, ``values``), so
@@ -46,11 +47,14 @@ import collections.abc as _abc
 import functools as _functools
 import hashlib as _hashlib
 import inspect as _inspect
+import contextvars as _contextvars
 import struct as _struct
+import threading as _threading
 import time as _time
 
 from . import _larder
 from ._errors import *  # noqa: F401,F403
+from ._errors import FillSlotHeld as _FillSlotHeld
 from ._errors import Timeout as _Timeout
 from ._errors import WouldBlock as _WouldBlock
 from ._errors import __all__ as _errors_all
@@ -101,11 +105,127 @@ def _asyncio():
     return asyncio
 
 
+# Larder's own executor for the calls that wait (a lock another process holds, a reader
+# that meets a writer mid-write): bounded, and apart from the loop's default executor, so
+# that waiting cache calls never delay an application's run_in_executor(None, ...) jobs.
+# Each wait ends within lock_timeout. Fills are not waited for here: a fill is begun and
+# held by a thread of its own (Cache._hold_fill), one per key a process is filling.
+WAIT_THREADS = 8
+_waits = None
+_waits_lock = _threading.Lock()
+
+
+def _wait_executor():
+    global _waits
+    with _waits_lock:
+        if _waits is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _waits = ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="larder-wait")
+        return _waits
+
+
 async def _off_loop(fn, *args):
-    """``fn(*args)`` in a thread of the running loop's default executor."""
+    """``fn(*args)`` in a thread of larder's own executor."""
+    loop = _asyncio().get_running_loop()
+    return await loop.run_in_executor(_wait_executor(), _functools.partial(fn, *args))
+
+
+def _await_result(cf, timeout):
+    """Awaits the concurrent future ``cf`` (set from another thread) for at most
+    ``timeout`` seconds (then ``asyncio.TimeoutError``). Cancelling the awaiting task
+    leaves ``cf`` alone: other tasks may await it too."""
     asyncio = _asyncio()
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, _functools.partial(fn, *args))
+    mine = loop.create_future()
+
+    def settle(done):
+        if not mine.done():
+            exc = done.exception()
+            if exc is not None:
+                mine.set_exception(exc)
+            else:
+                mine.set_result(done.result())
+
+    def on_done(done):
+        try:
+            loop.call_soon_threadsafe(settle, done)
+        except RuntimeError:
+            pass  # the loop is closed: nobody awaits any more
+
+    cf.add_done_callback(on_done)
+    return asyncio.wait_for(mine, timeout)
+
+
+def _setter(cf):
+    """A callback ``(result, error)`` for a holder thread, settling ``cf``."""
+
+    def settle(result, error):
+        if error is not None:
+            cf.set_exception(error)
+        else:
+            cf.set_result(result)
+
+    return settle
+
+
+# The fill slots held by the fills this context is computing: a get_or_set inside a fill
+# for a key of a slot its own caller holds would wait for itself until the fill timeout.
+_held = _contextvars.ContextVar("larder_held_fill_slots", default=())
+
+
+class _Held:
+    """One fill slot held by a fill in progress; ``active`` until the fill ends (a task
+    made inside the fill keeps a copy of the context past it)."""
+
+    __slots__ = ("path", "slot", "active")
+
+    def __init__(self, path, slot):
+        self.path = path
+        self.slot = slot
+        self.active = True
+
+
+def _refuse_nested(cache, key, held):
+    """Raises FillSlotHeld if a fill in progress in this context holds ``key``'s slot."""
+    path = cache.path
+    slot = cache._fill_slot_of(key)
+    for h in held:
+        if h.active and h.slot == slot and h.path == path:
+            raise _FillSlotHeld(
+                f"get_or_set of {key!r} inside the fill of a key of the same fill slot "
+                f"(the same key, or one in 256 others) would wait for its own fill: "
+                f"compute this value without get_or_set, or use another cache for it"
+            )
+
+
+def _run_holding(cache, key, fill):
+    """``fill()``, with ``key``'s fill slot marked held by this context meanwhile."""
+    mark = _Held(cache.path, cache._fill_slot_of(key))
+    token = _held.set(_held.get() + (mark,))
+    try:
+        return fill()
+    finally:
+        mark.active = False
+        _forget(token)
+
+
+def _forget(token):
+    """Restores the held slots of the context ``token`` was made in. A coroutine closed
+    by the garbage collector runs its ``finally`` in another context, where there is
+    nothing to restore (``active`` already says the slot is free)."""
+    try:
+        _held.reset(token)
+    except ValueError:
+        pass
+
+
+# The fills of this process in flight, by (cache path, key): one concurrent future each,
+# set to the stored (or found) bytes, or to None if the fill was abandoned. Tasks that
+# want a key another task of the process is filling wait for its future: one fill, and
+# no thread, however many tasks wait.
+_flights = {}
+_flights_lock = _threading.Lock()
 
 
 class _ItemsView(_abc.ItemsView):
@@ -272,65 +392,115 @@ class Cache(_larder.Cache, _abc.MutableMapping):
         except _WouldBlock:
             return await _off_loop(self.set_with_ticket, key, value, ticket, ttl)
 
+    def get_or_set(self, key, fill, ttl=None):
+        """The value for ``key``, computed by ``fill()`` and stored if missing, with at
+        most one process computing it at a time. Inside a fill, a ``get_or_set`` (or
+        ``aget_or_set``, or memoized call) for a key of the same fill slot (the same key,
+        or one in 256 others) raises ``FillSlotHeld`` at once: it would wait for the
+        fill its own caller holds."""
+        held = _held.get()
+        if held:
+            _refuse_nested(self, key, held)
+        return super().get_or_set(key, lambda: _run_holding(self, key, fill), ttl)
+
     async def aget_or_set(self, key, fill, ttl=None):
         """``get_or_set`` for an event loop: the value of ``key``, computed by
         ``fill()`` (a coroutine function, or a plain function) and stored if missing,
         with at most one process computing it at a time.
 
-        A hit returns inline. On a miss this coroutine takes the key's fill and awaits
-        ``fill()`` on the loop; while another process (or task) holds the fill, it
-        waits in an executor thread (at most ``fill_timeout`` per wait), never on the
-        loop. The store waits for no lock on the loop: while another process holds
-        the shard lock, it retries every few milliseconds, up to ``lock_timeout``
-        (then ``larder.Timeout``). If ``fill()`` raises, or this task is cancelled,
-        the fill is abandoned and a waiter computes instead, as when a filling
-        process dies. The caller gets the stored value read back through the
-        serializer, exactly what every other caller gets.
+        A hit returns inline. On a miss, the key's fill is begun and held by a thread
+        of its own, while this coroutine awaits ``fill()`` on the loop; the store is
+        made by that thread too (waiting up to ``lock_timeout`` for the shard lock),
+        so nothing waits on the loop. Tasks of the process that want a key being
+        filled wait for that one fill (at most ``fill_timeout``), with no thread each;
+        a cancelled waiter costs nothing more. If ``fill()`` raises, or this task is
+        cancelled or garbage-collected (from any thread), the fill is abandoned and a
+        waiter computes instead, as when a filling process dies. A fill is held at
+        most ``fill_timeout``: a ``fill()`` that runs longer returns its value to this
+        caller without storing it (waiters would have given up by then). The caller
+        gets the stored value read back through the serializer, exactly what every
+        other caller gets. Inside a fill, raises ``FillSlotHeld`` as ``get_or_set``.
         """
+        held = _held.get()
+        if held:
+            _refuse_nested(self, key, held)
+        try:
+            found, value = self._try_get_counting_hits(key)
+            if found:
+                return value
+        except _WouldBlock:
+            pass
+        asyncio = _asyncio()
+        flight_key = (self.path, key.encode() if isinstance(key, str) else bytes(key))
         deadline = _time.monotonic() + self.fill_timeout + self.lock_timeout
         while True:
+            with _flights_lock:
+                flight = _flights.get(flight_key)
+                leading = flight is None
+                if leading:
+                    from concurrent.futures import Future
+
+                    flight = _flights[flight_key] = Future()
+            if leading:
+                data = None
+                try:
+                    data = await self._lead_fill(key, fill, ttl, deadline)
+                finally:
+                    with _flights_lock:
+                        del _flights[flight_key]
+                    flight.set_result(data)
+                return self._decode(data)
             try:
-                got = self._try_begin_fill(key)
-            except _WouldBlock:
-                found, value = await _off_loop(self._wait_fill, key)
-                if found:
-                    return value
-                # The thread could have filled it, and let the fill go: take it here.
-                if _time.monotonic() > deadline:
-                    raise _Timeout(
-                        "aget_or_set: the key's fill was taken by others each time it "
-                        "was free, for longer than the fill timeout"
-                    ) from None
-                continue
-            if not isinstance(got, _larder.Fill):
-                return got
+                data = await _await_result(flight, max(0.0, deadline - _time.monotonic()))
+            except asyncio.TimeoutError:
+                raise _Timeout(
+                    "aget_or_set: another task's fill of this key lasted longer than the "
+                    "fill timeout"
+                ) from None
+            if data is not None:
+                return self._decode(data)
+            # The filling task gave up (its fill failed or it was cancelled): try again.
+
+    async def _lead_fill(self, key, fill, ttl, deadline):
+        """Begins the fill of ``key`` on its holder thread, computes it if this process
+        got it, and has the holder store it; returns the stored (or found) bytes."""
+        from concurrent.futures import Future
+
+        asyncio = _asyncio()
+        begun = Future()
+        holder = self._hold_fill(key, lambda kind, payload: begun.set_result((kind, payload)))
+        try:
+            # The holder's own wait ends within the fill and lock timeouts.
+            try:
+                kind, payload = await _await_result(begun, deadline - _time.monotonic() + 5)
+            except asyncio.TimeoutError:
+                raise _Timeout("aget_or_set: the fill's thread did not report") from None
+            if kind == "error":
+                raise payload
+            if kind == "value":
+                return payload
+            mark = _Held(self.path, self._fill_slot_of(key))
+            token = _held.set(_held.get() + (mark,))
             try:
                 value = fill()
                 if _inspect.isawaitable(value):
                     value = await value
-                data = self._encode(value)
-                await self._complete(got, data, ttl)
             finally:
-                got.abandon()
-            return self._decode(data)
-
-    async def _complete(self, fill, data, ttl):
-        """Stores a fill's value without blocking the loop: polls the shard lock with
-        a deadline while another process holds it."""
-        asyncio = _asyncio()
-        deadline = _time.monotonic() + self.lock_timeout
-        delay = 0.0005
-        while True:
+                mark.active = False
+                _forget(token)
+            data = self._encode(value)
+            done = Future()
             try:
-                return fill.try_complete(data, ttl)
-            except _WouldBlock:
-                if _time.monotonic() >= deadline:
-                    raise _Timeout(
-                        "aget_or_set: another process held the shard lock for longer "
-                        "than the lock timeout; retry, or raise the timeout"
-                    ) from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.01)
+                holder.complete(data, ttl, _setter(done))
+            except ValueError:
+                return data  # held past the fill timeout: returned, not stored
+            try:
+                await _await_result(done, self.lock_timeout + 5)
+            except asyncio.TimeoutError:
+                raise _Timeout("aget_or_set: the fill's thread did not store it") from None
+            return data
+        finally:
+            holder.abandon()
 
     def __reduce__(self):
         return (_unpickle, (type(self), self._pickle_state()))
@@ -495,7 +665,8 @@ def cachetools_key(*args, **kwargs):
     The key is ``b"cachetools:"`` and the hex BLAKE2b digest of the arguments'
     encoding, as ``Cache.memoize`` keys its calls: the same in every process, with the
     same rules (``bytes``, ``str``, ``int``, ``float``, ``bool``, ``None`` and tuples,
-    lists, dicts and frozensets of them; anything else raises ``TypeError``). It does
+    lists, dicts and frozensets of them; anything else raises ``TypeError``, and one
+    nested more than 100 deep, or containing itself, ``ValueError``). It does
     not include the function: functions sharing a cache pass their own name, e.g.
     ``key=functools.partial(larder.cachetools_key, "perms")``.
     """

@@ -38,6 +38,7 @@ from ._errors import (
     Overflow as Overflow,
     ProcUnavailable as ProcUnavailable,
     Timeout as Timeout,
+    FillSlotHeld as FillSlotHeld,
     TooLarge as TooLarge,
     Truncated as Truncated,
     UnsafeFile as UnsafeFile,
@@ -53,6 +54,7 @@ DEFAULT_MAX_KEY_LEN: int
 DEFAULT_MAX_VALUE_LEN: int
 DEFAULT_LOCK_TIMEOUT: float
 DEFAULT_FILL_TIMEOUT: float
+WAIT_THREADS: int
 
 Key = Union[bytes, str]
 Seconds = Union[int, float, timedelta]
@@ -133,7 +135,10 @@ class Cache(MutableMapping[Key, Any]):
     def replace(self, key: Key, value: Any, ttl: Optional[Seconds] = None) -> bool: ...
     def get_many(self, keys: Iterable[Key], default: Any = None) -> List[Any]: ...
     def touch(self, key: Key, ttl: Optional[Seconds] = None) -> bool: ...
-    def clear(self) -> int: ...
+    # Returns how many entries went (memcached's flush answer), where MutableMapping's
+    # clear returns None: a caller of the ABC's clear ignores the result, so the count is
+    # kept.
+    def clear(self) -> int: ...  # type: ignore[override]
     def get_stale(self, key: Key, default: Any = None) -> Any: ...
     def get_or_set(
         self, key: Key, fill: Callable[[], Any], ttl: Optional[Seconds] = None

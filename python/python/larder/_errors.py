@@ -107,8 +107,15 @@ class InvalidArgument(LarderError, ValueError):
     """A call's arguments do not fit together."""
 
 
+class FillSlotHeld(LarderError, RuntimeError):
+    """A ``get_or_set``, ``aget_or_set`` or memoized call made inside the fill of another
+    whose key shares its fill slot (the same key, or one in 256 other keys): it would
+    wait for a fill its own caller holds. Raised at once; nothing was computed."""
+
+
 __all__ = [
     "LarderError",
+    "FillSlotHeld",
     "NotACounter",
     "Overflow",
     "InvalidArgument",
