@@ -142,7 +142,8 @@ fn key_bytes<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
         return Ok(Cow::Borrowed(b.as_bytes()));
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Cow::Owned(s.to_cow()?.into_owned().into_bytes()));
+        // The string's own UTF-8 form (kept by the interpreter), not a copy.
+        return Ok(Cow::Borrowed(s.to_str()?.as_bytes()));
     }
     if let Ok(b) = obj.cast::<PyByteArray>() {
         return Ok(Cow::Owned(b.to_vec()));
