@@ -227,6 +227,14 @@ impl PyTicket {
 }
 
 /// A handle on one cache file.
+/// A value already through a cache's serializer (`Cache._serialize_once`): its bytes are
+/// stored as they are, so an awaitable write that falls back to a thread calls the
+/// serializer once, not twice.
+#[pyclass(frozen, module = "larder._larder", name = "_Encoded")]
+struct PyEncoded {
+    bytes: Vec<u8>,
+}
+
 #[pyclass(frozen, subclass, module = "larder._larder", name = "Cache")]
 struct PyCache {
     /// `None` once closed.
@@ -254,6 +262,9 @@ impl PyCache {
 
     /// The bytes to store for `obj`.
     fn encode<'a>(&self, obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+        if let Ok(done) = obj.cast::<PyEncoded>() {
+            return Ok(Cow::Borrowed(&done.get().bytes));
+        }
         match &self.codec {
             None => value_bytes(obj),
             Some((dumps, _)) => {
@@ -1062,6 +1073,16 @@ impl PyCache {
     // The non-waiting forms behind the awaitable methods (larder/__init__.py): each
     // raises WouldBlock where its blocking twin would wait.
 
+    /// `value` through this cache's serializer, once, for a write that may be made
+    /// twice (inline, then off the event loop); `value` itself without a serializer.
+    fn _serialize_once<'py>(&self, value: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if self.codec.is_none() {
+            return Ok(value.clone());
+        }
+        let bytes = self.encode(value)?.into_owned();
+        Ok(Bound::new(value.py(), PyEncoded { bytes })?.into_any())
+    }
+
     #[pyo3(signature = (key, value, ttl=None))]
     fn _try_set(
         &self,
@@ -1647,6 +1668,7 @@ fn _larder(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCache>()?;
     m.add_class::<PyTicket>()?;
     m.add_class::<PyFillHolder>()?;
+    m.add_class::<PyEncoded>()?;
     m.add_class::<PyEntries>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_CAPACITY", larder::DEFAULT_CAPACITY)?;

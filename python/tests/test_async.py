@@ -377,3 +377,50 @@ def test_aget_waits_off_the_loop_for_a_writer_stopped_mid_write(path, procs):
         assert_no_stall(attempt)
     finally:
         c.close()
+
+
+@needs_crash_points
+def test_an_awaitable_write_that_falls_back_to_a_thread_serializes_once(path, procs):
+    """aset, aadd, acas and aset_with_ticket call the serializer once, whichever path
+    stores: here the inline try finds the shard lock held by a stopped process, and the
+    write is made again in larder's executor once that process resumes."""
+    import json
+
+    calls = []
+
+    class Counting:
+        def dumps(self, value):
+            calls.append(value)
+            return json.dumps(value).encode()
+
+        def loads(self, data):
+            return json.loads(data)
+
+    with larder.Cache(path, capacity=4 << 20, lock_timeout=5, serializer=Counting()) as c:
+        c["k"] = 0
+        same_shard = [f"w-{i}" for i in range(100000) if c.shard_of(f"w-{i}") == c.shard_of("k")]
+        c[same_shard[2]] = 0
+        _, token = c.gets(same_shard[2])
+        ticket = c.ticket(same_shard[3])
+        calls.clear()
+        writes = [
+            ("aset", (same_shard[0], [1]), None),
+            ("aadd", (same_shard[1], [2]), True),
+            ("acas", (same_shard[2], [3], token), True),
+            ("aset_with_ticket", (same_shard[3], [4], ticket), True),
+        ]
+        for name, args, expected in writes:
+            p = _workers.start_child(procs, ["set", path, "k"], "lock.held", "stop")
+            _workers.wait_stopped(p)
+
+            async def write():
+                asyncio.get_running_loop().call_later(0.05, p.send_signal, signal.SIGCONT)
+                return await getattr(c, name)(*args)
+
+            try:
+                assert asyncio.run(write()) == expected, name
+            finally:
+                p.send_signal(signal.SIGCONT)
+            assert p.wait(timeout=60) == 0
+        assert calls == [[1], [2], [3], [4]]
+        assert [c[k] for k in same_shard[:4]] == [[1], [2], [3], [4]]

@@ -331,6 +331,7 @@ class Cache(_larder.Cache, _abc.MutableMapping):
 
     async def aset(self, key, value, ttl=None):
         """``set`` that never blocks the event loop."""
+        value = self._serialize_once(value)  # one dumps(), whichever path stores
         try:
             return self._try_set(key, value, ttl)
         except _WouldBlock:
@@ -338,6 +339,7 @@ class Cache(_larder.Cache, _abc.MutableMapping):
 
     async def aadd(self, key, value, ttl=None):
         """``add`` that never blocks the event loop."""
+        value = self._serialize_once(value)  # one dumps(), whichever path stores
         try:
             return self._try_add(key, value, ttl)
         except _WouldBlock:
@@ -373,6 +375,7 @@ class Cache(_larder.Cache, _abc.MutableMapping):
 
     async def acas(self, key, value, cas, ttl=None):
         """``cas`` that never blocks the event loop."""
+        value = self._serialize_once(value)  # one dumps(), whichever path stores
         try:
             return self._try_cas(key, value, cas, ttl)
         except _WouldBlock:
@@ -387,6 +390,7 @@ class Cache(_larder.Cache, _abc.MutableMapping):
 
     async def aset_with_ticket(self, key, value, ticket, ttl=None):
         """``set_with_ticket`` that never blocks the event loop."""
+        value = self._serialize_once(value)  # one dumps(), whichever path stores
         try:
             return self._try_set_with_ticket(key, value, ticket, ttl)
         except _WouldBlock:
