@@ -1,17 +1,19 @@
 //! `larder._larder.NearCache`: larder as the host's near cache in front of Redis, over
 //! [`larder_redis::NearCache`] (the same reader the Rust crate ships, not a copy).
 //!
-//! One Redis connection per object, behind a mutex: threads of one process share it one
-//! call at a time (the executor threads of `aget`/`aset`/`adelete` included). Every call
-//! runs with the GIL released, the mutex taken with the GIL released too. After `fork`
-//! the child opens a connection of its own on its first call instead of sharing its
-//! parent's socket.
+//! A small pool of readers per object, one Redis connection each: a call takes an idle
+//! reader (or opens one when none is idle) and gives it back after, so threads calling
+//! at once each have a connection of their own (the executor threads of
+//! `aget`/`aset`/`adelete` included) and a near-cache hit never waits for another
+//! thread's Redis round trip. The pool's mutex is held only to take or give back a
+//! reader, never across I/O. Every call runs with the GIL released. After `fork` the
+//! child drops the readers it inherited and opens its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use larder_redis::{Config, NearCache, DEFAULT_BOUND, DEFAULT_PING_EVERY};
+use larder_redis::{Config, NearCache, ReaderStats, DEFAULT_BOUND, DEFAULT_PING_EVERY};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -54,17 +56,61 @@ fn near_error(e: larder_redis::Error) -> PyErr {
     })
 }
 
-/// What [`PyNearCache`] keeps: the reader, and what opens it again after a fork.
+/// One pooled reader, with the process that opened it and how much of its counters
+/// [`Pool::done`] already holds.
 struct Reader {
     near: NearCache,
     pid: u32,
+    counted: ReaderStats,
+}
+
+/// What [`PyNearCache`] keeps under its mutex: the idle readers of this process and
+/// the counters of every call completed in it. The mutex is held only to take or give
+/// back a reader or to read the counters: never across I/O, a wait on the cache file
+/// or a connect, so a thread waits on it for no longer than another thread's push or
+/// pop.
+struct Pool {
+    /// The process these readers and counters are of: a forked child starts anew.
+    pid: u32,
+    idle: Vec<Reader>,
+    /// The counters of every call completed in this process, whichever reader made it
+    /// (one idle now, one in use by another call, or one dropped).
+    done: ReaderStats,
+    closed: bool,
+}
+
+impl Pool {
+    /// Forgets what a parent process left (after `fork`): its readers' connections
+    /// are not this process's to use. Returns them, to be dropped outside the lock
+    /// (dropping one closes only this process's descriptor).
+    fn adopt(&mut self, pid: u32) -> Vec<Reader> {
+        if self.pid == pid {
+            return Vec::new();
+        }
+        self.pid = pid;
+        self.done = ReaderStats::default();
+        std::mem::take(&mut self.idle)
+    }
+
+    /// Adds what `reader` did since it was last counted to [`Pool::done`].
+    fn count(&mut self, reader: &mut Reader) {
+        let now = reader.near.stats();
+        let was = std::mem::replace(&mut reader.counted, now);
+        let done = &mut self.done;
+        done.hits += now.hits - was.hits;
+        done.redis_reads += now.redis_reads - was.redis_reads;
+        done.bypasses += now.bypasses - was.bypasses;
+        done.fills += now.fills - was.fills;
+        done.fills_refused += now.fills_refused - was.fills_refused;
+        done.cache_errors += now.cache_errors - was.cache_errors;
+    }
 }
 
 /// A worker's read-through client of Redis with larder as the near cache.
 #[pyclass(frozen, subclass, module = "larder._larder", name = "NearCache")]
 pub(crate) struct PyNearCache {
-    reader: Mutex<Option<Reader>>,
-    /// Set by `close` (under the mutex).
+    pool: Mutex<Pool>,
+    /// Set by `close` (under the mutex), read by the `closed` getter.
     closed: AtomicBool,
     cache: larder::Cache,
     url: String,
@@ -73,34 +119,76 @@ pub(crate) struct PyNearCache {
     bound: Duration,
 }
 
+/// Whether an error left the reader's connection lost, refused, or waiting on a reply
+/// Redis has not sent: such a reader is dropped rather than given back (`larder_redis`
+/// would reconnect on its next command if the connection is closed, but not if it only
+/// timed out); a call that finds no idle reader opens a new one.
+fn connection_lost(e: &larder_redis::Error) -> bool {
+    matches!(e, larder_redis::Error::Redis(r)
+        if r.is_timeout() || r.is_io_error() || r.is_connection_refusal()
+            || r.is_connection_dropped())
+}
+
 impl PyNearCache {
-    /// Runs `f` on this process's reader (opened again in a forked child, or after a
-    /// failed reopen), GIL released.
+    /// The pool, however a thread that panicked holding it left it (every change
+    /// under the lock is a single push, pop or addition).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on an idle reader of this process, or on a new one when none is idle
+    /// (opened outside the lock), then gives it back; GIL released throughout.
     fn with<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut NearCache) -> larder_redis::Result<T> + Send,
     ) -> PyResult<T> {
         py.detach(|| {
-            let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            if self.closed.load(Ordering::Relaxed) {
-                return Err(closed());
-            }
             let pid = std::process::id();
-            let reader = match guard.take() {
-                Some(r) if r.pid == pid => guard.insert(r),
-                // None, or a child of a fork: its parent's connection is not its own
-                // to use (dropping it closes only this process's descriptor).
-                _ => guard.insert(self.open(pid)?),
+            let (reader, stale) = {
+                let mut pool = self.lock();
+                if pool.closed {
+                    return Err(closed());
+                }
+                let stale = pool.adopt(pid);
+                (pool.idle.pop(), stale)
             };
-            f(&mut reader.near).map_err(near_error)
+            drop(stale);
+            let mut reader = match reader {
+                Some(r) => r,
+                None => self.open(pid)?,
+            };
+            let result = f(&mut reader.near);
+            let keep = !matches!(&result, Err(e) if connection_lost(e));
+            drop(self.give_back(reader, keep));
+            result.map_err(near_error)
         })
+    }
+
+    /// Counts what `reader` did and keeps it idle, unless it is not to be kept, the
+    /// handle was closed, or the reader is of another process; returns it then, to be
+    /// dropped outside the lock.
+    fn give_back(&self, mut reader: Reader, keep: bool) -> Option<Reader> {
+        let mut pool = self.lock();
+        if reader.pid != pool.pid {
+            return Some(reader);
+        }
+        pool.count(&mut reader);
+        if !keep || pool.closed {
+            return Some(reader);
+        }
+        pool.idle.push(reader);
+        None
     }
 
     fn open(&self, pid: u32) -> PyResult<Reader> {
         let near = NearCache::new(self.cache.clone(), &self.url, self.config.clone())
             .map_err(near_error)?;
-        Ok(Reader { near, pid })
+        Ok(Reader {
+            near,
+            pid,
+            counted: ReaderStats::default(),
+        })
     }
 }
 
@@ -138,8 +226,14 @@ impl PyNearCache {
             config = config.ttl_cap(t);
         }
         let cache = cache.get().cache()?;
+        let pid = std::process::id();
         let this = PyNearCache {
-            reader: Mutex::new(None),
+            pool: Mutex::new(Pool {
+                pid,
+                idle: Vec::new(),
+                done: ReaderStats::default(),
+                closed: false,
+            }),
             closed: AtomicBool::new(false),
             cache,
             url,
@@ -147,8 +241,9 @@ impl PyNearCache {
             prefixes,
             bound,
         };
-        let reader = py.detach(|| this.open(std::process::id()))?;
-        *this.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+        // The first reader now: a URL that cannot be reached fails here.
+        let reader = py.detach(|| this.open(pid))?;
+        this.lock().idle.push(reader);
         Ok(this)
     }
 
@@ -193,10 +288,22 @@ impl PyNearCache {
         self.with(py, |n| n.delete(&k))
     }
 
-    /// What this client did: hits, redis_reads, bypasses, fills, fills_refused,
-    /// cache_errors.
+    /// What this client did in this process: hits, redis_reads, bypasses, fills,
+    /// fills_refused, cache_errors, summed over every call completed (calls still in
+    /// progress count once they return).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with(py, |n| Ok(n.stats()))?;
+        let s = py.detach(|| {
+            let (done, stale) = {
+                let mut pool = self.lock();
+                if pool.closed {
+                    return Err(closed());
+                }
+                let stale = pool.adopt(std::process::id());
+                (pool.done, stale)
+            };
+            drop(stale);
+            Ok(done)
+        })?;
         let d = PyDict::new(py);
         d.set_item("hits", s.hits)?;
         d.set_item("redis_reads", s.redis_reads)?;
@@ -228,14 +335,18 @@ impl PyNearCache {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Closes the Redis connection; later calls raise ValueError.
+    /// Closes the idle Redis connections (those of calls in progress close as the
+    /// calls return); later calls raise ValueError.
     fn close(&self, py: Python<'_>) {
-        let reader = py.detach(|| {
-            let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            self.closed.store(true, Ordering::Relaxed);
-            guard.take()
+        py.detach(|| {
+            let idle = {
+                let mut pool = self.lock();
+                pool.closed = true;
+                self.closed.store(true, Ordering::Relaxed);
+                std::mem::take(&mut pool.idle)
+            };
+            drop(idle);
         });
-        drop(reader);
     }
 
     fn __repr__(&self) -> String {

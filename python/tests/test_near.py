@@ -280,3 +280,52 @@ def test_a_forked_child_uses_a_connection_of_its_own(near, other):
     # The parent's connection still answers in order.
     assert near.get("k:f") == b"child"
     assert other("GET", "k:f") == b"child"
+
+
+def wait_for_a_paused_set(client):
+    """Waits until Redis holds a client's SET (writes paused: ``CLIENT PAUSE … WRITE``);
+    fails after the deadline."""
+    end = time.monotonic() + DEADLINE
+    while True:
+        listing = client("CLIENT", "LIST").decode()
+        for line in listing.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split(" ") if "=" in f)
+            if fields.get("cmd") == "set" and "b" in fields.get("flags", ""):
+                return
+        assert time.monotonic() < end, f"Redis holds no SET: {listing}"
+        time.sleep(0.01)  # a poll interval, not synchronisation
+
+
+def test_a_call_held_by_redis_does_not_hold_up_another_threads_hit(
+    cache, other, listening, redis_server
+):
+    # A long io_timeout: the held call stays held until Redis lets it go.
+    n = larder.NearCache(cache, redis_server.url, ["k:"], bound=BOUND, io_timeout=2 * DEADLINE)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    try:
+        other("SET", "k:hot", "v")
+        wait_for_hit(n, "k:hot", b"v")
+        # Redis holds writes (reads, the listener's pings among them, go on).
+        other("CLIENT", "PAUSE", str(round(3 * DEADLINE * 1000)), "WRITE")
+        try:
+            held = pool.submit(n.set, "other", b"x")
+            wait_for_a_paused_set(other)
+
+            def hit():
+                before = n.stats()["hits"]
+                got = n.get("k:hot")
+                return got, n.stats()["hits"] - before
+
+            try:
+                got, hits = pool.submit(hit).result(timeout=DEADLINE)
+            except concurrent.futures.TimeoutError:
+                pytest.fail("a near-cache hit waited for another thread's call held by Redis")
+            assert (got, hits) == (b"v", 1)
+            assert not held.done(), "the held call was not in progress during the hit"
+        finally:
+            other("CLIENT", "UNPAUSE")
+        assert held.result(timeout=DEADLINE) is None
+        assert other("GET", "other") == b"x"
+    finally:
+        pool.shutdown(wait=True)
+        n.close()

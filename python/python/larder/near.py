@@ -60,15 +60,29 @@ class NearCache(_larder.NearCache):
     ``NearCache(cache, url, prefixes, bound=1.0, io_timeout=5.0, ttl_cap=300.0)``:
     ``cache`` is a :class:`larder.Cache`, ``url`` a ``redis://`` or ``unix://`` URL,
     ``prefixes`` the tracked key prefixes (other keys always go to Redis). Durations are
-    seconds or ``timedelta``. One Redis connection per object, used by one call at a
-    time; after ``fork`` the child opens its own.
+    seconds or ``timedelta``.
+
+    Threads share one object: each call takes an idle Redis connection of the object's
+    pool, or opens one when none is idle, and gives it back after, so threads calling at
+    once each have a connection of their own (the pool grows to the most threads that
+    ever called at once, and keeps those connections until ``close``). A near-cache hit
+    never waits for another thread's Redis round trip. A connection whose call failed
+    because Redis could not be reached or did not answer in time is closed, not reused.
+    After ``fork`` the child closes the connections it inherited and opens its own.
+    ``stats()`` sums what every call completed in this process did (a call still in
+    progress counts once it returns).
 
     The ``a*`` methods run the same calls in the event loop's default executor, so the
-    loop's thread never waits on Redis or on a lock of the file.
+    loop's thread never waits on Redis or on a lock of the file. ``aget`` does so for a
+    hit too: the reader under it (``larder_redis::NearCache``) has no call that answers
+    a hit without, on a miss, going on to Redis in the same call, and a hit itself takes
+    a shard lock of the file (a wait of up to the cache's ``lock_timeout`` behind another
+    process).
     """
 
     async def aget(self, key, default=None):
-        """``get`` without blocking the event loop."""
+        """``get`` without blocking the event loop (in an executor thread, hit or
+        miss)."""
         return await self._in_executor(self.get, key, default)
 
     async def aset(self, key, value, ttl=None):
