@@ -144,11 +144,12 @@ impl<T> Held<T> {
     /// Enters the current mapping of the `Mappings` that `maps` finds in `owner`.
     pub(crate) fn enter(owner: Arc<T>, maps: fn(&T) -> &Mappings) -> Held<T> {
         let entered = maps(&owner).enter();
-        // SAFETY: `entered` borrows the `Mappings` inside `owner`'s allocation, which
-        // the `Arc` stored beside it keeps alive and in place for as long as this value
-        // lives (an `Arc`'s allocation never moves), and fields drop in declaration
-        // order, so `entered` ends before `owner` can free it. The `'static` never
-        // escapes: `Held` hands out only references bound to its own borrow.
+        // `entered` borrows the `Mappings` inside `owner`'s allocation, which the `Arc`
+        // stored beside it keeps alive and in place for as long as this value lives (an
+        // `Arc`'s allocation never moves), and fields drop in declaration order, so
+        // `entered` ends before `owner` can free it.
+        // SAFETY: the borrow outlives every use (above); the `'static` never escapes,
+        // since `Held` hands out only references bound to its own borrow.
         let entered = unsafe { core::mem::transmute::<Entered<'_>, Entered<'static>>(entered) };
         Held { entered, owner }
     }

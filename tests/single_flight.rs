@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use larder::{Begin, Error, Options};
 
@@ -512,11 +512,10 @@ fn a_fill_in_two_steps_is_single_flight() {
             .expect("waiter tried");
         // The waiter's miss is counted before it waits for the fill: complete only once
         // it is there, so that it reads the value as a waiter, not as a later hit.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while cache.stats().misses < 2 {
-            assert!(Instant::now() < deadline, "the waiter never missed");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        assert!(
+            poll_until(deadline_in(60), || cache.stats().misses >= 2),
+            "the waiter never missed"
+        );
         assert!(fill.complete(CLAIMS, None).expect("complete"));
         assert_eq!(waiter.join().expect("waiter"), CLAIMS);
     });
