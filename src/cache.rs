@@ -1840,8 +1840,7 @@ impl Cache {
         ttl: Option<Duration>,
         ticket: Ticket,
     ) -> Result<bool> {
-        let (a, now) = self.enter_at(Wait::Yes)?;
-        self.store_with_ticket(&a, now, (key, value, ttl), ticket, Wait::Yes, || true)
+        self.set_with_ticket_waiting((key, value, ttl), ticket, Wait::Yes)
     }
 
     /// Like [`Cache::set_with_ticket`], but never waits for a lock
@@ -1853,8 +1852,17 @@ impl Cache {
         ttl: Option<Duration>,
         ticket: Ticket,
     ) -> Result<bool> {
-        let (a, now) = self.enter_at(Wait::No)?;
-        self.store_with_ticket(&a, now, (key, value, ttl), ticket, Wait::No, || true)
+        self.set_with_ticket_waiting((key, value, ttl), ticket, Wait::No)
+    }
+
+    fn set_with_ticket_waiting(
+        &self,
+        fill: (&[u8], &[u8], Option<Duration>),
+        ticket: Ticket,
+        wait: Wait,
+    ) -> Result<bool> {
+        let (a, now) = self.enter_at(wait)?;
+        self.store_with_ticket(&a, now, fill, ticket, wait, || true)
     }
 
     /// [`Cache::set_with_ticket`] in the file `a` maps, which also stores only if
