@@ -303,15 +303,7 @@ impl PyCache {
         then: impl FnOnce(Option<&[u8]>) -> PyResult<R>,
     ) -> PyResult<R> {
         let k = key_bytes(key)?;
-        READ_BUF.with(|cell| {
-            // A serializer's loads may read this cache again on this thread: the buffer
-            // is then busy, and that read uses its own.
-            let mut own = Vec::new();
-            let mut borrowed = cell.try_borrow_mut();
-            let buf = match borrowed.as_mut() {
-                Ok(b) => &mut **b,
-                Err(_) => &mut own,
-            };
+        with_read_buf(|buf| {
             let found = {
                 let guard = self.handle.lock().unwrap_or_else(|p| p.into_inner());
                 let cache = guard
@@ -326,11 +318,7 @@ impl PyCache {
                     r => r.map_err(to_py)?,
                 }
             };
-            let r = then(found.then_some(&buf[..]));
-            if buf.capacity() > READ_BUF_KEEP {
-                *buf = Vec::new();
-            }
-            r
+            then(found.then_some(&buf[..]))
         })
     }
 
@@ -568,6 +556,26 @@ const READ_BUF_KEEP: usize = 64 << 10;
 thread_local! {
     /// The buffer each thread reads values into before they become Python objects.
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's reused read buffer, trimmed afterwards if a large value
+/// grew it. A serializer's `loads` may read the cache again on this thread while the
+/// buffer is in use: that read gets a buffer of its own.
+#[inline(always)]
+fn with_read_buf<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    READ_BUF.with(|cell| {
+        let mut own = Vec::new();
+        let mut borrowed = cell.try_borrow_mut();
+        let buf = match borrowed.as_mut() {
+            Ok(b) => &mut **b,
+            Err(_) => &mut own,
+        };
+        let r = f(buf);
+        if buf.capacity() > READ_BUF_KEEP {
+            *buf = Vec::new();
+        }
+        r
+    })
 }
 
 /// The opaque CAS token of a version: its three words, little-endian, 24 bytes.
@@ -1181,20 +1189,14 @@ impl PyCache {
     ) -> PyResult<(bool, Py<PyAny>)> {
         let cache = self.cache()?;
         let k = key_bytes(key)?;
-        READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let found = cache
-                .try_get_into_counting_hits(&k, &mut buf)
-                .map_err(to_py)?;
-            let out = if found {
-                (true, self.decode(py, &buf)?)
-            } else {
-                (false, py.None())
-            };
-            if buf.capacity() > READ_BUF_KEEP {
-                *buf = Vec::new();
-            }
-            Ok(out)
+        with_read_buf(|buf| {
+            Ok(
+                if cache.try_get_into_counting_hits(&k, buf).map_err(to_py)? {
+                    (true, self.decode(py, buf)?)
+                } else {
+                    (false, py.None())
+                },
+            )
         })
     }
 
