@@ -136,24 +136,30 @@ class FpmSuite(unittest.TestCase):
         stats = self.op(self.healthy, cache, op="stats")["stats"]
         self.assertGreaterEqual(stats["recoveries"], 3, stats)
 
-    def test_delete_during_entry_is_never_undone(self):
-        cache = self.new_cache()
+    def delete_while_held(self, cache, op, what):
+        """Runs lab.php's ``op`` on "token" in a healthy worker, which stops once it has
+        begun (``what``) until released; deletes "token" from another worker meanwhile,
+        releases it, and returns its answer."""
         started, gate = os.path.join(self.tmp, "started"), os.path.join(self.tmp, "gate")
         open(gate, "w").close()
-        filler = self.healthy.submit(
+        held = self.healthy.submit(
             "lab.php",
             DEADLINE,
             **cache,
-            op="hold_entry",
+            op=op,
             key="token",
             value="claims",
             started=started,
             gate=gate,
         )
-        wait_until(lambda: os.path.exists(started), DEADLINE, "the generator starts")
+        wait_until(lambda: os.path.exists(started), DEADLINE, what)
         self.assertTrue(self.op(self.healthy, cache, op="delete", key="token")["ok"])
         os.unlink(gate)
-        answer = filler.result(DEADLINE)
+        return held.result(DEADLINE)
+
+    def test_delete_during_entry_is_never_undone(self):
+        cache = self.new_cache()
+        answer = self.delete_while_held(cache, "hold_entry", "the generator starts")
         self.assertEqual(
             (answer["ok"], answer["value"], answer["generated"]), (True, "claims", True), answer
         )
@@ -165,22 +171,8 @@ class FpmSuite(unittest.TestCase):
 
     def test_delete_before_a_ticket_store_is_never_undone(self):
         cache = self.new_cache()
-        started, gate = os.path.join(self.tmp, "started"), os.path.join(self.tmp, "gate")
-        open(gate, "w").close()
-        writer = self.healthy.submit(
-            "lab.php",
-            DEADLINE,
-            **cache,
-            op="hold_ticket",
-            key="token",
-            value="claims",
-            started=started,
-            gate=gate,
-        )
-        wait_until(lambda: os.path.exists(started), DEADLINE, "the ticket is taken")
-        self.assertTrue(self.op(self.healthy, cache, op="delete", key="token")["ok"])
-        os.unlink(gate)
-        self.assertEqual(writer.result(DEADLINE)["stored"], False)
+        answer = self.delete_while_held(cache, "hold_ticket", "the ticket is taken")
+        self.assertEqual(answer["stored"], False)
         self.assertFalse(self.op(self.healthy, cache, op="fetch", key="token")["found"])
 
     def test_entry_runs_its_generator_once_while_the_others_wait(self):
